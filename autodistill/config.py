@@ -281,9 +281,8 @@ def load_config(path: str | Path) -> PipelineConfig:
     return parse_config(data, source=str(path))
 
 
-def check_against_models(cfg: PipelineConfig, teacher_layers: int, student_layers: int,
-                         is_regression: bool) -> None:
-    """Checks that need the models' depths and the task type; raise ConfigError naming the field."""
+def check_against_models(cfg: PipelineConfig, teacher_layers: int, student_layers: int) -> None:
+    """Checks that need the models' depths; raise ConfigError naming the field."""
     inter = cfg.loss.intermediate
     if cfg.student.kind == "truncated" and cfg.student.num_layers > teacher_layers:
         raise ConfigError(
@@ -300,6 +299,10 @@ def check_against_models(cfg: PipelineConfig, teacher_layers: int, student_layer
             and student_layers > teacher_layers:
         raise ConfigError(f"loss.intermediate.mapping={inter.mapping!r} needs student layers "
                           f"({student_layers}) <= teacher layers ({teacher_layers})")
+
+
+def check_against_task(cfg: PipelineConfig, is_regression: bool) -> None:
+    """Checks that need the task type (known once the data is loaded)."""
     if is_regression:
         if cfg.loss.prediction.type in ("kl", "soft_ce"):
             raise ConfigError(f"loss.prediction.type={cfg.loss.prediction.type!r} is a classification loss; "

@@ -1,0 +1,40 @@
+"""Data augmentation (Distiller stage 1) and MixKD embedding mixup."""
+from autodistill.augmentation.mixup import (
+    mix_embeddings,
+    mix_targets,
+    mixup_permutation,
+    sample_mixup_lambda,
+    soft_target_cross_entropy,
+)
+from autodistill.augmentation.text import (
+    AUGMENTERS,
+    AugmentationError,
+    AugmentationPipeline,
+    AugmentationResources,
+    Augmenter,
+    BackTranslationAugmenter,
+    ContextualAugmenter,
+    MaskAugmenter,
+    RandomWordAugmenter,
+    build_augmentation_pipeline,
+    build_augmenter,
+)
+
+__all__ = [
+    "AUGMENTERS",
+    "AugmentationError",
+    "AugmentationPipeline",
+    "AugmentationResources",
+    "Augmenter",
+    "BackTranslationAugmenter",
+    "ContextualAugmenter",
+    "MaskAugmenter",
+    "RandomWordAugmenter",
+    "build_augmentation_pipeline",
+    "build_augmenter",
+    "mix_embeddings",
+    "mix_targets",
+    "mixup_permutation",
+    "sample_mixup_lambda",
+    "soft_target_cross_entropy",
+]

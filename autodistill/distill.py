@@ -1,0 +1,191 @@
+"""`autodistill distill`: run one KD pipeline end to end and export the student with its report."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .augmentation import AugmentationResources, build_augmentation_pipeline
+from .callbacks import Callback
+from .config import ConfigError, PipelineConfig, check_against_models, check_against_task
+from .data import TaskData, load_task_data
+from .device import select_device
+from .losses import build_intermediate
+from .mappings import build_mapping
+from .metrics import majority_baseline, resolve_metric
+from .models import build_student, count_parameters, hidden_size, load_tokenizer, num_layers
+from .objective import KDObjective, TeacherSource
+from .pool import PoolBuilder
+from .teacher import TeacherResult, get_teacher
+from .teacher_outputs import compute_teacher_outputs, estimate_cache_bytes
+from .trainer import TrainArgs, Trainer
+from .training import EncodedSplit, cpu_latency_ms, encode_texts, evaluate
+
+log = logging.getLogger(__name__)
+MAX_CACHED_FEATURE_BYTES = 2 * 1024 ** 3
+
+
+@dataclass
+class DistillResult:
+    student: Any
+    tokenizer: Any
+    metrics: dict[str, Any]
+    config: PipelineConfig
+    task: TaskData
+    teachers: list[TeacherResult] = field(default_factory=list)
+
+
+def _subset(split: EncodedSplit, idx: Sequence[int]) -> EncodedSplit:
+    types = [split.token_type_ids[i] for i in idx] if split.token_type_ids is not None else None
+    return EncodedSplit([split.input_ids[i] for i in idx], types, split.labels[list(idx)])
+
+
+def _hold_out_meta(cfg: PipelineConfig, n: int) -> tuple[list[int], list[int]]:
+    """RW-KD's meta set: a seeded held-out slice of train (never the validation set)."""
+    order = list(range(n))
+    if cfg.weighting.strategy != "rw_kd":
+        return order, []
+    random.Random(cfg.optim.seed).shuffle(order)
+    n_meta = max(1, int(round(cfg.weighting.meta_fraction * n)))
+    return sorted(order[n_meta:]), sorted(order[:n_meta])
+
+
+def _check_shared_vocab(tokenizer, teachers: list[TeacherResult]) -> None:
+    size = len(tokenizer)
+    for k, t in enumerate(teachers):
+        if t.model.config.vocab_size < size:
+            raise ConfigError(f"teachers[{k}]: vocabulary ({t.model.config.vocab_size}) differs from the "
+                              f"first teacher's tokenizer ({size}); teachers must share a tokenizer")
+
+
+def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
+                     teacher_outputs_mode: str | None = None) -> DistillResult:
+    task = load_task_data(cfg.data)
+    device = select_device(cfg.optim.device)
+    metric = resolve_metric(cfg.optim.metric, task.task_type)
+    check_against_task(cfg, is_regression=task.task_type == "regression")
+    tokenizer = load_tokenizer(cfg.teacher.backbone)
+    pad_id = tokenizer.pad_token_id or 0
+    max_length = cfg.data.max_length
+    train_all = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, max_length,
+                             task.task_type)
+    validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b,
+                              task.validation.labels, max_length, task.task_type)
+
+    teachers = [get_teacher(t, task.fingerprint, train_all, validation, task.num_labels, task.task_type,
+                            task.label_names, metric, max_length, pad_id, device) for t in cfg.teachers]
+    _check_shared_vocab(tokenizer, teachers)
+    primary = teachers[0].model
+    student = build_student(primary, cfg.student).to(device)
+    check_against_models(cfg, num_layers(primary), num_layers(student))
+
+    train_idx, meta_idx = _hold_out_meta(cfg, len(train_all))
+    train = _subset(train_all, train_idx)
+    text_a = [task.train.text_a[i] for i in train_idx]
+    text_b = [task.train.text_b[i] for i in train_idx] if task.train.text_b is not None else None
+
+    inter_cfg = cfg.loss.intermediate
+    intermediate = build_intermediate(inter_cfg, num_layers(student), num_layers(primary), hidden_size(student),
+                                      hidden_size(primary), cfg.optim.seed)
+    rep_mapping = build_mapping(inter_cfg, num_layers(student), num_layers(primary), cfg.optim.seed) \
+        if cfg.dynamic.objective_adaptation else None
+    layers, feature = set(), None
+    if intermediate is not None:
+        layers, feature = set(intermediate.teacher_layers_needed()), intermediate.teacher_feature
+    elif rep_mapping is not None:
+        layers, feature = set(rep_mapping.teacher_layers_needed()), "tokens"
+
+    mode = teacher_outputs_mode or cfg.optim.teacher_outputs
+    if mode == "auto":
+        too_big = estimate_cache_bytes(train, len(layers), hidden_size(primary), feature) > MAX_CACHED_FEATURE_BYTES
+        mode = "online" if too_big else "cached"
+    sources, base_outputs = [], []
+    for k, t in enumerate(teachers):
+        t_layers = layers if k == 0 else set()
+        cached = compute_teacher_outputs(t.model, train, pad_id, device, layers=t_layers, feature=feature) \
+            if mode == "cached" else None
+        sources.append(TeacherSource(t.model, cached, t_layers, feature))
+        base_outputs.append(cached)
+
+    resources = AugmentationResources(tokenizer, primary.get_input_embeddings().weight.detach().cpu(), device)
+    augmenter = build_augmentation_pipeline(cfg.augmentation, resources)
+    pool_builder = PoolBuilder(train, text_a, text_b, augmenter, cfg.augmentation.copies,
+                               cfg.augmentation.reaugment_every, tokenizer, max_length, task.task_type,
+                               sources, base_outputs, pad_id, device, cfg.optim.seed)
+    objective = KDObjective(cfg, pool_builder, sources, task.task_type, intermediate, rep_mapping,
+                            hidden_size(student), hidden_size(primary), task.num_labels,
+                            _subset(train_all, meta_idx) if meta_idx else None, pad_id)
+    o = cfg.optim
+    args = TrainArgs(learning_rate=o.learning_rate, epochs=o.epochs, batch_size=o.batch_size, metric=metric,
+                     task_type=task.task_type, eval_batch_size=o.eval_batch_size, warmup_ratio=o.warmup_ratio,
+                     weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, seed=o.seed,
+                     evals_per_epoch=o.evals_per_epoch, early_stopping_patience=o.early_stopping_patience)
+    result = Trainer(student, objective, validation, args, pad_id, device, callbacks, desc="student").train()
+
+    student_score = evaluate(student, validation, metric, task.task_type, o.eval_batch_size, pad_id, device)
+    metrics = {
+        "metric": metric,
+        "task_type": task.task_type,
+        "dataset_fingerprint": task.fingerprint,
+        "train_examples": len(train), "validation_examples": len(validation),
+        "teacher_score": teachers[0].score,
+        "teacher_scores": [t.score for t in teachers],
+        "teacher_from_cache": [t.from_cache for t in teachers],
+        "student_score": student_score,
+        "majority_baseline": majority_baseline(task.train.labels, validation.labels.numpy(), metric,
+                                               task.task_type),
+        "score_ratio": student_score / teachers[0].score if teachers[0].score else None,
+        "teacher_parameters": count_parameters(primary),
+        "student_parameters": count_parameters(student),
+        "teacher_outputs": mode,
+        "data_report": task.report.summary(),
+        **{k: v for k, v in result.items() if k != "best_score"},
+    }
+    return DistillResult(student, tokenizer, metrics, cfg, task, teachers)
+
+
+def add_latency(result: DistillResult, n: int = 32) -> None:
+    """CPU latency per example (batch 1) of the teacher and the student, on validation examples."""
+    task, tok = result.task, result.tokenizer
+    validation = encode_texts(tok, task.validation.text_a, task.validation.text_b, task.validation.labels,
+                              result.config.data.max_length, task.task_type)
+    pad_id = tok.pad_token_id or 0
+    result.metrics["teacher_cpu_ms_per_example"] = cpu_latency_ms(result.teachers[0].model, validation, pad_id, n)
+    result.metrics["student_cpu_ms_per_example"] = cpu_latency_ms(result.student, validation, pad_id, n)
+    result.metrics["speedup"] = (result.metrics["teacher_cpu_ms_per_example"]
+                                 / max(result.metrics["student_cpu_ms_per_example"], 1e-9))
+
+
+def export(result: DistillResult, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    (out / "student").mkdir(parents=True, exist_ok=True)
+    result.student.to("cpu").save_pretrained(out / "student", safe_serialization=True)
+    result.tokenizer.save_pretrained(out / "student")
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2, default=float), encoding="utf-8")
+    result.config.save(out / "config.yaml")
+    return out
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    m = metrics
+    lines = [
+        f"dataset       {m['train_examples']} train / {m['validation_examples']} validation ({m['task_type']})",
+        f"metric        {m['metric']}",
+        f"teacher       {m['teacher_score']:.4f}  ({m['teacher_parameters'] / 1e6:.1f} M params"
+        + (f", {m['teacher_cpu_ms_per_example']:.1f} ms/example on CPU" if "teacher_cpu_ms_per_example" in m else "")
+        + ")",
+        f"student       {m['student_score']:.4f}  ({m['student_parameters'] / 1e6:.1f} M params"
+        + (f", {m['student_cpu_ms_per_example']:.1f} ms/example on CPU" if "student_cpu_ms_per_example" in m else "")
+        + ")",
+        f"majority      {m['majority_baseline']:.4f}",
+        f"kept          {100 * (m['score_ratio'] or 0):.1f} % of the teacher's score",
+        f"training      {m['train_seconds']:.1f} s, {m['train_examples_per_second']:.1f} examples/s",
+    ]
+    if "speedup" in m:
+        lines.append(f"speed-up      {m['speedup']:.2f}x faster than the teacher per example")
+    return "\n".join(lines)

