@@ -37,6 +37,36 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .data import DataError, bundled_dataset_path
+    from .models import ModelLoadError
+    from .search.space import SpaceError
+
+    data = args.data or str(bundled_dataset_path())
+    if not args.data:
+        print(f"no --data given: using the bundled dataset {data}", file=sys.stderr)
+    try:
+        from .search.runner import format_leaderboard, run_search
+        result = run_search(data, args.space, args.out, trials=args.trials, time_budget=args.time_budget,
+                            address=args.address, warm_start=args.warm_start, resume=args.resume,
+                            max_concurrent_trials=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                            gpus_per_trial=args.gpus_per_trial, seed=args.seed, verbose=args.verbose)
+    except (ConfigError, DataError, ModelLoadError, SpaceError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_leaderboard(result.trials))
+    teacher = f"{result.teacher_score:.4f}" if result.teacher_score is not None else "-"
+    print(f"\nteacher score {teacher}; {len(result.trials)} trials in {result.wall_seconds:.0f} s; "
+          f"records: {result.records_path}")
+    if result.best_dir:
+        print(f"best student (score {result.best_score:.4f}) exported to {result.best_dir}")
+    if result.interrupted:
+        print(f"search stopped before its budget: continue it with --resume --out {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autodistill", description="AutoDistiller: knowledge distillation "
                                      "for text classifiers (after He et al. 2021, Distiller).")
@@ -47,6 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", help="pipeline config, YAML or JSON")
     d.add_argument("--out", required=True, type=Path, help="output folder")
     d.set_defaults(func=_distill)
+
+    s = sub.add_parser("search", help="search the KD pipeline space with Ray Tune + Optuna (TPE) + ASHA")
+    s.add_argument("--data", help="train file or dataset folder (default: bundled CR)")
+    s.add_argument("--space", default="cpu-fast", help="preset name (full, distiller, cpu-fast) or YAML path")
+    s.add_argument("--trials", type=int, help="number of trials (default: the space's budget)")
+    s.add_argument("--time-budget", type=float, help="seconds for the whole search (default: the space's)")
+    s.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
+    s.add_argument("--warm-start", help="YAML/JSON list of seed configs in the space's parameter names")
+    s.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    s.add_argument("--max-concurrent", type=int, help="trials run at once")
+    s.add_argument("--cpus-per-trial", type=float)
+    s.add_argument("--gpus-per-trial", type=float)
+    s.add_argument("--seed", type=int, help="TPE sampler seed")
+    s.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    s.add_argument("--out", required=True, type=Path, help="output folder (Ray results, records, best student)")
+    s.set_defaults(func=_search)
     return parser
 
 

@@ -22,6 +22,7 @@ from .models import build_student, count_parameters, hidden_size, load_tokenizer
 from .objective import KDObjective, TeacherSource
 from .pool import PoolBuilder
 from .teacher import TeacherResult, get_teacher
+from . import teacher_outputs_cache
 from .teacher_outputs import compute_teacher_outputs, estimate_cache_bytes
 from .trainer import TrainArgs, Trainer
 from .training import EncodedSplit, cpu_latency_ms, encode_texts, evaluate
@@ -64,7 +65,10 @@ def _check_shared_vocab(tokenizer, teachers: list[TeacherResult]) -> None:
 
 
 def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
-                     teacher_outputs_mode: str | None = None) -> DistillResult:
+                     teacher_outputs_mode: str | None = None,
+                     share_teacher_outputs: bool | None = None) -> DistillResult:
+    """``share_teacher_outputs`` (default: $AUTODISTILL_SHARE_TEACHER_OUTPUTS) keeps computed teacher
+    outputs in a disk cache shared by later runs (the search's trials)."""
     task = load_task_data(cfg.data)
     device = select_device(cfg.optim.device)
     metric = resolve_metric(cfg.optim.metric, task.task_type)
@@ -101,14 +105,21 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
         layers, feature = set(rep_mapping.teacher_layers_needed()), "tokens"
 
     mode = teacher_outputs_mode or cfg.optim.teacher_outputs
+    if share_teacher_outputs is None:
+        share_teacher_outputs = teacher_outputs_cache.enabled_by_env()
     if mode == "auto":
         too_big = estimate_cache_bytes(train, len(layers), hidden_size(primary), feature) > MAX_CACHED_FEATURE_BYTES
         mode = "online" if too_big else "cached"
     sources, base_outputs = [], []
     for k, t in enumerate(teachers):
         t_layers = layers if k == 0 else set()
-        cached = compute_teacher_outputs(t.model, train, pad_id, device, layers=t_layers, feature=feature) \
-            if mode == "cached" else None
+        if mode != "cached":
+            cached = None
+        elif share_teacher_outputs:
+            cached, _ = teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device,
+                                                              layers=t_layers, feature=feature)
+        else:
+            cached = compute_teacher_outputs(t.model, train, pad_id, device, layers=t_layers, feature=feature)
         sources.append(TeacherSource(t.model, cached, t_layers, feature))
         base_outputs.append(cached)
 

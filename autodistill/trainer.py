@@ -6,7 +6,6 @@ checkpoint.
 """
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -92,6 +91,7 @@ class Trainer:
             self.callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
         self.state = TrainerState()
         self.best_state_dict: dict[str, torch.Tensor] | None = None
+        self.eval_seconds = 0.0
 
     def _emit(self, hook: str, **kw: Any) -> None:
         for cb in self.callbacks:
@@ -145,12 +145,14 @@ class Trainer:
         return {
             "best_score": state.best_score, "best_step": state.best_step, "steps": state.global_step,
             "epochs": state.epoch, "train_seconds": train_seconds,
-            "train_examples_per_second": examples_seen / max(train_seconds, 1e-9),
+            "eval_seconds": self.eval_seconds,
+            "train_examples_per_second": examples_seen / max(train_seconds - self.eval_seconds, 1e-9),
             "history": state.history, **self.objective.stats(),
         }
 
     def _evaluate(self) -> None:
         state, args = self.state, self.args
+        started = time.perf_counter()
         score = evaluate(self.model, self.validation, args.metric, args.task_type, args.eval_batch_size,
                          self.pad_id, self.device)
         improved = state.best_score is None or score > state.best_score
@@ -162,4 +164,5 @@ class Trainer:
             state.evals_without_improvement += 1
         metrics = {args.metric: score, f"best_{args.metric}": state.best_score}
         state.history.append({"step": state.global_step, "epoch": round(state.epoch, 4), **metrics})
+        self.eval_seconds += time.perf_counter() - started
         self._emit("on_evaluate", metrics=metrics)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import WeightingConfig
 from .registry import Registry
@@ -116,6 +117,14 @@ class RWKDWeighting(Weighting):
         if meta_batch is None or (self.steps - 1) % self.cfg.meta_interval:
             return {}
         self.net.to(labels.device)
+        # The look-ahead differentiates through a gradient: the fused scaled-dot-product-attention
+        # kernels (flash / memory-efficient, used by BERT's default "sdpa" attention) have no
+        # double backward, the math kernel has.
+        with sdpa_kernel(SDPBackend.MATH):
+            return self._meta_update(model, inputs, labels, teacher_logits, kd_fn, meta_batch)
+
+    def _meta_update(self, model: nn.Module, inputs: dict, labels: torch.Tensor, teacher_logits: torch.Tensor,
+                     kd_fn: KDFn, meta_batch: dict) -> dict[str, float]:
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         logits = functional_call(model, params, args=(), kwargs=inputs).logits
         ce = F.cross_entropy(logits, labels, reduction="none")

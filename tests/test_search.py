@@ -1,0 +1,299 @@
+"""Search: spaces as data, the Ray Tune + Optuna + ASHA runner, records, resume and a real local cluster."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from autodistill.config import PipelineConfig
+from autodistill.data import bundled_dataset_path
+from autodistill.search.records import RecordStore, basic_meta_features, make_record
+from autodistill.search.space import SearchSpace, SpaceError, encode_points, preset_names
+
+VENV_BIN = Path(sys.executable).parent
+CR = str(bundled_dataset_path())
+
+
+# --------------------------------------------------------------------------- helpers
+def tiny_space(backbone: str, **budget) -> dict:
+    """A small conditional space over a tiny teacher, sized for tests (1 epoch, 400 rows, len 32)."""
+    return {
+        "name": "tiny",
+        "base": {"data": {"max_train_examples": 400, "max_length": 32},
+                 "teachers": [{"backbone": backbone, "epochs": 3, "learning_rate": 3e-3, "batch_size": 32}],
+                 "optim": {"epochs": 1, "evals_per_epoch": 2, "batch_size": 32, "eval_batch_size": 256}},
+        "budget": {"trials": 4, "max_concurrent_trials": 2, "cpus_per_trial": 1, "grace_period": 1,
+                   "reduction_factor": 2, "max_t": 20, **budget},
+        "params": [
+            {"name": "optim.learning_rate", "float": [3e-4, 5e-3], "log": True},
+            {"name": "loss.intermediate.objective", "choices": ["none", "mse", "mi_alpha"]},
+            {"name": "loss.intermediate.alpha", "choices": [0.5, 0.9],
+             "when": {"loss.intermediate.objective": ["mi_alpha"]}},
+            {"name": "augmentation.augmenters", "choices": [[], [{"name": "random", "p": 0.1}]]},
+        ],
+    }
+
+
+def write_space(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"})
+    return env
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+# --------------------------------------------------------------------------- spaces
+def test_invalid_spaces_name_the_entry(tiny_backbone):
+    good = tiny_space(tiny_backbone)
+    bad_path = json.loads(json.dumps(good))
+    bad_path["params"].insert(1, {"name": "optim.learnig_rate", "float": [1e-4, 1e-3]})
+    with pytest.raises(SpaceError, match=r"params\[1\] \(optim.learnig_rate\).*no field 'learnig_rate'"):
+        SearchSpace.from_dict(bad_path)
+
+    bad_choice = json.loads(json.dumps(good))
+    bad_choice["params"][1]["choices"].append("no_such_objective")
+    with pytest.raises(SpaceError, match=r"params\[1\] \(loss.intermediate.objective\).*no_such_objective"):
+        SearchSpace.from_dict(bad_choice)
+
+    bad_bound = json.loads(json.dumps(good))
+    bad_bound["params"][2] = {"name": "loss.intermediate.alpha", "float": [0.0, 1.5],
+                              "when": {"loss.intermediate.objective": ["mi_alpha"]}}
+    with pytest.raises(SpaceError, match=r"params\[2\] \(loss.intermediate.alpha\).*1.5"):
+        SearchSpace.from_dict(bad_bound)
+
+    # alpha without its condition is an invalid config: the space must say "when"
+    no_when = json.loads(json.dumps(good))
+    del no_when["params"][2]["when"]
+    with pytest.raises(SpaceError, match=r"params\[2\] \(loss.intermediate.alpha\)"):
+        SearchSpace.from_dict(no_when)
+
+    later = json.loads(json.dumps(good))
+    later["params"][0]["when"] = {"loss.intermediate.objective": ["mse"]}
+    with pytest.raises(SpaceError, match=r"params\[0\] \(optim.learning_rate\).*not an earlier parameter"):
+        SearchSpace.from_dict(later)
+
+    bad_base = json.loads(json.dumps(good))
+    bad_base["base"]["optim"]["epochz"] = 1
+    with pytest.raises(SpaceError, match="epochz"):
+        SearchSpace.from_dict(bad_base)
+
+
+def test_presets_load_and_validate():
+    assert {"full", "distiller", "cpu-fast"} <= set(preset_names())
+    full = SearchSpace.load("full")
+    names = {p.name for p in full.params}
+    for needed in ("loss.intermediate.alpha", "loss.intermediate.critic", "loss.intermediate.mapping",
+                   "weighting.strategy", "dynamic.selection", "dynamic.objective_adaptation", "mixup.enabled",
+                   "loss.prediction.temperature", "augmentation.augmenters", "optim.learning_rate"):
+        assert needed in names
+    objectives = next(p for p in full.params if p.name == "loss.intermediate.objective").choices
+    assert {"mi_alpha", "rail_l", "rail_c", "pkd", "cos", "hidden_ce"} <= set(objectives)
+    mappings = next(p for p in full.params if p.name == "loss.intermediate.mapping").choices
+    assert {"random", "emd", "skip", "last"} <= set(mappings)
+    distiller = SearchSpace.load("distiller")
+    assert len(next(p for p in distiller.params if p.name == "augmentation.augmenters").choices) == 10
+    fast = SearchSpace.load(Path(__file__).parents[1] / "search_spaces" / "cpu-fast.yaml")
+    assert fast.budget.trials >= 8 and fast.base["data"]["max_length"] == 64
+    with pytest.raises(SpaceError, match="no-such-preset"):
+        SearchSpace.load("no-such-preset")
+
+
+def test_conditional_params_only_when_active():
+    space = SearchSpace.load("full")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+    seen_alpha = seen_mapping_none = 0
+    for _ in range(150):
+        trial = study.ask()
+        space(trial)
+        params = trial.params
+        objective = params["loss.intermediate.objective"]
+        assert ("loss.intermediate.alpha" in params) == (objective == "mi_alpha")
+        assert ("loss.intermediate.mapping" in params) == (objective != "none")
+        assert ("mixup.student_weight" in params) == params["mixup.enabled"]
+        assert ("weighting.strategy" in params) == (params["loss.prediction.type"] != "annealing")
+        if "loss.intermediate.random_resample" in params:
+            assert params["loss.intermediate.mapping"] == "random"
+        seen_alpha += "loss.intermediate.alpha" in params
+        seen_mapping_none += objective == "none"
+        cfg = space.to_config(params)   # every sampled point is a valid pipeline config
+        assert isinstance(cfg, PipelineConfig)
+        assert isinstance(cfg.augmentation.augmenters, list)
+        study.tell(trial, 0.0)
+    assert seen_alpha and seen_mapping_none
+    # complex (list) choices reach Optuna as strings and come back as lists; warm starts encode them
+    [point] = encode_points(space, [{"augmentation.augmenters": [{"name": "random", "p": 0.1}],
+                                     "loss.intermediate.objective": "mi_alpha", "loss.intermediate.alpha": 0.7}])
+    assert isinstance(point["augmentation.augmenters"], str)
+    assert space.to_config(point).loss.intermediate.alpha == 0.7
+    with pytest.raises(SpaceError, match="outside the space"):
+        encode_points(space, [{"optim.learning_rate": 5.0}])
+
+
+def test_records_dedup_and_meta_features(tmp_path):
+    from autodistill.data import load_task_data
+    from autodistill.config import DataConfig
+    task = load_task_data(DataConfig(train=CR, max_train_examples=50))
+    meta = basic_meta_features(task)
+    assert meta["n_train"] == 50 and meta["num_labels"] == 2 and meta["label_entropy"] > 0
+    store = RecordStore(tmp_path)
+    cfg = PipelineConfig()
+    rec = make_record(dataset_fingerprint="fp", meta_features=meta, config=cfg, metrics={"student_score": 0.5},
+                      teacher_score=0.9, wall_seconds=1.0, student_parameters=10, status="completed")
+    assert store.append(rec) and not store.append(dict(rec, wall_seconds=2.0))
+    moved = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": "/elsewhere"})})
+    assert not store.append(make_record(dataset_fingerprint="fp", meta_features=meta, config=moved, metrics={},
+                                        teacher_score=None, wall_seconds=None, student_parameters=None,
+                                        status="completed"))
+    other_seed = PipelineConfig.model_validate({"optim": {"seed": 7}})
+    assert store.append(make_record(dataset_fingerprint="fp", meta_features=meta, config=other_seed, metrics={},
+                                    teacher_score=None, wall_seconds=None, student_parameters=None,
+                                    status="completed"))
+    rows = store.read()
+    assert len(rows) == 2 and all(r["schema_version"] == 1 for r in rows)
+    assert set(rows[0]["versions"]) == {"torch", "transformers", "ray", "optuna", "autodistill"}
+
+
+# --------------------------------------------------------------------------- searches
+def test_four_trial_search_in_process(tiny_backbone, tmp_path):
+    from autodistill.search.runner import format_leaderboard, run_search
+    result = run_search(CR, tiny_space(tiny_backbone), tmp_path / "out", trials=4, quiet=True)
+    assert not result.interrupted
+    records = RecordStore(tmp_path / "out").read()
+    assert len(records) == 4
+    assert len({r["search"]["trial_id"] for r in records}) == 4
+    for r in records:
+        assert r["dataset_fingerprint"] == result.dataset_fingerprint
+        assert r["meta_features"]["n_train"] == 400 and r["teacher_score"] is not None
+        assert PipelineConfig.model_validate(r["config"]).data.max_length == 32
+        assert r["status"] in ("completed", "stopped_early")
+        assert r["versions"]["ray"] and r["seed"] == 42
+    done = [r for r in records if r["status"] == "completed"]
+    assert done and all(r["student_parameters"] > 0 and r["metrics"]["teacher_outputs"] == "cached" for r in done)
+    # the teacher was trained once, in the driver; trials found it (and its logits) in the caches
+    assert all(r["metrics"]["teacher_from_cache"] == [True] for r in done)
+    best = result.best_dir
+    assert (best / "student" / "config.json").is_file() and (best / "config.yaml").is_file()
+    assert json.loads((best / "metrics.json").read_text())["student_score"] == pytest.approx(result.best_score)
+    assert "completed" in format_leaderboard(result.trials)
+
+
+def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):
+    from autodistill.search.runner import run_search
+    space = tiny_space(tiny_backbone, max_concurrent_trials=1)
+    space["base"]["optim"]["evals_per_epoch"] = 4
+    space["params"] = [{"name": "optim.learning_rate", "float": [1e-4, 50.0], "log": True}]
+    seeds = [{"optim.learning_rate": 1e-3}, {"optim.learning_rate": 40.0}, {"optim.learning_rate": 30.0}]
+    result = run_search(CR, space, tmp_path / "out", trials=4, warm_start=seeds, seed=0, quiet=True)
+    statuses = [r["status"] for r in result.trials]
+    assert "stopped_early" in statuses, result.trials
+    stopped = [r for r in result.trials if r["status"] == "stopped_early"]
+    assert all(r["reports"] < 4 for r in stopped)
+    records = RecordStore(tmp_path / "out").read()
+    assert len(records) == 4 and any(r["status"] == "stopped_early" for r in records)
+
+
+def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
+    from autodistill.search.runner import run_search
+    space_file = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
+    out = tmp_path / "out"
+    cmd = [str(VENV_BIN / "autodistill"), "search", "--data", CR, "--space", str(space_file), "--trials", "5",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    records = out / "records.jsonl"
+    deadline = time.time() + 150
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if records.is_file() and records.read_text().strip():
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()
+        assert records.is_file(), "no trial finished in time"
+        os.kill(proc.pid, signal.SIGINT)   # Ctrl-C
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    before = RecordStore(out).read()
+    assert 1 <= len(before) < 5, output
+    assert proc.returncode != 0, output
+    kept = {r["search"]["trial_id"] for r in before}
+
+    result = run_search(CR, space_file, out, trials=5, resume=True, quiet=True)
+    after = RecordStore(out).read()
+    assert len(after) == 5
+    assert len({r["key"] for r in after}) == 5 and len({r["search"]["trial_id"] for r in after}) == 5
+    assert kept <= {r["search"]["trial_id"] for r in after}        # finished trials were kept, not re-run
+    assert sum(r["status"] in ("completed", "stopped_early") for r in result.trials) == 5
+    assert not result.interrupted
+
+
+def test_search_on_a_local_cluster(tiny_backbone, tmp_path):
+    ray_bin = VENV_BIN / "ray"
+    (gcs, node_manager, object_manager, metrics, agent_grpc, agent_http, runtime_env, client, dash,
+     min_worker) = free_ports(10)
+    temp_dir = Path("/tmp") / f"adray-{os.getpid()}-{gcs}"  # Ray's socket paths must stay short
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=false",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
+         f"--metrics-export-port={metrics}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--dashboard-agent-listen-port={agent_http}", f"--runtime-env-agent-port={runtime_env}",
+         f"--ray-client-server-port={client}", f"--min-worker-port={min_worker}",
+         f"--max-worker-port={min_worker + 40}", f"--temp-dir={temp_dir}"],
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        space_file = write_space(tmp_path, tiny_space(tiny_backbone, trials=2))
+        out = tmp_path / "out"
+        deadline = time.time() + 60
+        while time.time() < deadline:   # wait for the GCS to accept connections
+            try:
+                socket.create_connection(("127.0.0.1", gcs), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, head.stdout.read()
+                time.sleep(0.5)
+        time.sleep(2)
+        run = subprocess.run(
+            [str(VENV_BIN / "autodistill"), "search", "--data", CR, "--space", str(space_file), "--trials", "2",
+             "--address", f"127.0.0.1:{gcs}", "--out", str(out)],
+            env=cli_env(), capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert len(RecordStore(out).read()) == 2
+        assert "completed" in run.stdout and (out / "best" / "student").is_dir()
+        # the trials ran on the cluster we started: its session logs show the worker processes
+        assert any(temp_dir.glob("session_*/logs/worker-*"))
+    finally:
+        head.send_signal(signal.SIGTERM)    # `ray start --block` stops the processes it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
