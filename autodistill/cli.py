@@ -55,6 +55,10 @@ def _search(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, ModelLoadError, SpaceError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ConnectionError as err:
+        print(f"error: {err}. Is the cluster running? Ray 2.60 clusters use token authentication: "
+              "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token.", file=sys.stderr)
+        return 2
     print(format_leaderboard(result.trials))
     teacher = f"{result.teacher_score:.4f}" if result.teacher_score is not None else "-"
     print(f"\nteacher score {teacher}; {len(result.trials)} trials in {result.wall_seconds:.0f} s; "

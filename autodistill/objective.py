@@ -9,6 +9,7 @@ adoption, KD_i mixes the teachers' KD losses; with objective adaptation, KD_i â†
 """
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Sequence
 
@@ -131,6 +132,12 @@ class KDObjective(StepObjective):
                 batch.extend(variants[v % len(variants)] for v in range(repeats))
             batches.append(batch)
         return batches
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        repeats = self.cfg.augmentation.repeated_aug
+        if repeats == 1 or self.pool.copies == 0:
+            return super().steps_per_epoch(batch_size)
+        return math.ceil(self.pool.n_original / max(1, batch_size // repeats))
 
     def stats(self) -> dict[str, Any]:
         return {"teacher_forward_examples": sum(t.forward_examples for t in self.teachers)}

@@ -10,6 +10,9 @@ from typing import Iterable, Literal, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from .callbacks import progress_enabled
 
 from .training import EncodedSplit, collate, length_sorted_batches, model_inputs, to_device
 
@@ -68,7 +71,8 @@ def compute_teacher_outputs(teacher: nn.Module, split: EncodedSplit, pad_id: int
     n = len(split)
     logits = torch.zeros(n, teacher.config.num_labels)
     stores: dict[int, list | torch.Tensor] = {}
-    for idx in length_sorted_batches(split, batch_size):
+    batches = length_sorted_batches(split, batch_size)
+    for idx in tqdm(batches, desc="teacher outputs", disable=not progress_enabled(), leave=False):
         batch = to_device(collate(split, idx, pad_id), device)
         out = teacher(**model_inputs(batch), output_hidden_states=bool(layers))
         logits[idx] = out.logits.float().cpu()

@@ -19,7 +19,6 @@ from torch import nn
 from .callbacks import Callback, EarlyStoppingCallback, ProgressCallback, TrainerState
 from .training import (
     EncodedSplit, build_optimizer, collate, evaluate, model_inputs, set_seed, shuffled_batches, to_device,
-    total_steps_for,
 )
 
 
@@ -57,6 +56,10 @@ class StepObjective:
 
     def batches(self, batch_size: int, rng: random.Random) -> list[list[int]]:
         return shuffled_batches(len(self.train_split()), batch_size, rng)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """How many batches ``batches`` yields per epoch (sizes the schedule)."""
+        return math.ceil(len(self.train_split()) / batch_size)
 
     def before_step(self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainerState) -> None:
         """Hook for look-ahead meta updates (RW-KD) before the model's own step."""
@@ -103,8 +106,7 @@ class Trainer:
         rng = random.Random(args.seed)
         for module in self.objective.trainable_modules():
             module.to(self.device)
-        n_train = len(self.objective.train_split())
-        state.total_steps = total_steps_for(n_train, args.batch_size, args.epochs)
+        state.total_steps = max(1, math.ceil(self.objective.steps_per_epoch(args.batch_size) * args.epochs))
         optimizer, scheduler = build_optimizer(
             None, [self.model, *self.objective.trainable_modules()], args.learning_rate, args.weight_decay,
             args.warmup_ratio, state.total_steps)

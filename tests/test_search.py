@@ -207,21 +207,21 @@ def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):
     space = tiny_space(tiny_backbone, max_concurrent_trials=1)
     space["base"]["optim"]["evals_per_epoch"] = 4
     space["params"] = [{"name": "optim.learning_rate", "float": [1e-4, 50.0], "log": True}]
-    seeds = [{"optim.learning_rate": 1e-3}, {"optim.learning_rate": 40.0}, {"optim.learning_rate": 30.0}]
-    result = run_search(CR, space, tmp_path / "out", trials=4, warm_start=seeds, seed=0, quiet=True)
+    seeds = [{"optim.learning_rate": 1e-3}, {"optim.learning_rate": 40.0}]
+    result = run_search(CR, space, tmp_path / "out", trials=3, warm_start=seeds, seed=0, quiet=True)
     statuses = [r["status"] for r in result.trials]
     assert "stopped_early" in statuses, result.trials
     stopped = [r for r in result.trials if r["status"] == "stopped_early"]
     assert all(r["reports"] < 4 for r in stopped)
     records = RecordStore(tmp_path / "out").read()
-    assert len(records) == 4 and any(r["status"] == "stopped_early" for r in records)
+    assert len(records) == 3 and any(r["status"] == "stopped_early" for r in records)
 
 
 def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
     from autodistill.search.runner import run_search
     space_file = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
     out = tmp_path / "out"
-    cmd = [str(VENV_BIN / "autodistill"), "search", "--data", CR, "--space", str(space_file), "--trials", "5",
+    cmd = [str(VENV_BIN / "autodistill"), "search", "--data", CR, "--space", str(space_file), "--trials", "4",
            "--out", str(out)]
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -241,21 +241,24 @@ def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     before = RecordStore(out).read()
-    assert 1 <= len(before) < 5, output
+    assert 1 <= len(before) < 4, output
     assert proc.returncode != 0, output
     kept = {r["search"]["trial_id"] for r in before}
 
-    result = run_search(CR, space_file, out, trials=5, resume=True, quiet=True)
+    result = run_search(CR, space_file, out, trials=4, resume=True, quiet=True)
     after = RecordStore(out).read()
-    assert len(after) == 5
-    assert len({r["key"] for r in after}) == 5 and len({r["search"]["trial_id"] for r in after}) == 5
+    assert len(after) == 4
+    assert len({r["key"] for r in after}) == 4 and len({r["search"]["trial_id"] for r in after}) == 4
     assert kept <= {r["search"]["trial_id"] for r in after}        # finished trials were kept, not re-run
-    assert sum(r["status"] in ("completed", "stopped_early") for r in result.trials) == 5
+    assert sum(r["status"] in ("completed", "stopped_early") for r in result.trials) == 4
     assert not result.interrupted
 
 
 def test_search_on_a_local_cluster(tiny_backbone, tmp_path):
+    import secrets
     ray_bin = VENV_BIN / "ray"
+    # Ray 2.60 clusters started with `ray start` use token authentication: head and driver share a token
+    env = {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     (gcs, node_manager, object_manager, metrics, agent_grpc, agent_http, runtime_env, client, dash,
      min_worker) = free_ports(10)
     temp_dir = Path("/tmp") / f"adray-{os.getpid()}-{gcs}"  # Ray's socket paths must stay short
@@ -268,7 +271,7 @@ def test_search_on_a_local_cluster(tiny_backbone, tmp_path):
          f"--dashboard-agent-listen-port={agent_http}", f"--runtime-env-agent-port={runtime_env}",
          f"--ray-client-server-port={client}", f"--min-worker-port={min_worker}",
          f"--max-worker-port={min_worker + 40}", f"--temp-dir={temp_dir}"],
-        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         space_file = write_space(tmp_path, tiny_space(tiny_backbone, trials=2))
         out = tmp_path / "out"
@@ -284,7 +287,7 @@ def test_search_on_a_local_cluster(tiny_backbone, tmp_path):
         run = subprocess.run(
             [str(VENV_BIN / "autodistill"), "search", "--data", CR, "--space", str(space_file), "--trials", "2",
              "--address", f"127.0.0.1:{gcs}", "--out", str(out)],
-            env=cli_env(), capture_output=True, text=True, timeout=240)
+            env=env, capture_output=True, text=True, timeout=240)
         assert run.returncode == 0, run.stdout + run.stderr
         assert len(RecordStore(out).read()) == 2
         assert "completed" in run.stdout and (out / "best" / "student").is_dir()

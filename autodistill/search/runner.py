@@ -121,7 +121,8 @@ def record_for(ctx: SearchContext, trial_id: str, params: Mapping[str, Any], las
         meta_features=ctx.meta_features, config=cfg, metrics=metrics,
         teacher_score=last.get("teacher_score", ctx.teacher_score), wall_seconds=wall_seconds,
         student_parameters=last.get("student_parameters"), status=status,
-        search={**ctx.search_info, "trial_id": trial_id}, params=ctx.space.decode(params))
+        search={**ctx.search_info, "trial_id": trial_id, "finished_at": time.time()},
+        params=ctx.space.decode(params))
 
 
 def _make_callback(ctx: SearchContext, quiet: bool):
