@@ -4,7 +4,7 @@
     r = 0.1 of each batch (selection 'entropy') vs r = 1 (selection 'none');
 (b) RW-KD's meta-learned λ vs fixed-λ KD (cached teacher outputs): the look-ahead's overhead.
 
-    .venv/bin/python benchmarks/bench_adaptive.py [--teacher-backbone default] [--max-train 1000] [--epochs 1]
+    .venv/bin/python benchmarks/bench_adaptive.py [--teacher-backbone default] [--max-train 400] [--epochs 1]
 
 The teacher is fine-tuned once (cached under $AUTODISTILL_CACHE) before any timing. "train s" is the
 trainer's metrics['train_seconds'] (the whole training loop, its validation passes included);
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--teacher-backbone", default="default", help="'default' = the shipped MiniLM-L6")
     ap.add_argument("--teacher-epochs", type=float, default=2.0)
     ap.add_argument("--teacher-lr", type=float, default=1e-4)
-    ap.add_argument("--max-train", type=int, default=1000, help="seeded subsample of the bundled train set")
+    ap.add_argument("--max-train", type=int, default=400, help="seeded subsample of the bundled train set")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--epochs", type=float, default=1.0, help="student epochs, the same for every run")
     ap.add_argument("--learning-rate", type=float, default=1e-4, help="student learning rate")
