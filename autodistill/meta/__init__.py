@@ -1,0 +1,1 @@
+"""AutoDistiller recommender: meta-features, meta-dataset, meta-model and its evaluation."""

@@ -1,0 +1,339 @@
+"""Leave-one-dataset-out (LODO) evaluation of the meta-model against baselines, and its report.
+
+For each held-out dataset D of a table (:func:`autodistill.meta.table.records_to_table`):
+
+1. :func:`training_table` keeps only the rows of the *other* datasets (and drops any row whose dataset
+   fingerprint equals one of D's, so the same data under another name cannot leak); it asserts D is
+   absent. The model is fitted on that table only.
+2. D's candidates are scored from their features alone (:func:`test_features`: target, score and
+   teacher score are dropped) and ranked.
+
+Methods: the meta-model with ``hgb``, ``rf`` and ``pairwise``; baselines:
+
+- ``vanilla_kd``: the candidate named ``vanilla_kd`` if D has it, else the candidate whose pipeline
+  features are closest (L1) to the default :class:`~autodistill.config.PipelineConfig`'s;
+- ``single_best``: the candidate with the best mean target over the training datasets;
+- ``nearest_dataset``: the best candidate of the training dataset nearest to D (L1 on standardised
+  meta-features, auto-sklearn style); candidates it lacks are ranked after, by single-best order;
+- ``random``: the expected value of a uniformly random pick (computed exactly, not sampled).
+
+Metrics per held-out dataset (y = the target, e.g. student/teacher score; y* = D's best):
+
+- ``regret1`` = y* − y(top-1): normalised regret, in target units (fraction of the teacher's score
+  for ``target=ratio``); ``nregret1`` = regret1 / (y* − y_min): min-max scaled, in [0, 1];
+- ``regret5`` = y* − max y over the top-5;
+- ``rank1``: 1 + number of candidates strictly better than the top-1;
+- ``hit5``: 1 if a best candidate is in the top-5;
+- ``spearman``: rank correlation of the method's scores with y (NaN for vanilla KD; 0 for random);
+- ``gap_closed`` = (regret1(single_best) − regret1(method)) / regret1(single_best), NaN when the
+  single best is already optimal on D. The summary's ``gap_closed`` is computed on the means:
+  1 − mean regret1(method) / mean regret1(single_best).
+
+The best meta-model is the one with the lowest mean ``regret1`` (selected on these LODO results).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from ..config import PipelineConfig
+from .model import METHODS, PipelineScoreRegressor, l1_distances, _scale_stats
+from .table import PF_PREFIX, feature_columns, meta_feature_columns, pipeline_features
+
+BASELINES = ("vanilla_kd", "single_best", "nearest_dataset", "random")
+METRICS = ("regret1", "nregret1", "regret5", "rank1", "hit5", "spearman", "gap_closed")
+TOP_K = 5
+#: meta-features about an already trained teacher: unknown when a user asks for a recommendation
+#: before training one, so they are left out of the models by default
+TEACHER_META_FEATURES = ("mf_teacher_score", "mf_has_teacher_score", "mf_teacher_confidence",
+                         "mf_has_teacher_confidence")
+_HIDDEN = ("target", "score", "teacher_score", "n_runs")
+
+FitPredict = Callable[[pd.DataFrame, pd.DataFrame, str], np.ndarray]
+
+
+class LeakError(AssertionError):
+    """The training table of a fold contains the held-out dataset."""
+
+
+# --------------------------------------------------------------------------- the guard
+def training_table(table: pd.DataFrame, held_out: str) -> pd.DataFrame:
+    """Rows of every dataset except ``held_out`` (and except rows sharing its fingerprint)."""
+    test_fps = set(table.loc[table["dataset"] == held_out, "fingerprint"].dropna()) \
+        if "fingerprint" in table else set()
+    mask = table["dataset"] != held_out
+    if test_fps:
+        mask &= ~table["fingerprint"].isin(test_fps)
+    train = table[mask]
+    if held_out in set(train["dataset"]) or (test_fps and test_fps & set(train["fingerprint"].dropna())):
+        raise LeakError(f"the training table of fold {held_out!r} contains the held-out dataset")
+    return train
+
+
+def test_features(table: pd.DataFrame, held_out: str) -> pd.DataFrame:
+    """The held-out dataset's rows without anything derived from its results."""
+    return table[table["dataset"] == held_out].drop(columns=[c for c in _HIDDEN if c in table.columns])
+
+
+def drop_meta_features(table: pd.DataFrame, names: Sequence[str] = TEACHER_META_FEATURES) -> pd.DataFrame:
+    out = table.drop(columns=[c for c in names if c in table.columns])
+    out.attrs.update(table.attrs)
+    return out
+
+
+# --------------------------------------------------------------------------- models
+def default_model_params(method: str) -> dict[str, Any]:
+    return {"hgb": {"n_estimators": 150, "n_bags": 3}, "rf": {"n_estimators": 200},
+            "pairwise": {"n_estimators": 100, "n_bags": 1}}[method]
+
+
+def fit_model(train: pd.DataFrame, method: str, random_state: int = 0,
+              model_params: dict[str, Any] | None = None) -> PipelineScoreRegressor:
+    cols = feature_columns(train)
+    params = {**default_model_params(method), **(model_params or {})}
+    if method == "pairwise":
+        params.setdefault("context_columns", [cols.index(c) for c in meta_feature_columns(train)])
+    model = PipelineScoreRegressor(method=method, random_state=random_state, **params)
+    return model.fit(train[cols].to_numpy(dtype=float), train["target"].to_numpy(dtype=float),
+                     groups=train["dataset"].to_numpy())
+
+
+def guarded_fit_predict(train: pd.DataFrame, test: pd.DataFrame, method: str, random_state: int = 0,
+                        model_params: dict[str, Any] | None = None) -> np.ndarray:
+    model = fit_model(train, method, random_state, model_params)
+    return model.predict(test[feature_columns(train)].to_numpy(dtype=float))
+
+
+# --------------------------------------------------------------------------- metrics
+def ranking_metrics(y_true: Sequence[float], scores: Sequence[float], k: int = TOP_K,
+                    with_spearman: bool = True) -> dict[str, float]:
+    """Metrics of one ranking (highest score first; ties broken by position)."""
+    y = np.asarray(y_true, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    s = np.where(np.isfinite(s), s, -np.inf)
+    order = np.argsort(-s, kind="stable")
+    best, worst = y.max(), y.min()
+    pick = order[0]
+    top = order[:k]
+    regret1 = best - y[pick]
+    spear = float("nan")
+    fin = np.isfinite(s)
+    if with_spearman and fin.sum() > 2 and np.ptp(y[fin]) > 0 and np.ptp(s[fin]) > 0:
+        spear = float(spearmanr(s[fin], y[fin]).statistic)
+    return {"regret1": float(regret1), "nregret1": float(regret1 / (best - worst)) if best > worst else 0.0,
+            "regret5": float(best - y[top].max()), "rank1": float(1 + np.sum(y > y[pick])),
+            "hit5": float(np.any(y[top] >= best)), "spearman": spear}
+
+
+def random_metrics(y_true: Sequence[float], k: int = TOP_K) -> dict[str, float]:
+    """Exact expected metrics of a uniformly random ranking."""
+    y = np.sort(np.asarray(y_true, dtype=float))
+    n = len(y)
+    best, worst = y[-1], y[0]
+    k = min(k, n)
+    # P(the max of a random k-subset is the i-th smallest) = C(i, k-1) / C(n, k)
+    probs = np.array([math.comb(i, k - 1) for i in range(n)], dtype=float) / math.comb(n, k)
+    e_best_k = float(np.sum(probs * y))
+    n_best = int(np.sum(y >= best))
+    p_hit = 1.0 - math.comb(n - n_best, k) / math.comb(n, k)
+    ranks = np.array([1 + np.sum(y > v) for v in y], dtype=float)
+    regret1 = best - y.mean()
+    return {"regret1": float(regret1), "nregret1": float(regret1 / (best - worst)) if best > worst else 0.0,
+            "regret5": float(best - e_best_k), "rank1": float(ranks.mean()), "hit5": float(p_hit),
+            "spearman": 0.0}
+
+
+# --------------------------------------------------------------------------- baselines
+def _default_features() -> dict[str, float]:
+    return pipeline_features(PipelineConfig())
+
+
+def baseline_scores(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Scores of D's candidates (``test`` rows, in order) under each deterministic baseline."""
+    cands = test["candidate"].to_numpy()
+    pf_cols = [c for c in test.columns if c.startswith(PF_PREFIX)]
+    # single best: mean target over the training datasets
+    means = train.groupby("candidate")["target"].mean()
+    sb = np.array([means.get(c, np.nan) for c in cands], dtype=float)
+    sb_filled = np.where(np.isfinite(sb), sb, (np.nanmin(sb) if np.isfinite(sb).any() else 0.0) - 1.0)
+    # vanilla KD: by name, else nearest to the default config's pipeline features
+    if "vanilla_kd" in set(cands):
+        van = np.where(cands == "vanilla_kd", 1.0, 0.0)
+    else:
+        default = _default_features()
+        ref = np.array([default.get(c, np.nan) for c in pf_cols], dtype=float)
+        P = test[pf_cols].to_numpy(dtype=float)
+        van = -np.nansum(np.abs(np.nan_to_num(P, nan=0.0) - np.nan_to_num(ref, nan=0.0)), axis=1)
+    # nearest dataset
+    mf_cols = meta_feature_columns(train)
+    per_ds = train.groupby("dataset")
+    names = list(per_ds.groups)
+    mf = per_ds[mf_cols].first() if mf_cols else pd.DataFrame(index=names)
+    near = sb_filled - 10.0  # fallback order: single best, below every observed value
+    if mf_cols and len(names):
+        center, scale = _scale_stats(mf)
+        q = test[mf_cols].iloc[0].to_numpy(dtype=float)
+        d = l1_distances(q, mf.to_numpy(dtype=float), center, scale)
+        nearest = names[int(np.argsort(d, kind="stable")[0])]
+        vals = train[train["dataset"] == nearest].set_index("candidate")["target"]
+        got = np.array([vals.get(c, np.nan) for c in cands], dtype=float)
+        near = np.where(np.isfinite(got), got, near)
+    return {"vanilla_kd": van, "single_best": sb_filled, "nearest_dataset": near}
+
+
+# --------------------------------------------------------------------------- LODO
+@dataclass
+class LodoResult:
+    per_dataset: pd.DataFrame   # dataset, method, n_candidates, metrics...
+    summary: pd.DataFrame       # method -> mean metrics (gap_closed on the means)
+    predictions: pd.DataFrame   # dataset, candidate, method, predicted, true
+    best_method: str | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def lodo_evaluate(table: pd.DataFrame, methods: Sequence[str] = METHODS, *, random_state: int = 0,
+                  k: int = TOP_K, model_params: dict[str, dict[str, Any]] | None = None,
+                  fit_predict: FitPredict | None = None, baselines: bool = True,
+                  min_candidates: int = 2) -> LodoResult:
+    """Leave-one-dataset-out evaluation (see the module docstring).
+
+    ``fit_predict(train_table, test_features, method) -> scores`` replaces the model fit (tests);
+    it only ever receives :func:`training_table` and :func:`test_features`.
+    """
+    model_params = model_params or {}
+    rows, preds = [], []
+    datasets = sorted(table["dataset"].unique())
+    for held_out in datasets:
+        test_rows = table[table["dataset"] == held_out]
+        if len(test_rows) < min_candidates:
+            continue
+        train = training_table(table, held_out)
+        if train.empty:
+            continue
+        test = test_features(table, held_out)
+        y = test_rows["target"].to_numpy(dtype=float)
+        scores: dict[str, np.ndarray] = {}
+        for method in methods:
+            if fit_predict is not None:
+                scores[method] = np.asarray(fit_predict(train, test, method), dtype=float)
+            else:
+                scores[method] = guarded_fit_predict(train, test, method, random_state, model_params.get(method))
+        if baselines:
+            scores.update(baseline_scores(train, test))
+        for method, s in scores.items():
+            m = ranking_metrics(y, s, k, with_spearman=method != "vanilla_kd")
+            rows.append({"dataset": held_out, "method": method, "n_candidates": len(y), **m})
+            preds += [{"dataset": held_out, "candidate": c, "method": method, "predicted": float(p),
+                       "true": float(t)} for c, p, t in zip(test_rows["candidate"], s, y)]
+        if baselines:
+            rows.append({"dataset": held_out, "method": "random", "n_candidates": len(y), **random_metrics(y, k)})
+    per = pd.DataFrame(rows)
+    if per.empty:
+        return LodoResult(per, pd.DataFrame(), pd.DataFrame(preds), None)
+    sb = per[per["method"] == "single_best"].set_index("dataset")["regret1"] if baselines else None
+    if sb is not None:
+        ref = per["dataset"].map(sb)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per["gap_closed"] = np.where(ref > 0, (ref - per["regret1"]) / ref, np.nan)
+    else:
+        per["gap_closed"] = np.nan
+    summary = per.groupby("method", sort=False)[[m for m in METRICS if m != "gap_closed"]].mean()
+    if sb is not None and sb.mean() > 0:
+        summary["gap_closed"] = 1.0 - summary["regret1"] / sb.mean()
+    else:
+        summary["gap_closed"] = np.nan
+    summary["n_datasets"] = per.groupby("method", sort=False)["dataset"].nunique()
+    order = [m for m in [*methods, *BASELINES] if m in summary.index]
+    summary = summary.loc[order]
+    model_rows = summary.loc[[m for m in methods if m in summary.index]]
+    best = str(model_rows["regret1"].idxmin()) if len(model_rows) else None
+    return LodoResult(per, summary, pd.DataFrame(preds), best,
+                      info={"n_datasets": len(datasets), "n_rows": int(len(table)),
+                            "n_candidates": int(table["candidate"].nunique()), "k": k,
+                            "target": table.attrs.get("target", "ratio")})
+
+
+# --------------------------------------------------------------------------- report
+def _fmt(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "–" if not np.isfinite(v) else f"{v:.4f}"
+    return str(v)
+
+
+def markdown_table(df: pd.DataFrame, index_name: str = "") -> str:
+    cols = [index_name or (df.index.name or ""), *map(str, df.columns)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for i, idx in enumerate(df.index):
+        lines.append("| " + " | ".join([str(idx), *(_fmt(df.iloc[i, j]) for j in range(df.shape[1]))]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-model: leave-one-dataset-out") -> Path:
+    """report.md + per_dataset.csv + summary.csv + predictions.csv + PNG plots in ``out_dir``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.per_dataset.to_csv(out / "per_dataset.csv", index=False)
+    result.summary.to_csv(out / "summary.csv")
+    result.predictions.to_csv(out / "predictions.csv", index=False)
+    info = result.info
+    lines = [f"# {title}", "",
+             f"{info.get('n_datasets', '?')} datasets, {info.get('n_candidates', '?')} candidates, "
+             f"{info.get('n_rows', '?')} (dataset, candidate) rows; target `{info.get('target', 'ratio')}`; "
+             f"top-k = {info.get('k', TOP_K)}. Each dataset is held out in turn and the models are fitted on the "
+             "others only. Regret is in target units (y* − y of the pick); `nregret1` is min-max scaled per "
+             "dataset; `gap_closed` is the share of the single-best → oracle gap in mean top-1 regret that a "
+             "method closes.", ""]
+    if result.summary.empty:
+        lines.append("No dataset had enough candidates to evaluate.")
+        (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return out / "report.md"
+    lines += ["## Mean over held-out datasets", "", markdown_table(result.summary, "method"), "",
+              f"Best meta-model by mean top-1 regret: **{result.best_method}**.", ""]
+    piv = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
+    piv = piv[[m for m in result.summary.index if m in piv.columns]]
+    lines += ["## Top-1 regret per held-out dataset", "", markdown_table(piv, "dataset"), ""]
+    # plots
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(piv) + 3), 4))
+    width = 0.8 / max(1, piv.shape[1])
+    x = np.arange(len(piv))
+    for i, m in enumerate(piv.columns):
+        ax.bar(x + i * width, piv[m].to_numpy(), width, label=m)
+    ax.set_xticks(x + 0.4 - width / 2, piv.index, rotation=45, ha="right")
+    ax.set_ylabel("top-1 regret (target units)")
+    ax.set_title("Top-1 regret per held-out dataset")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "regret_per_dataset.png", dpi=110)
+    plt.close(fig)
+    lines += ["![top-1 regret per dataset](regret_per_dataset.png)", ""]
+    if result.best_method is not None:
+        p = result.predictions[result.predictions["method"] == result.best_method]
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for ds, g in p.groupby("dataset"):
+            ax.scatter(g["true"], g["predicted"], s=10, label=ds)
+        lo = float(min(p["true"].min(), p["predicted"].min()))
+        hi = float(max(p["true"].max(), p["predicted"].max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel("true target")
+        ax.set_ylabel(f"predicted ({result.best_method}, held out)")
+        ax.set_title("Predicted vs true, leave-one-dataset-out")
+        if p["dataset"].nunique() <= 20:
+            ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / "pred_vs_true.png", dpi=110)
+        plt.close(fig)
+        lines += ["![predicted vs true](pred_vs_true.png)", ""]
+    lines += ["Files: `summary.csv`, `per_dataset.csv` (every metric per dataset and method), "
+              "`predictions.csv` (every held-out score).", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return out / "report.md"

@@ -1,0 +1,245 @@
+"""The meta-model: table, estimators (scikit-learn checks), LODO guard, metrics, recommender, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from autodistill.config import PipelineConfig
+from autodistill.meta import evaluate as ev
+from autodistill.meta.model import (ModelVersionError, PairwiseRanker, PipelineScoreRegressor, Recommender,
+                                    SIDECAR_FILE)
+from autodistill.meta.table import (feature_columns, pipeline_feature_columns, pipeline_features,
+                                    records_to_table, table_from_paths)
+from autodistill.search.records import RecordStore, make_record
+
+
+# --------------------------------------------------------------------------- scikit-learn checks
+# Nothing is skipped or expected to fail: small settings keep the ~50 checks per estimator fast.
+@parametrize_with_checks([
+    PipelineScoreRegressor(method="hgb", n_estimators=30, n_bags=2),
+    PipelineScoreRegressor(method="rf", n_estimators=10),
+    PipelineScoreRegressor(method="pairwise", n_estimators=10, n_bags=1, pairwise_base="linear"),
+    PairwiseRanker(base="gbm", n_estimators=10, n_reference=8, random_state=0),
+], expected_failed_checks=lambda est: {})
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# --------------------------------------------------------------------------- synthetic meta-dataset
+CANDIDATES = {
+    "vanilla_kd": {},
+    "mse": {"loss": {"intermediate": {"objective": "mse"}}},
+    "mi_alpha": {"loss": {"intermediate": {"objective": "mi_alpha", "alpha": 0.9}}},
+    "mixup": {"mixup": {"enabled": True}},
+    "aug": {"augmentation": {"augmenters": [{"name": "random", "p": 0.3}, {"name": "mask", "p": 0.1}]}},
+    "t4": {"loss": {"prediction": {"temperature": 4.0}}},
+    "rwkd": {"weighting": {"strategy": "rw_kd"}},
+    "dyn": {"dynamic": {"selection": "entropy", "selection_ratio": 0.5}},
+}
+
+
+def _records(n_datasets: int = 6, seed: int = 0) -> list[dict]:
+    """Pair datasets favour MI-alpha, single-sentence ones mixup (plus noise)."""
+    rng = np.random.RandomState(seed)
+    recs = []
+    for d in range(n_datasets):
+        pair = float(d % 2)
+        mf = {"log_n_train": 6 + d * 0.5, "is_pair": pair, "num_labels": 2 + d % 3}
+        for name, cfg in CANDIDATES.items():
+            eff = {"mi_alpha": 0.06 * pair, "mixup": 0.06 * (1 - pair)}.get(name, 0.0) + rng.normal(0, 0.004)
+            recs.append(make_record(
+                dataset_fingerprint=f"fp{d}", meta_features=mf, config=PipelineConfig.model_validate(cfg),
+                metrics={"student_score": 0.8 + eff}, teacher_score=0.9, wall_seconds=1.0,
+                student_parameters=10, status="completed", search={"dataset": f"ds{d}", "candidate": name}))
+    return recs
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return records_to_table(_records())
+
+
+def test_table_rows_features_and_targets(table, tmp_path):
+    assert len(table) == 6 * len(CANDIDATES)
+    assert set(table["dataset"]) == {f"ds{d}" for d in range(6)}
+    assert {"mf_log_n_train", "mf_is_pair", "mf_num_labels"} <= set(table.columns)
+    assert [c for c in table.columns if c.startswith("pf_")] == pipeline_feature_columns()
+    row = table[(table["dataset"] == "ds1") & (table["candidate"] == "aug")].iloc[0]
+    assert row["pf_augmentation.augmenters.random.position"] == 1.0
+    assert row["pf_augmentation.augmenters.mask.position"] == 2.0
+    assert row["pf_augmentation.augmenters.mask.p"] == pytest.approx(0.1)
+    assert row["pf_loss.intermediate.objective=none"] == 1.0
+    assert row["target"] == pytest.approx(row["score"] / 0.9)
+    # every Literal option of the config appears as a one-hot column
+    assert "pf_loss.intermediate.objective=rail_c" in table.columns
+    assert "pf_dynamic.selection=least_confidence" in table.columns
+    best = records_to_table(_records(), target="best")
+    assert best.groupby("dataset")["target"].max().tolist() == pytest.approx([1.0] * 6)
+    # from files: dataset name from the file stem, features file wins over the records' own
+    runs, feats = tmp_path / "runs", tmp_path / "features"
+    feats.mkdir()
+    for r in _records(2):
+        r = dict(r, search={})
+        RecordStore(runs / f"{'alpha' if r['dataset_fingerprint'] == 'fp0' else 'beta'}.jsonl").append(r)
+    (feats / "alpha.json").write_text(json.dumps({"version": 1, "features": {"log_n_train": 42.0}}))
+    t = table_from_paths(runs)
+    assert set(t["dataset"]) == {"alpha", "beta"}
+    assert t.loc[t["dataset"] == "alpha", "mf_log_n_train"].unique().tolist() == [42.0]
+    assert "mf_version" not in t.columns
+
+
+# --------------------------------------------------------------------------- metrics
+def test_ranking_metrics_golden():
+    y = [0.5, 0.9, 0.7, 0.6, 0.8, 0.4]
+    perfect = ev.ranking_metrics(y, y)
+    assert perfect == {"regret1": 0.0, "nregret1": 0.0, "regret5": 0.0, "rank1": 1.0, "hit5": 1.0,
+                       "spearman": pytest.approx(1.0)}
+    worst_first = ev.ranking_metrics(y, [-v for v in y], k=2)
+    assert worst_first["regret1"] == pytest.approx(0.5)
+    assert worst_first["nregret1"] == pytest.approx(1.0)
+    assert worst_first["regret5"] == pytest.approx(0.4)   # top-2 = {0.4, 0.5}
+    assert worst_first["rank1"] == 6.0
+    assert worst_first["hit5"] == 0.0
+    assert worst_first["spearman"] == pytest.approx(-1.0)
+    m = ev.ranking_metrics(y, [0, 0, 1, 0, 0, 0], k=5)  # picks 0.7; top-5 in order keeps the 0.9
+    assert (m["regret1"], m["rank1"], m["hit5"]) == (pytest.approx(0.2), 3.0, 1.0)
+    r = ev.random_metrics([0.0, 1.0, 2.0, 3.0], k=2)
+    assert r["regret1"] == pytest.approx(1.5)
+    assert r["regret5"] == pytest.approx(3 - 14 / 6)     # E[max of a random pair]
+    assert r["hit5"] == pytest.approx(0.5)
+    assert r["rank1"] == pytest.approx(2.5)
+
+
+def test_lodo_oracle_and_baselines_golden(table, tmp_path):
+    t = table.copy()
+    t["pf_oracle"] = t["target"]     # an input that is the truth: the oracle ranks perfectly
+    res = ev.lodo_evaluate(t, methods=["oracle"], fit_predict=lambda tr, te, m: te["pf_oracle"].to_numpy())
+    s = res.summary
+    assert s.loc["oracle", "regret1"] == 0.0 and s.loc["oracle", "hit5"] == 1.0
+    assert s.loc["oracle", "rank1"] == 1.0 and s.loc["oracle", "gap_closed"] == pytest.approx(1.0)
+    assert s.loc["single_best", "gap_closed"] == pytest.approx(0.0)
+    assert set(s.index) == {"oracle", *ev.BASELINES}
+    # vanilla KD picks the candidate so named
+    per = res.per_dataset.set_index(["dataset", "method"])
+    ds0 = t[t["dataset"] == "ds0"].set_index("candidate")["target"]
+    assert per.loc[("ds0", "vanilla_kd"), "regret1"] == pytest.approx(ds0.max() - ds0["vanilla_kd"])
+    # nearest dataset: the nearest dataset of a pair dataset is a pair dataset, whose best is MI-alpha
+    assert per.loc[("ds3", "nearest_dataset"), "regret1"] < 0.02
+    assert res.best_method == "oracle"
+    report = ev.write_report(res, tmp_path)
+    assert "regret_per_dataset.png" in report.read_text()
+
+
+def test_lodo_planted_leak_is_not_exploited(table):
+    held = "ds2"
+    rng = np.random.RandomState(1)
+    t = table.copy()
+    t["target"] = rng.uniform(0.5, 1.0, len(t))       # nothing learnable...
+    t["pf_leak"] = rng.uniform(0.5, 1.0, len(t))
+    is_held = t["dataset"] == held
+    t.loc[is_held, "pf_leak"] = t.loc[is_held, "target"]  # ...except a leak on the held-out dataset
+    aliased = t.copy()                                  # the same data under another name is dropped too
+    aliased["fingerprint"] = aliased["fingerprint"].where(aliased["dataset"] != "ds3", "fp2")
+    assert not {held, "ds3"} & set(ev.training_table(aliased, held)["dataset"])
+    train = ev.training_table(t, held)
+    assert held not in set(train["dataset"]) and "target" not in ev.test_features(t, held)
+
+    def guarded(tr, te, method):
+        assert held not in set(tr["dataset"]) or te["dataset"].iloc[0] != held
+        return ev.guarded_fit_predict(tr, te, "rf", model_params={"n_estimators": 30})
+
+    def leaky(tr, te, method):  # deliberately wrong: trains on every dataset, the held-out one included
+        return ev.guarded_fit_predict(t, te, "rf", model_params={"n_estimators": 30})
+
+    only = t[t["dataset"].isin([held, "ds0", "ds1", "ds3"])]
+    ok = ev.lodo_evaluate(only, methods=["rf"], fit_predict=guarded, baselines=False).per_dataset
+    bad = ev.lodo_evaluate(only, methods=["rf"], fit_predict=leaky, baselines=False).per_dataset
+    ok_h, bad_h = ok.set_index("dataset").loc[held], bad.set_index("dataset").loc[held]
+    assert bad_h["regret1"] == 0.0 and bad_h["spearman"] > 0.9     # the leak is exploitable...
+    assert ok_h["spearman"] < 0.7                                  # ...and the guarded code does not use it
+
+
+# --------------------------------------------------------------------------- recommender
+@pytest.fixture(scope="module")
+def recommender(table) -> Recommender:
+    return Recommender.fit(ev.drop_meta_features(table), method="rf", model_params={"n_estimators": 50})
+
+
+def test_recommend_top_k_sorted_valid_configs(recommender):
+    recs = recommender.recommend({"log_n_train": 7.0, "is_pair": True, "num_labels": 2}, top_k=5)
+    assert len(recs) == 5 and [r.rank for r in recs] == [1, 2, 3, 4, 5]
+    scores = [r.predicted_score for r in recs]
+    assert scores == sorted(scores, reverse=True)
+    assert recs[0].candidate == "mi_alpha"              # pair datasets favour MI-alpha
+    for r in recs:
+        PipelineConfig.model_validate(r.config)
+        assert r.uncertainty >= 0 and math.isfinite(r.predicted_score)
+    why = recs[0].why
+    assert why["nearest_datasets"][0]["dataset"] in {"ds1", "ds3"}
+    assert why["nearest_datasets"][0]["distance"] <= why["nearest_datasets"][1]["distance"]
+    assert why["top_features"] and why["top_features"][0]["importance"] > 0
+    single = recommender.recommend({"log_n_train": 7.0, "is_pair": False, "num_labels": 2}, top_k=1)
+    assert single[0].candidate == "mixup"
+    only = recommender.recommend({"is_pair": 1.0}, top_k=3, constraints={"mixup.enabled": True})
+    assert [r.candidate for r in only] == ["mixup"]
+    assert recommender.recommend({"is_pair": 1.0}, constraints=lambda c: False) == []
+
+
+def test_save_load_and_version_refusal(recommender, tmp_path):
+    folder = recommender.save(tmp_path / "m")
+    assert not list(folder.glob("*.pkl"))
+    loaded = Recommender.load(folder)
+    q = {"log_n_train": 8.0, "is_pair": 0.0, "num_labels": 3}
+    assert [r.candidate for r in loaded.recommend(q)] == [r.candidate for r in recommender.recommend(q)]
+    side = json.loads((folder / SIDECAR_FILE).read_text())
+    side["versions"]["scikit-learn"] = "0.0.1"
+    (folder / SIDECAR_FILE).write_text(json.dumps(side))
+    with pytest.raises(ModelVersionError, match=r"scikit-learn 0\.0\.1.*scikit-learn \d"):
+        Recommender.load(folder)
+    side["format_version"] = 999
+    (folder / SIDECAR_FILE).write_text(json.dumps(side))
+    with pytest.raises(ModelVersionError, match="format version 999.*format version 1"):
+        Recommender.load(folder)
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_evaluate_fit_recommend(tmp_path, monkeypatch, capsys):
+    from autodistill import cli
+    from autodistill.meta import features
+
+    runs = tmp_path / "runs"
+    for r in _records(4):
+        RecordStore(runs / f"{r['search']['dataset']}.jsonl").append(r)
+    assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "rep"),
+                     "--methods", "rf"]) == 0
+    assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "pred_vs_true.png").is_file()
+    assert cli.main(["meta", "fit", "--records", str(runs), "--out", str(tmp_path / "model"),
+                     "--method", "rf"]) == 0
+    # the stub replaces the real meta-features only here, in the test
+    monkeypatch.setattr(features, "compute_meta_features",
+                        lambda task, tok, backbone=None, **kw: {"log_n_train": 7.0, "is_pair": 1.0, "num_labels": 2})
+    capsys.readouterr()
+    assert cli.main(["recommend", "--model", str(tmp_path / "model"), "--top-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["recommendations"]) == 3 and out["recommendations"][0]["candidate"] == "mi_alpha"
+    assert cli.main(["recommend", "--model", str(tmp_path / "nothing")]) == 2
+
+
+def test_table_extra_features_and_stated_ratio():
+    base = _records(1)[:2]
+    recs = []
+    for teacher in ("BERT_BASE", "ELECTRA_BASE"):
+        for r in base:
+            r = {**r, "search": {"dataset": "rte"}, "extra_features": {"teacher": teacher, "aug_p": 0.3},
+                 "metrics": {"score": 0.7, "ratio": 0.95}}
+            recs.append(r)
+    t = records_to_table(recs)
+    assert len(t) == 4 and t["candidate"].nunique() == 4            # the teacher is part of the identity
+    assert t["candidate"].str.contains(r"^cfg-[0-9a-f]{12}\+[0-9a-f]{6}$").all()
+    assert t["pf_extra.teacher=BERT_BASE"].sum() == 2 and t["pf_extra.aug_p"].eq(0.3).all()
+    assert t["target"].eq(0.95).all()                                # the stated ratio wins
