@@ -1,0 +1,245 @@
+"""`autodistill meta build`: the project's own meta-dataset (portfolio x datasets at one CPU preset).
+
+Resumable and append-only: each finished run appends one record to ``<out>/<dataset>.jsonl``
+(:class:`~autodistill.search.records.RecordStore` format plus ``dataset``, ``candidate``, ``target``
+and ``provenance``); a run whose (dataset, candidate, seed, preset hash) is already recorded is
+skipped. Runs go candidate-major (every dataset gets ``no_kd``, then every dataset gets
+``vanilla_kd``, ...), so a partial build covers all datasets. Meta-features (with the teacher's
+validation score and confidence) are computed once per dataset into
+``<out>/../features/<dataset>.json``. A failed run is logged to ``<out>/failures.jsonl`` and retried
+by the next invocation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..search.records import RecordStore, canonical_config_hash, library_versions, make_record
+from .features import META_FEATURES_VERSION, compute_meta_features
+from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, deep_merge, resolve_names
+
+BUILD_VERSION = 1
+
+# >= 15 datasets from ../shared/datasets: small validation sets (evaluation is part of every run's
+# cost), single and pair, 2-10 classes, one regression task. Order = order within a candidate's pass.
+DEFAULT_DATASETS: tuple[str, ...] = (
+    "cr", "mrpc", "sst5", "rte", "tweet_eval_emotion", "stsb", "cola", "mnli", "airline_reviews",
+    "yahoo_answers_small", "tweet_eval_irony", "qqp", "mr", "snli", "mdsd_books", "yelp_review_full_small",
+)
+
+
+def preset_hash(preset: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(preset, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def machine_info() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": _torch_threads()}
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+        return int(torch.get_num_threads())
+    except Exception:  # pragma: no cover
+        return None
+
+
+@dataclass
+class DatasetContext:
+    name: str
+    path: str
+    task: Any
+    fingerprint: str
+    task_type: str
+    meta_features: dict[str, float]
+    teacher_score: float
+    teacher_confidence: float | None
+
+
+@dataclass
+class BuildSummary:
+    ran: int = 0
+    failed: int = 0
+    skipped_done: int = 0
+    not_applicable: int = 0
+    seconds: float = 0.0
+    run_seconds: list[float] = field(default_factory=list)
+
+
+def _done(out: Path, dataset: str) -> set[tuple[str, int, str]]:
+    done = set()
+    for r in RecordStore(out / f"{dataset}.jsonl").read():
+        prov = r.get("provenance", {})
+        done.add((r.get("candidate"), r.get("seed"), prov.get("preset_hash")))
+    return done
+
+
+def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], features_dir: Path,
+                          backbone_model, log: Callable[[str], None]) -> DatasetContext:
+    """Load the dataset as the runs see it, fine-tune (or load) the cached teacher, compute features."""
+    from ..data import load_task_data
+    from ..device import select_device
+    from ..metrics import resolve_metric
+    from ..models import load_tokenizer
+    from ..teacher import get_teacher
+    from ..training import compute_metric, encode_texts, predict_logits
+
+    cfg = candidate_config("vanilla_kd", "classification", preset, {"train": path})
+    task = load_task_data(cfg.data)
+    feat_file = features_dir / f"{name}.json"
+    if feat_file.is_file():
+        stored = json.loads(feat_file.read_text(encoding="utf-8"))
+        if stored.get("version") == META_FEATURES_VERSION and stored.get("dataset_fingerprint") == task.fingerprint \
+                and stored.get("preset_hash") == preset_hash(preset):
+            return DatasetContext(name, path, task, task.fingerprint, task.task_type, stored["meta_features"],
+                                  stored["teacher_score"], stored.get("teacher_confidence"))
+    t0 = time.perf_counter()
+    device = select_device(cfg.optim.device)
+    metric = resolve_metric(cfg.optim.metric, task.task_type)
+    tokenizer = load_tokenizer(cfg.teacher.backbone)
+    pad_id = tokenizer.pad_token_id or 0
+    enc = lambda s: encode_texts(tokenizer, s.text_a, s.text_b, s.labels, cfg.data.max_length,  # noqa: E731
+                                 task.task_type)
+    train, validation = enc(task.train), enc(task.validation)
+    log(f"[{name}] teacher (cached after the first time) ...")
+    teacher = get_teacher(cfg.teacher, task.fingerprint, train, validation, task.num_labels, task.task_type,
+                          task.label_names, metric, cfg.data.max_length, pad_id, device)
+    logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, pad_id, device)
+    teacher_score = float(compute_metric(metric, logits, validation.labels.numpy(), task.task_type))
+    confidence = logits if task.task_type == "classification" else None
+    t1 = time.perf_counter()
+    feats = compute_meta_features(task, tokenizer, backbone=backbone_model, teacher_score=teacher_score,
+                                  teacher_confidence=confidence, seed=0)
+    t2 = time.perf_counter()
+    features_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "version": META_FEATURES_VERSION, "dataset": name, "dataset_fingerprint": task.fingerprint,
+        "task_type": task.task_type, "num_labels": task.num_labels, "metric": metric,
+        "teacher_score": teacher_score, "teacher_confidence": feats["teacher_confidence"] if confidence is not None
+        else None, "teacher_from_cache": teacher.from_cache,
+        "rows": {"train": len(task.train), "validation": len(task.validation)},
+        "preset": preset, "preset_hash": preset_hash(preset), "backbone": "default (MiniLM-L6, frozen)",
+        "teacher_seconds": round(t1 - t0, 2), "feature_seconds": round(t2 - t1, 2),
+        "machine": machine_info(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "meta_features": feats,
+    }
+    tmp = feat_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(feat_file)
+    log(f"[{name}] teacher {metric} {teacher_score:.4f} ({t1 - t0:.0f} s), meta-features {t2 - t1:.1f} s")
+    return DatasetContext(name, path, task, task.fingerprint, task.task_type, feats, teacher_score,
+                          payload["teacher_confidence"])
+
+
+def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str, Any],
+             override: Mapping[str, Any] | None, store: RecordStore) -> float:
+    from ..distill import run_distillation
+
+    preset_seeded = deep_merge(preset, {"optim": {"seed": seed}})
+    cfg = candidate_config(candidate, ctx.task_type, preset_seeded, {"train": ctx.path})
+    t0 = time.perf_counter()
+    result = run_distillation(cfg)
+    wall = time.perf_counter() - t0
+    m = result.metrics
+    record = make_record(dataset_fingerprint=m["dataset_fingerprint"], meta_features=ctx.meta_features,
+                         config=cfg, metrics=m, teacher_score=m["teacher_score"], wall_seconds=wall,
+                         student_parameters=m.get("student_parameters"), status="ok",
+                         params={"candidate": candidate})
+    record.update({
+        "source": "autodistill-meta-build", "dataset": ctx.name, "candidate": candidate,
+        "target": {"score": m["student_score"], "ratio": m.get("score_ratio"), "metric": m["metric"],
+                   "majority_baseline": m.get("majority_baseline")},
+        "provenance": {
+            "build_version": BUILD_VERSION, "portfolio_version": PORTFOLIO_VERSION,
+            "meta_features_version": META_FEATURES_VERSION, "preset": preset, "preset_hash": preset_hash(preset),
+            "preset_override": dict(override or {}), "seed": seed, "machine": machine_info(),
+            "wall_seconds": round(wall, 2), "candidate": candidate,
+            "regression_adapted": ctx.task_type == "regression",
+        },
+    })
+    store.append(record)
+    return wall
+
+
+def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, portfolio: str | None = "all",
+          out: str | Path = "meta_dataset/runs", limit: int | None = None,
+          preset_override: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
+          features_dir: str | Path | None = None, backbone: Any = "default",
+          log: Callable[[str], None] = print) -> BuildSummary:
+    """Run the missing (dataset, candidate, seed) runs, candidate-major; at most ``limit`` runs."""
+    started = time.perf_counter()
+    root, out = Path(datasets_root), Path(out)
+    features_dir = Path(features_dir) if features_dir else out.parent / "features"
+    names = list(datasets or DEFAULT_DATASETS)
+    missing = [d for d in names if not (root / d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"datasets not found under {root}: {missing}")
+    candidates = resolve_names(portfolio)
+    preset = deep_merge(META_PRESET, preset_override or {})
+    candidate_config("vanilla_kd", "classification", preset)  # validate the override early
+    seeds = list(seeds or [int(preset["optim"]["seed"])])
+    out.mkdir(parents=True, exist_ok=True)
+    summary = BuildSummary()
+    contexts: dict[str, DatasetContext] = {}
+    done = {d: _done(out, d) for d in names}
+    phash = preset_hash(preset)
+    model = None
+
+    for seed in seeds:
+        for candidate in candidates:
+            for name in names:
+                if limit is not None and summary.ran + summary.failed >= limit:
+                    summary.seconds = time.perf_counter() - started
+                    return summary
+                if (candidate, seed, phash) in done[name]:
+                    summary.skipped_done += 1
+                    continue
+                try:
+                    if name not in contexts:
+                        if model is None and backbone is not None:
+                            from .features import _resolve_backbone_model
+                            model = _resolve_backbone_model(backbone)
+                        contexts[name] = _teacher_and_features(name, str(root / name), preset, features_dir,
+                                                               model, log)
+                    ctx = contexts[name]
+                    if candidate_config(candidate, ctx.task_type, preset) is None:
+                        summary.not_applicable += 1
+                        continue
+                    log(f"[{name}] {candidate} (seed {seed}) ...")
+                    wall = _run_one(ctx, candidate, seed, preset, preset_override, RecordStore(out / f"{name}.jsonl"))
+                    summary.ran += 1
+                    summary.run_seconds.append(wall)
+                    done[name].add((candidate, seed, phash))
+                    log(f"[{name}] {candidate} done in {wall:.0f} s")
+                except KeyboardInterrupt:
+                    raise
+                except Exception as err:  # a failed run is logged and retried next time
+                    summary.failed += 1
+                    entry = {"dataset": name, "candidate": candidate, "seed": seed, "preset_hash": phash,
+                             "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:],
+                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    with (out / "failures.jsonl").open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(entry) + "\n")
+                    log(f"[{name}] {candidate} FAILED: {entry['error']}")
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def status(out: str | Path = "meta_dataset/runs", datasets: Sequence[str] | None = None,
+           portfolio: str | None = "all") -> dict[str, int]:
+    """Records per dataset (all presets), for progress reports."""
+    out = Path(out)
+    return {d: len(RecordStore(out / f"{d}.jsonl").read()) for d in (datasets or DEFAULT_DATASETS)}
+
+
+__all__ = ["BUILD_VERSION", "DEFAULT_DATASETS", "BuildSummary", "build", "status", "preset_hash",
+           "machine_info", "canonical_config_hash", "library_versions"]

@@ -1,0 +1,173 @@
+"""The fixed portfolio of candidate KD pipelines evaluated on every dataset of the meta-dataset.
+
+Each candidate is a *partial* :class:`~autodistill.config.PipelineConfig` dict (the KD stages only);
+:func:`candidate_config` merges it over :data:`META_PRESET` (data cap, length, teacher, student,
+optimisation: the same budget for every run) and validates it. Together the candidates cover every
+stage and option of the engine: augmenters (random, mask, contextual, an ordered pipeline) and
+MixKD mixup; the prediction losses kl / soft_ce / mse / annealing at several temperatures; every
+intermediate objective (mse, hidden_ce, cos, pkd, infonce, nwj, tuba, mi_alpha at α ∈ {0, 0.5, 0.9,
+1}, rail_l, rail_c); every automatic mapping (skip, last, uniform, emd, random); fixed, linear,
+cosine and RW-KD weighting; Dynamic KD data selection (entropy, margin, least_confidence, random)
+and objective adaptation. References: ``no_kd`` (the student fine-tuned on hard labels only) and
+``vanilla_kd`` (the engine's defaults: CE + KL at τ = 1).
+
+Not in the portfolio, on purpose (:data:`EXCLUDED_OPTIONS`): the ``backtranslation`` augmenter
+(needs MarianMT models that are not available offline), the ``custom`` mapping (user-given layer
+pairs, not a method), Dynamic KD teacher ``adoption`` (needs a second teacher: a different budget).
+
+Regression tasks (:func:`adapt_for_task`): kl/soft_ce become logit mse (same temperature);
+candidates that need class probabilities (RW-KD, Dynamic KD) are not applicable and are skipped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Mapping
+
+from ..config import PipelineConfig, parse_config
+
+PORTFOLIO_VERSION = 1
+
+# One run ~ 1 minute on 2 CPU cores: a 2-layer student cut from the default MiniLM-L6 teacher trains
+# ~80 examples/s at length 64 (shared/NOTES.md), so 1,000 rows x 2 epochs ~ 25 s of training, plus
+# teacher outputs (~10 s), evaluation and loading. The teacher (3 epochs on the same 1,000 rows) is
+# fine-tuned once per dataset and cached.
+META_PRESET: dict[str, Any] = {
+    "data": {"max_train_examples": 1000, "max_length": 64, "split_seed": 42},
+    "teachers": [{"backbone": "default", "epochs": 3.0, "batch_size": 32, "learning_rate": 5e-5, "seed": 42}],
+    "student": {"kind": "truncated", "num_layers": 2, "layer_selection": "uniform"},
+    "optim": {"epochs": 2.0, "batch_size": 32, "learning_rate": 1e-4, "seed": 42, "evals_per_epoch": 1,
+              "eval_batch_size": 128, "device": "cpu"},
+}
+
+EXCLUDED_OPTIONS: dict[str, dict[str, str]] = {
+    "augmenter": {"backtranslation": "needs MarianMT translation models (not available offline)"},
+    "mapping": {"custom": "user-given layer pairs, not a method"},
+    "adoption": {"hard": "needs two teachers", "soft": "needs two teachers",
+                 "soft_instance": "needs two teachers"},
+}
+
+
+def _inter(objective: str, mapping: str = "skip", **kw) -> dict[str, Any]:
+    return {"loss": {"intermediate": {"objective": objective, "mapping": mapping, **kw}}}
+
+
+CTX = {"name": "contextual", "p": 0.3}
+RND = {"name": "random", "p": 0.1}
+
+# Ordered by how informative a first pass over all datasets is (the build runs candidate-major).
+PORTFOLIO: dict[str, dict[str, Any]] = {
+    "no_kd": {"loss": {"hard_label_weight": 1.0, "prediction": {"weight": 0.0}}},
+    "vanilla_kd": {},
+    "kd_kl_t4": {"loss": {"prediction": {"type": "kl", "temperature": 4.0}}},
+    "mi_alpha_0.9_skip": _inter("mi_alpha", "skip", alpha=0.9),
+    "aug_contextual_random_mixup_mi0.9": {   # Distiller's AutoDistiller picks on BoolQ
+        "augmentation": {"augmenters": [CTX, RND]}, "mixup": {"enabled": True},
+        **_inter("mi_alpha", "skip", alpha=0.9)},
+    "kd_soft_ce_t2_no_hard": {"loss": {"hard_label_weight": 0.0,
+                                       "prediction": {"type": "soft_ce", "temperature": 2.0}}},
+    "kd_mse_logits": {"loss": {"prediction": {"type": "mse"}}},
+    "kd_annealing": {"loss": {"prediction": {"type": "annealing", "annealing_max_temperature": 7,
+                                             "annealing_phase1_fraction": 0.5}}},
+    "mixup": {"mixup": {"enabled": True}},
+    "aug_random": {"augmentation": {"augmenters": [RND]}},
+    "aug_mask": {"augmentation": {"augmenters": [{"name": "mask", "p": 0.15}]}},
+    "aug_contextual": {"augmentation": {"augmenters": [CTX]}},
+    "aug_contextual_random": {"augmentation": {"augmenters": [CTX, RND]}},
+    "inter_mse_skip": _inter("mse", "skip"),
+    "inter_hidden_ce_skip": _inter("hidden_ce", "skip"),
+    "inter_cos_skip": _inter("cos", "skip"),
+    "inter_pkd_skip": _inter("pkd", "skip"),
+    "inter_infonce_skip": _inter("infonce", "skip"),
+    "inter_nwj_skip": _inter("nwj", "skip"),
+    "inter_tuba_skip": _inter("tuba", "skip"),
+    "mi_alpha_0_skip": _inter("mi_alpha", "skip", alpha=0.0),
+    "mi_alpha_0.5_skip": _inter("mi_alpha", "skip", alpha=0.5),
+    "mi_alpha_1_skip": _inter("mi_alpha", "skip", alpha=1.0),
+    "mi_alpha_0.9_last": _inter("mi_alpha", "last", alpha=0.9),
+    "mi_alpha_0.9_emd": _inter("mi_alpha", "emd", alpha=0.9),
+    "inter_mse_uniform": _inter("mse", "uniform"),
+    "rail_l_random": _inter("rail_l", "random"),
+    "rail_c_random": _inter("rail_c", "random"),
+    "weight_fixed_0.5": {"weighting": {"strategy": "fixed", "lambda_kd": 0.5}},
+    "weight_linear": {"weighting": {"strategy": "linear", "lambda_kd": 0.9, "lambda_end": 0.1}},
+    "weight_cosine": {"weighting": {"strategy": "cosine", "lambda_kd": 0.9, "lambda_end": 0.1}},
+    "rw_kd": {"weighting": {"strategy": "rw_kd"}},
+    "dyn_select_entropy": {"dynamic": {"selection": "entropy", "selection_ratio": 0.5}},
+    "dyn_select_margin": {"dynamic": {"selection": "margin", "selection_ratio": 0.5}},
+    "dyn_select_least_confidence": {"dynamic": {"selection": "least_confidence", "selection_ratio": 0.5}},
+    "dyn_select_random": {"dynamic": {"selection": "random", "selection_ratio": 0.5}},
+    "dyn_objective_adaptation": {"dynamic": {"objective_adaptation": True}},
+}
+
+REFERENCES = ("no_kd", "vanilla_kd")
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``; dicts merge recursively, anything else (lists too) is replaced."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def needs_classification(partial: Mapping[str, Any]) -> bool:
+    dyn = partial.get("dynamic", {})
+    return partial.get("weighting", {}).get("strategy") == "rw_kd" or dyn.get("selection", "none") != "none" \
+        or bool(dyn.get("objective_adaptation")) or dyn.get("adoption", "none") != "none"
+
+
+def adapt_for_task(partial: Mapping[str, Any], task_type: str) -> dict[str, Any] | None:
+    """The candidate as run on a task of ``task_type``; None when it does not apply (see module doc)."""
+    out = copy.deepcopy(dict(partial))
+    if task_type != "regression":
+        return out
+    if needs_classification(out):
+        return None
+    pred = out.get("loss", {}).get("prediction", {})
+    if pred.get("type", "kl") in ("kl", "soft_ce"):
+        out = deep_merge(out, {"loss": {"prediction": {"type": "mse"}}})
+    return out
+
+
+def candidate_config(name: str, task_type: str = "classification", preset: Mapping[str, Any] | None = None,
+                     data: Mapping[str, Any] | None = None) -> PipelineConfig | None:
+    """The validated config of candidate ``name`` at ``preset`` (default :data:`META_PRESET`) for a task
+    type, with ``data`` (e.g. ``{"train": path}``) merged in; None when not applicable to the task."""
+    partial = adapt_for_task(PORTFOLIO[name], task_type)
+    if partial is None:
+        return None
+    merged = deep_merge(preset if preset is not None else META_PRESET, partial)
+    if data:
+        merged = deep_merge(merged, {"data": dict(data)})
+    return parse_config(merged, source=f"portfolio candidate {name!r}")
+
+
+def validate_portfolio(preset: Mapping[str, Any] | None = None) -> dict[str, PipelineConfig]:
+    """Every candidate validated (classification and, where applicable, regression); raises ConfigError."""
+    out = {}
+    for name in PORTFOLIO:
+        out[name] = candidate_config(name, "classification", preset)
+        candidate_config(name, "regression", preset)
+    return out
+
+
+def resolve_names(spec: str | None) -> list[str]:
+    """``all`` / None / a comma-separated list of candidate names, in portfolio order."""
+    if spec in (None, "", "all"):
+        return list(PORTFOLIO)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in PORTFOLIO]
+    if unknown:
+        raise KeyError(f"unknown portfolio candidate(s) {unknown}; known: {list(PORTFOLIO)}")
+    return [n for n in PORTFOLIO if n in names]
+
+
+def portfolio_json() -> str:
+    return json.dumps({"version": PORTFOLIO_VERSION, "preset": META_PRESET, "candidates": PORTFOLIO}, indent=2)
+
+
+validate_portfolio()  # fail at import time if a candidate stops validating

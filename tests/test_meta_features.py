@@ -1,0 +1,244 @@
+"""Meta-features (issue 6, part A), the portfolio, the meta build loop and the Distiller import mapping."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import typing
+
+import pytest
+
+from autodistill.config import (AugmenterConfig, DataConfig, DynamicKDConfig, IntermediateConfig,
+                                PredictionLossConfig, WeightingConfig, parse_config)
+from autodistill.data import load_task_data
+from autodistill.meta.features import FEATURE_NAMES, META_FEATURES_VERSION, compute_meta_features
+from autodistill.meta.portfolio import (EXCLUDED_OPTIONS, META_PRESET, PORTFOLIO, REFERENCES, candidate_config,
+                                        validate_portfolio)
+
+WORDS = ("good bad great awful movie film plot actor boring fun slow fast happy sad loud quiet red blue "
+         "strange unbelievable tokenisation xylophone").split()
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _sentence(rng, label):
+    n = rng.randint(2, 14)
+    return " ".join([WORDS[label % len(WORDS)]] + [rng.choice(WORDS) for _ in range(n)]) + rng.choice([".", "!", ""])
+
+
+def _dataset(tmp_path, name, n_train, n_val, classes=None, pair=False, regression=False, weights=None, seed=0):
+    rng = random.Random(seed)
+    folder = tmp_path / name
+    folder.mkdir()
+
+    def rows(n, offset):
+        out = []
+        for i in range(n):
+            if regression:
+                label = round(rng.uniform(0, 5), 2)
+                key = int(label)
+            elif weights:
+                label = rng.choices(range(classes), weights=weights)[0]
+                key = label
+            else:
+                label = (i + offset) % classes   # every class present
+                key = label
+            text = _sentence(rng, key)
+            out.append({"text_a": text, "text_b": _sentence(rng, key), "label": label} if pair
+                       else {"text": text, "label": label})
+        return out
+
+    train = rows(n_train, 0)
+    if weights:  # make sure every class occurs in train at least once
+        for c in range(classes):
+            train[c]["label"] = c
+    _write(folder / "train.jsonl", train)
+    _write(folder / "validation.jsonl", rows(n_val, 1))
+    return load_task_data(DataConfig(train=str(folder)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from autodistill.models import load_tokenizer
+    return load_tokenizer("default")
+
+
+SHAPES = {
+    "single_2": dict(n_train=60, n_val=12, classes=2),
+    "pair_3": dict(n_train=60, n_val=12, classes=3, pair=True),
+    "regression_pair": dict(n_train=50, n_val=10, pair=True, regression=True),
+    "single_20": dict(n_train=100, n_val=20, classes=20),
+    "tiny_12": dict(n_train=12, n_val=4, classes=3),
+    "imbalanced": dict(n_train=80, n_val=10, classes=2, weights=[0.97, 0.03]),
+    "tiny_imbalanced_5": dict(n_train=8, n_val=3, classes=5, weights=[0.9, 0.025, 0.025, 0.025, 0.025]),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_features_deterministic_and_finite(tmp_path, tokenizer, shape):
+    task = _dataset(tmp_path, shape, **SHAPES[shape])
+    a = compute_meta_features(task, tokenizer, backbone=None, seed=3)
+    b = compute_meta_features(task, tokenizer, backbone=None, seed=3)
+    assert a == b
+    assert list(a) == list(FEATURE_NAMES)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in a.values()), a
+    assert a["has_backbone"] == 0.0 and a["emb_pca_evr1"] == 0.0
+    assert a["is_regression"] == float(task.task_type == "regression")
+    assert a["is_pair"] == float(task.is_pair)
+    assert 0.0 <= a["label_entropy"] <= 1.0 + 1e-9
+    if task.task_type == "classification":
+        assert a["landmark_probe"] == a["majority_share"]  # the documented fill value
+    assert META_FEATURES_VERSION >= 1
+
+
+def test_features_with_tiny_backbone_and_teacher(tmp_path, tokenizer, tiny_backbone):
+    from autodistill.models import load_classifier
+
+    model = load_classifier(tiny_backbone, 3, "classification")
+    for shape in ("pair_3", "tiny_12", "regression_pair"):
+        task = _dataset(tmp_path, shape, **SHAPES[shape])
+        probs = [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]]
+        a = compute_meta_features(task, tokenizer, backbone=model, teacher_score=0.8, teacher_confidence=probs,
+                                  seed=1, embed_rows=40)
+        b = compute_meta_features(task, tokenizer, backbone=model, teacher_score=0.8, teacher_confidence=probs,
+                                  seed=1, embed_rows=40)
+        assert a == b
+        assert all(math.isfinite(v) for v in a.values())
+        assert a["has_backbone"] == 1.0 and a["emb_pca_evr1"] > 0
+        assert a["teacher_score"] == 0.8 and a["has_teacher_score"] == 1.0
+        assert a["teacher_confidence"] == pytest.approx(0.75) and a["has_teacher_confidence"] == 1.0
+    nan_teacher = compute_meta_features(task, tokenizer, backbone=None, teacher_score=float("nan"))
+    assert nan_teacher["teacher_score"] == 0.0 and nan_teacher["has_teacher_score"] == 0.0
+
+
+# --------------------------------------------------------------------------- portfolio
+def _literal_values(model, field):
+    values = set()
+    for arg in typing.get_args(model.model_fields[field].annotation) or ():
+        values |= set(typing.get_args(arg)) if typing.get_origin(arg) is typing.Literal else {arg}
+    ann = model.model_fields[field].annotation
+    if typing.get_origin(ann) is typing.Literal:
+        values = set(typing.get_args(ann))
+    return {v for v in values if isinstance(v, str)}
+
+
+def test_portfolio_validates_and_covers_every_option():
+    configs = validate_portfolio()
+    assert len(PORTFOLIO) >= 24 and set(REFERENCES) <= set(PORTFOLIO)
+    used = {"objective": set(), "mapping": set(), "augmenter": set(), "prediction": set(), "weighting": set(),
+            "selection": set(), "alpha": set()}
+    for name, cfg in configs.items():
+        inter = cfg.loss.intermediate
+        used["objective"].add(inter.objective)
+        if inter.objective != "none" or cfg.dynamic.objective_adaptation:
+            used["mapping"].add(inter.mapping)
+        if inter.objective == "mi_alpha":
+            used["alpha"].add(inter.alpha)
+        used["augmenter"] |= {a.name for a in cfg.augmentation.augmenters}
+        used["prediction"].add(cfg.loss.prediction.type)
+        used["weighting"].add(cfg.weighting.strategy)
+        used["selection"].add(cfg.dynamic.selection)
+        # the same budget for every run
+        assert cfg.data.max_train_examples == META_PRESET["data"]["max_train_examples"]
+        assert cfg.optim.epochs == META_PRESET["optim"]["epochs"] and cfg.student.num_layers == 2
+    expected = {
+        "objective": _literal_values(IntermediateConfig, "objective"),
+        "mapping": _literal_values(IntermediateConfig, "mapping") - set(EXCLUDED_OPTIONS["mapping"]),
+        "augmenter": _literal_values(AugmenterConfig, "name") - set(EXCLUDED_OPTIONS["augmenter"]),
+        "prediction": _literal_values(PredictionLossConfig, "type"),
+        "weighting": _literal_values(WeightingConfig, "strategy"),
+        "selection": _literal_values(DynamicKDConfig, "selection"),
+    }
+    assert len(expected["objective"]) >= 11 and "backtranslation" not in expected["augmenter"]
+    for kind, names in expected.items():
+        assert names <= used[kind], f"{kind}: not covered {names - used[kind]}"
+    assert {0.0, 0.5, 0.9, 1.0} <= used["alpha"]
+    assert any(c.mixup.enabled for c in configs.values())
+    assert any(c.dynamic.objective_adaptation for c in configs.values())
+    assert any(len(c.augmentation.augmenters) >= 2 for c in configs.values())
+    assert {c.loss.prediction.temperature for c in configs.values()} >= {1.0, 2.0, 4.0}
+    no_kd = configs["no_kd"].loss
+    assert no_kd.hard_label_weight == 1.0 and no_kd.prediction.weight == 0.0
+    assert configs["vanilla_kd"].loss == parse_config({}).loss
+    # regression: classification-only losses are adapted, probability-based methods skipped
+    assert candidate_config("kd_kl_t4", "regression").loss.prediction.type == "mse"
+    assert candidate_config("rw_kd", "regression") is None
+    assert candidate_config("dyn_select_entropy", "regression") is None
+
+
+# --------------------------------------------------------------------------- build loop (no training)
+def test_build_is_candidate_major_resumable_and_limited(tmp_path, monkeypatch):
+    from autodistill.meta import build as B
+    from autodistill.search.records import RecordStore
+
+    root = tmp_path / "datasets"
+    for d in ("d1", "d2"):
+        (root / d).mkdir(parents=True)
+    calls = []
+
+    def fake_ctx(name, path, preset, features_dir, model, log):
+        return B.DatasetContext(name, path, None, f"fp-{name}", "regression" if name == "d2" else "classification",
+                                {"log_n_train": 1.0}, 0.9, None)
+
+    def fake_run(ctx, candidate, seed, preset, override, store):
+        calls.append((ctx.name, candidate))
+        store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
+                      "dataset": ctx.name, "candidate": candidate,
+                      "provenance": {"preset_hash": B.preset_hash(preset)}})
+        return 1.0
+
+    monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
+    monkeypatch.setattr(B, "_run_one", fake_run)
+    kw = dict(datasets=["d1", "d2"], portfolio="no_kd,rw_kd,vanilla_kd", out=tmp_path / "runs", backbone=None,
+              log=lambda *_: None)
+    s1 = B.build(root, limit=3, **kw)
+    # portfolio order, candidate-major: every dataset gets no_kd before anything else
+    assert calls == [("d1", "no_kd"), ("d2", "no_kd"), ("d1", "vanilla_kd")] and s1.ran == 3
+    s2 = B.build(root, **kw)
+    assert calls[3:] == [("d2", "vanilla_kd"), ("d1", "rw_kd")]   # done ones skipped, rw_kd n/a on d2
+    assert s2.skipped_done == 3 and s2.not_applicable == 1
+    assert len(RecordStore(tmp_path / "runs" / "d1.jsonl").read()) == 3
+    assert B.build(root, **kw).ran == 0
+    assert len(B.DEFAULT_DATASETS) >= 15
+
+
+# --------------------------------------------------------------------------- Distiller import
+DISTILLER_CSV = """Model,Teacher,intermediate_loss_type,alpha,intermediate_strategy,kd_loss_type,mixup,repeated_aug,aug_p,#example,score,task,ratio,baseline_score,contextual,backtranslation,random
+ELECTRA_SMALL,BERT_BASE,mi,0.9,skip,mse,FALSE,1,0.3,393000,0.83681737,mnli,0.995026599,56.2,0,0,0
+TinyBERT4,Roberta-large,pkd,0.1,emd,ce,TRUE,4,0.5,3700,0.85,mrpc,0.93,81.5,2,0,1
+TinyBERT4,BERT_BASE,ce,0.5,last,ce,FALSE,1,0.1,67000,0.9,sst-2,0.967,80,2,1,3
+"""
+TEACHERS_CSV = "\ufefftask,model,score\nmnli,BERT_BASE,84.4\nmrpc,Roberta-large,91.3\nsst-2,BERT_BASE,93.0\n"
+
+
+def test_distiller_rows_map_onto_our_config():
+    from autodistill.meta.distiller_import import map_row, read_rows, read_teacher_scores, to_records
+
+    rows = read_rows(DISTILLER_CSV)
+    p0, e0 = map_row(rows[0])
+    c0 = parse_config(p0)
+    assert c0.loss.intermediate.objective == "mi_alpha" and c0.loss.intermediate.alpha == 0.9
+    assert c0.loss.intermediate.mapping == "skip" and c0.loss.prediction.type == "mse"
+    assert not c0.mixup.enabled and c0.augmentation.augmenters == [] and c0.augmentation.repeated_aug == 1
+    assert e0["teacher"] == "BERT_BASE" and e0["student"] == "ELECTRA_SMALL" and e0["aug_p"] == 0.3
+
+    c1 = parse_config(map_row(rows[1])[0])
+    assert c1.loss.intermediate.objective == "pkd" and c1.loss.intermediate.alpha is None   # alpha only for mi
+    assert c1.loss.intermediate.mapping == "emd" and c1.loss.prediction.type == "soft_ce"
+    assert c1.mixup.enabled and c1.augmentation.repeated_aug == 4
+    assert [(a.name, a.p) for a in c1.augmentation.augmenters] == [("random", 0.5), ("contextual", 0.5)]
+
+    c2 = parse_config(map_row(rows[2])[0])
+    assert c2.loss.intermediate.objective == "hidden_ce" and c2.loss.intermediate.mapping == "last"
+    assert [a.name for a in c2.augmentation.augmenters] == ["backtranslation", "contextual", "random"]
+
+    feats = {t: {"fingerprint": f"fp-{t}", "meta_features": {"teacher_score": 0.0, "has_teacher_score": 0.0}}
+             for t in ("mnli", "mrpc", "sst2")}
+    recs = to_records(rows, read_teacher_scores(TEACHERS_CSV), feats)
+    assert [r["dataset"] for r in recs] == ["mnli", "mrpc", "sst2"]
+    assert recs[1]["target"]["ratio"] == 0.93 and recs[1]["teacher_score"] == pytest.approx(0.913)
+    assert recs[1]["meta_features"]["teacher_score"] == pytest.approx(0.913)
+    assert recs[1]["extra_features"]["teacher"] == "Roberta-large"
+    assert len({r["key"] for r in recs}) == 3
