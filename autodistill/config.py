@@ -5,7 +5,9 @@ Every part of AutoDistiller (engine, search spaces, recommender, REST schemas) r
 """
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -246,6 +248,17 @@ class PipelineConfig(StrictModel):
         text = yaml.safe_dump(self.to_dict(), sort_keys=False) if path.suffix in (".yaml", ".yml") \
             else json.dumps(self.to_dict(), indent=2)
         path.write_text(text, encoding="utf-8")
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base`` (partial config dicts): dicts merge recursively, anything else is replaced."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:

@@ -22,7 +22,7 @@ import torch
 import autodistill.distill as distill_module
 from autodistill.augmentation import AugmentationError
 from autodistill.callbacks import Callback
-from autodistill.config import ConfigError, parse_config
+from autodistill.config import ConfigError, deep_merge, parse_config
 from autodistill.data import bundled_dataset_path
 from autodistill.distill import run_distillation
 
@@ -85,14 +85,7 @@ def sts_data(tmp_path_factory) -> dict[str, str]:
     return {"train": str(folder / "train.jsonl"), "validation": str(folder / "validation.jsonl")}
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+
 
 
 def tiny_config(backbone: str, data: dict[str, str], extra: dict | None = None) -> dict:
@@ -102,7 +95,7 @@ def tiny_config(backbone: str, data: dict[str, str], extra: dict | None = None) 
         "teachers": [{"backbone": backbone, "epochs": 1, "learning_rate": 3e-3}],
         "optim": {"epochs": 1, "learning_rate": 3e-3, "batch_size": 16, "eval_batch_size": 64},
     }
-    return _merge(base, extra or {})
+    return deep_merge(base, extra or {})
 
 
 def real_config(backbone: str, extra: dict | None = None) -> dict:
@@ -112,7 +105,7 @@ def real_config(backbone: str, extra: dict | None = None) -> dict:
         "teachers": [{"backbone": backbone, "epochs": 4, "learning_rate": 3e-3}],
         "optim": {"epochs": 2, "learning_rate": 3e-3},
     }
-    return _merge(base, extra or {})
+    return deep_merge(base, extra or {})
 
 
 class StepRecorder(Callback):

@@ -23,7 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..search.records import RecordStore, canonical_config_hash, library_versions, make_record
 from .features import META_FEATURES_VERSION, compute_meta_features
-from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, deep_merge, resolve_names
+from ..config import deep_merge
+from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, resolve_names
 
 BUILD_VERSION = 1
 

@@ -24,7 +24,7 @@ import copy
 import json
 from typing import Any, Mapping
 
-from ..config import PipelineConfig, parse_config
+from ..config import PipelineConfig, deep_merge, parse_config
 
 PORTFOLIO_VERSION = 1
 
@@ -101,17 +101,6 @@ PORTFOLIO: dict[str, dict[str, Any]] = {
 }
 
 REFERENCES = ("no_kd", "vanilla_kd")
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``update`` over ``base``; dicts merge recursively, anything else (lists too) is replaced."""
-    out = copy.deepcopy(dict(base))
-    for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def needs_classification(partial: Mapping[str, Any]) -> bool:

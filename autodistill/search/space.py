@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from ..config import ConfigError, PipelineConfig, parse_config
+from ..config import ConfigError, PipelineConfig, deep_merge, parse_config
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 PRIMITIVES = (str, int, float, bool, type(None))
@@ -198,16 +198,6 @@ def set_path(data: dict, path: str, value: Any) -> None:
         node[i] = copy.deepcopy(value)
     else:
         node[last] = copy.deepcopy(value)
-
-
-def deep_merge(base: dict, update: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def _dotted_updates(flat: Mapping[str, Any]) -> dict:
