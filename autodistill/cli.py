@@ -97,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--verbose", action="store_true", help="show Ray's own logs")
     s.add_argument("--out", required=True, type=Path, help="output folder (Ray results, records, best student)")
     s.set_defaults(func=_search)
+    from .meta.cli import add_build_commands
+    from .meta.cli_commands import add_meta_model_commands
+
     m = sub.add_parser("meta", help="the meta-dataset and the meta-model (recommender)")
-    __import__("autodistill.meta.cli", fromlist=["_"]).add_build_commands(
-        m.add_subparsers(dest="meta_command", required=True))  # meta build / import-distiller
-    __import__("autodistill.meta.cli_commands", fromlist=["_"]).add_meta_model_commands(sub)  # last: joins `meta`
+    add_build_commands(m.add_subparsers(dest="meta_command", required=True))  # build, import-distiller
+    add_meta_model_commands(sub)  # evaluate, fit (joining `meta`) and the top-level `recommend`
     return parser
 
 
