@@ -316,7 +316,7 @@ def test_layer_mapping_end_to_end(tiny_backbone, tiny_data, captured, case):
     {"loss": {"intermediate": {"objective": "mse", "mapping": "last"}}, "mixup": {"enabled": True}},
 ], ids=["mi_alpha", "mse_mixup"])
 def test_regression_end_to_end(tiny_backbone, sts_data, captured, extra):
-    cfg = tiny_config(tiny_backbone, sts_data, _merge({"loss": {"prediction": {"type": "mse"}}}, extra))
+    cfg = tiny_config(tiny_backbone, sts_data, deep_merge({"loss": {"prediction": {"type": "mse"}}}, extra))
     cfg["data"]["max_train_examples"] = 128
     result, rec = run(cfg)
     assert result.metrics["task_type"] == "regression" and result.metrics["metric"] == "pearson"
