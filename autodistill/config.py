@@ -235,6 +235,9 @@ class PipelineConfig(StrictModel):
                 "dynamic.objective_adaptation brings its own representation loss; "
                 "set loss.intermediate.objective to 'none'"
             )
+        if self.augmentation.repeated_aug > 1 and not self.augmentation.augmenters:
+            raise ValueError("augmentation.repeated_aug > 1 needs augmentation.augmenters "
+                             "(the repeats are different augmented copies)")
         if self.weighting.strategy != "none" and self.loss.prediction.type == "annealing":
             raise ValueError("weighting.strategy cannot be combined with loss.prediction.type='annealing'")
         return self

@@ -74,3 +74,8 @@ def test_adoption_needs_two_teachers():
         parse_config({"dynamic": {"adoption": "hard"}})
     with pytest.raises(ConfigError, match="dynamic.adoption is 'none'"):
         parse_config({"teachers": [{}, {}]})
+
+
+def test_repeated_augmentation_needs_augmenters():
+    with pytest.raises(ConfigError, match="repeated_aug"):
+        parse_config({"augmentation": {"repeated_aug": 2}})
