@@ -108,7 +108,7 @@ class Trainer:
             module.to(self.device)
         state.total_steps = max(1, math.ceil(self.objective.steps_per_epoch(args.batch_size) * args.epochs))
         optimizer, scheduler = build_optimizer(
-            None, [self.model, *self.objective.trainable_modules()], args.learning_rate, args.weight_decay,
+            [self.model, *self.objective.trainable_modules()], args.learning_rate, args.weight_decay,
             args.warmup_ratio, state.total_steps)
         params = [p for m in [self.model, *self.objective.trainable_modules()] for p in m.parameters()]
         self._emit("on_train_begin")

@@ -5,7 +5,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -91,8 +91,7 @@ def evaluate(model: nn.Module, split: EncodedSplit, metric: str, task_type: str,
     return compute_metric(metric, logits, split.labels.numpy(), task_type)
 
 
-def build_optimizer(params: Sequence[nn.Parameter] | Iterator[nn.Parameter], named_modules: Sequence[nn.Module],
-                    learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int):
+def build_optimizer(named_modules: Sequence[nn.Module], learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int):
     """AdamW (no decay on biases and LayerNorm) with linear warm-up and decay."""
     decay, no_decay = [], []
     for module in named_modules:
@@ -110,10 +109,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def total_steps_for(n_examples: int, batch_size: int, epochs: float) -> int:
-    return max(1, math.ceil(math.ceil(n_examples / batch_size) * epochs))
 
 
 @torch.no_grad()
