@@ -6,7 +6,7 @@ and optionally off (--compare-reuse).
     .venv/bin/python benchmarks/bench_search.py                       # cpu-fast space, CR + ../shared MR
     .venv/bin/python benchmarks/bench_search.py --tiny --trials 4     # a quick check with a tiny teacher
 
-The second dataset is taken by path (default /work/shared/datasets/mr).
+The second dataset is taken by path (default: the repository's copy of MR in meta_dataset/datasets).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from autodistill.data import bundled_dataset_path  # noqa: E402
+from autodistill.meta import DATASETS_DIR  # noqa: E402
 from autodistill.search.records import RecordStore  # noqa: E402
 from autodistill.search.runner import run_search  # noqa: E402
 from autodistill.search.space import SearchSpace  # noqa: E402
@@ -91,7 +92,7 @@ def fmt_curve(points) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--second-data", default="/work/shared/datasets/mr")
+    ap.add_argument("--second-data", default=str(DATASETS_DIR / "mr"))
     ap.add_argument("--space", default="cpu-fast")
     ap.add_argument("--trials", type=int)
     ap.add_argument("--time-budget", type=float)

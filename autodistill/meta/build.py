@@ -28,7 +28,7 @@ from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, resolve
 
 BUILD_VERSION = 1
 
-# >= 15 datasets from ../shared/datasets: small validation sets (evaluation is part of every run's
+# >= 15 datasets of meta_dataset/datasets: small validation sets (evaluation is part of every run's
 # cost), single and pair, 2-10 classes, one regression task. Order = order within a candidate's pass.
 DEFAULT_DATASETS: tuple[str, ...] = (
     "cr", "mrpc", "sst5", "rte", "tweet_eval_emotion", "stsb", "cola", "mnli", "airline_reviews",

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import DATASETS_DIR, META_DATASET_DIR
+
 
 def _build(args: argparse.Namespace) -> int:
     from .build import build
@@ -47,10 +49,11 @@ def _import_distiller(args: argparse.Namespace) -> int:
 
 def add_build_commands(meta_sub) -> None:
     b = meta_sub.add_parser("build", help="run the portfolio on the datasets (resumable) into meta_dataset/runs")
-    b.add_argument("--datasets-root", required=True, type=Path, help="folder of dataset folders (../shared/datasets)")
+    b.add_argument("--datasets-root", default=DATASETS_DIR, type=Path,
+                   help="folder of dataset folders (default: the repository's meta_dataset/datasets)")
     b.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
     b.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
-    b.add_argument("--out", default=Path("meta_dataset/runs"), type=Path, help="records folder")
+    b.add_argument("--out", default=META_DATASET_DIR / "runs", type=Path, help="records folder")
     b.add_argument("--limit", type=int, help="run at most N runs in this invocation")
     b.add_argument("--seeds", help="comma-separated student seeds (default: the preset's)")
     b.add_argument("--preset-override", help="JSON merged over META_PRESET, e.g. "
@@ -59,8 +62,10 @@ def add_build_commands(meta_sub) -> None:
     b.set_defaults(func=_build)
 
     d = meta_sub.add_parser("import-distiller", help="import the Distiller paper's released runs")
-    d.add_argument("--anchors", required=True, type=Path, help="../shared/anchors/distiller")
-    d.add_argument("--datasets-root", required=True, type=Path, help="../shared/datasets")
-    d.add_argument("--out", default=Path("meta_dataset/distiller"), type=Path)
+    d.add_argument("--anchors", default=META_DATASET_DIR / "distiller" / "source", type=Path,
+                   help="folder of the Distiller paper's released CSVs (default: meta_dataset/distiller/source)")
+    d.add_argument("--datasets-root", default=DATASETS_DIR, type=Path,
+                   help="folder of dataset folders (default: meta_dataset/datasets)")
+    d.add_argument("--out", default=META_DATASET_DIR / "distiller", type=Path)
     d.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
     d.set_defaults(func=_import_distiller)

@@ -16,7 +16,7 @@ Each CSV row (``auto_distiller_tabular_data.csv``) becomes one record with our c
 Teacher, student, `aug_p` (also when no augmenter is used), the raw `alpha`, `#example` and
 `baseline_score` are not part of our config: they go to ``extra_features``. The target is
 ``ratio`` (student score / teacher score); ``score`` is kept too. Meta-features are ours, computed on
-our copies of the GLUE tasks in ``../shared/datasets`` (mnli/qqp/qnli are subsets there), with the
+our copies of the GLUE tasks in ``meta_dataset/datasets`` (mnli/qqp/qnli are subsets there), with the
 teacher's published GLUE dev score (``teacher_baseline.csv``, /100) as ``teacher_score``.
 """
 from __future__ import annotations
