@@ -36,8 +36,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
-from threadpoolctl import threadpool_limits
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from .table import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns, numeric_meta_features
 
@@ -48,13 +48,27 @@ def _single_thread():
     """Meta-datasets are small: OpenMP threads cost far more than they give (tens of times slower on
     shared CPUs), so the boosted models fit and predict on one thread."""
     return threadpool_limits(limits=1, user_api="openmp")
+class _MetaEstimatorMixin:
+    """What both meta-estimators share: NaN inputs allowed (meta-features a dataset lacks) and a
+    single-threaded ``fit(X, y, groups=None)`` that delegates to ``_fit``."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def fit(self, X, y, groups=None):
+        with _single_thread():
+            return self._fit(X, y, groups)
+
+
 FORMAT_VERSION = 1
 MODEL_FILE = "model.skops"
 SIDECAR_FILE = "model.json"
 
 
 # --------------------------------------------------------------------------- pairwise ranker
-class PairwiseRanker(RegressorMixin, BaseEstimator):
+class PairwiseRanker(_MetaEstimatorMixin, RegressorMixin, BaseEstimator):
     """Pairwise ranking as a regressor.
 
     Pairs (a, b) of rows of the same group with different targets are drawn (all pairs, or
@@ -82,10 +96,6 @@ class PairwiseRanker(RegressorMixin, BaseEstimator):
         self.calibrate = calibrate
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        return tags
 
     def _pairs(self, y: np.ndarray, groups: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
         a_all, b_all = [], []
@@ -122,9 +132,6 @@ class PairwiseRanker(RegressorMixin, BaseEstimator):
         context = za[:, ctx] if ctx is not None else (za + zb) / 2.0
         return np.hstack([diff, context])
 
-    def fit(self, X, y, groups=None):
-        with _single_thread():
-            return self._fit(X, y, groups)
 
     def _fit(self, X, y, groups):
         X, y = validate_data(self, X, y, y_numeric=True, ensure_all_finite="allow-nan")
@@ -198,7 +205,7 @@ class PairwiseRanker(RegressorMixin, BaseEstimator):
 
 
 # --------------------------------------------------------------------------- the regressor
-class PipelineScoreRegressor(RegressorMixin, BaseEstimator):
+class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator):
     """Predicts a pipeline's normalised score from (pipeline features, meta-features).
 
     ``method``: ``"hgb"`` (``n_bags`` HistGradientBoostingRegressors on bootstrap samples; with
@@ -223,14 +230,7 @@ class PipelineScoreRegressor(RegressorMixin, BaseEstimator):
         self.context_columns = context_columns
         self.random_state = random_state
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        return tags
 
-    def fit(self, X, y, groups=None):
-        with _single_thread():
-            return self._fit(X, y, groups)
 
     def _fit(self, X, y, groups):
         X, y = validate_data(self, X, y, y_numeric=True, ensure_all_finite="allow-nan")
