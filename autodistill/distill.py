@@ -64,6 +64,24 @@ def _check_shared_vocab(tokenizer, teachers: list[TeacherResult]) -> None:
                               f"first teacher's tokenizer ({size}); teachers must share a tokenizer")
 
 
+def _teacher_sources(teachers: list[TeacherResult], train: EncodedSplit, layers: set[int], feature,
+                     mode: str, share: bool, pad_id: int, device) -> list[TeacherSource]:
+    """Each teacher with its outputs on ``train``: cached (computed here, or loaded from the shared
+    disk cache) or none when the teacher runs online. Only the first teacher serves hidden features."""
+    sources = []
+    for k, t in enumerate(teachers):
+        t_layers = layers if k == 0 else set()
+        if mode != "cached":
+            cached = None
+        elif share:
+            cached, _ = teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device,
+                                                              layers=t_layers, feature=feature)
+        else:
+            cached = compute_teacher_outputs(t.model, train, pad_id, device, layers=t_layers, feature=feature)
+        sources.append(TeacherSource(t.model, cached, t_layers, feature))
+    return sources
+
+
 def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
                      teacher_outputs_mode: str | None = None,
                      share_teacher_outputs: bool | None = None) -> DistillResult:
@@ -110,18 +128,8 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     if mode == "auto":
         too_big = estimate_cache_bytes(train, len(layers), hidden_size(primary), feature) > MAX_CACHED_FEATURE_BYTES
         mode = "online" if too_big else "cached"
-    sources, base_outputs = [], []
-    for k, t in enumerate(teachers):
-        t_layers = layers if k == 0 else set()
-        if mode != "cached":
-            cached = None
-        elif share_teacher_outputs:
-            cached, _ = teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device,
-                                                              layers=t_layers, feature=feature)
-        else:
-            cached = compute_teacher_outputs(t.model, train, pad_id, device, layers=t_layers, feature=feature)
-        sources.append(TeacherSource(t.model, cached, t_layers, feature))
-        base_outputs.append(cached)
+    sources = _teacher_sources(teachers, train, layers, feature, mode, share_teacher_outputs, pad_id, device)
+    base_outputs = [source.cached for source in sources]
 
     resources = AugmentationResources(tokenizer, primary.get_input_embeddings().weight.detach().cpu(), device)
     augmenter = build_augmentation_pipeline(cfg.augmentation, resources)

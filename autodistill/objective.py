@@ -163,7 +163,6 @@ class KDObjective(StepObjective):
         need_hidden = self.intermediate is not None or self.rep_mapping is not None
         out = model(**model_inputs(batch), output_hidden_states=need_hidden)
         z_s, labels = out.logits, batch["labels"]
-        self._student_hidden = out.hidden_states
         ce = supervised_loss(z_s, labels, self.task_type)
         logs: dict[str, float] = {"ce": float(ce.detach().mean())}
 
@@ -171,7 +170,7 @@ class KDObjective(StepObjective):
             return ce.mean(), logs
 
         sel = select_for_kd(z_s, cfg.dynamic.selection, cfg.dynamic.selection_ratio, self.generator)
-        kd, teacher_hidden, teacher_logits = self._kd_terms(batch, z_s, sel, need_hidden)
+        kd, teacher_hidden, teacher_logits = self._kd_terms(batch, z_s, out.hidden_states, sel, need_hidden)
         total = self._label_and_kd(ce, kd, z_s, labels, sel, teacher_logits, logs)
 
         if self.intermediate is not None and sel.numel():
@@ -185,7 +184,7 @@ class KDObjective(StepObjective):
         self.last_logs = logs
         return total, logs
 
-    def _kd_terms(self, batch, z_s, sel, need_hidden):
+    def _kd_terms(self, batch, z_s, student_hidden, sel, need_hidden):
         """Per-sample KD on the selected rows, mixing teachers and adapting the objective as configured."""
         cfg = self.cfg
         if sel.numel() == 0:
@@ -200,12 +199,11 @@ class KDObjective(StepObjective):
             kd = kd_per_teacher[:, 0]
         teacher_hidden = outputs[0][1]
         if self.rep_mapping is not None:
-            rep = self._representation_loss(batch, sel, teacher_hidden)
+            rep = self._representation_loss(batch, student_hidden, sel, teacher_hidden)
             kd = adapt_objective(kd, cfg.dynamic.rep_weight * rep, uncertainty(z_s[sel].detach()))
         return kd, teacher_hidden, outputs[0][0]
 
-    def _representation_loss(self, batch, sel, teacher_hidden) -> torch.Tensor:
-        hidden = self._student_hidden  # from this step's student forward in loss()
+    def _representation_loss(self, batch, hidden, sel, teacher_hidden) -> torch.Tensor:
         rep = 0.0
         mask = batch["attention_mask"][sel]
         for s, t, w in self.rep_mapping.pairs():
