@@ -47,8 +47,11 @@ def _search(args: argparse.Namespace) -> int:
     if not args.data:
         print(f"no --data given: using the bundled dataset {data}", file=sys.stderr)
     try:
+        from .config import load_config_dict
         from .search.runner import format_leaderboard, run_search
+        overrides = load_config_dict(args.config) if args.config else None
         result = run_search(data, args.space, args.out, trials=args.trials, time_budget=args.time_budget,
+                            overrides=overrides,
                             address=args.address, warm_start=args.warm_start, resume=args.resume,
                             max_concurrent_trials=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial, seed=args.seed, verbose=args.verbose)
@@ -88,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, help="number of trials (default: the space's budget)")
     s.add_argument("--time-budget", type=float, help="seconds for the whole search (default: the space's)")
     s.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
+    s.add_argument("--config", help="partial pipeline config (YAML/JSON) merged over the space's base, "
+                   "e.g. another teacher backbone")
     s.add_argument("--warm-start", help="YAML/JSON list of seed configs in the space's parameter names")
     s.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     s.add_argument("--max-concurrent", type=int, help="trials run at once")

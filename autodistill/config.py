@@ -282,8 +282,8 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> Pipelin
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def load_config(path: str | Path) -> PipelineConfig:
-    """Load a YAML or JSON config (safe YAML only: no tags, no code)."""
+def load_config_dict(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON config file as a (partial, validated) dict (safe YAML only: no tags, no code)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -294,7 +294,13 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path}: not valid YAML/JSON: {err}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return parse_config(data, source=str(path))
+    parse_config(data, source=str(path))   # unknown keys and bad values are errors here, not later
+    return data or {}
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Load a YAML or JSON config (safe YAML only: no tags, no code)."""
+    return parse_config(load_config_dict(path), source=str(path))
 
 
 def check_against_models(cfg: PipelineConfig, teacher_layers: int, student_layers: int) -> None:

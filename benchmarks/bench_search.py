@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--time-budget", type=float)
     ap.add_argument("--tiny", action="store_true", help="tiny random-init teacher, 300 rows, len 32 (a smoke run)")
     ap.add_argument("--compare-reuse", action="store_true", help="also run the cold search with reuse_actors off")
+    ap.add_argument("--reuse-only", action="store_true",
+                    help="only the reuse_actors on/off comparison: two cold searches on CR, no warm start or MR")
     ap.add_argument("--out", type=Path, help="keep outputs here (default: a temporary folder)")
     args = ap.parse_args()
 
@@ -112,13 +114,15 @@ def main() -> None:
                      "data": {"max_train_examples": 300, "max_length": 32},
                      "optim": {"eval_batch_size": 256}}
     datasets = [("cr (bundled)", str(bundled_dataset_path())), (Path(args.second_data).name, args.second_data)]
+    if args.reuse_only:
+        datasets, args.compare_reuse = datasets[:1], True
     report = {}
     for label, data in datasets:
         tag = label.split()[0]
         data_override = {**overrides, "data": {**overrides.get("data", {}), "train": data}}
-        cold = one(data, space, work / f"{tag}-cold", None, data_override)
-        warm = one(data, space, work / f"{tag}-warm", SEEDS, data_override)
-        report[label] = {"cold": cold, "warm": warm}
+        report[label] = {"cold": one(data, space, work / f"{tag}-cold", None, data_override)}
+        if not args.reuse_only:
+            report[label]["warm"] = one(data, space, work / f"{tag}-warm", SEEDS, data_override)
         if args.compare_reuse and tag == "cr":
             report[label]["cold_no_reuse"] = one(data, space, work / f"{tag}-cold-noreuse", None, data_override,
                                                  reuse=False)
@@ -132,7 +136,7 @@ def main() -> None:
             ov = f"{ovm:.1f} s, {ovf:.1f} s" if ovm is not None else "-"
             print(f"{label:<14} {name:<14} {r['teacher_score'] or 0:>8.4f} {r['best'] or 0:>7.4f} "
                   f"{r['wall_s']:>7.0f} {r['trials']:>6} {ov:>36}   {fmt_curve(r['curve'])}")
-        c, w = runs["cold"]["curve"], runs["warm"]["curve"]
+        c, w = runs["cold"]["curve"], runs.get("warm", {}).get("curve")
         if c and w:
             target = c[-1][1]
             hit = next((t for t, b in w if b is not None and b >= target), None)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 METRIC = "score"
 EXPERIMENT_NAME = "search"
+PROGRESS_FILE = "progress.json"
 ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "OMP_NUM_THREADS_PER_TRIAL")
 
 
@@ -80,6 +81,7 @@ class SearchContext:
     teacher_score: float | None
     trials_total: int
     search_info: dict[str, Any] = field(default_factory=dict)
+    progress_path: Path | None = None   # progress.json for watchers (the REST service)
 
 
 _STOPPED_BY_SCHEDULER: set[str] = set()   # trial ids ASHA stopped (the scheduler runs in the driver)
@@ -199,6 +201,7 @@ def _make_callback(ctx: SearchContext, quiet: bool):
                 print(file=sys.stderr, flush=True)
 
         def _line(self) -> None:
+            self._write_progress()
             if not self.tty:
                 return
             best = f"best {self.best[0]:.4f}" if self.best else "best -"
@@ -206,7 +209,22 @@ def _make_callback(ctx: SearchContext, quiet: bool):
                     f"({self.stopped} stopped early, {self.errors} failed) | {len(self.running)} running | {best}")
             print("\r" + text.ljust(100), end="", file=sys.stderr, flush=True)
 
+        def _write_progress(self) -> None:
+            if ctx.progress_path is None:
+                return
+            write_progress(ctx.progress_path, phase="trials", trials_total=ctx.trials_total, finished=self.done,
+                           stopped_early=self.stopped, failed=self.errors, running=len(self.running),
+                           best_score=self.best[0] if self.best else None,
+                           best_trial=self.best[1] if self.best else None)
+
     return DriverCallback()
+
+
+def write_progress(path: Path, **progress: Any) -> None:
+    """Atomically replace ``path`` with the search's progress (read by `GET /searches/{id}`)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**progress, "updated_at": time.time()}), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class _NullCallback:
@@ -404,12 +422,13 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     (out / "space.yaml").write_text(_yaml_dump(sp.to_dict()), encoding="utf-8")
 
     base_cfg = sp.to_config({})
+    write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
     t_teacher = time.perf_counter()
     task, teacher_score, meta = prepare_teacher(base_cfg)
     teacher_seconds = time.perf_counter() - t_teacher
     store = RecordStore(records_path or out)
     ctx = SearchContext(sp, store, task.fingerprint, meta, teacher_score, b.trials,
-                        {"experiment": str(exp_path), "space": sp.name})
+                        {"experiment": str(exp_path), "space": sp.name}, out / PROGRESS_FILE)
 
     points = None
     if warm_start is not None:
@@ -479,6 +498,11 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     (out / "leaderboard.json").write_text(json.dumps(
         {"interrupted": interrupted, "teacher_score": teacher_score, "best": result.best,
          "trials": rows}, indent=2, default=str), encoding="utf-8")
+    write_progress(out / PROGRESS_FILE, phase="interrupted" if interrupted else "finished", trials_total=b.trials,
+                   finished=sum(r["status"] == "completed" for r in rows),
+                   stopped_early=sum(r["status"] == "stopped_early" for r in rows),
+                   failed=sum(r["status"] == "error" for r in rows), running=0,
+                   best_score=result.best_score, best_trial=result.best["trial_id"] if result.best else None)
     return result
 
 
