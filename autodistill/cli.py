@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("meta", help="the meta-dataset and the meta-model (recommender)")
     add_build_commands(m.add_subparsers(dest="meta_command", required=True))  # build, import-distiller
     add_meta_model_commands(sub)  # evaluate, fit (joining `meta`) and the top-level `recommend`
+    from service.cli import add_service_commands
+    add_service_commands(sub)     # serve, keys
     return parser
 
 

@@ -103,11 +103,38 @@ def build_student(teacher: PreTrainedModel, cfg: StudentConfig) -> PreTrainedMod
     return _fresh_student(teacher, cfg)
 
 
+def student_config(teacher_config, cfg: StudentConfig):
+    """The student's HF config, derived from the teacher's (the student's depth and, if fresh, width)."""
+    config = teacher_config.__class__.from_dict(teacher_config.to_dict())
+    if cfg.kind == "truncated":
+        config.num_hidden_layers = len(select_teacher_layers(config.num_hidden_layers, cfg.num_layers,
+                                                             cfg.layer_selection))
+        return config
+    config.num_hidden_layers = cfg.num_layers
+    if cfg.hidden_size:
+        config.hidden_size = cfg.hidden_size
+    if cfg.num_attention_heads:
+        config.num_attention_heads = cfg.num_attention_heads
+    if config.hidden_size % config.num_attention_heads:
+        raise ConfigError("student.hidden_size must be divisible by student.num_attention_heads "
+                          f"({config.hidden_size} vs {config.num_attention_heads})")
+    config.intermediate_size = cfg.intermediate_size or 4 * config.hidden_size
+    return config
+
+
+def student_parameters(backbone: str, cfg: StudentConfig, num_labels: int) -> int:
+    """The student's parameter count without building its weights (on the meta device)."""
+    try:
+        teacher_config = AutoConfig.from_pretrained(resolve_backbone(backbone), num_labels=num_labels)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the config of backbone {backbone!r}: {err}") from None
+    with torch.device("meta"):
+        return count_parameters(AutoModelForSequenceClassification.from_config(student_config(teacher_config, cfg)))
+
+
 def _truncated_student(teacher: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
     keep = select_teacher_layers(num_layers(teacher), cfg.num_layers, cfg.layer_selection)
-    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
-    config.num_hidden_layers = len(keep)
-    student = AutoModelForSequenceClassification.from_config(config)
+    student = AutoModelForSequenceClassification.from_config(student_config(teacher.config, cfg))
     new_index = {old: new for new, old in enumerate(keep)}
     state = {}
     for key, value in teacher.state_dict().items():
@@ -124,16 +151,7 @@ def _truncated_student(teacher: PreTrainedModel, cfg: StudentConfig) -> PreTrain
 
 
 def _fresh_student(teacher: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
-    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
-    config.num_hidden_layers = cfg.num_layers
-    if cfg.hidden_size:
-        config.hidden_size = cfg.hidden_size
-    if cfg.num_attention_heads:
-        config.num_attention_heads = cfg.num_attention_heads
-    if config.hidden_size % config.num_attention_heads:
-        raise ConfigError("student.hidden_size must be divisible by student.num_attention_heads "
-                          f"({config.hidden_size} vs {config.num_attention_heads})")
-    config.intermediate_size = cfg.intermediate_size or 4 * config.hidden_size
+    config = student_config(teacher.config, cfg)
     student = AutoModelForSequenceClassification.from_config(config)
     if config.hidden_size == hidden_size(teacher):  # same width: start from the teacher's embeddings
         student.get_input_embeddings().load_state_dict(teacher.get_input_embeddings().state_dict())

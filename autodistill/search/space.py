@@ -200,6 +200,32 @@ def set_path(data: dict, path: str, value: Any) -> None:
         node[last] = copy.deepcopy(value)
 
 
+def get_path(data: Any, path: str) -> tuple[bool, Any]:
+    """(found, value) at a dotted path of a config dict (list segments are indices)."""
+    node = data
+    for part in path.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def _snap(p: "Param", value: Any) -> Any:
+    """``value`` if the space holds it, else the nearest value it holds (numbers only), else None."""
+    if p.contains(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if p.kind == "choices":
+        numeric = [c for c in p.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        return min(numeric, key=lambda c: abs(c - value)) if numeric else None
+    clipped = min(max(value, p.low), p.high)
+    return int(round(clipped)) if p.kind == "int" else float(clipped)
+
+
 def _dotted_updates(flat: Mapping[str, Any]) -> dict:
     out: dict = {}
     for k, v in flat.items():
@@ -363,6 +389,22 @@ class SearchSpace:
                 raise SpaceError(f"{p.label}: value {params[p.name]!r} is outside the space")
             decoded[p.name] = p.decode(params[p.name])
             out[p.name] = p.encode(params[p.name])
+        return out
+
+    def params_from_config(self, config: PipelineConfig | Mapping[str, Any]) -> dict[str, Any]:
+        """A full pipeline config (e.g. a recommendation) projected onto this space, as a warm-start
+        point: each parameter takes the config's value, numbers snapped into the space (clipped to a
+        range, or the nearest numeric choice); a value the space cannot express is left out, and the
+        sampler chooses it."""
+        data = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
+        out: dict[str, Any] = {}
+        for p in self.params:
+            found, value = get_path(data, p.name)
+            if not found or not self.active(p, out):
+                continue
+            value = _snap(p, value)
+            if value is not None or p.contains(value):
+                out[p.name] = value
         return out
 
     def to_config(self, params: Mapping[str, Any]) -> PipelineConfig:

@@ -1,0 +1,264 @@
+"""Where searches run: Ray Jobs on a Ray cluster, through the Ray Jobs API.
+
+``JobBackend`` is the small interface the service needs (submit / status / stop / logs);
+``RayJobsBackend`` implements it with ``ray.job_submission.JobSubmissionClient``. With no cluster
+configured, ``LocalRayHead`` starts one (``ray start --head --block`` in its own session, GCS and
+dashboard on loopback, free ports, token auth) and records it in ``<state_dir>/ray/head.json``: the head
+outlives a service restart, and the restarted service finds it again there.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Ray job states -> search states
+JOB_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed",
+              "STOPPED": "cancelled"}
+
+
+class JobBackend(abc.ABC):
+    """Runs one search per job, named by the search id."""
+
+    @abc.abstractmethod
+    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None: ...
+
+    @abc.abstractmethod
+    def status(self, job_id: str) -> str | None:
+        """A search state (see JOB_STATES), or None when the cluster does not know the job."""
+
+    @abc.abstractmethod
+    def stop(self, job_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def logs(self, job_id: str) -> str: ...
+
+
+class RayJobsBackend(JobBackend):
+    def __init__(self, address: str, token: str | None = None):
+        self.address = address
+        self.token = token
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            self._client = JobSubmissionClient(self.address, headers=headers)
+        return self._client
+
+    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None:
+        import shlex
+        self.client.submit_job(entrypoint=shlex.join(entrypoint), submission_id=job_id,
+                               runtime_env={"env_vars": env}, metadata={"autodistill_search": job_id})
+
+    def status(self, job_id: str) -> str | None:
+        try:
+            status = self.client.get_job_status(job_id)
+        except RuntimeError as err:   # the SDK raises RuntimeError for an unknown submission id
+            if "404" in str(err) or "does not exist" in str(err).lower() or "not found" in str(err).lower():
+                return None
+            raise
+        return JOB_STATES.get(str(getattr(status, "value", status)), "running")
+
+    def stop(self, job_id: str) -> None:
+        self.client.stop_job(job_id)
+
+    def logs(self, job_id: str) -> str:
+        return self.client.get_job_logs(job_id)
+
+
+# --------------------------------------------------------------------------- the embedded local head
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _answers(url: str, token: str | None, timeout: float = 3.0) -> bool:
+    req = urllib.request.Request(f"{url}/api/version",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class HeadInfo:
+    dashboard_url: str
+    gcs_address: str
+    pid: int
+    token: str
+    temp_dir: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+class LocalRayHead:
+    """A Ray head on this machine for the embedded default (GCS on 127.0.0.1, dashboard on ``host``)."""
+
+    def __init__(self, state_dir: Path, host: str = "127.0.0.1", num_cpus: int | None = None):
+        self.dir = Path(state_dir) / "ray"
+        self.host = host
+        self.num_cpus = num_cpus
+        self.info_path = self.dir / "head.json"
+
+    def read(self) -> HeadInfo | None:
+        if not self.info_path.is_file():
+            return None
+        try:
+            return HeadInfo(**json.loads(self.info_path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError):
+            return None
+
+    def running(self) -> HeadInfo | None:
+        info = self.read()
+        return info if info is not None and _answers(info.dashboard_url, info.token) else None
+
+    def ensure(self, timeout: float = 120.0) -> HeadInfo:
+        """The running head recorded in head.json, or a new one."""
+        info = self.running()
+        return info if info is not None else self.start(timeout)
+
+    def start(self, timeout: float = 120.0) -> HeadInfo:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(32)
+        (gcs, node_manager, object_manager, metrics, agent_grpc, agent_http, runtime_env, client, dash,
+         min_worker) = free_ports(10)
+        tag = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:8]
+        temp_dir = Path("/tmp") / f"adsvc-{tag}-{gcs}"   # Ray's socket paths must stay short
+        ray_bin = Path(sys.executable).with_name("ray")
+        cmd = [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+               "--disable-usage-stats", "--include-dashboard=true", f"--dashboard-host={self.host}",
+               f"--dashboard-port={dash}", f"--node-manager-port={node_manager}",
+               f"--object-manager-port={object_manager}", f"--metrics-export-port={metrics}",
+               f"--dashboard-agent-grpc-port={agent_grpc}", f"--dashboard-agent-listen-port={agent_http}",
+               f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
+               f"--min-worker-port={min_worker}", f"--max-worker-port={min_worker + 60}",
+               f"--temp-dir={temp_dir}"]
+        if self.num_cpus:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+        log = open(self.dir / "head.log", "ab")
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        url_host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        info = HeadInfo(f"http://{url_host}:{dash}", f"127.0.0.1:{gcs}", proc.pid, token, str(temp_dir))
+        deadline = time.time() + timeout
+        while not _answers(info.dashboard_url, token, timeout=2):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the local Ray head exited ({proc.returncode}); see {self.dir / 'head.log'}")
+            if time.time() > deadline:
+                stop_head(info)
+                raise RuntimeError(f"the local Ray head did not answer within {timeout:.0f} s; "
+                                   f"see {self.dir / 'head.log'}")
+            time.sleep(1)
+        self._wait_for_job_agent(info, deadline)
+        tmp = self.info_path.with_suffix(".tmp")
+        tmp.write_text(info.to_json(), encoding="utf-8")
+        os.chmod(tmp, 0o600)   # holds the cluster token
+        os.replace(tmp, self.info_path)
+        return info
+
+    @staticmethod
+    def _wait_for_job_agent(info: HeadInfo, deadline: float) -> None:
+        """The job server answers a little after the dashboard; a job list call proves it is up."""
+        backend = RayJobsBackend(info.dashboard_url, info.token)
+        while True:
+            try:
+                backend.client.list_jobs()
+                return
+            except Exception:  # noqa: BLE001 - any failure here means "not ready yet"
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+
+    def stop(self) -> None:
+        info = self.read()
+        if info is not None:
+            stop_head(info)
+            self.info_path.unlink(missing_ok=True)
+
+
+def stop_head(info: HeadInfo, timeout: float = 60.0) -> None:
+    """Stop the processes of this head only (never `ray stop`, which kills every Ray on the machine):
+    SIGTERM to `ray start --block` stops what it started; its process group is killed if it hangs."""
+    try:
+        os.kill(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(info.pid, 0)
+        except ProcessLookupError:
+            return
+        if _reap(info.pid):
+            return
+        time.sleep(0.5)
+    try:
+        os.killpg(info.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        return False
+
+
+def backend_from_settings(settings: Any) -> tuple[JobBackend, LocalRayHead | None]:
+    if settings.ray_address:
+        return RayJobsBackend(settings.ray_address, settings.ray_auth_token), None
+    head = LocalRayHead(settings.state_dir, settings.ray_host, settings.ray_num_cpus)
+    return LazyLocalBackend(head), head
+
+
+class LazyLocalBackend(JobBackend):
+    """The embedded default: the local head is started (or found) on first use, not at import."""
+
+    def __init__(self, head: LocalRayHead):
+        self.head = head
+        self._backend: RayJobsBackend | None = None
+
+    def _get(self) -> RayJobsBackend:
+        if self._backend is None or not _answers(self._backend.address, self._backend.token, timeout=2):
+            info = self.head.ensure()
+            self._backend = RayJobsBackend(info.dashboard_url, info.token)
+        return self._backend
+
+    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None:
+        self._get().submit(job_id, entrypoint, env)
+
+    def status(self, job_id: str) -> str | None:
+        return self._get().status(job_id)
+
+    def stop(self, job_id: str) -> None:
+        self._get().stop(job_id)
+
+    def logs(self, job_id: str) -> str:
+        return self._get().logs(job_id)

@@ -1,0 +1,137 @@
+"""The meta-model behind ``POST /recommendations`` and its refit from finished searches.
+
+The model is the latest refitted one (recorded in the database) or the committed default
+(``meta_dataset/model``). Models are only ever loaded from those server-side folders (skops with a
+version check), never from anything a user sends.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from autodistill.config import PipelineConfig
+from autodistill.meta import META_DATASET_DIR
+from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
+from autodistill.search.records import RecordStore
+
+from .errors import ApiError
+from .settings import ServiceSettings
+from .store import Store
+
+REFIT_METHOD = "hgb"
+
+
+def base_record_paths() -> list[Path]:
+    """The committed meta-dataset the refit starts from."""
+    return [p for p in (META_DATASET_DIR / "runs", META_DATASET_DIR / "distiller" / "records.jsonl") if p.exists()]
+
+
+@functools.lru_cache(maxsize=256)
+def _student_parameters(backbone: str, student_json: str, num_labels: int) -> int | None:
+    from autodistill.config import StudentConfig
+    from autodistill.models import ModelLoadError, student_parameters
+    try:
+        return student_parameters(backbone, StudentConfig.model_validate_json(student_json), num_labels)
+    except (ModelLoadError, ValueError):
+        return None
+
+
+def student_parameters_of(config: PipelineConfig, num_labels: int) -> int | None:
+    return _student_parameters(config.teacher.backbone, config.student.model_dump_json(), max(1, num_labels))
+
+
+class RecommenderService:
+    def __init__(self, store: Store, settings: ServiceSettings):
+        self.store = store
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loaded: tuple[str, Any] | None = None
+        self.meta_dir = settings.state_dir / "meta_dataset"
+
+    def model_dir(self) -> Path:
+        latest = self.store.latest_meta_model()
+        if latest is not None and Path(latest["path"]).is_dir():
+            return Path(latest["path"])
+        return Path(self.settings.model_dir or DEFAULT_MODEL_DIR)
+
+    def model(self):
+        from autodistill.meta.model import ModelVersionError, Recommender
+        folder = self.model_dir()
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != str(folder):
+                try:
+                    self._loaded = (str(folder), Recommender.load(folder))
+                except (FileNotFoundError, ModelVersionError) as err:
+                    raise ApiError(503, "unavailable", f"no usable meta-model: {err}") from None
+            return self._loaded[1]
+
+    def recommend(self, dataset: dict[str, Any], top_k: int, max_params: int | None,
+                  config_constraints: dict[str, Any] | None) -> tuple[Any, list[dict[str, Any]]]:
+        rec = self.model()
+        num_labels = int(dataset["stats"].get("num_labels") or 1)
+
+        def allowed(cfg: dict[str, Any]) -> bool:
+            from autodistill.meta.model import _matches
+            if config_constraints and not _matches(cfg, config_constraints):
+                return False
+            if max_params is None:
+                return True
+            n = student_parameters_of(PipelineConfig.model_validate(cfg), num_labels)
+            return n is not None and n <= max_params
+
+        out = []
+        for r in rec.recommend(dataset["meta_features"], top_k=top_k, constraints=allowed):
+            cfg = PipelineConfig.model_validate(r.config)
+            out.append({"rank": r.rank, "candidate": r.candidate, "config": cfg, "predicted_score": r.predicted_score,
+                        "uncertainty": r.uncertainty, "student_parameters": student_parameters_of(cfg, num_labels),
+                        "why": json.loads(json.dumps(r.why, default=str))})
+        return rec, out
+
+    # ------------------------------------------------------------------ refit
+    def fold_search(self, search: dict[str, Any], dataset: dict[str, Any] | None) -> int:
+        """Copy a finished search's completed trial records into the service's meta-dataset, under the
+        dataset's name ``svc-<dataset id>`` with the dataset's meta-features; returns records added."""
+        name = f"svc-{search['dataset_id']}"
+        records_dir, features_dir = self.meta_dir / "runs", self.meta_dir / "features"
+        records_dir.mkdir(parents=True, exist_ok=True)
+        features_dir.mkdir(parents=True, exist_ok=True)
+        if dataset is not None:
+            (features_dir / f"{name}.json").write_text(json.dumps(dataset["meta_features"], default=str),
+                                                      encoding="utf-8")
+        target = RecordStore(records_dir / f"{name}.jsonl")
+        added = 0
+        for rec in RecordStore(Path(search["out_dir"])).read():
+            if rec.get("status") == "completed":
+                added += bool(target.append({**rec, "dataset": name}))
+        return added
+
+    def refit(self) -> dict[str, Any]:
+        from autodistill.meta.evaluate import default_model_params, drop_meta_features
+        from autodistill.meta.model import Recommender
+        from autodistill.meta.table import table_from_paths
+
+        folded, added = 0, 0
+        for search in self.store.finished_unfolded_searches():
+            added += self.fold_search(search, self.store.get_dataset(None, search["dataset_id"]))
+            self.store.update_search(search["id"], folded=True)
+            folded += 1
+        paths = base_record_paths() + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
+        if not paths:
+            raise ApiError(409, "conflict", "no meta-dataset records to fit on")
+        table = drop_meta_features(table_from_paths(paths, target="ratio"))
+        if table.empty:
+            raise ApiError(409, "conflict", "no usable meta-dataset records to fit on")
+        rec = Recommender.fit(table, method=REFIT_METHOD, model_params=default_model_params(REFIT_METHOD),
+                              info={"target": "ratio", "records": [str(p) for p in paths], "refit_by": "service"},
+                              target="ratio")
+        folder = self.settings.state_dir / "models" / time.strftime("%Y%m%dT%H%M%S") / str(time.time_ns())
+        rec.save(folder)
+        summary = {"searches_folded": folded, "records_added": added, "rows": int(len(table)),
+                   "datasets": int(table["dataset"].nunique()), "candidates": int(table["candidate"].nunique()),
+                   "method": REFIT_METHOD, "model_path": str(folder)}
+        self.store.add_meta_model(str(folder), summary)
+        return summary

@@ -1,0 +1,204 @@
+"""Request and response bodies. Pipeline configs are the library's :class:`PipelineConfig` (and its
+:class:`DataConfig`): the REST schema and the engine share one source of truth. Unknown keys are errors."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from autodistill.config import DataConfig, PipelineConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(Strict):
+    error: str = Field(description="machine-readable class, e.g. not_found, validation_error")
+    detail: str
+    field: str | None = Field(None, description="the request field at fault, dotted")
+    errors: list[dict[str, Any]] | None = None
+
+
+class DataColumns(Strict):
+    """How the dataset's columns are read: the data part of the pipeline config, minus the locations."""
+
+    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "hf"] = "auto"
+    text_column: str = "text"
+    text_a_column: str = "text_a"
+    text_b_column: str = "text_b"
+    label_column: str = "label"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
+    split_seed: int = 42
+    max_length: int = Field(128, ge=8, le=4096)
+    bad_rows: Literal["error", "drop"] = "error"
+    hf_train_split: str = "train"
+    hf_validation_split: str = "validation"
+
+    def data_config(self, train: str, validation: str | None = None, max_file_mb: float | None = None) -> DataConfig:
+        extra = {"max_file_mb": max_file_mb} if max_file_mb else {}
+        return DataConfig(train=train, validation=validation, **self.model_dump(), **extra)
+
+
+class DatasetReference(Strict):
+    """A dataset the server can read itself: a path under an allowed root, or an HF datasets name."""
+
+    name: str | None = Field(None, max_length=200)
+    path: str | None = Field(None, description="file or folder under one of the server's allowed roots")
+    validation_path: str | None = None
+    hf_name: str | None = Field(None, description="Hugging Face datasets name (needs the hub or its cache)")
+    columns: DataColumns = Field(default_factory=DataColumns)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetReference":
+        if (self.path is None) == (self.hf_name is None):
+            raise ValueError("give exactly one of path or hf_name")
+        if self.validation_path is not None and self.path is None:
+            raise ValueError("validation_path needs path")
+        return self
+
+
+class Dataset(Strict):
+    id: str
+    name: str
+    source_kind: Literal["upload", "path", "hf"]
+    source: str
+    fingerprint: str
+    stats: dict[str, Any]
+    meta_features: dict[str, Any]
+    created_at: str
+
+
+class Page(Strict):
+    items: list[Any]
+    total: int
+    limit: int
+    offset: int
+    next: str | None = Field(None, description="URL of the next page, if any")
+
+
+class DatasetPage(Page):
+    items: list[Dataset]
+
+
+class Constraints(Strict):
+    max_student_parameters: int | None = Field(None, gt=0)
+    config: dict[str, Any] | None = Field(
+        None, description="dotted config path -> required value or list of values, e.g. "
+        "{\"student.num_layers\": [2, 3]}")
+
+
+class RecommendationRequest(Strict):
+    dataset_id: str
+    top_k: int = Field(5, ge=1, le=50)
+    constraints: Constraints = Field(default_factory=Constraints)
+
+
+class RecommendedPipeline(Strict):
+    rank: int
+    candidate: str
+    config: PipelineConfig
+    predicted_score: float
+    uncertainty: float
+    student_parameters: int | None
+    why: dict[str, Any]
+
+
+class RecommendationResponse(Strict):
+    dataset_id: str
+    target: str = Field(description="what predicted_score estimates: ratio = student/teacher score")
+    model: dict[str, Any]
+    recommendations: list[RecommendedPipeline]
+
+
+class SearchRequest(Strict):
+    dataset_id: str
+    space: Literal["cpu-fast", "distiller", "full"] = "cpu-fast"
+    trials: int | None = Field(None, ge=1, description="default: the space's budget")
+    time_budget: float | None = Field(None, gt=0, description="seconds; default: the space's budget")
+    warm_start: bool | list[dict[str, Any]] = Field(
+        False, description="true: the recommender's top configs seed the search; or seed configs in the "
+        "space's parameter names")
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    seed: int | None = None
+    config: dict[str, Any] | None = Field(
+        None, description="partial pipeline config merged over the space's base (e.g. teachers, optim)")
+
+    @model_validator(mode="after")
+    def _config_is_a_pipeline_config(self) -> "SearchRequest":
+        if self.config is not None:
+            from autodistill.config import deep_merge
+            if "data" in self.config:
+                raise ValueError("config.data: the dataset's columns are set when it is uploaded")
+            PipelineConfig.model_validate(deep_merge({}, self.config))
+        return self
+
+
+class SearchProgress(Strict):
+    phase: str | None = None
+    trials_total: int | None = None
+    finished: int = 0
+    stopped_early: int = 0
+    failed: int = 0
+    running: int = 0
+    best_score: float | None = None
+    best_trial: str | None = None
+
+
+class Search(Strict):
+    id: str
+    dataset_id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    request: dict[str, Any]
+    progress: SearchProgress
+    best_score: float | None
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+
+
+class SearchPage(Page):
+    items: list[Search]
+
+
+class Trial(Strict):
+    trial_id: str
+    status: str
+    score: float | None
+    params: dict[str, Any]
+    wall_seconds: float | None
+    student_parameters: int | None
+    finished_at: str | None
+
+
+class TrialPage(Page):
+    items: list[Trial]
+
+
+class BestStudent(Strict):
+    search_id: str
+    trial_id: str | None
+    score: float | None
+    config: PipelineConfig
+    metrics: dict[str, Any]
+    download: str = Field(description="URL of the student as a .tar.gz archive")
+
+
+class RefitResponse(Strict):
+    searches_folded: int
+    records_added: int
+    rows: int
+    datasets: int
+    candidates: int
+    method: str
+    model_path: str
+
+
+class Health(Strict):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    schema_version: int
+    version: str

@@ -1,0 +1,178 @@
+"""Queries of the service's state: API keys, datasets, searches, idempotency records, refitted models.
+
+Every read of a user resource takes the owner (the API key id): a key never sees another key's rows.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from . import db
+
+KEY_PREFIX = "adk_"
+ACTIVE_STATES = ("queued", "running")
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}_{uuid.uuid4().hex[:20]}"
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    total: int
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # ------------------------------------------------------------------ API keys
+    def create_key(self, name: str, scope: str = "user") -> tuple[str, dict[str, Any]]:
+        """A new key: returns the secret (shown once, never stored) and its row (with the hash only)."""
+        if scope not in ("user", "admin"):
+            raise ValueError(f"scope must be 'user' or 'admin', got {scope!r}")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = {"id": new_id("key"), "name": name, "prefix": secret[:12], "key_hash": hash_key(secret),
+               "scope": scope, "created_at": time.time(), "revoked_at": None}
+        with self.engine.begin() as conn:
+            conn.execute(insert(db.api_keys).values(**row))
+        return secret, row
+
+    def key_for_secret(self, secret: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.api_keys).where(db.api_keys.c.key_hash == hash_key(secret))).mappings().first()
+        return dict(row) if row and row["revoked_at"] is None else None
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(db.api_keys).order_by(db.api_keys.c.created_at)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def revoke_key(self, key_id_or_prefix: str) -> bool:
+        c = db.api_keys.c
+        with self.engine.begin() as conn:
+            res = conn.execute(update(db.api_keys).where(
+                ((c.id == key_id_or_prefix) | (c.prefix == key_id_or_prefix)) & c.revoked_at.is_(None))
+                .values(revoked_at=time.time()))
+        return res.rowcount > 0
+
+    # ------------------------------------------------------------------ generic owned rows
+    def _get(self, table, owner: str | None, rid: str) -> dict[str, Any] | None:
+        cond = table.c.id == rid if owner is None else and_(table.c.id == rid, table.c.owner == owner)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(table).where(cond)).mappings().first()
+        return dict(row) if row else None
+
+    def _page(self, table, owner: str, limit: int, offset: int, *conds) -> Page:
+        cond = and_(table.c.owner == owner, *conds)
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(table).where(cond)).scalar_one()
+            rows = conn.execute(select(table).where(cond).order_by(table.c.created_at.desc(), table.c.id)
+                                .limit(limit).offset(offset)).mappings().all()
+        return Page([dict(r) for r in rows], total)
+
+    # ------------------------------------------------------------------ datasets
+    def add_dataset(self, row: dict[str, Any]) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            conn.execute(insert(db.datasets).values(**row))
+        return row
+
+    def get_dataset(self, owner: str | None, dataset_id: str) -> dict[str, Any] | None:
+        return self._get(db.datasets, owner, dataset_id)
+
+    def list_datasets(self, owner: str, limit: int, offset: int) -> Page:
+        return self._page(db.datasets, owner, limit, offset)
+
+    def delete_dataset(self, owner: str, dataset_id: str) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(delete(db.datasets).where(
+                and_(db.datasets.c.id == dataset_id, db.datasets.c.owner == owner)))
+        return res.rowcount > 0
+
+    # ------------------------------------------------------------------ searches
+    def add_search(self, row: dict[str, Any]) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            conn.execute(insert(db.searches).values(**row))
+        return row
+
+    def get_search(self, owner: str | None, search_id: str) -> dict[str, Any] | None:
+        return self._get(db.searches, owner, search_id)
+
+    def list_searches(self, owner: str, limit: int, offset: int) -> Page:
+        return self._page(db.searches, owner, limit, offset)
+
+    def active_searches(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
+        c = db.searches.c
+        cond = c.state.in_(ACTIVE_STATES)
+        if dataset_id is not None:
+            cond = and_(cond, c.dataset_id == dataset_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(db.searches).where(cond)).mappings().all()]
+
+    def finished_unfolded_searches(self) -> list[dict[str, Any]]:
+        c = db.searches.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(db.searches).where(and_(c.state == "succeeded", c.folded.is_(False))))
+            return [dict(r) for r in rows.mappings().all()]
+
+    def update_search(self, search_id: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(update(db.searches).where(db.searches.c.id == search_id).values(**fields))
+
+    # ------------------------------------------------------------------ idempotency
+    def idempotency_begin(self, owner: str, key: str, endpoint: str, request_hash: str
+                          ) -> tuple[str, dict[str, Any] | None]:
+        """("new", None) for a first request; ("replay", row) for a finished identical one; ("conflict",
+        row) when the key was used for another request; ("in_progress", row) while the first one runs."""
+        row = {"owner": owner, "key": key, "endpoint": endpoint, "request_hash": request_hash,
+               "status_code": None, "body": None, "location": None, "created_at": time.time()}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(db.idempotency).values(**row))
+            return "new", None
+        except IntegrityError:
+            pass
+        c = db.idempotency.c
+        with self.engine.connect() as conn:
+            old = conn.execute(select(db.idempotency).where(and_(c.owner == owner, c.key == key))).mappings().first()
+        if old is None:   # released between our insert and read: take it now
+            return self.idempotency_begin(owner, key, endpoint, request_hash)
+        old = dict(old)
+        if old["endpoint"] != endpoint or old["request_hash"] != request_hash:
+            return "conflict", old
+        return ("in_progress", old) if old["status_code"] is None else ("replay", old)
+
+    def idempotency_finish(self, owner: str, key: str, status_code: int, body: Any, location: str | None) -> None:
+        c = db.idempotency.c
+        with self.engine.begin() as conn:
+            conn.execute(update(db.idempotency).where(and_(c.owner == owner, c.key == key))
+                         .values(status_code=status_code, body=body, location=location))
+
+    def idempotency_release(self, owner: str, key: str) -> None:
+        """Forget a key whose request failed, so the client's retry runs it again."""
+        c = db.idempotency.c
+        with self.engine.begin() as conn:
+            conn.execute(delete(db.idempotency).where(and_(c.owner == owner, c.key == key)))
+
+    # ------------------------------------------------------------------ refitted meta-models
+    def add_meta_model(self, path: str, summary: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(db.meta_models).values(path=path, summary=summary, created_at=time.time()))
+
+    def latest_meta_model(self) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.meta_models).order_by(db.meta_models.c.id.desc()).limit(1)).mappings().first()
+        return dict(row) if row else None
