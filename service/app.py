@@ -36,6 +36,7 @@ from .settings import ServiceSettings
 from .store import Store, new_id
 
 MAX_PAGE = 100
+WARM_START_POINTS = 4
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (401, 404, 422)}
 
@@ -421,9 +422,14 @@ def _routes(app: FastAPI) -> None:
         space = SearchSpace.load(body.space)
         if body.config:
             space = space.with_base(body.config)
-        if body.warm_start is True:
-            _, recs = request.app.state.recommender.recommend(dataset, 4, None, None)
-            points = [space.params_from_config(r["config"]) for r in recs]
+        if body.warm_start is True:   # the recommender's top configs, projected onto the space, distinct
+            _, recs = request.app.state.recommender.recommend(dataset, 4 * WARM_START_POINTS, None, None)
+            points, seen = [], set()
+            for r in recs:
+                point = space.params_from_config(r["config"])
+                if (tag := _canonical_hash(point)) not in seen and len(points) < WARM_START_POINTS:
+                    seen.add(tag)
+                    points.append(point)
         elif isinstance(body.warm_start, list):
             points = body.warm_start
         else:

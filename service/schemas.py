@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autodistill.config import DataConfig, PipelineConfig
 
@@ -125,14 +125,25 @@ class SearchRequest(Strict):
     config: dict[str, Any] | None = Field(
         None, description="partial pipeline config merged over the space's base (e.g. teachers, optim)")
 
-    @model_validator(mode="after")
-    def _config_is_a_pipeline_config(self) -> "SearchRequest":
-        if self.config is not None:
-            from autodistill.config import deep_merge
-            if "data" in self.config:
-                raise ValueError("config.data: the dataset's columns are set when it is uploaded")
-            PipelineConfig.model_validate(deep_merge({}, self.config))
-        return self
+    @field_validator("config")
+    @classmethod
+    def _config_is_a_pipeline_config(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
+        if config is None:
+            return None
+        data = config.get("data") or {}
+        if not isinstance(data, dict) or set(data) - SEARCH_DATA_KEYS:
+            raise ValueError(f"data: only {sorted(SEARCH_DATA_KEYS)} may be set here; the dataset's "
+                             "location and columns are fixed when it is created")
+        try:
+            PipelineConfig.model_validate(config)
+        except ValidationError as err:
+            e = err.errors()[0]
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            raise ValueError(f"{'.'.join(map(str, e['loc']))}: {msg}") from None
+        return config
+
+
+SEARCH_DATA_KEYS = {"max_train_examples", "max_length"}
 
 
 class SearchProgress(Strict):

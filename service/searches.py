@@ -47,6 +47,7 @@ class SearchManager:
         self.root = settings.state_dir / "searches"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._submitting: set[str] = set()   # rows written, job not yet submitted: not "lost"
 
     # ------------------------------------------------------------------ submitting
     def entrypoint(self, search: dict[str, Any], dataset: dict[str, Any], resume: bool) -> list[str]:
@@ -70,6 +71,7 @@ class SearchManager:
         env = {k: os.environ[k] for k in ENV_FORWARD if os.environ.get(k)}
         env.setdefault("AUTODISTILL_CACHE", str((self.settings.state_dir / "cache").resolve()))
         env["TOKENIZERS_PARALLELISM"] = "false"
+        env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"   # the search driver adds its own runtime env
         return env
 
     def create(self, owner: str, dataset: dict[str, Any], request: dict[str, Any],
@@ -78,7 +80,8 @@ class SearchManager:
         out = (self.root / sid).resolve()
         out.mkdir(parents=True, exist_ok=False)
         config = dict(request.get("config") or {})
-        config["data"] = {k: v for k, v in dataset["data_config"].items() if k != "train"}
+        config["data"] = {**{k: v for k, v in dataset["data_config"].items() if k != "train"},
+                          **(config.get("data") or {})}
         (out / "request_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         if warm_start:
             (out / "warm_start.json").write_text(json.dumps(warm_start, indent=2), encoding="utf-8")
@@ -86,19 +89,22 @@ class SearchManager:
         row = {"id": sid, "owner": owner, "dataset_id": dataset["id"], "state": "queued", "request": request,
                "out_dir": str(out), "progress": {}, "best": None, "error": None, "submissions": 1,
                "created_at": now, "started_at": None, "finished_at": None, "updated_at": now, "folded": False}
-        self.store.add_search(row)
+        self._submitting.add(sid)
         try:
+            self.store.add_search(row)
             self.backend.submit(sid, self.entrypoint(row, dataset, resume=False), self._env())
         except Exception as err:  # noqa: BLE001 - the cluster refused: record why, tell the client
             self.store.update_search(sid, state="failed", error=f"submission to Ray failed: {err}",
                                      finished_at=time.time())
             raise ApiError(503, "unavailable", f"the Ray cluster did not accept the search: {err}") from None
+        finally:
+            self._submitting.discard(sid)
         return self.store.get_search(owner, sid)
 
     # ------------------------------------------------------------------ following
     def refresh(self, search: dict[str, Any]) -> dict[str, Any]:
         """Bring one search's row up to date with Ray and its output folder."""
-        if search["state"] in TERMINAL_STATES:
+        if search["state"] in TERMINAL_STATES or search["id"] in self._submitting:
             return search
         out = Path(search["out_dir"])
         fields: dict[str, Any] = {}

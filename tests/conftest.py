@@ -42,3 +42,37 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "autodistill-cache"
     monkeypatch.setenv("AUTODISTILL_CACHE", str(cache))
     return cache
+
+
+# --------------------------------------------------------------------------- the service's databases
+POSTGRES_URL = os.environ.get("AUTODISTILL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_schema_url():
+    """A fresh PostgreSQL schema for one test (the URL pins search_path to it), or skip if no server."""
+    import uuid
+
+    import sqlalchemy as sa
+    try:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            schema = f"t_{uuid.uuid4().hex[:12]}"
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as err:  # noqa: BLE001 - no server here: this leg may skip, the SQLite one runs
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL}: {err}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    return engine, schema, f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Every service-store test runs against SQLite (the default) and PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'service.db'}"
+        return
+    import sqlalchemy as sa
+    engine, schema, url = _postgres_schema_url()
+    yield url
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
