@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -137,9 +138,12 @@ class LocalRayHead:
         return info if info is not None and _answers(info.dashboard_url, info.token) else None
 
     def ensure(self, timeout: float = 120.0) -> HeadInfo:
-        """The running head recorded in head.json, or a new one."""
-        info = self.running()
-        return info if info is not None else self.start(timeout)
+        """The running head recorded in head.json, or a new one (one per state folder, across processes)."""
+        from filelock import FileLock
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.dir / "head.lock")):
+            info = self.running()
+            return info if info is not None else self.start(timeout)
 
     def start(self, timeout: float = 120.0) -> HeadInfo:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -244,12 +248,14 @@ class LazyLocalBackend(JobBackend):
     def __init__(self, head: LocalRayHead):
         self.head = head
         self._backend: RayJobsBackend | None = None
+        self._lock = threading.Lock()   # the monitor and a request must not both start a head
 
     def _get(self) -> RayJobsBackend:
-        if self._backend is None or not _answers(self._backend.address, self._backend.token, timeout=2):
-            info = self.head.ensure()
-            self._backend = RayJobsBackend(info.dashboard_url, info.token)
-        return self._backend
+        with self._lock:
+            if self._backend is None or not _answers(self._backend.address, self._backend.token, timeout=2):
+                info = self.head.ensure()
+                self._backend = RayJobsBackend(info.dashboard_url, info.token)
+            return self._backend
 
     def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None:
         self._get().submit(job_id, entrypoint, env)
