@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections import OrderedDict
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .settings import ServiceSettings
 from .store import Store
 
 REFIT_METHOD = "hgb"
+RANKING_CACHE_SIZE = 256
 
 
 def base_record_paths() -> list[Path]:
@@ -49,7 +51,8 @@ class RecommenderService:
         self.store = store
         self.settings = settings
         self._lock = threading.Lock()
-        self._loaded: tuple[str, Any] | None = None
+        self._loaded: tuple[str, Any, dict[str, PipelineConfig]] | None = None
+        self._ranked: OrderedDict[tuple[str, str, str], list[Any]] = OrderedDict()
         self.meta_dir = settings.state_dir / "meta_dataset"
 
     def model_dir(self) -> Path:
@@ -59,36 +62,55 @@ class RecommenderService:
         return Path(self.settings.model_dir or DEFAULT_MODEL_DIR)
 
     def model(self):
+        return self._loaded_model()[1]
+
+    def _loaded_model(self) -> tuple[str, Any, dict[str, PipelineConfig]]:
+        """(folder, Recommender, validated config per candidate), loaded once per model folder."""
         from autodistill.meta.model import ModelVersionError, Recommender
-        folder = self.model_dir()
+        folder = str(self.model_dir())
         with self._lock:
-            if self._loaded is None or self._loaded[0] != str(folder):
+            if self._loaded is None or self._loaded[0] != folder:
                 try:
-                    self._loaded = (str(folder), Recommender.load(folder))
+                    rec = Recommender.load(folder)
                 except (FileNotFoundError, ModelVersionError) as err:
                     raise ApiError(503, "unavailable", f"no usable meta-model: {err}") from None
-            return self._loaded[1]
+                configs = {c["name"]: PipelineConfig.model_validate(c["config"]) for c in rec.candidates}
+                self._loaded = (folder, rec, configs)
+                self._ranked.clear()
+            return self._loaded
+
+    def _ranking(self, folder: str, rec: Any, dataset: dict[str, Any]) -> list[Any]:
+        """Every candidate ranked for this dataset; cached per (model, dataset) - both are immutable."""
+        key = (folder, dataset["id"], dataset["fingerprint"])
+        with self._lock:
+            if key in self._ranked:
+                self._ranked.move_to_end(key)
+                return self._ranked[key]
+        ranking = rec.recommend(dataset["meta_features"], top_k=len(rec.candidates))
+        with self._lock:
+            self._ranked[key] = ranking
+            while len(self._ranked) > RANKING_CACHE_SIZE:
+                self._ranked.popitem(last=False)
+        return ranking
 
     def recommend(self, dataset: dict[str, Any], top_k: int, max_params: int | None,
                   config_constraints: dict[str, Any] | None) -> tuple[Any, list[dict[str, Any]]]:
-        rec = self.model()
+        from autodistill.meta.model import matches_constraints
+        folder, rec, configs = self._loaded_model()
         num_labels = int(dataset["stats"].get("num_labels") or 1)
-
-        def allowed(cfg: dict[str, Any]) -> bool:
-            from autodistill.meta.model import _matches
-            if config_constraints and not _matches(cfg, config_constraints):
-                return False
-            if max_params is None:
-                return True
-            n = student_parameters_of(PipelineConfig.model_validate(cfg), num_labels)
-            return n is not None and n <= max_params
-
         out = []
-        for r in rec.recommend(dataset["meta_features"], top_k=top_k, constraints=allowed):
-            cfg = PipelineConfig.model_validate(r.config)
-            out.append({"rank": r.rank, "candidate": r.candidate, "config": cfg, "predicted_score": r.predicted_score,
-                        "uncertainty": r.uncertainty, "student_parameters": student_parameters_of(cfg, num_labels),
-                        "why": json.loads(json.dumps(r.why, default=str))})
+        for r in self._ranking(folder, rec, dataset):
+            cfg = configs[r.candidate]
+            if config_constraints and not matches_constraints(r.config, config_constraints):
+                continue
+            params = student_parameters_of(cfg, num_labels)
+            if max_params is not None and (params is None or params > max_params):
+                continue
+            out.append({"rank": len(out) + 1, "candidate": r.candidate, "config": cfg,
+                        "predicted_score": r.predicted_score, "uncertainty": r.uncertainty,
+                        "student_parameters": params, "why": json.loads(json.dumps(r.why, default=str))})
+            if len(out) == top_k:
+                break
         return rec, out
 
     # ------------------------------------------------------------------ refit
@@ -119,7 +141,8 @@ class RecommenderService:
             added += self.fold_search(search, self.store.get_dataset(None, search["dataset_id"]))
             self.store.update_search(search["id"], folded=True)
             folded += 1
-        paths = base_record_paths() + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
+        base = base_record_paths() if self.settings.base_records is None else list(self.settings.base_records)
+        paths = base + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
         if not paths:
             raise ApiError(409, "conflict", "no meta-dataset records to fit on")
         table = drop_meta_features(table_from_paths(paths, target="ratio"))

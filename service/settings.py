@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "AUTODISTILL_SERVICE_"
+LIST_SETTINGS = ("allowed_roots", "base_records")
 
 
 def default_state_dir() -> Path:
@@ -29,6 +30,8 @@ class ServiceSettings(BaseModel):
                                       description="server folders a dataset may be referenced from by path")
     max_upload_mb: float = Field(100.0, gt=0)
     model_dir: Path | None = Field(None, description="meta-model folder; default: the committed one")
+    base_records: list[Path] | None = Field(
+        None, description="meta-dataset records a refit starts from; default: the committed ones")
     meta_features_backbone: str | None = Field(
         "default", description="backbone for the embedding meta-features ('default' = the MiniLM teacher "
         "backbone; empty = skip those features)")
@@ -54,7 +57,7 @@ class ServiceSettings(BaseModel):
             if not key.startswith(ENV_PREFIX):
                 continue
             name = key[len(ENV_PREFIX):].lower()
-            values[name] = [p for p in raw.split(os.pathsep) if p] if name == "allowed_roots" else raw
+            values[name] = [p for p in raw.split(os.pathsep) if p] if name in LIST_SETTINGS else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values.get("meta_features_backbone") == "":
             values["meta_features_backbone"] = None

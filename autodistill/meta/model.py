@@ -377,7 +377,7 @@ def _normalise_query(meta_features: Mapping[str, Any]) -> dict[str, float]:
     return numeric_meta_features(meta_features)
 
 
-def _matches(config: Mapping[str, Any], constraints) -> bool:
+def matches_constraints(config: Mapping[str, Any], constraints) -> bool:
     if constraints is None:
         return True
     if callable(constraints):
@@ -413,6 +413,8 @@ class Recommender:
         self._center, self._scale = _scale_stats(mf)
         self._mf_matrix = mf.to_numpy(dtype=float)
         self._dataset_names = list(datasets)
+        self._pf_matrix: np.ndarray | None = None
+        self._mf_index: list[int] = []
 
     # ---------------------------------------------------------------- fitting
     @classmethod
@@ -459,10 +461,17 @@ class Recommender:
                 for i in order]
 
     def candidate_matrix(self, meta_features: Mapping[str, Any]) -> np.ndarray:
+        """One row per candidate: its pipeline features, then the query dataset's meta-features."""
+        if self._pf_matrix is None:   # built once: the candidates' columns never change
+            self._pf_matrix = np.array(
+                [[cand["features"].get(c, np.nan) if c.startswith(PF_PREFIX) else np.nan
+                  for c in self.feature_columns] for cand in self.candidates],
+                dtype=float).reshape(len(self.candidates), len(self.feature_columns))
+            self._mf_index = [i for i, c in enumerate(self.feature_columns) if not c.startswith(PF_PREFIX)]
         q = _normalise_query(meta_features)
-        rows = [[cand["features"].get(c, np.nan) if c.startswith(PF_PREFIX) else q.get(c, np.nan)
-                 for c in self.feature_columns] for cand in self.candidates]
-        return np.array(rows, dtype=float).reshape(len(self.candidates), len(self.feature_columns))
+        X = self._pf_matrix.copy()
+        X[:, self._mf_index] = [q.get(self.feature_columns[i], np.nan) for i in self._mf_index]
+        return X
 
     def recommend(self, meta_features: Mapping[str, Any], top_k: int = 5,
                   constraints: Mapping[str, Any] | Callable[[Mapping[str, Any]], bool] | None = None
@@ -473,7 +482,7 @@ class Recommender:
         ``constraints``: a callable on the config dict, or ``{dotted.config.path: value or [values]}``
         (e.g. ``{"student.num_layers": 2}``); candidates that fail it are left out.
         """
-        keep = [i for i, c in enumerate(self.candidates) if _matches(c["config"], constraints)]
+        keep = [i for i, c in enumerate(self.candidates) if matches_constraints(c["config"], constraints)]
         if not keep:
             return []
         X = self.candidate_matrix(meta_features)[keep]
