@@ -74,6 +74,43 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auto(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .data import DataError, bundled_dataset_path
+    from .meta.cli_commands import DEFAULT_MODEL_DIR
+    from .meta.model import ModelVersionError
+    from .models import ModelLoadError
+    from .search.space import SpaceError
+
+    data = args.data or str(bundled_dataset_path())
+    if not args.data:
+        print(f"no --data given: using the bundled dataset {data}", file=sys.stderr)
+    try:
+        from .auto import run_auto
+        from .search.runner import format_leaderboard
+        result = run_auto(data, args.out, args.model or DEFAULT_MODEL_DIR, space=args.space, trials=args.trials,
+                          time_budget=args.time_budget, seeds=args.seeds, resume=args.resume)
+    except (ConfigError, DataError, ModelLoadError, SpaceError, ModelVersionError, FileNotFoundError,
+            FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"recommended pipelines ({result.recommend_seconds:.1f} s, meta-features included):")
+    for r in result.recommendations[:args.seeds]:
+        print(f"  {r['rank']:>2}. {r['candidate']:<36} predicted student/teacher {r['predicted_score']:.3f}"
+              f" ± {r['uncertainty']:.3f}")
+    search = result.search
+    print(f"\nsearch warm-started with {len(result.warm_start)} of them:")
+    print(format_leaderboard(search.trials))
+    teacher = f"{search.teacher_score:.4f}" if search.teacher_score is not None else "-"
+    print(f"\nteacher score {teacher}; {len(search.trials)} trials in {search.wall_seconds:.0f} s")
+    if search.best_dir:
+        print(f"best student (score {search.best_score:.4f}) exported to {search.best_dir}")
+    if search.interrupted:
+        print(f"search stopped before its budget: continue it with --resume --out {args.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autodistill", description="AutoDistiller: knowledge distillation "
                                      "for text classifiers (after He et al. 2021, Distiller).")
@@ -84,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", help="pipeline config, YAML or JSON")
     d.add_argument("--out", required=True, type=Path, help="output folder")
     d.set_defaults(func=_distill)
+
+    a = sub.add_parser("auto", help="recommend KD pipelines for a dataset, run a short search seeded with them, "
+                       "export the best student")
+    a.add_argument("--data", help="train file or dataset folder (default: bundled CR)")
+    a.add_argument("--space", default="cpu-fast", help="preset name or YAML path of the search space")
+    a.add_argument("--trials", type=int, default=8)
+    a.add_argument("--time-budget", type=float, default=600.0, help="seconds for the search")
+    a.add_argument("--seeds", type=int, default=4, help="recommendations that seed the search")
+    a.add_argument("--model", type=Path, help="meta-model folder (default: meta_dataset/model)")
+    a.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    a.add_argument("--out", required=True, type=Path, help="output folder")
+    a.set_defaults(func=_auto)
 
     s = sub.add_parser("search", help="search the KD pipeline space with Ray Tune + Optuna (TPE) + ASHA")
     s.add_argument("--data", help="train file or dataset folder (default: bundled CR)")

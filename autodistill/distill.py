@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from .augmentation import AugmentationResources, build_augmentation_pipeline
 from .callbacks import Callback

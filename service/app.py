@@ -418,18 +418,13 @@ def _routes(app: FastAPI) -> None:
         return request.app.state.searches.create(key["id"], dataset, body.model_dump(mode="json"), warm)
 
     def _warm_start(request: Request, dataset: dict, body: SearchRequest) -> list[dict[str, Any]] | None:
-        from autodistill.search.space import SearchSpace, SpaceError, encode_points
+        from autodistill.search.space import SearchSpace, SpaceError, encode_points, warm_start_points
         space = SearchSpace.load(body.space)
         if body.config:
             space = space.with_base(body.config)
-        if body.warm_start is True:   # the recommender's top configs, projected onto the space, distinct
+        if body.warm_start is True:   # the recommender's top configs, projected onto the space
             _, recs = request.app.state.recommender.recommend(dataset, 4 * WARM_START_POINTS, None, None)
-            points, seen = [], set()
-            for r in recs:
-                point = space.params_from_config(r["config"])
-                if (tag := _canonical_hash(point)) not in seen and len(points) < WARM_START_POINTS:
-                    seen.add(tag)
-                    points.append(point)
+            points = warm_start_points(space, [r["config"] for r in recs], WARM_START_POINTS)
         elif isinstance(body.warm_start, list):
             points = body.warm_start
         else:

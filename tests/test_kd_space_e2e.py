@@ -10,7 +10,6 @@ gain nothing from a second thread and lose a lot when the two cores are shared w
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random

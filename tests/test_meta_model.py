@@ -13,8 +13,7 @@ from autodistill.config import PipelineConfig
 from autodistill.meta import evaluate as ev
 from autodistill.meta.model import (ModelVersionError, PairwiseRanker, PipelineScoreRegressor, Recommender,
                                     SIDECAR_FILE)
-from autodistill.meta.table import (feature_columns, pipeline_feature_columns, pipeline_features,
-                                    records_to_table, table_from_paths)
+from autodistill.meta.table import pipeline_feature_columns, records_to_table, table_from_paths
 from autodistill.search.records import RecordStore, make_record
 
 

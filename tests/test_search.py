@@ -16,7 +16,7 @@ import yaml
 
 from autodistill.config import PipelineConfig
 from autodistill.data import bundled_dataset_path
-from autodistill.search.records import RecordStore, basic_meta_features, make_record
+from autodistill.search.records import RecordStore, make_record
 from autodistill.search.space import SearchSpace, SpaceError, encode_points, preset_names
 
 VENV_BIN = Path(sys.executable).parent
@@ -158,8 +158,7 @@ def test_records_dedup_and_meta_features(tmp_path):
     from autodistill.data import load_task_data
     from autodistill.config import DataConfig
     task = load_task_data(DataConfig(train=CR, max_train_examples=50))
-    meta = basic_meta_features(task)
-    assert meta["n_train"] == 50 and meta["num_labels"] == 2 and meta["label_entropy"] > 0
+    meta = {"num_labels": task.num_labels, "n_train": len(task.train)}
     store = RecordStore(tmp_path)
     cfg = PipelineConfig()
     rec = make_record(dataset_fingerprint="fp", meta_features=meta, config=cfg, metrics={"student_score": 0.5},
@@ -300,3 +299,37 @@ def test_search_on_a_local_cluster(tiny_backbone, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+# --------------------------------------------------------------------------- recommendations as seeds
+def test_full_configs_project_onto_a_space_as_distinct_points(tiny_backbone):
+    from autodistill.search.space import warm_start_points
+    space = SearchSpace.from_dict(tiny_space(tiny_backbone))
+    cfgs = [{"optim": {"learning_rate": 1.0}, "loss": {"intermediate": {"objective": "mi_alpha", "alpha": 0.8}}},
+            {"optim": {"learning_rate": 1.0}, "loss": {"intermediate": {"objective": "mi_alpha", "alpha": 0.8}}},
+            {"optim": {"learning_rate": 1e-3}, "loss": {"intermediate": {"objective": "pkd"}},
+             "augmentation": {"augmenters": [{"name": "random", "p": 0.1}]}}]
+    full = [PipelineConfig.model_validate(c) for c in cfgs]
+    first = space.params_from_config(full[0])
+    assert first["optim.learning_rate"] == 5e-3                  # clipped into the range
+    assert first["loss.intermediate.alpha"] == 0.9               # nearest numeric choice
+    third = space.params_from_config(full[2])
+    assert "loss.intermediate.objective" not in third            # pkd is not in this space: left to TPE
+    assert third["augmentation.augmenters"] == [{"name": "random", "p": 0.1}]
+    points = warm_start_points(space, full, 5)
+    assert len(points) == 2 and encode_points(space, points)     # duplicates dropped, all valid points
+
+
+def test_auto_recommends_then_searches_seeded(tiny_backbone, tmp_path):
+    from autodistill.auto import run_auto
+    from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
+    space = SearchSpace.from_dict(tiny_space(tiny_backbone, trials=2))
+    result = run_auto(CR, tmp_path / "auto", DEFAULT_MODEL_DIR, space=space, trials=2, time_budget=None,
+                      seeds=2, quiet=True)
+    saved = json.loads((tmp_path / "auto" / "recommendations.json").read_text())
+    assert len(saved["recommendations"]) == 8 and 1 <= len(saved["warm_start"]) <= 2
+    assert saved["meta_features"]["num_labels"] == 2
+    assert len(result.search.trials) == 2 and result.search.best_dir is not None
+    trial_params = [r["params"] for r in RecordStore(tmp_path / "auto").read()]
+    assert any(all(p.get(k) == v for k, v in space.decode(space.encode(result.warm_start[0])).items())
+               for p in trial_params)                            # the first seed was evaluated

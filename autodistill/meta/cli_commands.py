@@ -142,24 +142,21 @@ def _parse_constraints(items: list[str]) -> dict:
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    from ..auto import recommend_for
     from ..config import ConfigError, PipelineConfig, load_config
-    from ..data import DataError, bundled_dataset_path, load_task_data
-    from ..models import ModelLoadError, load_tokenizer
-    from .features import compute_meta_features
-    from .model import ModelVersionError, Recommender
+    from ..data import DataError, bundled_dataset_path
+    from ..models import ModelLoadError
+    from .model import ModelVersionError
 
     t0 = time.time()
-    model_dir = args.model or DEFAULT_MODEL_DIR
     try:
-        rec = Recommender.load(model_dir)
         constraints = _parse_constraints(args.constraint) or None
         cfg = load_config(args.config) if args.config else PipelineConfig()
         data = args.data or str(bundled_dataset_path())
         updates = {"train": data, **({"validation": args.validation} if args.validation else {})}
-        task = load_task_data(cfg.data.model_copy(update=updates))
-        backbone = cfg.teacher.backbone
-        feats = compute_meta_features(task, load_tokenizer(backbone), backbone=None if args.no_backbone else backbone)
-        recs = rec.recommend(feats, top_k=args.top_k, constraints=constraints)
+        rec, recs, feats = recommend_for(cfg.data.model_copy(update=updates), args.model or DEFAULT_MODEL_DIR,
+                                         args.top_k, backbone=cfg.teacher.backbone,
+                                         embeddings=not args.no_backbone, constraints=constraints)
     except (FileNotFoundError, ModelVersionError, ConfigError, DataError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

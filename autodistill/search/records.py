@@ -8,9 +8,7 @@ Written by one driver process; a file lock guards the file anyway.
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections import Counter
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -32,32 +30,6 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def basic_meta_features(task_data, tokenizer=None) -> dict[str, Any]:
-    """Size, classes and lengths of a loaded dataset (a later issue replaces this with richer features)."""
-    train, validation = task_data.train, task_data.validation
-    feats: dict[str, Any] = {
-        "n_train": len(train), "n_validation": len(validation), "num_labels": task_data.num_labels,
-        "is_pair": bool(task_data.is_pair), "task_type": task_data.task_type,
-    }
-    if tokenizer is not None and len(train):
-        b = train.text_b if train.text_b is not None else None
-        enc = tokenizer(list(train.text_a), list(b) if b is not None else None, truncation=False)
-        lengths = [len(ids) for ids in enc["input_ids"]]
-    else:
-        lengths = [len(t.split()) + (len(train.text_b[i].split()) if train.text_b else 0)
-                   for i, t in enumerate(train.text_a)]
-    feats["mean_token_length"] = float(sum(lengths) / len(lengths)) if lengths else 0.0
-    feats["max_token_length"] = int(max(lengths)) if lengths else 0
-    feats["length_unit"] = "tokens" if tokenizer is not None else "words"
-    if task_data.task_type == "classification" and len(train):
-        counts = Counter(train.labels)
-        n = sum(counts.values())
-        feats["label_entropy"] = float(-sum(c / n * math.log(c / n) for c in counts.values()))
-    else:
-        feats["label_entropy"] = None
-    return feats
 
 
 def canonical_config_hash(config: PipelineConfig | Mapping[str, Any]) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ..config import DataConfig, PipelineConfig
-from .records import RecordStore, basic_meta_features, make_record
+from .records import RecordStore, make_record
 from .space import SearchSpace, encode_points, load_space, load_warm_start
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ def _short(v: Any) -> str:
 def prepare_teacher(base: PipelineConfig) -> tuple[Any, float | None, dict[str, Any]]:
     """Fine-tune (or load) the base config's teachers once and cache the teacher's logits on train.
 
-    Returns (task data, first teacher's score, meta-features)."""
+    Returns (task data, first teacher's score, the dataset's meta-features)."""
     from .. import teacher_outputs_cache
     from ..data import load_task_data
     from ..device import select_device
@@ -343,7 +343,9 @@ def prepare_teacher(base: PipelineConfig) -> tuple[Any, float | None, dict[str, 
         if k == 0:
             score = t.score
         del t
-    return task, score, basic_meta_features(task, tokenizer)
+    from ..meta.features import compute_meta_features
+    # the recommender's meta-features, so that search records can join the meta-dataset as they are
+    return task, score, compute_meta_features(task, tokenizer, backbone=base.teacher.backbone, teacher_score=score)
 
 
 # --------------------------------------------------------------------------- ray

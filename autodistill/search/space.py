@@ -402,10 +402,25 @@ class SearchSpace:
             found, value = get_path(data, p.name)
             if not found or not self.active(p, out):
                 continue
-            value = _snap(p, value)
+            value = self._as_choice(p, value) if p.encoded else _snap(p, value)
             if value is not None or p.contains(value):
                 out[p.name] = value
         return out
+
+    def _as_choice(self, p: "Param", value: Any) -> Any:
+        """The choice of a structured parameter (e.g. an augmenter list) equal to ``value`` once both
+        are filled with the config's defaults, or None."""
+        if p.contains(value):
+            return value
+        target = _canonical(value)
+        for choice in p.choices:
+            try:
+                cfg = parse_config(deep_merge(self.base, _dotted_updates({p.name: choice})))
+            except ConfigError:
+                continue
+            if _canonical(get_path(cfg.to_dict(), p.name)[1]) == target:
+                return choice
+        return None
 
     def to_config(self, params: Mapping[str, Any]) -> PipelineConfig:
         values = self.decode(params)
@@ -490,6 +505,22 @@ def load_space(name_or_path: str | Path | SearchSpace | Mapping) -> SearchSpace:
     if isinstance(name_or_path, Mapping):
         return SearchSpace.from_dict(name_or_path)
     return SearchSpace.load(name_or_path)
+
+
+def warm_start_points(space: SearchSpace, configs: Iterable[PipelineConfig | Mapping[str, Any]], n: int
+                      ) -> list[dict[str, Any]]:
+    """Up to ``n`` distinct warm-start points: full configs (e.g. the recommender's, best first)
+    projected onto the space with :meth:`SearchSpace.params_from_config`."""
+    points, seen = [], set()
+    for cfg in configs:
+        point = space.params_from_config(cfg)
+        tag = _canonical(point)
+        if tag not in seen:
+            seen.add(tag)
+            points.append(point)
+        if len(points) == n:
+            break
+    return points
 
 
 def load_warm_start(path: str | Path, space: SearchSpace) -> list[dict[str, Any]]:
