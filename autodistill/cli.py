@@ -48,7 +48,7 @@ def _search(args: argparse.Namespace) -> int:
         print(f"no --data given: using the bundled dataset {data}", file=sys.stderr)
     try:
         from .config import load_config_dict
-        from .search.runner import format_leaderboard, run_search
+        from .search.runner import run_search
         overrides = load_config_dict(args.config) if args.config else None
         result = run_search(data, args.space, args.out, trials=args.trials, time_budget=args.time_budget,
                             overrides=overrides,
@@ -62,6 +62,12 @@ def _search(args: argparse.Namespace) -> int:
         print(f"error: {err}. Is the cluster running? Ray 2.60 clusters use token authentication: "
               "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token.", file=sys.stderr)
         return 2
+    return _report_search(result, args.out)
+
+
+def _report_search(result, out: Path) -> int:
+    """Leaderboard, teacher score, best student; exit code 130 for an interrupted search."""
+    from .search.runner import format_leaderboard
     print(format_leaderboard(result.trials))
     teacher = f"{result.teacher_score:.4f}" if result.teacher_score is not None else "-"
     print(f"\nteacher score {teacher}; {len(result.trials)} trials in {result.wall_seconds:.0f} s; "
@@ -69,7 +75,7 @@ def _search(args: argparse.Namespace) -> int:
     if result.best_dir:
         print(f"best student (score {result.best_score:.4f}) exported to {result.best_dir}")
     if result.interrupted:
-        print(f"search stopped before its budget: continue it with --resume --out {args.out}", file=sys.stderr)
+        print(f"search stopped before its budget: continue it with --resume --out {out}", file=sys.stderr)
         return 130
     return 0
 
@@ -87,7 +93,6 @@ def _auto(args: argparse.Namespace) -> int:
         print(f"no --data given: using the bundled dataset {data}", file=sys.stderr)
     try:
         from .auto import run_auto
-        from .search.runner import format_leaderboard
         result = run_auto(data, args.out, args.model or DEFAULT_MODEL_DIR, space=args.space, trials=args.trials,
                           time_budget=args.time_budget, seeds=args.seeds, resume=args.resume)
     except (ConfigError, DataError, ModelLoadError, SpaceError, ModelVersionError, FileNotFoundError,
@@ -98,17 +103,8 @@ def _auto(args: argparse.Namespace) -> int:
     for r in result.recommendations[:args.seeds]:
         print(f"  {r['rank']:>2}. {r['candidate']:<36} predicted student/teacher {r['predicted_score']:.3f}"
               f" ± {r['uncertainty']:.3f}")
-    search = result.search
     print(f"\nsearch warm-started with {len(result.warm_start)} of them:")
-    print(format_leaderboard(search.trials))
-    teacher = f"{search.teacher_score:.4f}" if search.teacher_score is not None else "-"
-    print(f"\nteacher score {teacher}; {len(search.trials)} trials in {search.wall_seconds:.0f} s")
-    if search.best_dir:
-        print(f"best student (score {search.best_score:.4f}) exported to {search.best_dir}")
-    if search.interrupted:
-        print(f"search stopped before its budget: continue it with --resume --out {args.out}", file=sys.stderr)
-        return 130
-    return 0
+    return _report_search(result.search, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:

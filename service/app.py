@@ -30,7 +30,7 @@ from .ray_backend import JobBackend, backend_from_settings
 from .recommend import RecommenderService
 from .schemas import (BestStudent, DataColumns, Dataset, DatasetPage, DatasetReference, ErrorBody, Health,
                       RecommendationRequest, RecommendationResponse, RefitResponse, Search, SearchPage,
-                      SearchRequest, Trial, TrialPage)
+                      SearchRequest, Trial, TrialPage, data_config)
 from .searches import TERMINAL_STATES, SearchManager, is_active
 from .settings import ServiceSettings
 from .store import Store, new_id
@@ -204,7 +204,7 @@ async def _create_from_upload(request: Request, key: dict[str, Any]) -> JSONResp
     val_digest = hashlib.sha256(val_path.read_bytes()).hexdigest() if val_path else None
     request_hash = _canonical_hash({"file": digest, "validation": val_digest, "name": name,
                                     "columns": columns.model_dump()})
-    cfg = columns.data_config(str(train), str(val_path) if val_path else None, max_file_mb=settings.max_upload_mb)
+    cfg = data_config(columns, str(train), str(val_path) if val_path else None, max_file_mb=settings.max_upload_mb)
 
     async def handler():
         row = await run_in_threadpool(_ingest, request.app.state, key["id"], dataset_id, name, "upload",
@@ -235,11 +235,11 @@ async def _create_from_reference(request: Request, key: dict[str, Any]) -> JSONR
         roots = settings.allowed_roots
         train = resolve_under_roots(ref.path, roots, "path")
         val = resolve_under_roots(ref.validation_path, roots, "validation_path") if ref.validation_path else None
-        cfg = ref.columns.data_config(str(train), str(val) if val else None, max_file_mb=settings.max_upload_mb)
+        cfg = data_config(ref.columns, str(train), str(val) if val else None, max_file_mb=settings.max_upload_mb)
         kind, source = "path", str(train)
     else:
         name = check_hf_name(ref.hf_name)
-        cfg = ref.columns.data_config(name).model_copy(update={"format": "hf"})
+        cfg = data_config(ref.columns, name).model_copy(update={"format": "hf"})
         kind, source = "hf", name
     dataset_id = new_id("ds")
 

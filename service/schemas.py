@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from autodistill.config import DataConfig, PipelineConfig
 
@@ -20,25 +20,18 @@ class ErrorBody(Strict):
     errors: list[dict[str, Any]] | None = None
 
 
-class DataColumns(Strict):
-    """How the dataset's columns are read: the data part of the pipeline config, minus the locations."""
+# How a dataset's columns are read: DataConfig's fields minus where the data lives and the limits the
+# server sets. Derived from DataConfig, so the REST schema cannot drift from the engine's config.
+_SERVER_SET = ("train", "validation", "max_file_mb", "max_train_examples")
+DataColumns = create_model(
+    "DataColumns", __config__=ConfigDict(extra="forbid"),
+    **{name: (f.annotation, f) for name, f in DataConfig.model_fields.items() if name not in _SERVER_SET})
 
-    format: Literal["auto", "jsonl", "csv", "tsv", "parquet", "hf"] = "auto"
-    text_column: str = "text"
-    text_a_column: str = "text_a"
-    text_b_column: str = "text_b"
-    label_column: str = "label"
-    task: Literal["auto", "classification", "regression"] = "auto"
-    validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
-    split_seed: int = 42
-    max_length: int = Field(128, ge=8, le=4096)
-    bad_rows: Literal["error", "drop"] = "error"
-    hf_train_split: str = "train"
-    hf_validation_split: str = "validation"
 
-    def data_config(self, train: str, validation: str | None = None, max_file_mb: float | None = None) -> DataConfig:
-        extra = {"max_file_mb": max_file_mb} if max_file_mb else {}
-        return DataConfig(train=train, validation=validation, **self.model_dump(), **extra)
+def data_config(columns: BaseModel, train: str, validation: str | None = None,
+                max_file_mb: float | None = None) -> DataConfig:
+    extra = {"max_file_mb": max_file_mb} if max_file_mb else {}
+    return DataConfig(train=train, validation=validation, **columns.model_dump(), **extra)
 
 
 class DatasetReference(Strict):

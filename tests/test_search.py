@@ -17,6 +17,7 @@ import yaml
 from autodistill.config import PipelineConfig
 from autodistill.data import bundled_dataset_path
 from autodistill.search.records import RecordStore, make_record
+from service.ray_backend import free_ports
 from autodistill.search.space import SearchSpace, SpaceError, encode_points, preset_names
 
 VENV_BIN = Path(sys.executable).parent
@@ -53,18 +54,6 @@ def cli_env() -> dict:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"})
     return env
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 # --------------------------------------------------------------------------- spaces
