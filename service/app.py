@@ -25,7 +25,7 @@ from . import db
 from .auth import admin_key, current_key
 from .datasets import (check_hf_name, dataset_stats, load_validated, meta_features, remove_dataset_files,
                        resolve_under_roots, save_stream, upload_suffix)
-from .errors import ApiError, install_error_handlers, not_found
+from .errors import ApiError, install_error_handlers, not_found, validation_error
 from .ray_backend import JobBackend, backend_from_settings
 from .recommend import RecommenderService
 from .schemas import (BestStudent, DataColumns, Dataset, DatasetPage, DatasetReference, ErrorBody, Health,
@@ -149,11 +149,7 @@ def _columns_from_form(raw: Any) -> DataColumns:
     try:
         return DataColumns.model_validate_json(raw if isinstance(raw, str) else "")
     except ValidationError as err:
-        e = err.errors()[0]
-        where = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        raise ApiError(422, "validation_error", f"columns{'.' + where if where else ''}: {msg}",
-                       field=f"columns{'.' + where if where else ''}") from None
+        raise validation_error(err, prefix="columns") from None
 
 
 def _ingest(app_state: Any, owner: str, dataset_id: str, name: str, kind: str, source: str, cfg,
@@ -227,10 +223,7 @@ async def _create_from_reference(request: Request, key: dict[str, Any]) -> JSONR
     try:
         ref = DatasetReference.model_validate(raw)
     except ValidationError as err:
-        e = err.errors()[0]
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        raise ApiError(422, "validation_error", f"{where}: {msg}", field=where) from None
+        raise validation_error(err) from None
     if ref.path is not None:
         roots = settings.allowed_roots
         train = resolve_under_roots(ref.path, roots, "path")

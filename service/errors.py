@@ -23,6 +23,14 @@ class ApiError(Exception):
         return {"error": self.error, "detail": self.detail, "field": self.field}
 
 
+def validation_error(err: Any, prefix: str = "", default_field: str = "body") -> ApiError:
+    """A 422 naming the first invalid field of a pydantic ValidationError (under ``prefix``)."""
+    e = err.errors()[0]
+    field = ".".join(x for x in (prefix, ".".join(str(p) for p in e["loc"])) if x) or default_field
+    msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+    return ApiError(422, "validation_error", f"{field}: {msg}", field=field)
+
+
 def not_found(kind: str, rid: str) -> ApiError:
     return ApiError(404, "not_found", f"no {kind} {rid!r} for this API key", field=None)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -176,7 +177,8 @@ def test_four_trial_search_in_process(tiny_backbone, tmp_path):
     assert len({r["search"]["trial_id"] for r in records}) == 4
     for r in records:
         assert r["dataset_fingerprint"] == result.dataset_fingerprint
-        assert r["meta_features"]["n_train"] == 400 and r["teacher_score"] is not None
+        assert r["meta_features"]["log_n_train"] == pytest.approx(math.log1p(400)) and r["teacher_score"] is not None
+        assert r["meta_features"]["teacher_score"] == pytest.approx(r["teacher_score"])   # the recommender's
         assert PipelineConfig.model_validate(r["config"]).data.max_length == 32
         assert r["status"] in ("completed", "stopped_early")
         assert r["versions"]["ray"] and r["seed"] == 42
