@@ -67,6 +67,31 @@ class Service:
         LocalRayHead(self.state_dir).stop()   # the head this service started, by its recorded PID
 
 
+def _outside_addresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses."""
+    import socket
+    found = set()
+    try:
+        found |= {i[4][0] for i in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    except OSError:
+        pass
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # the default route's interface
+        try:
+            s.connect(("192.0.2.123", 9))
+            found.add(s.getsockname()[0])
+        except OSError:
+            pass
+    return sorted(a for a in found if not a.startswith("127.") and a != "0.0.0.0")
+
+
+def assert_loopback_only(port: int) -> None:
+    import socket
+    for addr in _outside_addresses():
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((addr, port)) != 0, f"port {port} answers on {addr}"
+
+
 @pytest.fixture
 def service(tmp_path):
     svc = Service(tmp_path)
@@ -90,6 +115,7 @@ def test_upload_recommend_search_download_over_http(service, tiny_backbone):
         # the service started its own Ray head, on loopback, and recorded it
         head = json.loads((service.state_dir / "ray" / "head.json").read_text())
         assert head["dashboard_url"].startswith("http://127.0.0.1:")
+        assert_loopback_only(int(head["dashboard_url"].rsplit(":", 1)[1]))   # job server + dashboard
         final = wait_for(lambda: http.get(r.headers["location"]).json())
         assert final["state"] == "succeeded", final
         best = http.get(f"{r.headers['location']}/best").json()
