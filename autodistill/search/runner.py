@@ -369,6 +369,8 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> bool:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not verbose:
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
+        # in-process Ray on loopback turns token auth on by default and says so on every run
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
