@@ -186,8 +186,8 @@ def test_build_is_candidate_major_resumable_and_limited(tmp_path, monkeypatch):
         calls.append((ctx.name, candidate))
         store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
                       "dataset": ctx.name, "candidate": candidate,
-                      "provenance": {"preset_hash": B.preset_hash(preset)}})
-        return 1.0
+                      "wall_seconds": 2.0, "provenance": {"preset_hash": B.preset_hash(preset)}})
+        return 2.0
 
     monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
     monkeypatch.setattr(B, "_run_one", fake_run)
@@ -196,6 +196,12 @@ def test_build_is_candidate_major_resumable_and_limited(tmp_path, monkeypatch):
     s1 = B.build(root, limit=3, **kw)
     # portfolio order, candidate-major: every dataset gets no_kd before anything else
     assert calls == [("d1", "no_kd"), ("d2", "no_kd"), ("d1", "vanilla_kd")] and s1.ran == 3
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "d2.json").write_text(json.dumps({"task_type": "regression", "teacher_seconds": 5}))
+    st = B.status(tmp_path / "runs", datasets=["d1", "d2"], portfolio="no_kd,rw_kd,vanilla_kd")
+    assert st.done == {"no_kd": ["d1", "d2"], "rw_kd": [], "vanilla_kd": ["d1"]}
+    assert st.missing == {"no_kd": [], "rw_kd": ["d1"], "vanilla_kd": ["d2"]}    # rw_kd n/a on regression
+    assert (st.run_seconds, st.teacher_seconds, st.eta_seconds(processes=2)) == (6.0, 5.0, 2.0)
     s2 = B.build(root, **kw)
     assert calls[3:] == [("d2", "vanilla_kd"), ("d1", "rw_kd")]   # done ones skipped, rw_kd n/a on d2
     assert s2.skipped_done == 3 and s2.not_applicable == 1

@@ -235,12 +235,61 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
     return summary
 
 
+@dataclass
+class BuildStatus:
+    """Progress of a build at one preset: what is recorded, what is missing, the compute spent so far."""
+    preset_hash: str
+    done: dict[str, list[str]]            # candidate -> datasets with a record
+    missing: dict[str, list[str]]         # candidate -> applicable datasets without one
+    run_seconds: float                    # sum of the recorded runs' wall time
+    teacher_seconds: float                # teacher fine-tuning + meta-features, from features/*.json
+    mean_seconds: dict[str, float]        # candidate -> mean wall time of its recorded runs
+
+    @property
+    def n_done(self) -> int:
+        return sum(map(len, self.done.values()))
+
+    @property
+    def n_missing(self) -> int:
+        return sum(map(len, self.missing.values()))
+
+    def eta_seconds(self, processes: int = 1) -> float:
+        """Missing runs x their candidate's mean wall time (the overall mean for unseen candidates)."""
+        overall = self.run_seconds / self.n_done if self.n_done else 0.0
+        total = sum(len(ds) * self.mean_seconds.get(c, overall) for c, ds in self.missing.items())
+        return total / max(1, processes)
+
+
 def status(out: str | Path = "meta_dataset/runs", datasets: Sequence[str] | None = None,
-           portfolio: str | None = "all") -> dict[str, int]:
-    """Records per dataset (all presets), for progress reports."""
+           portfolio: str | None = "all", preset_override: Mapping[str, Any] | None = None,
+           features_dir: str | Path | None = None) -> BuildStatus:
+    """What ``build`` would still run with these arguments, and what the recorded runs cost."""
     out = Path(out)
-    return {d: len(RecordStore(out / f"{d}.jsonl").read()) for d in (datasets or DEFAULT_DATASETS)}
+    features_dir = Path(features_dir) if features_dir else out.parent / "features"
+    preset = deep_merge(META_PRESET, preset_override or {})
+    phash, seed = preset_hash(preset), int(preset["optim"]["seed"])
+    names, candidates = list(datasets or DEFAULT_DATASETS), resolve_names(portfolio)
+    recorded = {d: {r["candidate"]: r for r in RecordStore(out / f"{d}.jsonl").read()
+                    if r.get("seed") == seed and r.get("provenance", {}).get("preset_hash") == phash}
+                for d in names}
+    task_types, teacher_seconds = {}, 0.0
+    for d in names:
+        f = features_dir / f"{d}.json"
+        if f.is_file():
+            stored = json.loads(f.read_text(encoding="utf-8"))
+            task_types[d] = stored.get("task_type")
+            teacher_seconds += float(stored.get("teacher_seconds") or 0) + float(stored.get("feature_seconds") or 0)
+    done, missing, mean_seconds, run_seconds = {}, {}, {}, 0.0
+    for c in candidates:
+        done[c] = [d for d in names if c in recorded[d]]
+        missing[c] = [d for d in names if c not in recorded[d]
+                      and candidate_config(c, task_types.get(d) or "classification", preset) is not None]
+        walls = [float(recorded[d][c].get("wall_seconds") or 0) for d in done[c]]
+        run_seconds += sum(walls)
+        if walls:
+            mean_seconds[c] = sum(walls) / len(walls)
+    return BuildStatus(phash, done, missing, run_seconds, teacher_seconds, mean_seconds)
 
 
-__all__ = ["BUILD_VERSION", "DEFAULT_DATASETS", "BuildSummary", "build", "status", "preset_hash",
+__all__ = ["BUILD_VERSION", "DEFAULT_DATASETS", "BuildStatus", "BuildSummary", "build", "status", "preset_hash",
            "machine_info", "canonical_config_hash", "library_versions"]

@@ -1,4 +1,4 @@
-"""Argument parsers and handlers of `autodistill meta build` and `autodistill meta import-distiller`.
+"""Argument parsers and handlers of `autodistill meta build`, `meta status` and `autodistill meta import-distiller`.
 
 :func:`add_build_commands` registers them on the `meta` sub-command group (built in autodistill/cli.py);
 heavy imports happen inside the handlers.
@@ -34,6 +34,33 @@ def _build(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from .build import status
+
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    try:
+        st = status(args.out, datasets=datasets, portfolio=args.portfolio)
+    except KeyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"preset_hash": st.preset_hash, "done": st.n_done, "missing": st.n_missing,
+                          "run_seconds": round(st.run_seconds), "teacher_seconds": round(st.teacher_seconds),
+                          "eta_seconds": round(st.eta_seconds(args.processes)),
+                          "candidates": {c: {"done": st.done[c], "missing": st.missing[c],
+                                             "mean_seconds": st.mean_seconds.get(c)} for c in st.done}}, indent=2))
+        return 0
+    print(f"{'candidate':<36}{'done':>6}{'missing':>9}{'mean s':>8}")
+    for c in st.done:
+        mean = st.mean_seconds.get(c)
+        print(f"{c:<36}{len(st.done[c]):>6}{len(st.missing[c]):>9}{'' if mean is None else f'{mean:.0f}':>8}")
+    hours = lambda s: f"{s / 3600:.1f} h"  # noqa: E731
+    print(f"{st.n_done} runs recorded ({hours(st.run_seconds)} of run time, plus {hours(st.teacher_seconds)} of "
+          f"teachers and meta-features), {st.n_missing} missing: about {hours(st.eta_seconds(args.processes))} "
+          f"with {args.processes} process(es) (preset {st.preset_hash})")
+    return 0
+
+
 def _import_distiller(args: argparse.Namespace) -> int:
     from .distiller_import import import_distiller
 
@@ -60,6 +87,14 @@ def add_build_commands(meta_sub) -> None:
                    "'{\"data\": {\"max_train_examples\": 200}}'")
     b.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
     b.set_defaults(func=_build)
+
+    s = meta_sub.add_parser("status", help="progress of the build: runs recorded and missing, compute spent, ETA")
+    s.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
+    s.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
+    s.add_argument("--out", default=META_DATASET_DIR / "runs", type=Path, help="records folder")
+    s.add_argument("--processes", type=int, default=2, help="build processes running in parallel (for the ETA)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_status)
 
     d = meta_sub.add_parser("import-distiller", help="import the Distiller paper's released runs")
     d.add_argument("--anchors", default=META_DATASET_DIR / "distiller" / "source", type=Path,
