@@ -24,7 +24,7 @@ from .teacher import TeacherResult, get_teacher
 from . import teacher_outputs_cache
 from .teacher_outputs import compute_teacher_outputs, estimate_cache_bytes
 from .trainer import TrainArgs, Trainer
-from .training import EncodedSplit, cpu_latency_ms, encode_texts, evaluate
+from .training import EncodedSplit, cpu_latency_ms, encode_texts, evaluate, set_seed
 
 log = logging.getLogger(__name__)
 MAX_CACHED_FEATURE_BYTES = 2 * 1024 ** 3
@@ -102,6 +102,9 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
                             task.label_names, metric, max_length, pad_id, device) for t in cfg.teachers]
     _check_shared_vocab(tokenizer, teachers)
     primary = teachers[0].model
+    # everything initialised at random below (a fresh student, critics, projections, RW-KD's weight net)
+    # is a function of the config alone, not of what this process drew before (meta build, Ray actors)
+    set_seed(cfg.optim.seed)
     student = build_student(primary, cfg.student).to(device)
     check_against_models(cfg, num_layers(primary), num_layers(student))
 

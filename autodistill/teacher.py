@@ -18,9 +18,10 @@ from .callbacks import Callback
 from .config import TeacherConfig
 from .models import backbone_identity, load_classifier
 from .trainer import StepObjective, TrainArgs, Trainer
-from .training import EncodedSplit
+from .training import EncodedSplit, set_seed
 
-TEACHER_CACHE_VERSION = 1
+# 2: the new head is initialised from the teacher's seed (version 1 teachers depended on earlier draws)
+TEACHER_CACHE_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -55,6 +56,7 @@ def get_teacher(cfg: TeacherConfig, fingerprint: str, train: EncodedSplit, valid
     with FileLock(str(path) + ".lock"):
         if (path / "teacher.json").is_file():
             return _load_cached(path, device)
+        set_seed(cfg.seed)  # the new head's init: a function of the config, not of earlier draws
         model = load_classifier(cfg.backbone, num_labels, task_type, label_names)
         args = TrainArgs(learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
                          metric=metric, task_type=task_type, warmup_ratio=cfg.warmup_ratio,

@@ -165,7 +165,7 @@ def test_portfolio_validates_and_covers_every_option():
     # regression: classification-only losses are adapted, probability-based methods skipped
     assert candidate_config("kd_kl_t4", "regression").loss.prediction.type == "mse"
     assert candidate_config("rw_kd", "regression") is None
-    assert candidate_config("dyn_select_entropy", "regression") is None
+    assert candidate_config("dyn_select_entropy_weight_linear", "regression") is None
 
 
 # --------------------------------------------------------------------------- build loop (no training)
@@ -186,7 +186,8 @@ def test_build_is_candidate_major_resumable_and_limited(tmp_path, monkeypatch):
         calls.append((ctx.name, candidate))
         store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
                       "dataset": ctx.name, "candidate": candidate,
-                      "wall_seconds": 2.0, "provenance": {"preset_hash": B.preset_hash(preset)}})
+                      "wall_seconds": 2.0,
+                      "provenance": {"preset_hash": B.preset_hash(preset), "build_version": B.BUILD_VERSION}})
         return 2.0
 
     monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
@@ -197,7 +198,8 @@ def test_build_is_candidate_major_resumable_and_limited(tmp_path, monkeypatch):
     # portfolio order, candidate-major: every dataset gets no_kd before anything else
     assert calls == [("d1", "no_kd"), ("d2", "no_kd"), ("d1", "vanilla_kd")] and s1.ran == 3
     (tmp_path / "features").mkdir()
-    (tmp_path / "features" / "d2.json").write_text(json.dumps({"task_type": "regression", "teacher_seconds": 5}))
+    (tmp_path / "features" / "d2.json").write_text(json.dumps({"task_type": "regression", "teacher_seconds": 5,
+                                                                       "build_version": B.BUILD_VERSION}))
     st = B.status(tmp_path / "runs", datasets=["d1", "d2"], portfolio="no_kd,rw_kd,vanilla_kd")
     assert st.done == {"no_kd": ["d1", "d2"], "rw_kd": [], "vanilla_kd": ["d1"]}
     assert st.missing == {"no_kd": [], "rw_kd": ["d1"], "vanilla_kd": ["d2"]}    # rw_kd n/a on regression
@@ -208,6 +210,32 @@ def test_build_is_candidate_major_resumable_and_limited(tmp_path, monkeypatch):
     assert len(RecordStore(tmp_path / "runs" / "d1.jsonl").read()) == 3
     assert B.build(root, **kw).ran == 0
     assert len(B.DEFAULT_DATASETS) >= 15
+    # a record of an older build is not done; on regression kd_mse_logits is vanilla_kd: run once
+    RecordStore(tmp_path / "runs" / "d1.jsonl").append(
+        {"dataset_fingerprint": "fp-d1", "config": {"c": "old"}, "seed": 42, "candidate": "kd_mse_logits",
+         "provenance": {"preset_hash": B.preset_hash(B.META_PRESET), "build_version": B.BUILD_VERSION - 1}})
+    s3 = B.build(root, **{**kw, "portfolio": "kd_mse_logits"})
+    assert calls[5:] == [("d1", "kd_mse_logits")] and s3.not_applicable == 1
+
+
+def test_build_refuses_a_run_whose_teacher_changed(tmp_path, monkeypatch):
+    """A resumed build that fine-tuned a different teacher must not mix its runs into the dataset's records."""
+    from types import SimpleNamespace
+
+    from autodistill import distill
+    from autodistill.meta import build as B
+    from autodistill.search.records import RecordStore
+
+    ctx = B.DatasetContext("d1", str(tmp_path), None, "fp-d1", "classification", {"log_n_train": 1.0}, 0.9, None)
+    metrics = {"teacher_score": 0.8, "student_score": 0.7, "metric": "accuracy", "dataset_fingerprint": "fp-d1"}
+    monkeypatch.setattr(distill, "run_distillation", lambda cfg: SimpleNamespace(metrics=metrics))
+    store = RecordStore(tmp_path / "d1.jsonl")
+    with pytest.raises(B.TeacherMismatch, match="teacher scores 0.800000"):
+        B._run_one(ctx, "vanilla_kd", 42, B.META_PRESET, None, store)
+    assert store.read() == []
+    metrics["teacher_score"] = 0.9
+    B._run_one(ctx, "vanilla_kd", 42, B.META_PRESET, None, store)
+    assert [r["candidate"] for r in store.read()] == ["vanilla_kd"]
 
 
 # --------------------------------------------------------------------------- Distiller import

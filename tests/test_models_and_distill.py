@@ -129,3 +129,29 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     bad.write_text("optim:\n  learnig_rate: 0.1\n")
     assert main(["distill", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "optim.learnig_rate: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("student", [{}, {"kind": "fresh", "hidden_size": 16, "num_attention_heads": 2,
+                                          "intermediate_size": 32}])
+def test_run_does_not_depend_on_earlier_random_draws(tiny_backbone, tmp_path, monkeypatch, student):
+    """Long-lived processes (the meta build, Ray actors) run many configs in a row: a run's teacher and
+    student must be a function of its config, not of what the process drew from the global RNGs before."""
+    import random
+
+    cfg = parse_config({"data": {"train": str(bundled_dataset_path()), "max_train_examples": 100, "max_length": 32},
+                        "teachers": [{"backbone": tiny_backbone, "epochs": 1}], "student": student,
+                        "loss": {"intermediate": {"objective": "infonce"}}, "optim": {"epochs": 1}})
+    runs = []
+    # a fresh cache (the teacher is fine-tuned again), then the same cache (the teacher is loaded)
+    for cache, draws in (("a", 1), ("b", 1000), ("b", 7)):
+        monkeypatch.setenv("AUTODISTILL_CACHE", str(tmp_path / cache))
+        torch.manual_seed(draws)
+        torch.rand(draws)
+        random.seed(draws)
+        result = run_distillation(cfg)
+        weights = torch.cat([p.detach().flatten() for p in result.student.parameters()])
+        runs.append((result.metrics, weights))
+    assert [m["teacher_from_cache"] for m, _ in runs] == [[False], [False], [True]]
+    assert runs[0][0]["teacher_score"] == runs[1][0]["teacher_score"] == runs[2][0]["teacher_score"]
+    assert runs[0][0]["history"] == runs[1][0]["history"] == runs[2][0]["history"]
+    assert torch.equal(runs[0][1], runs[1][1]) and torch.equal(runs[0][1], runs[2][1])

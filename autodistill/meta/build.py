@@ -24,15 +24,19 @@ from typing import Any, Callable, Mapping, Sequence
 from ..search.records import RecordStore, canonical_config_hash, library_versions, make_record
 from .features import META_FEATURES_VERSION, compute_meta_features
 from ..config import deep_merge
-from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, resolve_names
+from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, duplicate_of, resolve_names
 
-BUILD_VERSION = 1
+# 2 (2026-12-02): teachers and students seeded from their config alone (build 1's teachers depended on
+# what the process had run before, so a resumed build could fine-tune a different teacher); a run whose
+# teacher differs from the dataset's features file is refused; build 1 records do not count as done.
+BUILD_VERSION = 2
 
 # >= 15 datasets of meta_dataset/datasets: small validation sets (evaluation is part of every run's
 # cost), single and pair, 2-10 classes, one regression task. Order = order within a candidate's pass.
+# (yelp_review_full_small, in build 1, left out: the longest texts, the costliest runs and teacher.)
 DEFAULT_DATASETS: tuple[str, ...] = (
     "cr", "mrpc", "sst5", "rte", "tweet_eval_emotion", "stsb", "cola", "mnli", "airline_reviews",
-    "yahoo_answers_small", "tweet_eval_irony", "qqp", "mr", "snli", "mdsd_books", "yelp_review_full_small",
+    "yahoo_answers_small", "tweet_eval_irony", "qqp", "mr", "snli", "mdsd_books",
 )
 
 
@@ -76,12 +80,26 @@ class BuildSummary:
     run_seconds: list[float] = field(default_factory=list)
 
 
+class TeacherMismatch(RuntimeError):
+    """A run's teacher is not the one the dataset's records and meta-features were made with."""
+
+
+def _current_records(out: Path, dataset: str) -> list[dict[str, Any]]:
+    """The dataset's records of this build version (older builds' records never count as done)."""
+    return [r for r in RecordStore(out / f"{dataset}.jsonl").read()
+            if r.get("provenance", {}).get("build_version") == BUILD_VERSION]
+
+
 def _done(out: Path, dataset: str) -> set[tuple[str, int, str]]:
-    done = set()
-    for r in RecordStore(out / f"{dataset}.jsonl").read():
-        prov = r.get("provenance", {})
-        done.add((r.get("candidate"), r.get("seed"), prov.get("preset_hash")))
-    return done
+    return {(r.get("candidate"), r.get("seed"), r["provenance"].get("preset_hash"))
+            for r in _current_records(out, dataset)}
+
+
+def _skip_reason(candidate: str, task_type: str, preset: Mapping[str, Any]) -> str | None:
+    if candidate_config(candidate, task_type, preset) is None:
+        return f"not applicable to {task_type}"
+    same = duplicate_of(candidate, task_type, preset)
+    return f"the same config as {same} on {task_type}" if same else None
 
 
 def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], features_dir: Path,
@@ -100,7 +118,7 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
     if feat_file.is_file():
         stored = json.loads(feat_file.read_text(encoding="utf-8"))
         if stored.get("version") == META_FEATURES_VERSION and stored.get("dataset_fingerprint") == task.fingerprint \
-                and stored.get("preset_hash") == preset_hash(preset):
+                and stored.get("preset_hash") == preset_hash(preset) and stored.get("build_version") == BUILD_VERSION:
             return DatasetContext(name, path, task, task.fingerprint, task.task_type, stored["meta_features"],
                                   stored["teacher_score"], stored.get("teacher_confidence"))
     t0 = time.perf_counter()
@@ -123,7 +141,7 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
     t2 = time.perf_counter()
     features_dir.mkdir(parents=True, exist_ok=True)
     payload = {
-        "version": META_FEATURES_VERSION, "dataset": name, "dataset_fingerprint": task.fingerprint,
+        "version": META_FEATURES_VERSION, "build_version": BUILD_VERSION, "dataset": name, "dataset_fingerprint": task.fingerprint,
         "task_type": task.task_type, "num_labels": task.num_labels, "metric": metric,
         "teacher_score": teacher_score, "teacher_confidence": feats["teacher_confidence"] if confidence is not None
         else None, "teacher_from_cache": teacher.from_cache,
@@ -151,6 +169,10 @@ def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str
     result = run_distillation(cfg)
     wall = time.perf_counter() - t0
     m = result.metrics
+    if abs(float(m["teacher_score"]) - float(ctx.teacher_score)) > 1e-6:
+        raise TeacherMismatch(f"{ctx.name}: this run's teacher scores {m['teacher_score']:.6f}, the dataset's "
+                              f"features file {ctx.teacher_score:.6f}; not recorded (a teacher changed: clear "
+                              f"the teacher cache or the features file and rebuild the dataset)")
     record = make_record(dataset_fingerprint=m["dataset_fingerprint"], meta_features=ctx.meta_features,
                          config=cfg, metrics=m, teacher_score=m["teacher_score"], wall_seconds=wall,
                          student_parameters=m.get("student_parameters"), status="ok",
@@ -167,7 +189,8 @@ def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str
             "regression_adapted": ctx.task_type == "regression",
         },
     })
-    store.append(record)
+    if not store.append(record):
+        raise RuntimeError(f"{ctx.name}: {candidate}'s record has the key of an existing record (same config)")
     return wall
 
 
@@ -212,7 +235,8 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
                         contexts[name] = _teacher_and_features(name, str(root / name), preset, features_dir,
                                                                model, log)
                     ctx = contexts[name]
-                    if candidate_config(candidate, ctx.task_type, preset) is None:
+                    reason = _skip_reason(candidate, ctx.task_type, preset)
+                    if reason:
                         summary.not_applicable += 1
                         continue
                     log(f"[{name}] {candidate} (seed {seed}) ...")
@@ -269,21 +293,21 @@ def status(out: str | Path = "meta_dataset/runs", datasets: Sequence[str] | None
     preset = deep_merge(META_PRESET, preset_override or {})
     phash, seed = preset_hash(preset), int(preset["optim"]["seed"])
     names, candidates = list(datasets or DEFAULT_DATASETS), resolve_names(portfolio)
-    recorded = {d: {r["candidate"]: r for r in RecordStore(out / f"{d}.jsonl").read()
-                    if r.get("seed") == seed and r.get("provenance", {}).get("preset_hash") == phash}
+    recorded = {d: {r["candidate"]: r for r in _current_records(out, d)
+                    if r.get("seed") == seed and r["provenance"].get("preset_hash") == phash}
                 for d in names}
     task_types, teacher_seconds = {}, 0.0
     for d in names:
         f = features_dir / f"{d}.json"
-        if f.is_file():
-            stored = json.loads(f.read_text(encoding="utf-8"))
+        stored = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+        if stored.get("build_version") == BUILD_VERSION:
             task_types[d] = stored.get("task_type")
             teacher_seconds += float(stored.get("teacher_seconds") or 0) + float(stored.get("feature_seconds") or 0)
     done, missing, mean_seconds, run_seconds = {}, {}, {}, 0.0
     for c in candidates:
         done[c] = [d for d in names if c in recorded[d]]
         missing[c] = [d for d in names if c not in recorded[d]
-                      and candidate_config(c, task_types.get(d) or "classification", preset) is not None]
+                      and not _skip_reason(c, task_types.get(d) or "classification", preset)]
         walls = [float(recorded[d][c].get("wall_seconds") or 0) for d in done[c]]
         run_seconds += sum(walls)
         if walls:
