@@ -276,3 +276,19 @@ def test_distiller_rows_map_onto_our_config():
     assert recs[1]["meta_features"]["teacher_score"] == pytest.approx(0.913)
     assert recs[1]["extra_features"]["teacher"] == "Roberta-large"
     assert len({r["key"] for r in recs}) == 3
+
+
+def test_build_workers_split_the_datasets_between_processes(tmp_path, capfd):
+    from autodistill.cli import main
+    from autodistill.meta.cli import split_datasets
+
+    assert split_datasets(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e"], ["b", "d"]]
+    assert split_datasets(["a"], 3) == [["a"]]
+    for d in ("d1", "d2", "d3"):
+        (tmp_path / d).mkdir()
+    argv = ["meta", "build", "--datasets-root", str(tmp_path), "--datasets", "d1,d2,d3", "--out", str(tmp_path / "runs"),
+            "--limit", "0", "--no-backbone"]
+    assert main(argv + ["--workers", "2"]) == 0
+    assert capfd.readouterr().out.count("ran 0 runs") == 2        # one summary per worker process
+    assert main(argv + ["--workers", "2", "--datasets", "d1,missing"]) == 2   # a worker's error is the result
+    assert "datasets not found" in capfd.readouterr().err

@@ -13,9 +13,48 @@ from pathlib import Path
 from . import DATASETS_DIR, META_DATASET_DIR
 
 
+def split_datasets(names: list[str], workers: int) -> list[list[str]]:
+    """Round-robin: each worker gets every ``workers``-th dataset (so no two ever run the same one)."""
+    return [part for part in (names[i::workers] for i in range(workers)) if part]
+
+
+def _build_in_workers(args: argparse.Namespace, argv_tail: list[str]) -> int:
+    """One single-threaded ``meta build`` process per share of the datasets: on a CPU machine two
+    1-thread processes finish more runs per hour than one process with two threads."""
+    import os
+    import subprocess
+
+    from .build import DEFAULT_DATASETS
+
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else list(DEFAULT_DATASETS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "autodistill.cli", "meta", "build", "--datasets", ",".join(part),
+                               *argv_tail], env=env) for part in split_datasets(names, args.workers)]
+    try:
+        return max(p.wait() for p in procs)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The build's options, to pass on to the worker processes (all but --datasets and --workers)."""
+    argv = ["--datasets-root", str(args.datasets_root), "--portfolio", args.portfolio, "--out", str(args.out)]
+    for flag, value in (("--limit", args.limit), ("--seeds", args.seeds), ("--preset-override", args.preset_override)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + (["--no-backbone"] if args.no_backbone else [])
+
+
 def _build(args: argparse.Namespace) -> int:
     from .build import build
 
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _build_in_workers(args, _worker_argv(args))
     try:
         override = json.loads(args.preset_override) if args.preset_override else None
         if override is not None and not isinstance(override, dict):
@@ -86,6 +125,9 @@ def add_build_commands(meta_sub) -> None:
     b.add_argument("--preset-override", help="JSON merged over META_PRESET, e.g. "
                    "'{\"data\": {\"max_train_examples\": 200}}'")
     b.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
+    b.add_argument("--workers", type=int, default=1,
+                   help="single-threaded build processes, each on its share of the datasets (--limit is per "
+                        "worker); 2 on a 2-core machine")
     b.set_defaults(func=_build)
 
     s = meta_sub.add_parser("status", help="progress of the build: runs recorded and missing, compute spent, ETA")
