@@ -141,7 +141,8 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
     t2 = time.perf_counter()
     features_dir.mkdir(parents=True, exist_ok=True)
     payload = {
-        "version": META_FEATURES_VERSION, "build_version": BUILD_VERSION, "dataset": name, "dataset_fingerprint": task.fingerprint,
+        "version": META_FEATURES_VERSION, "build_version": BUILD_VERSION, "dataset": name,
+        "dataset_fingerprint": task.fingerprint,
         "task_type": task.task_type, "num_labels": task.num_labels, "metric": metric,
         "teacher_score": teacher_score, "teacher_confidence": feats["teacher_confidence"] if confidence is not None
         else None, "teacher_from_cache": teacher.from_cache,
@@ -238,6 +239,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
                     reason = _skip_reason(candidate, ctx.task_type, preset)
                     if reason:
                         summary.not_applicable += 1
+                        log(f"[{name}] {candidate}: skipped, {reason}")
                         continue
                     log(f"[{name}] {candidate} (seed {seed}) ...")
                     wall = _run_one(ctx, candidate, seed, preset, preset_override, RecordStore(out / f"{name}.jsonl"))
