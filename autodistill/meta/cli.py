@@ -89,10 +89,11 @@ def _status(args: argparse.Namespace) -> int:
                           "candidates": {c: {"done": st.done[c], "missing": st.missing[c],
                                              "mean_seconds": st.mean_seconds.get(c)} for c in st.done}}, indent=2))
         return 0
-    print(f"{'candidate':<36}{'done':>6}{'missing':>9}{'mean s':>8}")
+    width = max(map(len, st.done), default=9) + 2
+    print(f"{'candidate':<{width}}{'done':>6}{'missing':>9}{'mean s':>8}")
     for c in st.done:
         mean = st.mean_seconds.get(c)
-        print(f"{c:<36}{len(st.done[c]):>6}{len(st.missing[c]):>9}{'' if mean is None else f'{mean:.0f}':>8}")
+        print(f"{c:<{width}}{len(st.done[c]):>6}{len(st.missing[c]):>9}{'' if mean is None else f'{mean:.0f}':>8}")
     hours = lambda s: f"{s / 3600:.1f} h"  # noqa: E731
     print(f"{st.n_done} runs recorded ({hours(st.run_seconds)} of run time, plus {hours(st.teacher_seconds)} of "
           f"teachers and meta-features), {st.n_missing} missing: about {hours(st.eta_seconds(args.processes))} "
