@@ -35,7 +35,7 @@ from ..config import PipelineConfig, deep_merge, parse_config
 PORTFOLIO_VERSION = 3
 
 # One run ~ 1 minute on 2 CPU cores: a 2-layer student cut from the default MiniLM-L6 teacher trains
-# ~80 examples/s at length 64 (shared/NOTES.md), so 1,000 rows x 2 epochs ~ 25 s of training, plus
+# ~80 examples/s at length 64 (measured on this 2-core machine), so 1,000 rows x 2 epochs ~ 25 s of training, plus
 # teacher outputs (~10 s), evaluation and loading. The teacher (3 epochs on the same 1,000 rows) is
 # fine-tuned once per dataset and cached.
 META_PRESET: dict[str, Any] = {
