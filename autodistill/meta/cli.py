@@ -13,6 +13,11 @@ from pathlib import Path
 from . import DATASETS_DIR, META_DATASET_DIR
 
 
+def _dataset_names(args: argparse.Namespace) -> list[str] | None:
+    """``--datasets a,b`` as a list; None when not given (the build's default datasets)."""
+    return [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+
+
 def split_datasets(names: list[str], workers: int) -> list[list[str]]:
     """Round-robin: each worker gets every ``workers``-th dataset (so no two ever run the same one)."""
     return [part for part in (names[i::workers] for i in range(workers)) if part]
@@ -26,7 +31,7 @@ def _build_in_workers(args: argparse.Namespace, argv_tail: list[str]) -> int:
 
     from .build import DEFAULT_DATASETS
 
-    names = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else list(DEFAULT_DATASETS)
+    names = _dataset_names(args) or list(DEFAULT_DATASETS)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "autodistill.cli", "meta", "build", "--datasets", ",".join(part),
                                *argv_tail], env=env) for part in split_datasets(names, args.workers)]
@@ -59,7 +64,7 @@ def _build(args: argparse.Namespace) -> int:
         override = json.loads(args.preset_override) if args.preset_override else None
         if override is not None and not isinstance(override, dict):
             raise ValueError("--preset-override must be a JSON object")
-        datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+        datasets = _dataset_names(args)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         summary = build(args.datasets_root, datasets=datasets, portfolio=args.portfolio, out=args.out,
                         limit=args.limit, preset_override=override, seeds=seeds,
@@ -76,7 +81,7 @@ def _build(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .build import status
 
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    datasets = _dataset_names(args)
     try:
         st = status(args.out, datasets=datasets, portfolio=args.portfolio)
     except KeyError as err:
