@@ -169,7 +169,7 @@ def test_portfolio_validates_and_covers_every_option():
 
 
 # --------------------------------------------------------------------------- build loop (no training)
-def test_build_is_candidate_major_resumable_and_limited(tmp_path, monkeypatch):
+def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     from autodistill.meta import build as B
     from autodistill.search.records import RecordStore
 
@@ -195,17 +195,17 @@ def test_build_is_candidate_major_resumable_and_limited(tmp_path, monkeypatch):
     kw = dict(datasets=["d1", "d2"], portfolio="no_kd,rw_kd,vanilla_kd", out=tmp_path / "runs", backbone=None,
               log=lambda *_: None)
     s1 = B.build(root, limit=3, **kw)
-    # portfolio order, candidate-major: every dataset gets no_kd before anything else
-    assert calls == [("d1", "no_kd"), ("d2", "no_kd"), ("d1", "vanilla_kd")] and s1.ran == 3
+    # dataset-major: every candidate on d1 (portfolio order) before anything on d2
+    assert calls == [("d1", "no_kd"), ("d1", "vanilla_kd"), ("d1", "rw_kd")] and s1.ran == 3
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "d2.json").write_text(json.dumps({"task_type": "regression", "teacher_seconds": 5,
                                                                        "build_version": B.BUILD_VERSION}))
     st = B.status(tmp_path / "runs", datasets=["d1", "d2"], portfolio="no_kd,rw_kd,vanilla_kd")
-    assert st.done == {"no_kd": ["d1", "d2"], "rw_kd": [], "vanilla_kd": ["d1"]}
-    assert st.missing == {"no_kd": [], "rw_kd": ["d1"], "vanilla_kd": ["d2"]}    # rw_kd n/a on regression
+    assert st.done == {"no_kd": ["d1"], "rw_kd": ["d1"], "vanilla_kd": ["d1"]}
+    assert st.missing == {"no_kd": ["d2"], "rw_kd": [], "vanilla_kd": ["d2"]}    # rw_kd n/a on regression
     assert (st.run_seconds, st.teacher_seconds, st.eta_seconds(processes=2)) == (6.0, 5.0, 2.0)
     s2 = B.build(root, **kw)
-    assert calls[3:] == [("d2", "vanilla_kd"), ("d1", "rw_kd")]   # done ones skipped, rw_kd n/a on d2
+    assert calls[3:] == [("d2", "no_kd"), ("d2", "vanilla_kd")]   # done ones skipped, rw_kd n/a on d2
     assert s2.skipped_done == 3 and s2.not_applicable == 1
     assert len(RecordStore(tmp_path / "runs" / "d1.jsonl").read()) == 3
     assert B.build(root, **kw).ran == 0

@@ -3,8 +3,9 @@
 Resumable and append-only: each finished run appends one record to ``<out>/<dataset>.jsonl``
 (:class:`~autodistill.search.records.RecordStore` format plus ``dataset``, ``candidate``, ``target``
 and ``provenance``); a run whose (dataset, candidate, seed, preset hash) is already recorded is
-skipped. Runs go candidate-major (every dataset gets ``no_kd``, then every dataset gets
-``vanilla_kd``, ...), so a partial build covers all datasets. Meta-features (with the teacher's
+skipped. Runs go dataset-major (every candidate on ``cr``, then every candidate on ``mrpc``, ...): a
+fresh machine fine-tunes a teacher only for the datasets it still has runs for, and a partial build
+holds whole datasets, which is what leave-one-dataset-out needs. Meta-features (with the teacher's
 validation score and confidence) are computed once per dataset into
 ``<out>/../features/<dataset>.json``. A failed run is logged to ``<out>/failures.jsonl`` and retried
 by the next invocation.
@@ -32,7 +33,7 @@ from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, duplica
 BUILD_VERSION = 2
 
 # >= 15 datasets of meta_dataset/datasets: small validation sets (evaluation is part of every run's
-# cost), single and pair, 2-10 classes, one regression task. Order = order within a candidate's pass.
+# cost), single and pair, 2-10 classes, one regression task. Order = build order.
 # (yelp_review_full_small, in build 1, left out: the longest texts, the costliest runs and teacher.)
 DEFAULT_DATASETS: tuple[str, ...] = (
     "cr", "mrpc", "sst5", "rte", "tweet_eval_emotion", "stsb", "cola", "mnli", "airline_reviews",
@@ -200,7 +201,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
           preset_override: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
           features_dir: str | Path | None = None, backbone: Any = "default",
           log: Callable[[str], None] = print) -> BuildSummary:
-    """Run the missing (dataset, candidate, seed) runs, candidate-major; at most ``limit`` runs."""
+    """Run the missing (dataset, candidate, seed) runs, dataset-major; at most ``limit`` runs."""
     started = time.perf_counter()
     root, out = Path(datasets_root), Path(out)
     features_dir = Path(features_dir) if features_dir else out.parent / "features"
@@ -220,8 +221,8 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
     model = None
 
     for seed in seeds:
-        for candidate in candidates:
-            for name in names:
+        for name in names:
+            for candidate in candidates:
                 if limit is not None and summary.ran + summary.failed >= limit:
                     summary.seconds = time.perf_counter() - started
                     return summary
@@ -257,6 +258,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
                     with (out / "failures.jsonl").open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(entry) + "\n")
                     log(f"[{name}] {candidate} FAILED: {entry['error']}")
+            contexts.pop(name, None)  # the teacher is not needed again: free its memory
     summary.seconds = time.perf_counter() - started
     return summary
 
