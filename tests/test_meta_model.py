@@ -90,6 +90,24 @@ def test_table_rows_features_and_targets(table, tmp_path):
     assert set(t["dataset"]) == {"alpha", "beta"}
     assert t.loc[t["dataset"] == "alpha", "mf_log_n_train"].unique().tolist() == [42.0]
     assert "mf_version" not in t.columns
+    # a second source with a dataset of the same name: kept apart, each with its own features
+    other = tmp_path / "other"
+    (other / "features").mkdir(parents=True)
+    for r in _records(2):
+        if r["dataset_fingerprint"] == "fp0":
+            RecordStore(other / "records.jsonl").append(dict(r, search={}, dataset="alpha"))
+    (other / "features" / "alpha.json").write_text(json.dumps({"features": {"log_n_train": 7.0}}))
+    both = table_from_paths([runs, other / "records.jsonl"], target="best")
+    assert set(both["dataset"]) == {"alpha@runs", "alpha@other", "beta"}
+    assert both.groupby("dataset")["mf_log_n_train"].first()[["alpha@runs", "alpha@other"]].tolist() == [42.0, 7.0]
+    assert both.groupby("dataset")["target"].max().tolist() == pytest.approx([1.0] * 3)
+    assert list(both.columns) == list(t.columns) and len(both) == len(t) + len(CANDIDATES)
+    # two sources of the same folder name (the service's runs beside ours) are told apart too
+    service_runs = tmp_path / "service" / "runs"
+    service_runs.mkdir(parents=True)
+    (service_runs / "alpha.jsonl").write_text((runs / "alpha.jsonl").read_text())
+    assert set(table_from_paths([runs, service_runs])["dataset"]) == {
+        f"alpha@{tmp_path.name}/runs", "alpha@service/runs", "beta"}
 
 
 # --------------------------------------------------------------------------- metrics

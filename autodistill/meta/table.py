@@ -356,20 +356,18 @@ def load_records(paths: str | Path | Iterable[str | Path]) -> list[dict[str, Any
 
 
 def find_feature_files(paths: str | Path | Iterable[str | Path]) -> dict[str, dict[str, Any]]:
-    """Per-dataset meta-feature files near the records: ``features/<dataset>.json`` in each given
-    folder, its parent, or (for files) next to the file's folder."""
+    """Per-dataset meta-feature files near the records: ``features/<dataset>.json`` in the nearest of
+    a given folder (or a file's folder) and its parent."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     out: dict[str, dict[str, Any]] = {}
     seen: set[Path] = set()
     for p in map(Path, paths):
         base = p if p.is_dir() else p.parent
-        for cand in (base / "features", base.parent / "features"):
-            cand = cand.resolve()
-            if cand in seen or not cand.is_dir():
-                continue
-            seen.add(cand)
-            out.update(load_feature_dir(cand))
+        nearest = next((c.resolve() for c in (base / "features", base.parent / "features") if c.is_dir()), None)
+        if nearest is not None and nearest not in seen:
+            seen.add(nearest)
+            out.update(load_feature_dir(nearest))
     return out
 
 
@@ -453,11 +451,18 @@ def records_to_table(records: Sequence[Mapping[str, Any]], *, target: str = "rat
         best = df.groupby("dataset")["score"].transform("max")
         df["target"] = np.where(best > 0, df["score"] / best, np.nan)
     df = df[np.isfinite(df["target"].to_numpy(dtype=float))]
+    return _ordered(df, target)
+
+
+def _ordered(df: pd.DataFrame, target: str) -> pd.DataFrame:
+    """Columns in table order (ids, pipeline features, extra-choice features, meta-features), rows
+    sorted; a one-hot extra column is 0 where a row lacks that choice."""
     mf_cols = sorted(c for c in df.columns if c.startswith(MF_PREFIX))
     xf_cols = sorted(c for c in df.columns if c.startswith(PF_PREFIX + "extra."))
-    if xf_cols:  # one-hot columns of a value a row lacks are 0
+    if xf_cols:
         df[[c for c in xf_cols if "=" in c]] = df[[c for c in xf_cols if "=" in c]].fillna(0.0)
-    df = df[[*ID_COLUMNS, "extra", *pf_cols, *xf_cols, *mf_cols]].sort_values(["dataset", "candidate"]).reset_index(drop=True)
+    df = df[[*ID_COLUMNS, "extra", *pipeline_feature_columns(), *xf_cols, *mf_cols]]
+    df = df.sort_values(["dataset", "candidate"]).reset_index(drop=True)
     df.attrs["target"] = target
     return df
 
@@ -472,10 +477,43 @@ def meta_feature_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith(MF_PREFIX)]
 
 
+def _source_dir(path: str | Path) -> Path:
+    """The meta-dataset a record file or folder belongs to: the folder itself, or the file's folder
+    (``meta_dataset/runs/cr.jsonl`` -> ``meta_dataset/runs``)."""
+    path = Path(path).resolve()
+    return path if path.is_dir() else path.parent
+
+
+def _source_labels(dirs: Sequence[Path]) -> dict[Path, str]:
+    """Short names of source folders: the folder's name (``runs``, ``distiller``), with its parent's
+    name in front where two sources share a name."""
+    names = [d.name for d in dirs]
+    return {d: d.name if names.count(d.name) == 1 else f"{d.parent.name}/{d.name}" for d in dirs}
+
+
 def table_from_paths(paths: str | Path | Iterable[str | Path], *, target: str = "ratio",
                      features_dir: str | Path | None = None) -> pd.DataFrame:
     """``records_to_table`` on record files/folders, with the per-dataset feature files found next to
-    them (or in ``features_dir``)."""
-    records = load_records(paths)
-    feats = load_feature_dir(features_dir) if features_dir else find_feature_files(paths)
-    return records_to_table(records, target=target, features=feats)
+    them (or in ``features_dir``).
+
+    Each source (:func:`source_name`) is tabled on its own, with its own feature files and its own
+    ``best`` normalisation. A dataset name that several sources share (the Distiller import's
+    ``cola`` and our build's ``cola``: other teachers, other budgets, targets not comparable) stays
+    one dataset per source, named ``<dataset>@<source>`` (``cola@distiller``, ``cola@runs``)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    by_source: dict[Path, list[str | Path]] = {}
+    for p in paths:
+        by_source.setdefault(_source_dir(p), []).append(p)
+    tables = {}
+    for source, group in by_source.items():
+        feats = load_feature_dir(features_dir) if features_dir else find_feature_files(group)
+        tables[source] = records_to_table(load_records(group), target=target, features=feats)
+    if len(tables) == 1:
+        return next(iter(tables.values()))
+    labels = _source_labels(list(tables))
+    counts = pd.Series([d for t in tables.values() for d in set(t["dataset"])]).value_counts()
+    shared = set(counts[counts > 1].index)
+    for source, t in tables.items():
+        in_shared = t["dataset"].isin(shared)
+        t.loc[in_shared, "dataset"] = t.loc[in_shared, "dataset"] + "@" + labels[source]
+    return _ordered(pd.concat(list(tables.values()), ignore_index=True), target)
