@@ -198,7 +198,8 @@ def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     # dataset-major: every candidate on d1 (portfolio order) before anything on d2
     assert calls == [("d1", "no_kd"), ("d1", "vanilla_kd"), ("d1", "rw_kd")] and s1.ran == 3
     (tmp_path / "features").mkdir()
-    (tmp_path / "features" / "d2.json").write_text(json.dumps({"task_type": "regression", "teacher_seconds": 5,
+    (tmp_path / "features" / "d2.json").write_text(json.dumps({"task_type": "regression", "teacher_seconds": 3,
+                                                                       "teacher_refits": [{"seconds": 2}],
                                                                        "build_version": B.BUILD_VERSION}))
     st = B.status(tmp_path / "runs", datasets=["d1", "d2"], portfolio="no_kd,rw_kd,vanilla_kd")
     assert st.done == {"no_kd": ["d1"], "rw_kd": ["d1"], "vanilla_kd": ["d1"]}
@@ -216,6 +217,45 @@ def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
          "provenance": {"preset_hash": B.preset_hash(B.META_PRESET), "build_version": B.BUILD_VERSION - 1}})
     s3 = B.build(root, **{**kw, "portfolio": "kd_mse_logits"})
     assert calls[5:] == [("d1", "kd_mse_logits")] and s3.not_applicable == 1
+
+
+def test_build_skips_a_dataset_another_process_has_claimed(tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    from autodistill.meta import build as B
+
+    root, runs = tmp_path / "datasets", tmp_path / "runs"
+    for d in ("d1", "d2", "d3"):
+        (root / d).mkdir(parents=True)
+    runs.mkdir()
+    on_d1 = FileLock(str(runs / ".d1.building"))   # another build process is on d1 ...
+    on_d1.acquire()
+    on_d3 = FileLock(str(runs / ".d3.building"))   # ... and on d3, till the end
+    on_d3.acquire()
+    calls = []
+    monkeypatch.setattr(B, "_teacher_and_features", lambda name, path, *a: B.DatasetContext(
+        name, path, None, f"fp-{name}", "classification", {}, 0.9, None))
+
+    def fake_run(ctx, candidate, seed, preset, override, store):
+        calls.append((ctx.name, candidate))
+        store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
+                      "dataset": ctx.name, "candidate": candidate,
+                      "provenance": {"preset_hash": B.preset_hash(preset), "build_version": B.BUILD_VERSION}})
+        if (ctx.name, candidate) == ("d2", "vanilla_kd"):  # meanwhile the other process ran d1's no_kd, and left
+            calls.pop()
+            fake_run(B.DatasetContext("d1", "", None, "fp-d1", "classification", {}, 0.9, None), "no_kd", seed,
+                     preset, override, B.RecordStore(runs / "d1.jsonl"))
+            calls[-1:] = [("d2", "vanilla_kd")]
+            on_d1.release()
+        return 1.0
+
+    monkeypatch.setattr(B, "_run_one", fake_run)
+    s = B.build(root, datasets=["d1", "d2", "d3"], portfolio="no_kd,vanilla_kd", out=runs, backbone=None,
+                log=lambda *_: None)
+    # d1 skipped while claimed, taken up after d2 with what the other process recorded; d3 never free
+    assert calls == [("d2", "no_kd"), ("d2", "vanilla_kd"), ("d1", "vanilla_kd")]
+    assert (s.ran, s.skipped_done, s.claimed_elsewhere) == (3, 1, 1)
+    on_d3.release()
 
 
 def test_build_refuses_a_run_whose_teacher_changed(tmp_path, monkeypatch):
@@ -237,6 +277,39 @@ def test_build_refuses_a_run_whose_teacher_changed(tmp_path, monkeypatch):
     B._run_one(ctx, "vanilla_kd", 42, B.META_PRESET, None, store)
     assert [r["candidate"] for r in store.read()] == ["vanilla_kd"]
 
+
+
+def test_a_teacher_refit_on_a_new_machine_is_checked_and_timed(tmp_path, monkeypatch):
+    """The features file exists (made on another machine) but the teacher cache does not: the teacher
+    is re-fine-tuned before any run, must score what the file says, and its time is recorded."""
+    from autodistill.data import load_task_data
+    from autodistill.meta import build as B
+
+    data = tmp_path / "d1"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps({"text": f"row {i} is {'good' if i % 2 else 'bad'}",
+                                                          "label": i % 2}) + "\n" for i in range(40)))
+    fingerprint = load_task_data(B.candidate_config("vanilla_kd", "classification", B.META_PRESET,
+                                                    {"train": str(data)}).data).fingerprint
+    feat_file = tmp_path / "features" / "d1.json"
+    feat_file.parent.mkdir()
+    feat_file.write_text(json.dumps({
+        "version": B.META_FEATURES_VERSION, "build_version": B.BUILD_VERSION, "dataset_fingerprint": fingerprint,
+        "preset_hash": B.preset_hash(B.META_PRESET), "teacher_score": 0.9, "teacher_confidence": 0.8,
+        "meta_features": {"log_n_train": 1.0}}))
+    teacher = {"from_cache": False, "score": 0.9}
+    monkeypatch.setattr(B, "_teacher", lambda cfg, task: (None, teacher["from_cache"], teacher["score"], None))
+    make = lambda: B._teacher_and_features("d1", str(data), B.META_PRESET, feat_file.parent, None,  # noqa: E731
+                                           lambda *_: None)
+    ctx = make()
+    assert (ctx.teacher_score, ctx.meta_features) == (0.9, {"log_n_train": 1.0})
+    assert len(json.loads(feat_file.read_text())["teacher_refits"]) == 1
+    teacher["from_cache"] = True
+    make()
+    assert len(json.loads(feat_file.read_text())["teacher_refits"]) == 1
+    teacher["score"] = 0.85
+    with pytest.raises(B.TeacherMismatch, match="0.850000"):
+        make()
 
 # --------------------------------------------------------------------------- Distiller import
 DISTILLER_CSV = """Model,Teacher,intermediate_loss_type,alpha,intermediate_strategy,kd_loss_type,mixup,repeated_aug,aug_p,#example,score,task,ratio,baseline_score,contextual,backtranslation,random
@@ -278,12 +351,9 @@ def test_distiller_rows_map_onto_our_config():
     assert len({r["key"] for r in recs}) == 3
 
 
-def test_build_workers_split_the_datasets_between_processes(tmp_path, capfd):
+def test_build_workers_run_as_processes(tmp_path, capfd):
     from autodistill.cli import main
-    from autodistill.meta.cli import split_datasets
 
-    assert split_datasets(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e"], ["b", "d"]]
-    assert split_datasets(["a"], 3) == [["a"]]
     for d in ("d1", "d2", "d3"):
         (tmp_path / d).mkdir()
     argv = ["meta", "build", "--datasets-root", str(tmp_path), "--datasets", "d1,d2,d3", "--out", str(tmp_path / "runs"),

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from filelock import FileLock, Timeout
+
 from ..search.records import RecordStore, canonical_config_hash, library_versions, make_record
 from .features import META_FEATURES_VERSION, compute_meta_features
 from ..config import deep_merge
@@ -77,6 +79,7 @@ class BuildSummary:
     failed: int = 0
     skipped_done: int = 0
     not_applicable: int = 0
+    claimed_elsewhere: int = 0  # datasets another build process was on
     seconds: float = 0.0
     run_seconds: list[float] = field(default_factory=list)
 
@@ -105,60 +108,90 @@ def _skip_reason(candidate: str, task_type: str, preset: Mapping[str, Any]) -> s
 
 def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], features_dir: Path,
                           backbone_model, log: Callable[[str], None]) -> DatasetContext:
-    """Load the dataset as the runs see it, fine-tune (or load) the cached teacher, compute features."""
+    """Load the dataset as the runs see it, fine-tune (or load) the cached teacher, compute features.
+
+    The teacher is made here, not in the first run, so a run's wall time never includes it; a
+    teacher re-fine-tuned on a new machine (the cache does not travel) must score what the features
+    file says (else :class:`TeacherMismatch`), and its time is added to the file's ``teacher_refits``.
+    """
     from ..data import load_task_data
-    from ..device import select_device
-    from ..metrics import resolve_metric
-    from ..models import load_tokenizer
-    from ..teacher import get_teacher
-    from ..training import compute_metric, encode_texts, predict_logits
 
     cfg = candidate_config("vanilla_kd", "classification", preset, {"train": path})
     task = load_task_data(cfg.data)
     feat_file = features_dir / f"{name}.json"
-    if feat_file.is_file():
-        stored = json.loads(feat_file.read_text(encoding="utf-8"))
-        if stored.get("version") == META_FEATURES_VERSION and stored.get("dataset_fingerprint") == task.fingerprint \
-                and stored.get("preset_hash") == preset_hash(preset) and stored.get("build_version") == BUILD_VERSION:
-            return DatasetContext(name, path, task, task.fingerprint, task.task_type, stored["meta_features"],
-                                  stored["teacher_score"], stored.get("teacher_confidence"))
-    t0 = time.perf_counter()
-    device = select_device(cfg.optim.device)
-    metric = resolve_metric(cfg.optim.metric, task.task_type)
-    tokenizer = load_tokenizer(cfg.teacher.backbone)
-    pad_id = tokenizer.pad_token_id or 0
-    enc = lambda s: encode_texts(tokenizer, s.text_a, s.text_b, s.labels, cfg.data.max_length,  # noqa: E731
-                                 task.task_type)
-    train, validation = enc(task.train), enc(task.validation)
+    stored = json.loads(feat_file.read_text(encoding="utf-8")) if feat_file.is_file() else {}
+    current = stored.get("version") == META_FEATURES_VERSION and stored.get("dataset_fingerprint") == task.fingerprint \
+        and stored.get("preset_hash") == preset_hash(preset) and stored.get("build_version") == BUILD_VERSION
     log(f"[{name}] teacher (cached after the first time) ...")
-    teacher = get_teacher(cfg.teacher, task.fingerprint, train, validation, task.num_labels, task.task_type,
-                          task.label_names, metric, cfg.data.max_length, pad_id, device)
-    logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, pad_id, device)
-    teacher_score = float(compute_metric(metric, logits, validation.labels.numpy(), task.task_type))
-    confidence = logits if task.task_type == "classification" else None
+    t0 = time.perf_counter()
+    tokenizer, from_cache, teacher_score, confidence = _teacher(cfg, task)
+    teacher_seconds = time.perf_counter() - t0
+    if current:
+        if abs(teacher_score - float(stored["teacher_score"])) > 1e-6:
+            raise TeacherMismatch(f"{name}: the teacher fine-tuned here scores {teacher_score:.6f}, the dataset's "
+                                  f"features file {float(stored['teacher_score']):.6f}; nothing is run on it")
+        if not from_cache:
+            refit = {"seconds": round(teacher_seconds, 2), "machine": machine_info(),
+                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            _write_json(feat_file, {**stored, "teacher_refits": [*stored.get("teacher_refits", []), refit]})
+            log(f"[{name}] teacher re-fine-tuned in {teacher_seconds:.0f} s, same score {teacher_score:.4f}")
+        return DatasetContext(name, path, task, task.fingerprint, task.task_type, stored["meta_features"],
+                              stored["teacher_score"], stored.get("teacher_confidence"))
     t1 = time.perf_counter()
     feats = compute_meta_features(task, tokenizer, backbone=backbone_model, teacher_score=teacher_score,
                                   teacher_confidence=confidence, seed=0)
     t2 = time.perf_counter()
-    features_dir.mkdir(parents=True, exist_ok=True)
+    metric = _metric(cfg, task)
     payload = {
         "version": META_FEATURES_VERSION, "build_version": BUILD_VERSION, "dataset": name,
         "dataset_fingerprint": task.fingerprint,
         "task_type": task.task_type, "num_labels": task.num_labels, "metric": metric,
         "teacher_score": teacher_score, "teacher_confidence": feats["teacher_confidence"] if confidence is not None
-        else None, "teacher_from_cache": teacher.from_cache,
+        else None, "teacher_from_cache": from_cache,
         "rows": {"train": len(task.train), "validation": len(task.validation)},
         "preset": preset, "preset_hash": preset_hash(preset), "backbone": "default (MiniLM-L6, frozen)",
         "teacher_seconds": round(t1 - t0, 2), "feature_seconds": round(t2 - t1, 2),
         "machine": machine_info(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "meta_features": feats,
     }
-    tmp = feat_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(feat_file)
+    _write_json(feat_file, payload)
     log(f"[{name}] teacher {metric} {teacher_score:.4f} ({t1 - t0:.0f} s), meta-features {t2 - t1:.1f} s")
     return DatasetContext(name, path, task, task.fingerprint, task.task_type, feats, teacher_score,
                           payload["teacher_confidence"])
+
+
+def _metric(cfg, task) -> str:
+    from ..metrics import resolve_metric
+    return resolve_metric(cfg.optim.metric, task.task_type)
+
+
+def _teacher(cfg, task) -> tuple[Any, bool, float, Any]:
+    """The dataset's teacher (from the cache when it is there): tokenizer, whether it came from the
+    cache, its validation score and its validation logits (None on regression)."""
+    from ..device import select_device
+    from ..models import load_tokenizer
+    from ..teacher import get_teacher
+    from ..training import compute_metric, encode_texts, predict_logits
+
+    device = select_device(cfg.optim.device)
+    metric = _metric(cfg, task)
+    tokenizer = load_tokenizer(cfg.teacher.backbone)
+    pad_id = tokenizer.pad_token_id or 0
+    enc = lambda s: encode_texts(tokenizer, s.text_a, s.text_b, s.labels, cfg.data.max_length,  # noqa: E731
+                                 task.task_type)
+    train, validation = enc(task.train), enc(task.validation)
+    teacher = get_teacher(cfg.teacher, task.fingerprint, train, validation, task.num_labels, task.task_type,
+                          task.label_names, metric, cfg.data.max_length, pad_id, device)
+    logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, pad_id, device)
+    score = float(compute_metric(metric, logits, validation.labels.numpy(), task.task_type))
+    return tokenizer, bool(teacher.from_cache), score, logits if task.task_type == "classification" else None
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str, Any],
@@ -196,12 +229,35 @@ def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str
     return wall
 
 
+def _claim(out: Path, name: str) -> FileLock | None:
+    """This process's exclusive claim on a dataset, or None while another build process holds it:
+    parallel builds (``--workers``, or two invocations) share the datasets without a fixed split."""
+    lock = FileLock(str(out / f".{name}.building"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def _log_failure(out: Path, name: str, candidate: str, seed: int, phash: str, err: Exception,
+                 log: Callable[[str], None]) -> None:
+    entry = {"dataset": name, "candidate": candidate, "seed": seed, "preset_hash": phash,
+             "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:],
+             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with (out / "failures.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    log(f"[{name}] {candidate} FAILED: {entry['error']}")
+
+
 def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, portfolio: str | None = "all",
           out: str | Path = "meta_dataset/runs", limit: int | None = None,
           preset_override: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
           features_dir: str | Path | None = None, backbone: Any = "default",
           log: Callable[[str], None] = print) -> BuildSummary:
-    """Run the missing (dataset, candidate, seed) runs, dataset-major; at most ``limit`` runs."""
+    """Run the missing (dataset, candidate, seed) runs, dataset-major; at most ``limit`` runs. A
+    dataset another build process has claimed is skipped and tried again after the pass; one that
+    stays claimed is left to that process."""
     started = time.perf_counter()
     root, out = Path(datasets_root), Path(out)
     features_dir = Path(features_dir) if features_dir else out.parent / "features"
@@ -215,50 +271,73 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
     seeds = list(seeds or [int(preset["optim"]["seed"])])
     out.mkdir(parents=True, exist_ok=True)
     summary = BuildSummary()
-    contexts: dict[str, DatasetContext] = {}
-    done = {d: _done(out, d) for d in names}
     phash = preset_hash(preset)
-    model = None
+    backbone_model: list[Any] = []  # loaded on the first dataset that needs meta-features
+
+    def context(name: str) -> DatasetContext:
+        if not backbone_model:
+            from .features import _resolve_backbone_model
+            backbone_model.append(None if backbone is None else _resolve_backbone_model(backbone))
+        return _teacher_and_features(name, str(root / name), preset, features_dir, backbone_model[0], log)
+
+    def limit_reached() -> bool:
+        return limit is not None and summary.ran + summary.failed >= limit
+
+    def run_dataset(name: str, seed: int) -> None:
+        """Every missing candidate on one claimed dataset."""
+        done = _done(out, name)  # read under the claim: another process may have added runs
+        todo = [c for c in candidates if (c, seed, phash) not in done]
+        summary.skipped_done += len(candidates) - len(todo)
+        if not todo or limit_reached():
+            return
+        try:
+            ctx = context(name)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # no teacher, no runs: logged once, retried next time
+            summary.failed += 1
+            _log_failure(out, name, "(teacher and meta-features)", seed, phash, err, log)
+            return
+        for candidate in todo:
+            if limit_reached():
+                return
+            try:
+                reason = _skip_reason(candidate, ctx.task_type, preset)
+                if reason:
+                    summary.not_applicable += 1
+                    log(f"[{name}] {candidate}: skipped, {reason}")
+                    continue
+                log(f"[{name}] {candidate} (seed {seed}) ...")
+                wall = _run_one(ctx, candidate, seed, preset, preset_override, RecordStore(out / f"{name}.jsonl"))
+                summary.ran += 1
+                summary.run_seconds.append(wall)
+                log(f"[{name}] {candidate} done in {wall:.0f} s")
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # a failed run is logged and retried next time
+                summary.failed += 1
+                _log_failure(out, name, candidate, seed, phash, err, log)
 
     for seed in seeds:
-        for name in names:
-            for candidate in candidates:
-                if limit is not None and summary.ran + summary.failed >= limit:
-                    summary.seconds = time.perf_counter() - started
-                    return summary
-                if (candidate, seed, phash) in done[name]:
-                    summary.skipped_done += 1
+        pending = list(names)
+        while pending and not limit_reached():  # passes over the datasets other processes held
+            held_elsewhere = []
+            for name in pending:
+                if limit_reached():
+                    break
+                claim = _claim(out, name)
+                if claim is None:
+                    held_elsewhere.append(name)
                     continue
                 try:
-                    if name not in contexts:
-                        if model is None and backbone is not None:
-                            from .features import _resolve_backbone_model
-                            model = _resolve_backbone_model(backbone)
-                        contexts[name] = _teacher_and_features(name, str(root / name), preset, features_dir,
-                                                               model, log)
-                    ctx = contexts[name]
-                    reason = _skip_reason(candidate, ctx.task_type, preset)
-                    if reason:
-                        summary.not_applicable += 1
-                        log(f"[{name}] {candidate}: skipped, {reason}")
-                        continue
-                    log(f"[{name}] {candidate} (seed {seed}) ...")
-                    wall = _run_one(ctx, candidate, seed, preset, preset_override, RecordStore(out / f"{name}.jsonl"))
-                    summary.ran += 1
-                    summary.run_seconds.append(wall)
-                    done[name].add((candidate, seed, phash))
-                    log(f"[{name}] {candidate} done in {wall:.0f} s")
-                except KeyboardInterrupt:
-                    raise
-                except Exception as err:  # a failed run is logged and retried next time
-                    summary.failed += 1
-                    entry = {"dataset": name, "candidate": candidate, "seed": seed, "preset_hash": phash,
-                             "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:],
-                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-                    with (out / "failures.jsonl").open("a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(entry) + "\n")
-                    log(f"[{name}] {candidate} FAILED: {entry['error']}")
-            contexts.pop(name, None)  # the teacher is not needed again: free its memory
+                    run_dataset(name, seed)
+                finally:
+                    claim.release()
+            if held_elsewhere and held_elsewhere == pending:  # none came free: theirs to finish
+                summary.claimed_elsewhere += len(held_elsewhere)
+                log(f"left to other build processes: {', '.join(held_elsewhere)}")
+                break
+            pending = held_elsewhere
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -288,6 +367,11 @@ class BuildStatus:
         return total / max(1, processes)
 
 
+def _teacher_was_cached(record: Mapping[str, Any]) -> bool:
+    cached = (record.get("metrics") or {}).get("teacher_from_cache", True)
+    return all(cached) if isinstance(cached, list) else bool(cached)
+
+
 def status(out: str | Path = "meta_dataset/runs", datasets: Sequence[str] | None = None,
            portfolio: str | None = "all", preset_override: Mapping[str, Any] | None = None,
            features_dir: str | Path | None = None) -> BuildStatus:
@@ -307,6 +391,7 @@ def status(out: str | Path = "meta_dataset/runs", datasets: Sequence[str] | None
         if stored.get("build_version") == BUILD_VERSION:
             task_types[d] = stored.get("task_type")
             teacher_seconds += float(stored.get("teacher_seconds") or 0) + float(stored.get("feature_seconds") or 0)
+            teacher_seconds += sum(float(r.get("seconds") or 0) for r in stored.get("teacher_refits", []))
     done, missing, mean_seconds, run_seconds = {}, {}, {}, 0.0
     for c in candidates:
         done[c] = [d for d in names if c in recorded[d]]
@@ -314,8 +399,11 @@ def status(out: str | Path = "meta_dataset/runs", datasets: Sequence[str] | None
                       and not _skip_reason(c, task_types.get(d) or "classification", preset)]
         walls = [float(recorded[d][c].get("wall_seconds") or 0) for d in done[c]]
         run_seconds += sum(walls)
-        if walls:
-            mean_seconds[c] = sum(walls) / len(walls)
+        # the mean leaves out runs that fine-tuned their teacher first (before teachers were made
+        # apart from the runs, the first run on a dataset in a new session did)
+        plain = [w for w, d in zip(walls, done[c]) if _teacher_was_cached(recorded[d][c])]
+        if plain:
+            mean_seconds[c] = sum(plain) / len(plain)
     return BuildStatus(phash, done, missing, run_seconds, teacher_seconds, mean_seconds)
 
 

@@ -18,23 +18,19 @@ def _dataset_names(args: argparse.Namespace) -> list[str] | None:
     return [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
 
 
-def split_datasets(names: list[str], workers: int) -> list[list[str]]:
-    """Round-robin: each worker gets every ``workers``-th dataset (so no two ever run the same one)."""
-    return [part for part in (names[i::workers] for i in range(workers)) if part]
-
-
 def _build_in_workers(args: argparse.Namespace, argv_tail: list[str]) -> int:
-    """One single-threaded ``meta build`` process per share of the datasets: on a CPU machine two
-    1-thread processes finish more runs per hour than one process with two threads."""
+    """``workers`` single-threaded ``meta build`` processes over the same datasets: each takes the next
+    dataset no other process has claimed (see ``build._claim``), so they never run the same dataset
+    and none idles while another has datasets left. On a CPU machine two 1-thread processes finish
+    more runs per hour than one process with two threads."""
     import os
     import subprocess
 
-    from .build import DEFAULT_DATASETS
-
-    names = _dataset_names(args) or list(DEFAULT_DATASETS)
+    names = _dataset_names(args)
+    datasets = ["--datasets", ",".join(names)] if names else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "autodistill.cli", "meta", "build", "--datasets", ",".join(part),
-                               *argv_tail], env=env) for part in split_datasets(names, args.workers)]
+    procs = [subprocess.Popen([sys.executable, "-m", "autodistill.cli", "meta", "build", *datasets, *argv_tail],
+                              env=env) for _ in range(args.workers)]
     try:
         return max(p.wait() for p in procs)
     except KeyboardInterrupt:
@@ -132,8 +128,8 @@ def add_build_commands(meta_sub) -> None:
                    "'{\"data\": {\"max_train_examples\": 200}}'")
     b.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
     b.add_argument("--workers", type=int, default=1,
-                   help="single-threaded build processes, each on its share of the datasets (--limit is per "
-                        "worker); 2 on a 2-core machine")
+                   help="single-threaded build processes sharing the datasets, one dataset each at a time "
+                        "(--limit is per worker); 2 on a 2-core machine")
     b.set_defaults(func=_build)
 
     s = meta_sub.add_parser("status", help="progress of the build: runs recorded and missing, compute spent, ETA")
