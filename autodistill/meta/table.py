@@ -496,8 +496,8 @@ def table_from_paths(paths: str | Path | Iterable[str | Path], *, target: str = 
     """``records_to_table`` on record files/folders, with the per-dataset feature files found next to
     them (or in ``features_dir``).
 
-    Each source (a records folder, or a record file's folder) is tabled on its own, with its own feature files and its own
-    ``best`` normalisation. A dataset name that several sources share (the Distiller import's
+    Each source (a records folder, or a record file's folder) is tabled on its own, with its own
+    feature files and its own ``best`` normalisation. A dataset name that several sources share (the Distiller import's
     ``cola`` and our build's ``cola``: other teachers, other budgets, targets not comparable) stays
     one dataset per source, named ``<dataset>@<source>`` (``cola@distiller``, ``cola@runs``)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
