@@ -298,7 +298,7 @@ def test_a_teacher_refit_on_a_new_machine_is_checked_and_timed(tmp_path, monkeyp
         "preset_hash": B.preset_hash(B.META_PRESET), "teacher_score": 0.9, "teacher_confidence": 0.8,
         "meta_features": {"log_n_train": 1.0}}))
     teacher = {"from_cache": False, "score": 0.9}
-    monkeypatch.setattr(B, "_teacher", lambda cfg, task: (None, teacher["from_cache"], teacher["score"], None))
+    monkeypatch.setattr(B, "_teacher", lambda cfg, task: (None, "accuracy", teacher["from_cache"], teacher["score"], None))
     make = lambda: B._teacher_and_features("d1", str(data), B.META_PRESET, feat_file.parent, None,  # noqa: E731
                                            lambda *_: None)
     ctx = make()

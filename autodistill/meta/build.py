@@ -12,6 +12,7 @@ by the next invocation.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -124,7 +125,7 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
         and stored.get("preset_hash") == preset_hash(preset) and stored.get("build_version") == BUILD_VERSION
     log(f"[{name}] teacher (cached after the first time) ...")
     t0 = time.perf_counter()
-    tokenizer, from_cache, teacher_score, confidence = _teacher(cfg, task)
+    tokenizer, metric, from_cache, teacher_score, confidence = _teacher(cfg, task)
     teacher_seconds = time.perf_counter() - t0
     if current:
         if abs(teacher_score - float(stored["teacher_score"])) > 1e-6:
@@ -141,7 +142,6 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
     feats = compute_meta_features(task, tokenizer, backbone=backbone_model, teacher_score=teacher_score,
                                   teacher_confidence=confidence, seed=0)
     t2 = time.perf_counter()
-    metric = _metric(cfg, task)
     payload = {
         "version": META_FEATURES_VERSION, "build_version": BUILD_VERSION, "dataset": name,
         "dataset_fingerprint": task.fingerprint,
@@ -160,21 +160,17 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
                           payload["teacher_confidence"])
 
 
-def _metric(cfg, task) -> str:
-    from ..metrics import resolve_metric
-    return resolve_metric(cfg.optim.metric, task.task_type)
-
-
-def _teacher(cfg, task) -> tuple[Any, bool, float, Any]:
-    """The dataset's teacher (from the cache when it is there): tokenizer, whether it came from the
-    cache, its validation score and its validation logits (None on regression)."""
+def _teacher(cfg, task) -> tuple[Any, str, bool, float, Any]:
+    """The dataset's teacher (from the cache when it is there): tokenizer, metric, whether it came
+    from the cache, its validation score and its validation logits (None on regression)."""
     from ..device import select_device
+    from ..metrics import resolve_metric
     from ..models import load_tokenizer
     from ..teacher import get_teacher
     from ..training import compute_metric, encode_texts, predict_logits
 
     device = select_device(cfg.optim.device)
-    metric = _metric(cfg, task)
+    metric = resolve_metric(cfg.optim.metric, task.task_type)
     tokenizer = load_tokenizer(cfg.teacher.backbone)
     pad_id = tokenizer.pad_token_id or 0
     enc = lambda s: encode_texts(tokenizer, s.text_a, s.text_b, s.labels, cfg.data.max_length,  # noqa: E731
@@ -184,7 +180,7 @@ def _teacher(cfg, task) -> tuple[Any, bool, float, Any]:
                           task.label_names, metric, cfg.data.max_length, pad_id, device)
     logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, pad_id, device)
     score = float(compute_metric(metric, logits, validation.labels.numpy(), task.task_type))
-    return tokenizer, bool(teacher.from_cache), score, logits if task.task_type == "classification" else None
+    return tokenizer, metric, bool(teacher.from_cache), score, logits if task.task_type == "classification" else None
 
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
@@ -272,13 +268,14 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
     out.mkdir(parents=True, exist_ok=True)
     summary = BuildSummary()
     phash = preset_hash(preset)
-    backbone_model: list[Any] = []  # loaded on the first dataset that needs meta-features
+
+    @functools.cache
+    def backbone_model():  # loaded on the first dataset that needs it
+        from .features import _resolve_backbone_model
+        return None if backbone is None else _resolve_backbone_model(backbone)
 
     def context(name: str) -> DatasetContext:
-        if not backbone_model:
-            from .features import _resolve_backbone_model
-            backbone_model.append(None if backbone is None else _resolve_backbone_model(backbone))
-        return _teacher_and_features(name, str(root / name), preset, features_dir, backbone_model[0], log)
+        return _teacher_and_features(name, str(root / name), preset, features_dir, backbone_model(), log)
 
     def limit_reached() -> bool:
         return limit is not None and summary.ran + summary.failed >= limit
