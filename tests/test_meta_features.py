@@ -176,9 +176,10 @@ def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     root = tmp_path / "datasets"
     for d in ("d1", "d2"):
         (root / d).mkdir(parents=True)
-    calls = []
+    calls, teachers = [], []
 
     def fake_ctx(name, path, preset, features_dir, model, log):
+        teachers.append(name)
         return B.DatasetContext(name, path, None, f"fp-{name}", "regression" if name == "d2" else "classification",
                                 {"log_n_train": 1.0}, 0.9, None)
 
@@ -209,7 +210,9 @@ def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     assert calls[3:] == [("d2", "no_kd"), ("d2", "vanilla_kd")]   # done ones skipped, rw_kd n/a on d2
     assert s2.skipped_done == 3 and s2.not_applicable == 1
     assert len(RecordStore(tmp_path / "runs" / "d1.jsonl").read()) == 3
+    n_teachers = len(teachers)
     assert B.build(root, **kw).ran == 0
+    assert len(teachers) == n_teachers   # d2 lacks only rw_kd, n/a on regression: its teacher is not made
     assert len(B.DEFAULT_DATASETS) >= 15
     # a record of an older build is not done; on regression kd_mse_logits is vanilla_kd: run once
     RecordStore(tmp_path / "runs" / "d1.jsonl").append(

@@ -107,6 +107,14 @@ def _skip_reason(candidate: str, task_type: str, preset: Mapping[str, Any]) -> s
     return f"the same config as {same} on {task_type}" if same else None
 
 
+def _recorded_task_type(feat_file: Path) -> str | None:
+    """The task type an earlier build wrote into the dataset's features file, if any."""
+    try:
+        return json.loads(feat_file.read_text(encoding="utf-8")).get("task_type")
+    except (OSError, ValueError):
+        return None
+
+
 def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], features_dir: Path,
                           backbone_model, log: Callable[[str], None]) -> DatasetContext:
     """Load the dataset as the runs see it, fine-tune (or load) the cached teacher, compute features.
@@ -285,6 +293,11 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
         done = _done(out, name)  # read under the claim: another process may have added runs
         todo = [c for c in candidates if (c, seed, phash) not in done]
         summary.skipped_done += len(candidates) - len(todo)
+        known_type = _recorded_task_type(features_dir / f"{name}.json")
+        if known_type:  # no teacher is fine-tuned just to skip what does not apply to the task
+            applicable = [c for c in todo if not _skip_reason(c, known_type, preset)]
+            summary.not_applicable += len(todo) - len(applicable)
+            todo = applicable
         if not todo or limit_reached():
             return
         try:
