@@ -36,6 +36,7 @@ from .settings import ServiceSettings
 from .store import Store, new_id
 
 MAX_PAGE = 100
+MAX_OFFSET = 2**31 - 1  # databases take a 64-bit offset at most; no listing is anywhere near this
 WARM_START_POINTS = 4
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 ERROR_RESPONSES = {code: {"model": ErrorBody} for code in (401, 404, 422)}
@@ -338,8 +339,8 @@ def _routes(app: FastAPI) -> None:
                        "(a reference)", field="content-type")
 
     @app.get("/datasets", response_model=DatasetPage, tags=["datasets"], responses=ERROR_RESPONSES)
-    def list_datasets(request: Request, limit: int = Query(20, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
-                      key: dict = Depends(current_key)) -> dict[str, Any]:
+    def list_datasets(request: Request, limit: int = Query(20, ge=1, le=MAX_PAGE),
+                      offset: int = Query(0, ge=0, le=MAX_OFFSET), key: dict = Depends(current_key)) -> dict[str, Any]:
         page = request.app.state.store.list_datasets(key["id"], limit, offset)
         return _page(request, [_dataset_out(r) for r in page.items], page.total, limit, offset)
 
@@ -429,8 +430,8 @@ def _routes(app: FastAPI) -> None:
         return points
 
     @app.get("/searches", response_model=SearchPage, tags=["searches"], responses=ERROR_RESPONSES)
-    def list_searches(request: Request, limit: int = Query(20, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
-                      key: dict = Depends(current_key)) -> dict[str, Any]:
+    def list_searches(request: Request, limit: int = Query(20, ge=1, le=MAX_PAGE),
+                      offset: int = Query(0, ge=0, le=MAX_OFFSET), key: dict = Depends(current_key)) -> dict[str, Any]:
         page = request.app.state.store.list_searches(key["id"], limit, offset)
         return _page(request, [_search_out(r) for r in page.items], page.total, limit, offset)
 
@@ -440,7 +441,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/searches/{search_id}/trials", response_model=TrialPage, tags=["searches"], responses=ERROR_RESPONSES)
     def list_trials(search_id: str, request: Request, limit: int = Query(20, ge=1, le=MAX_PAGE),
-                    offset: int = Query(0, ge=0), key: dict = Depends(current_key)) -> dict[str, Any]:
+                    offset: int = Query(0, ge=0, le=MAX_OFFSET), key: dict = Depends(current_key)) -> dict[str, Any]:
         rows = SearchManager.trials(_own_search(request, key, search_id, refresh=False))
         items = [Trial.model_validate({**r, "finished_at": _iso(r["finished_at"])}) for r in rows[offset:offset + limit]]
         return _page(request, items, len(rows), limit, offset)

@@ -114,7 +114,7 @@ class SearchRequest(Strict):
         False, description="true: the recommender's top configs seed the search; or seed configs in the "
         "space's parameter names")
     max_concurrent_trials: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="TPE sampler seed (numpy's range)")
     config: dict[str, Any] | None = Field(
         None, description="partial pipeline config merged over the space's base (e.g. teachers, optim)")
 

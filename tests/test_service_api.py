@@ -206,7 +206,9 @@ def test_pagination(api, tmp_path):
     second = api.get(first["next"], headers=headers).json()
     assert second["next"] is None and len(second["items"]) == 1
     assert {d["id"] for d in first["items"] + second["items"]} == set(ids)
-    for bad in ("limit=0", "limit=101", "offset=-1", "limit=x"):
+    far = api.get("/datasets?offset=2147483647", headers=headers).json()
+    assert far["items"] == [] and far["total"] == 3 and far["next"] is None
+    for bad in ("limit=0", "limit=101", "offset=-1", "limit=x", "offset=9223372036854775808"):
         r = api.get(f"/datasets?{bad}", headers=headers)
         assert r.status_code == 422 and r.json()["field"] in ("limit", "offset"), bad
     for i in ids:
@@ -332,7 +334,8 @@ def test_cancel_a_running_search(api, cr, tiny_backbone):
 @pytest.mark.parametrize("change,field", [
     ({"space": "nope"}, "space"), ({"trials": 0}, "trials"), ({"trials": 10_000}, "trials"),
     ({"config": {"optim": {"learnig_rate": 1}}}, "config"), ({"config": {"data": {"train": "/etc"}}}, "config"),
-    ({"warm_start": [{"optim.learnig_rate": 1e-4}]}, "warm_start"), ({"time_budget": -1}, "time_budget")])
+    ({"warm_start": [{"optim.learnig_rate": 1e-4}]}, "warm_start"), ({"time_budget": -1}, "time_budget"),
+    ({"seed": -1}, "seed"), ({"seed": 2**32}, "seed")])
 def test_bad_search_requests_are_422(api, cr, change, field):
     r = api.post("/searches", json={"dataset_id": cr["id"], **change}, headers=api.keys["alice"])
     assert r.status_code == 422, r.text
