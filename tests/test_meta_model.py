@@ -247,6 +247,31 @@ def test_cli_evaluate_fit_recommend(tmp_path, monkeypatch, capsys):
     assert cli.main(["recommend", "--model", str(tmp_path / "nothing")]) == 2
 
 
+def test_datasets_whose_teacher_is_no_better_than_majority_are_left_out(tmp_path, capsys):
+    from autodistill import cli
+    from autodistill.meta.table import drop_uninformative, uninformative_datasets
+
+    baselines = {"ds0": 0.5, "ds1": 0.95, "ds2": None, "ds3": 0.9}  # teacher 0.9 everywhere
+    runs = tmp_path / "runs"
+    for r in _records(4):
+        r["metrics"]["majority_baseline"] = baselines[r["search"]["dataset"]]
+        RecordStore(runs / f"{r['search']['dataset']}.jsonl").append(r)
+    table = table_from_paths(runs)
+    assert uninformative_datasets(table) == {"ds1": (0.9, 0.95), "ds3": (0.9, 0.9)}
+    kept, dropped = drop_uninformative(table)
+    assert sorted(kept["dataset"].unique()) == ["ds0", "ds2"] and set(dropped) == {"ds1", "ds3"}
+
+    assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "rep"),
+                     "--methods", "rf"]) == 0
+    assert "left out" in capsys.readouterr().err
+    summary = pd.read_csv(tmp_path / "rep" / "summary.csv", index_col=0)
+    assert summary.loc["rf", "n_datasets"] == 2
+    assert "ds1 (teacher 0.900, majority 0.950)" in (tmp_path / "rep" / "report.md").read_text()
+    assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "all"),
+                     "--methods", "rf", "--keep-uninformative"]) == 0
+    assert pd.read_csv(tmp_path / "all" / "summary.csv", index_col=0).loc["rf", "n_datasets"] == 4
+
+
 def test_table_extra_features_and_stated_ratio():
     base = _records(1)[:2]
     recs = []

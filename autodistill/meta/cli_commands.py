@@ -40,6 +40,9 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--teacher-features", action="store_true",
                        help="keep the trained-teacher meta-features (score, confidence) as model inputs")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--keep-uninformative", action="store_true",
+                       help="keep datasets whose teacher is no better than the majority class "
+                       "(left out by default: their targets are noise around chance)")
 
     e = meta_sub.add_parser("evaluate", help="leave-one-dataset-out evaluation -> markdown report + plots")
     records_args(e)
@@ -67,13 +70,20 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_table(args: argparse.Namespace):
+    """The table of ``--records`` and, unless ``--keep-uninformative``, the datasets left out of it."""
     from .evaluate import drop_meta_features
-    from .table import table_from_paths
+    from .table import drop_uninformative, table_from_paths
 
     table = table_from_paths(args.records, target=args.target, features_dir=args.features)
     if not args.teacher_features:
         table = drop_meta_features(table)
-    return table
+    dropped: dict = {}
+    if not args.keep_uninformative:
+        table, dropped = drop_uninformative(table)
+    if dropped:
+        print("left out (teacher no better than the majority class; --keep-uninformative keeps them): "
+              + ", ".join(f"{d} ({t:.3f} <= {b:.3f})" for d, (t, b) in dropped.items()), file=sys.stderr)
+    return table, dropped
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -81,7 +91,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     try:
-        table = _load_table(args)
+        table, dropped = _load_table(args)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -90,6 +100,7 @@ def _evaluate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     result = lodo_evaluate(table, methods=args.methods, random_state=args.seed)
+    result.info["left_out"] = dropped
     report = write_report(result, args.out)
     print(result.summary.round(4).to_string())
     print(f"\nbest meta-model: {result.best_method}; report: {report} ({time.time() - t0:.0f} s)")
@@ -101,7 +112,7 @@ def _fit(args: argparse.Namespace) -> int:
     from .model import Recommender
 
     try:
-        table = _load_table(args)
+        table, dropped = _load_table(args)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -109,13 +120,15 @@ def _fit(args: argparse.Namespace) -> int:
         print("error: no usable records", file=sys.stderr)
         return 2
     info = {"target": args.target, "records": [str(p) for p in args.records],
-            "teacher_features": bool(args.teacher_features)}
+            "teacher_features": bool(args.teacher_features),
+            "left_out_uninformative": {d: list(v) for d, v in dropped.items()}}
     method = args.method
     if method == "auto":
         if table["dataset"].nunique() < 2:
             method = "hgb"
         else:
             result = lodo_evaluate(table, methods=args.methods, random_state=args.seed)
+            result.info["left_out"] = dropped
             method = result.best_method or "hgb"
             write_report(result, Path(args.out) / "evaluation")
             info["lodo_summary"] = json.loads(result.summary.to_json(orient="index"))

@@ -30,6 +30,8 @@ Metrics per held-out dataset (y = the target, e.g. student/teacher score; y* = D
   1 − mean regret1(method) / mean regret1(single_best).
 
 The best meta-model is the one with the lowest mean ``regret1`` (selected on these LODO results).
+``autodistill meta evaluate`` / ``fit`` leave out datasets whose teacher is no better than the majority
+class (:func:`autodistill.meta.table.uninformative_datasets`) unless ``--keep-uninformative``.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ TOP_K = 5
 #: before training one, so they are left out of the models by default
 TEACHER_META_FEATURES = ("mf_teacher_score", "mf_has_teacher_score", "mf_teacher_confidence",
                          "mf_has_teacher_confidence")
-_HIDDEN = ("target", "score", "teacher_score", "n_runs")
+_HIDDEN = ("target", "score", "teacher_score", "majority_baseline", "n_runs")
 
 FitPredict = Callable[[pd.DataFrame, pd.DataFrame, str], np.ndarray]
 
@@ -293,6 +295,11 @@ def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-mod
              "others only. Regret is in target units (y* − y of the pick); `nregret1` is min-max scaled per "
              "dataset; `gap_closed` is the share of the single-best → oracle gap in mean top-1 regret that a "
              "method closes.", ""]
+    if info.get("left_out"):
+        lines += ["Left out (their teacher scores no better than always predicting the majority class, so "
+                  "every candidate's target is noise around chance; `--keep-uninformative` keeps them): "
+                  + ", ".join(f"{d} (teacher {t:.3f}, majority {b:.3f})" for d, (t, b) in info["left_out"].items())
+                  + ".", ""]
     if result.summary.empty:
         lines.append("No dataset had enough candidates to evaluate.")
         (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -11,7 +11,9 @@ written by the search and by ``autodistill meta build`` / ``import-distiller``) 
   record's ``extra_features``: choices outside PipelineConfig such as the Distiller import's teacher
   and student; they are part of the candidate's name and give ``pf_extra.*`` columns: numbers as
   they are, strings one-hot), ``score`` (student score),
-  ``teacher_score``, ``n_runs`` (records averaged into the row: seeds / repeats);
+  ``teacher_score``, ``majority_baseline`` (the score of always predicting the training set's most
+  frequent class, as the run measured it; NaN when a record does not say, e.g. regression or the
+  Distiller import), ``n_runs`` (records averaged into the row: seeds / repeats);
 - ``pf_*``: the pipeline features (below);
 - ``mf_*``: the dataset's numeric meta-features (booleans as 0/1; strings dropped; nested dicts
   flattened with ``.``). A per-dataset features file (``meta_dataset/features/<dataset>.json``)
@@ -54,7 +56,8 @@ from ..search.records import canonical_config_hash
 PF_PREFIX = "pf_"
 MF_PREFIX = "mf_"
 TARGETS = ("ratio", "best")
-ID_COLUMNS = ("dataset", "candidate", "fingerprint", "config", "score", "teacher_score", "n_runs", "target")
+ID_COLUMNS = ("dataset", "candidate", "fingerprint", "config", "score", "teacher_score", "majority_baseline",
+              "n_runs", "target")
 
 #: config fields (dotted paths) that are bookkeeping, not part of what a pipeline learns
 EXCLUDED_FIELDS = frozenset({
@@ -311,6 +314,13 @@ def record_teacher_score(rec: Mapping[str, Any]) -> float:
     return _num(_sub(rec, "metrics").get("teacher_score"))
 
 
+def record_majority_baseline(rec: Mapping[str, Any]) -> float:
+    for src in (_sub(rec, "target"), _sub(rec, "metrics")):
+        if src.get("majority_baseline") is not None:
+            return _num(src["majority_baseline"])
+    return float("nan")
+
+
 def record_ratio(rec: Mapping[str, Any]) -> float:
     """A ratio the record states (``target.ratio``, ``metrics.ratio`` / ``score_ratio``: e.g. the
     Distiller paper's own), else student score / teacher score."""
@@ -428,17 +438,19 @@ def records_to_table(records: Sequence[Mapping[str, Any]], *, target: str = "rat
             row = rows[(dataset, cand)] = {
                 "dataset": dataset, "candidate": cand, "fingerprint": rec.get("dataset_fingerprint"),
                 "config": cfg_json, "extra": json.dumps(extra, sort_keys=True, default=str) if extra else "",
-                "_scores": [], "_teachers": [], "_ratios": [], **pf, **_extra_columns(extra), **mf}
+                "_scores": [], "_teachers": [], "_ratios": [], "_baselines": [],
+                **pf, **_extra_columns(extra), **mf}
         row["_scores"].append(score)
+        row["_baselines"].append(record_majority_baseline(rec))
         row["_teachers"].append(teacher)
         row["_ratios"].append(ratio)
     out = []
     for row in rows.values():
-        scores, teachers, ratios = (np.array(row.pop(k), dtype=float) for k in ("_scores", "_teachers", "_ratios"))
+        scores, teachers, ratios, baselines = (np.array(row.pop(k), dtype=float)
+                                               for k in ("_scores", "_teachers", "_ratios", "_baselines"))
         row["n_runs"] = len(scores)
-        row["score"] = float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
-        row["teacher_score"] = float(np.nanmean(teachers)) if np.isfinite(teachers).any() else float("nan")
-        row["_ratio"] = float(np.nanmean(ratios)) if np.isfinite(ratios).any() else float("nan")
+        row["score"], row["teacher_score"], row["majority_baseline"], row["_ratio"] = map(
+            _finite_mean, (scores, teachers, baselines, ratios))
         out.append(row)
     pf_cols = pipeline_feature_columns()
     if not out:
@@ -452,6 +464,32 @@ def records_to_table(records: Sequence[Mapping[str, Any]], *, target: str = "rat
         df["target"] = np.where(best > 0, df["score"] / best, np.nan)
     df = df[np.isfinite(df["target"].to_numpy(dtype=float))]
     return _ordered(df, target)
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def uninformative_datasets(table: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Datasets whose teacher scores no better than the majority-class baseline:
+    ``{dataset: (teacher score, majority baseline)}``.
+
+    There the teacher has learned nothing to distil: the student/teacher ratio of every candidate
+    measures seed noise around chance (at the meta-dataset's preset: cola, whose teacher and
+    students all predict the majority class, and rte, whose teacher is below it). Datasets whose
+    records do not state the baseline (regression, the Distiller import) are never listed."""
+    per_ds = table.groupby("dataset")[["teacher_score", "majority_baseline"]].mean()
+    bad = per_ds[np.isfinite(per_ds["majority_baseline"]) &
+                 (per_ds["teacher_score"] <= per_ds["majority_baseline"])]
+    return {str(d): (float(r.teacher_score), float(r.majority_baseline)) for d, r in bad.iterrows()}
+
+
+def drop_uninformative(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[float, float]]]:
+    """The table without :func:`uninformative_datasets`, and what was dropped."""
+    dropped = uninformative_datasets(table)
+    kept = table[~table["dataset"].isin(list(dropped))].reset_index(drop=True)
+    kept.attrs.update(table.attrs)
+    return kept, dropped
 
 
 def _ordered(df: pd.DataFrame, target: str) -> pd.DataFrame:
