@@ -39,7 +39,7 @@ BUILD_VERSION = 2
 # cost), single and pair, 2-10 classes, one regression task. Order = build order.
 # (yelp_review_full_small, in build 1, left out: the longest texts, the costliest runs and teacher.)
 # sst2 and mdsd_kitchen were added after the first 15 because two of those (cola, rte) turned out to have
-# teachers no better than the majority class at this preset (see meta.table.informative_datasets).
+# teachers no better than the majority class at this preset (see meta.table.uninformative_datasets).
 DEFAULT_DATASETS: tuple[str, ...] = (
     "cr", "mrpc", "sst5", "rte", "tweet_eval_emotion", "stsb", "cola", "mnli", "airline_reviews",
     "yahoo_answers_small", "tweet_eval_irony", "qqp", "mr", "snli", "mdsd_books", "sst2", "mdsd_kitchen",
