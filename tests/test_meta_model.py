@@ -272,6 +272,30 @@ def test_datasets_whose_teacher_is_no_better_than_majority_are_left_out(tmp_path
     assert pd.read_csv(tmp_path / "all" / "summary.csv", index_col=0).loc["rf", "n_datasets"] == 4
 
 
+def test_evaluate_over_model_seeds(table, tmp_path):
+    first = ev.lodo_evaluate(table, methods=["rf", "hgb"], random_state=3)
+    stab = ev.seed_stability(table, ["rf", "hgb"], [3, 4], first=first)
+    again = ev.lodo_evaluate(table, methods=["rf", "hgb"], random_state=4)
+    for m in ("rf", "hgb"):
+        pair = [first.summary.loc[m, "regret1"], again.summary.loc[m, "regret1"]]
+        assert stab.loc[m, "regret1_mean"] == pytest.approx(np.mean(pair))
+        assert stab.loc[m, "regret1_worst"] == pytest.approx(max(pair))
+        assert stab.loc[m, "gap_closed_worst"] == pytest.approx(
+            min(first.summary.loc[m, "gap_closed"], again.summary.loc[m, "gap_closed"]))
+    assert (stab["n_seeds"] == 2).all()
+    first.info["seed_stability"] = stab
+    report = ev.write_report(first, tmp_path / "rep").read_text()
+    assert "## Over model seeds" in report and (tmp_path / "rep" / "seed_stability.csv").is_file()
+
+
+def test_cli_repeats_must_be_positive(tmp_path, capsys):
+    from autodistill import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["meta", "evaluate", "--records", str(tmp_path), "--out", str(tmp_path / "r"), "--repeats", "0"])
+    assert "must be >= 1" in capsys.readouterr().err
+
+
 def test_table_extra_features_and_stated_ratio():
     base = _records(1)[:2]
     recs = []

@@ -15,6 +15,13 @@ from pathlib import Path
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "meta_dataset" / "model"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _meta_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     meta = subparsers.choices.get("meta")
     if meta is None:
@@ -40,6 +47,9 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--teacher-features", action="store_true",
                        help="keep the trained-teacher meta-features (score, confidence) as model inputs")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--repeats", type=_positive_int, default=1,
+                       help="evaluate with this many model seeds (--seed, --seed+1, ...); the best meta-model "
+                       "is then the one with the lowest top-1 regret averaged over them")
         p.add_argument("--keep-uninformative", action="store_true",
                        help="keep datasets whose teacher is no better than the majority class "
                        "(left out by default: their targets are noise around chance)")
@@ -86,8 +96,21 @@ def _load_table(args: argparse.Namespace):
     return table, dropped
 
 
+def _lodo(table, args: argparse.Namespace, left_out: dict):
+    """LODO with ``--seed`` and, with ``--repeats`` > 1, the best method chosen over that many seeds."""
+    from .evaluate import lodo_evaluate, seed_stability
+
+    result = lodo_evaluate(table, methods=args.methods, random_state=args.seed)
+    result.info["left_out"] = left_out
+    if args.repeats > 1:
+        stability = seed_stability(table, args.methods, range(args.seed, args.seed + args.repeats), first=result)
+        result.info["seed_stability"] = stability
+        result.best_method = str(stability["regret1_mean"].idxmin())
+    return result
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import lodo_evaluate, write_report
+    from .evaluate import write_report
 
     t0 = time.time()
     try:
@@ -99,8 +122,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"error: leave-one-dataset-out needs at least 2 datasets, got {table['dataset'].nunique()}",
               file=sys.stderr)
         return 2
-    result = lodo_evaluate(table, methods=args.methods, random_state=args.seed)
-    result.info["left_out"] = dropped
+    result = _lodo(table, args, dropped)
     report = write_report(result, args.out)
     print(result.summary.round(4).to_string())
     print(f"\nbest meta-model: {result.best_method}; report: {report} ({time.time() - t0:.0f} s)")
@@ -108,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from .evaluate import default_model_params, lodo_evaluate, write_report
+    from .evaluate import default_model_params, write_report
     from .model import Recommender
 
     try:
@@ -127,11 +149,12 @@ def _fit(args: argparse.Namespace) -> int:
         if table["dataset"].nunique() < 2:
             method = "hgb"
         else:
-            result = lodo_evaluate(table, methods=args.methods, random_state=args.seed)
-            result.info["left_out"] = dropped
+            result = _lodo(table, args, dropped)
             method = result.best_method or "hgb"
             write_report(result, Path(args.out) / "evaluation")
             info["lodo_summary"] = json.loads(result.summary.to_json(orient="index"))
+            if "seed_stability" in result.info:
+                info["lodo_seed_stability"] = json.loads(result.info["seed_stability"].to_json(orient="index"))
     rec = Recommender.fit(table, method=method, random_state=args.seed,
                           model_params=default_model_params(method), info=info, target=args.target)
     rec.save(args.out)

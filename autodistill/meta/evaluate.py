@@ -261,6 +261,27 @@ def lodo_evaluate(table: pd.DataFrame, methods: Sequence[str] = METHODS, *, rand
                             "target": table.attrs.get("target", "ratio")})
 
 
+def seed_stability(table: pd.DataFrame, methods: Sequence[str], seeds: Sequence[int], *,
+                   first: LodoResult | None = None, **kwargs: Any) -> pd.DataFrame:
+    """The LODO evaluation again with each model seed (``first``: an already computed result for
+    ``seeds[0]``): per meta-model, mean / std / worst over the seeds of ``regret1`` and ``gap_closed``.
+
+    Candidates are often within noise of each other, so a model's top-1 pick, and with it the
+    comparison between models, can flip with the seed of its trees and bags."""
+    rows = []
+    for seed in seeds:
+        res = first if first is not None and seed == seeds[0] else \
+            lodo_evaluate(table, methods, random_state=seed, **kwargs)
+        rows += [{"method": m, "regret1": res.summary.loc[m, "regret1"],
+                  "gap_closed": res.summary.loc[m, "gap_closed"]} for m in methods if m in res.summary.index]
+    per_seed = pd.DataFrame(rows).groupby("method", sort=False)
+    out = per_seed.agg(regret1_mean=("regret1", "mean"), regret1_std=("regret1", "std"),
+                       regret1_worst=("regret1", "max"), gap_closed_mean=("gap_closed", "mean"),
+                       gap_closed_worst=("gap_closed", "min"))
+    out["n_seeds"] = len(seeds)
+    return out
+
+
 # --------------------------------------------------------------------------- report
 def _fmt(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
@@ -304,8 +325,17 @@ def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-mod
         lines.append("No dataset had enough candidates to evaluate.")
         (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
         return out / "report.md"
-    lines += ["## Mean over held-out datasets", "", markdown_table(result.summary, "method"), "",
-              f"Best meta-model by mean top-1 regret: **{result.best_method}**.", ""]
+    stability = info.get("seed_stability")
+    lines += ["## Mean over held-out datasets", "", markdown_table(result.summary, "method"), ""]
+    if stability is None:
+        lines += [f"Best meta-model by mean top-1 regret: **{result.best_method}**.", ""]
+    else:
+        stability.to_csv(out / "seed_stability.csv")
+        lines += ["## Over model seeds", "",
+                  f"The meta-models refitted with {int(stability['n_seeds'].iloc[0])} "
+                  "seeds (the table above is the first): mean, std and worst over the seeds.", "",
+                  markdown_table(stability.drop(columns="n_seeds"), "method"), "",
+                  f"Best meta-model by top-1 regret averaged over the seeds: **{result.best_method}**.", ""]
     piv = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
     piv = piv[[m for m in result.summary.index if m in piv.columns]]
     lines += ["## Top-1 regret per held-out dataset", "", markdown_table(piv, "dataset"), ""]
