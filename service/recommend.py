@@ -134,7 +134,7 @@ class RecommenderService:
     def refit(self) -> dict[str, Any]:
         from autodistill.meta.evaluate import default_model_params, drop_meta_features
         from autodistill.meta.model import Recommender
-        from autodistill.meta.table import drop_uninformative, table_from_paths
+        from autodistill.meta.table import table_from_paths
 
         folded, added = 0, 0
         for search in self.store.finished_unfolded_searches():
@@ -145,12 +145,11 @@ class RecommenderService:
         paths = base + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
         if not paths:
             raise ApiError(409, "conflict", "no meta-dataset records to fit on")
-        table, left_out = drop_uninformative(drop_meta_features(table_from_paths(paths, target="ratio")))
+        table = drop_meta_features(table_from_paths(paths, target="ratio"))
         if table.empty:
             raise ApiError(409, "conflict", "no usable meta-dataset records to fit on")
         rec = Recommender.fit(table, method=REFIT_METHOD, model_params=default_model_params(REFIT_METHOD),
-                              info={"target": "ratio", "records": [str(p) for p in paths], "refit_by": "service",
-                                    "left_out_uninformative": {d: list(v) for d, v in left_out.items()}},
+                              info={"target": "ratio", "records": [str(p) for p in paths], "refit_by": "service"},
                               target="ratio")
         folder = self.settings.state_dir / "models" / time.strftime("%Y%m%dT%H%M%S") / str(time.time_ns())
         rec.save(folder)
