@@ -273,19 +273,26 @@ def test_datasets_whose_teacher_is_no_better_than_majority_are_left_out(tmp_path
 
 
 def test_evaluate_over_model_seeds(table, tmp_path):
-    first = ev.lodo_evaluate(table, methods=["rf", "hgb"], random_state=3)
-    stab = ev.seed_stability(table, ["rf", "hgb"], [3, 4], first=first)
-    again = ev.lodo_evaluate(table, methods=["rf", "hgb"], random_state=4)
+    small = {"rf": {"n_estimators": 50}, "hgb": {"n_estimators": 50, "n_bags": 3}}
+    first = ev.lodo_evaluate(table, methods=["rf", "hgb"], random_state=3, model_params=small)
+    result = ev.seed_stability(table, ["rf", "hgb"], [3, 4], first=first, model_params=small)
+    stab = result.summary
+    again = ev.lodo_evaluate(table, methods=["rf", "hgb"], random_state=4, model_params=small)
     for m in ("rf", "hgb"):
         pair = [first.summary.loc[m, "regret1"], again.summary.loc[m, "regret1"]]
         assert stab.loc[m, "regret1_mean"] == pytest.approx(np.mean(pair))
         assert stab.loc[m, "regret1_worst"] == pytest.approx(max(pair))
         assert stab.loc[m, "gap_closed_worst"] == pytest.approx(
             min(first.summary.loc[m, "gap_closed"], again.summary.loc[m, "gap_closed"]))
+        for seed, res in ((3, first), (4, again)):
+            mine = result.per_dataset.query("method == @m and seed == @seed").set_index("dataset")["regret1"]
+            theirs = res.per_dataset.query("method == @m").set_index("dataset")["regret1"]
+            pd.testing.assert_series_equal(mine.sort_index(), theirs.sort_index())
     assert (stab["n_seeds"] == 2).all()
-    first.info["seed_stability"] = stab
+    first.info["seed_stability"] = result
     report = ev.write_report(first, tmp_path / "rep").read_text()
-    assert "## Over model seeds" in report and (tmp_path / "rep" / "seed_stability.csv").is_file()
+    assert "## Over model seeds" in report and "averaged over the seeds" in report
+    assert (tmp_path / "rep" / "seed_stability.csv").is_file() and (tmp_path / "rep" / "seed_regret1.csv").is_file()
 
 
 def test_cli_repeats_must_be_positive(tmp_path, capsys):

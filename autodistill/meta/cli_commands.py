@@ -105,7 +105,7 @@ def _lodo(table, args: argparse.Namespace, left_out: dict):
     if args.repeats > 1:
         stability = seed_stability(table, args.methods, range(args.seed, args.seed + args.repeats), first=result)
         result.info["seed_stability"] = stability
-        result.best_method = str(stability["regret1_mean"].idxmin())
+        result.best_method = str(stability.summary["regret1_mean"].idxmin())
     return result
 
 
@@ -154,7 +154,7 @@ def _fit(args: argparse.Namespace) -> int:
             write_report(result, Path(args.out) / "evaluation")
             info["lodo_summary"] = json.loads(result.summary.to_json(orient="index"))
             if "seed_stability" in result.info:
-                info["lodo_seed_stability"] = json.loads(result.info["seed_stability"].to_json(orient="index"))
+                info["lodo_seed_stability"] = json.loads(result.info["seed_stability"].summary.to_json(orient="index"))
     rec = Recommender.fit(table, method=method, random_state=args.seed,
                           model_params=default_model_params(method), info=info, target=args.target)
     rec.save(args.out)
