@@ -316,3 +316,14 @@ def test_table_extra_features_and_stated_ratio():
     assert t["candidate"].str.contains(r"^cfg-[0-9a-f]{12}\+[0-9a-f]{6}$").all()
     assert t["pf_extra.teacher=BERT_BASE"].sum() == 2 and t["pf_extra.aug_p"].eq(0.3).all()
     assert t["target"].eq(0.95).all()                                # the stated ratio wins
+
+
+def test_gap_without_one_dataset_is_a_jackknife_of_the_gap_closed():
+    regret1 = pd.DataFrame({"hgb": [0.0, 0.01, 0.02], "single_best": [0.1, 0.02, 0.02]},
+                           index=pd.Index(["a", "b", "c"], name="dataset"))
+    out = ev.gap_without_one_dataset(regret1)
+    assert list(out.index) == ["hgb"]
+    assert out.loc["hgb", "gap_closed"] == pytest.approx(1 - 0.03 / 0.14)
+    # dropping "a" (the dataset where hgb gains most) leaves 1 - 0.03/0.04
+    assert out.loc["hgb", "dropped"] == "a"
+    assert out.loc["hgb", "gap_closed_one_dropped_min"] == pytest.approx(0.25)

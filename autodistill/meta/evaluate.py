@@ -295,6 +295,22 @@ def seed_stability(table: pd.DataFrame, methods: Sequence[str], seeds: Sequence[
     return SeedStability(out, pd.concat(per_dataset, ignore_index=True))
 
 
+def gap_without_one_dataset(regret1: pd.DataFrame, reference: str = "single_best") -> pd.DataFrame:
+    """How much one held-out dataset carries the summary: ``regret1`` is a (dataset x method) table of
+    top-1 regrets; per method, the gap closed on the mean over all datasets and its lowest value when
+    any one dataset is dropped from both means (a jackknife), with the dataset whose removal costs most."""
+    rows = {}
+    for method in regret1.columns:
+        if method == reference:
+            continue
+        closed = {d: 1.0 - regret1[method].drop(d).mean() / regret1[reference].drop(d).mean()
+                  for d in regret1.index}
+        worst = min(closed, key=closed.get)
+        rows[method] = {"gap_closed": 1.0 - regret1[method].mean() / regret1[reference].mean(),
+                        "gap_closed_one_dropped_min": closed[worst], "dropped": worst}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 # --------------------------------------------------------------------------- report
 def _fmt(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
@@ -361,6 +377,13 @@ def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-mod
     piv = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
     piv = piv[[m for m in result.summary.index if m in piv.columns]]
     lines += ["## Top-1 regret per held-out dataset", "", markdown_table(piv, "dataset"), ""]
+    if "single_best" in piv.columns and len(piv) > 2:
+        per_dataset = seed_means if stability is not None else piv
+        lines += ["## Does one dataset carry it?", "",
+                  "Gap closed on the mean over all held-out datasets, and its lowest value when any one "
+                  "dataset is dropped" + (" (meta-models averaged over the seeds)" if stability is not None
+                                          else "") + ":", "",
+                  markdown_table(gap_without_one_dataset(per_dataset.dropna()), "method"), ""]
     # plots
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(piv) + 3), 4))
     width = 0.8 / max(1, piv.shape[1])
