@@ -292,6 +292,8 @@ def test_evaluate_over_model_seeds(table, tmp_path):
     first.info["seed_stability"] = result
     report = ev.write_report(first, tmp_path / "rep").read_text()
     assert "## Over model seeds" in report and "averaged over the seeds" in report
+    seeds_section = report[report.index("## Over model seeds"):report.index("## Mean over held-out datasets (model seed 3")]
+    assert "| single_best |" in seeds_section and "| random |" in seeds_section
     assert (tmp_path / "rep" / "seed_stability.csv").is_file() and (tmp_path / "rep" / "seed_regret1.csv").is_file()
 
 

@@ -259,7 +259,7 @@ def lodo_evaluate(table: pd.DataFrame, methods: Sequence[str] = METHODS, *, rand
     model_rows = summary.loc[[m for m in methods if m in summary.index]]
     best = str(model_rows["regret1"].idxmin()) if len(model_rows) else None
     return LodoResult(per, summary, pd.DataFrame(preds), best,
-                      info={"n_datasets": len(datasets), "n_rows": int(len(table)),
+                      info={"n_datasets": len(datasets), "n_rows": int(len(table)), "random_state": random_state,
                             "n_candidates": int(table["candidate"].nunique()), "k": k,
                             "target": table.attrs.get("target", "ratio")})
 
@@ -326,6 +326,32 @@ def markdown_table(df: pd.DataFrame, index_name: str = "") -> str:
     return "\n".join(lines)
 
 
+def _seed_mean_regret1(result: LodoResult, stability: SeedStability) -> pd.DataFrame:
+    """(dataset x method) top-1 regret: meta-models averaged over the seeds, baselines (seed-free) as they are."""
+    means = stability.per_dataset.pivot_table(index="dataset", columns="method", values="regret1", aggfunc="mean")
+    first_seed = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
+    baselines = first_seed[[m for m in result.summary.index if m not in means.columns]]
+    return means[[m for m in result.summary.index if m in means.columns]].join(baselines)
+
+
+def _seed_stability_section(result: LodoResult, stability: SeedStability, out: Path) -> list[str]:
+    stability.summary.to_csv(out / "seed_stability.csv")
+    stability.per_dataset.to_csv(out / "seed_regret1.csv", index=False)
+    baselines = result.summary.drop(index=stability.summary.index, errors="ignore")
+    overview = pd.concat([stability.summary.drop(columns="n_seeds"),
+                          baselines[["regret1", "gap_closed"]].rename(
+                              columns={"regret1": "regret1_mean", "gap_closed": "gap_closed_mean"})])
+    return ["## Over model seeds", "",
+            f"Each meta-model refitted with {int(stability.summary['n_seeds'].iloc[0])} seeds: mean, std and "
+            "worst over the seeds of the mean top-1 regret and of the gap closed (the baselines do not "
+            "depend on the seed).", "",
+            markdown_table(overview, "method"), "",
+            f"Best meta-model by top-1 regret averaged over the seeds: **{result.best_method}**.", "",
+            "Top-1 regret per held-out dataset, meta-models averaged over the seeds (every seed's figure "
+            "is in `seed_regret1.csv`):", "",
+            markdown_table(_seed_mean_regret1(result, stability), "dataset"), ""]
+
+
 def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-model: leave-one-dataset-out") -> Path:
     """report.md + per_dataset.csv + summary.csv + predictions.csv + PNG plots in ``out_dir``."""
     import matplotlib
@@ -355,30 +381,18 @@ def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-mod
         (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
         return out / "report.md"
     stability = info.get("seed_stability")
-    lines += ["## Mean over held-out datasets", "", markdown_table(result.summary, "method"), ""]
+    seed_note = ""
+    if stability is not None:
+        lines += _seed_stability_section(result, stability, out)
+        seed_note = f" (model seed {info.get('random_state', '?')}, the first of the seeds above)"
+    lines += [f"## Mean over held-out datasets{seed_note}", "", markdown_table(result.summary, "method"), ""]
     if stability is None:
         lines += [f"Best meta-model by mean top-1 regret: **{result.best_method}**.", ""]
-    else:
-        stability.summary.to_csv(out / "seed_stability.csv")
-        stability.per_dataset.to_csv(out / "seed_regret1.csv", index=False)
-        seed_means = stability.per_dataset.pivot_table(index="dataset", columns="method", values="regret1",
-                                                       aggfunc="mean")
-        first_seed = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
-        baselines = first_seed[[m for m in result.summary.index if m not in seed_means.columns]]
-        seed_means = seed_means[[m for m in result.summary.index if m in seed_means.columns]].join(baselines)
-        lines += ["## Over model seeds", "",
-                  f"The meta-models refitted with {int(stability.summary['n_seeds'].iloc[0])} "
-                  "seeds (the table above is the first): mean, std and worst over the seeds.", "",
-                  markdown_table(stability.summary.drop(columns="n_seeds"), "method"), "",
-                  f"Best meta-model by top-1 regret averaged over the seeds: **{result.best_method}**.", "",
-                  "Top-1 regret per held-out dataset, meta-models averaged over the seeds (the baselines "
-                  "do not depend on the seed; every seed's figure is in `seed_regret1.csv`):", "",
-                  markdown_table(seed_means, "dataset"), ""]
     piv = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
     piv = piv[[m for m in result.summary.index if m in piv.columns]]
-    lines += ["## Top-1 regret per held-out dataset", "", markdown_table(piv, "dataset"), ""]
+    lines += [f"## Top-1 regret per held-out dataset{seed_note}", "", markdown_table(piv, "dataset"), ""]
     if "single_best" in piv.columns and len(piv) > 2:
-        per_dataset = seed_means if stability is not None else piv
+        per_dataset = _seed_mean_regret1(result, stability) if stability is not None else piv
         lines += ["## Does one dataset carry it?", "",
                   "Gap closed on the mean over all held-out datasets, and its lowest value when any one "
                   "dataset is dropped" + (" (meta-models averaged over the seeds)" if stability is not None
