@@ -326,15 +326,17 @@ def markdown_table(df: pd.DataFrame, index_name: str = "") -> str:
     return "\n".join(lines)
 
 
-def _seed_mean_regret1(result: LodoResult, stability: SeedStability) -> pd.DataFrame:
-    """(dataset x method) top-1 regret: meta-models averaged over the seeds, baselines (seed-free) as they are."""
+def _averaged_over_seeds(first_seed: pd.DataFrame, stability: SeedStability) -> pd.DataFrame:
+    """The (dataset x method) top-1 regrets of the first seed with each meta-model's column replaced by
+    its mean over the seeds (the baselines do not depend on the seed)."""
     means = stability.per_dataset.pivot_table(index="dataset", columns="method", values="regret1", aggfunc="mean")
-    first_seed = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
-    baselines = first_seed[[m for m in result.summary.index if m not in means.columns]]
-    return means[[m for m in result.summary.index if m in means.columns]].join(baselines)
+    out = first_seed.copy()
+    out[means.columns] = means
+    return out
 
 
-def _seed_stability_section(result: LodoResult, stability: SeedStability, out: Path) -> list[str]:
+def _seed_stability_section(result: LodoResult, stability: SeedStability, seed_means: pd.DataFrame,
+                            out: Path) -> list[str]:
     stability.summary.to_csv(out / "seed_stability.csv")
     stability.per_dataset.to_csv(out / "seed_regret1.csv", index=False)
     baselines = result.summary.drop(index=stability.summary.index, errors="ignore")
@@ -349,7 +351,7 @@ def _seed_stability_section(result: LodoResult, stability: SeedStability, out: P
             f"Best meta-model by top-1 regret averaged over the seeds: **{result.best_method}**.", "",
             "Top-1 regret per held-out dataset, meta-models averaged over the seeds (every seed's figure "
             "is in `seed_regret1.csv`):", "",
-            markdown_table(_seed_mean_regret1(result, stability), "dataset"), ""]
+            markdown_table(seed_means, "dataset"), ""]
 
 
 def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-model: leave-one-dataset-out") -> Path:
@@ -381,23 +383,23 @@ def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-mod
         (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
         return out / "report.md"
     stability = info.get("seed_stability")
-    seed_note = ""
+    piv = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
+    piv = piv[[m for m in result.summary.index if m in piv.columns]]
+    regret1, seed_note = piv, ""
     if stability is not None:
-        lines += _seed_stability_section(result, stability, out)
+        regret1 = _averaged_over_seeds(piv, stability)
+        lines += _seed_stability_section(result, stability, regret1, out)
         seed_note = f" (model seed {info.get('random_state', '?')}, the first of the seeds above)"
     lines += [f"## Mean over held-out datasets{seed_note}", "", markdown_table(result.summary, "method"), ""]
     if stability is None:
         lines += [f"Best meta-model by mean top-1 regret: **{result.best_method}**.", ""]
-    piv = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
-    piv = piv[[m for m in result.summary.index if m in piv.columns]]
     lines += [f"## Top-1 regret per held-out dataset{seed_note}", "", markdown_table(piv, "dataset"), ""]
     if "single_best" in piv.columns and len(piv) > 2:
-        per_dataset = _seed_mean_regret1(result, stability) if stability is not None else piv
         lines += ["## Does one dataset carry it?", "",
                   "Gap closed on the mean over all held-out datasets, and its lowest value when any one "
                   "dataset is dropped" + (" (meta-models averaged over the seeds)" if stability is not None
                                           else "") + ":", "",
-                  markdown_table(gap_without_one_dataset(per_dataset.dropna()), "method"), ""]
+                  markdown_table(gap_without_one_dataset(regret1.dropna()), "method"), ""]
     # plots
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(piv) + 3), 4))
     width = 0.8 / max(1, piv.shape[1])
