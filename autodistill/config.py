@@ -84,13 +84,24 @@ class StudentConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------- augmentation
+# Engine version 2 renamed the offline word replacement by static teacher-embedding neighbours from
+# `contextual` (without mlm_model) to `embedding_neighbour`; `contextual` is the masked-LM path only.
+# A config naming `contextual` without an mlm_model still parses (stored records and the Distiller
+# import, whose `contextual` was a masked LM, keep loading) but cannot run: this is the error.
+CONTEXTUAL_NEEDS_MLM = (
+    "augmentation.augmenters[].mlm_model: the 'contextual' augmenter needs a masked LM (mlm_model). "
+    "Word replacement by nearest neighbours in the teacher's static input embeddings, which ran under "
+    "'contextual' without mlm_model before engine version 2, is now named 'embedding_neighbour': "
+    "replace {name: contextual} by {name: embedding_neighbour}")
+
+
 class AugmenterConfig(StrictModel):
     """One augmenter of the ordered pipeline (Distiller stage 1)."""
 
-    name: Literal["random", "mask", "contextual", "backtranslation"]
+    name: Literal["random", "mask", "embedding_neighbour", "contextual", "backtranslation"]
     p: float = Field(0.1, ge=0.0, le=1.0, description="probability per word (aug_p)")
     actions: list[Literal["swap", "delete", "insert"]] = ["swap", "delete", "insert"]
-    mlm_model: str | None = Field(None, description="masked LM for contextual; default: embedding neighbours")
+    mlm_model: str | None = Field(None, description="masked LM of the contextual augmenter (required to run it)")
     top_k: int = Field(15, ge=1)
     translation_models: tuple[str, str] | None = Field(None, description="(forward, backward) MarianMT ids")
 
@@ -321,6 +332,12 @@ def check_against_models(cfg: PipelineConfig, teacher_layers: int, student_layer
             and student_layers > teacher_layers:
         raise ConfigError(f"loss.intermediate.mapping={inter.mapping!r} needs student layers "
                           f"({student_layers}) <= teacher layers ({teacher_layers})")
+
+
+def check_runnable(cfg: PipelineConfig) -> None:
+    """Checks of a config that parses but cannot run (made before any data or model is loaded)."""
+    if any(a.name == "contextual" and not a.mlm_model for a in cfg.augmentation.augmenters):
+        raise ConfigError(CONTEXTUAL_NEEDS_MLM)
 
 
 def check_against_task(cfg: PipelineConfig, is_regression: bool) -> None:

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+from . import ENGINE_VERSION
 from .augmentation import AugmentationResources, build_augmentation_pipeline
 from .callbacks import Callback
-from .config import ConfigError, PipelineConfig, check_against_models, check_against_task
+from .config import ConfigError, PipelineConfig, check_against_models, check_against_task, check_runnable
 from .data import TaskData, load_task_data
 from .device import select_device
-from .losses import build_intermediate
-from .mappings import build_mapping
+from .losses import build_intermediate, build_representation
 from .metrics import majority_baseline, resolve_metric
 from .models import build_student, count_parameters, hidden_size, load_tokenizer, num_layers
 from .objective import KDObjective, TeacherSource
@@ -86,6 +86,7 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
                      share_teacher_outputs: bool | None = None) -> DistillResult:
     """``share_teacher_outputs`` (default: $AUTODISTILL_SHARE_TEACHER_OUTPUTS) keeps computed teacher
     outputs in a disk cache shared by later runs (the search's trials)."""
+    check_runnable(cfg)
     task = load_task_data(cfg.data)
     device = select_device(cfg.optim.device)
     metric = resolve_metric(cfg.optim.metric, task.task_type)
@@ -116,13 +117,13 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     inter_cfg = cfg.loss.intermediate
     intermediate = build_intermediate(inter_cfg, num_layers(student), num_layers(primary), hidden_size(student),
                                       hidden_size(primary), cfg.optim.seed)
-    rep_mapping = build_mapping(inter_cfg, num_layers(student), num_layers(primary), cfg.optim.seed) \
+    representation = build_representation(inter_cfg, num_layers(student), num_layers(primary), hidden_size(student),
+                                          hidden_size(primary), cfg.optim.seed) \
         if cfg.dynamic.objective_adaptation else None
     layers, feature = set(), None
-    if intermediate is not None:
-        layers, feature = set(intermediate.teacher_layers_needed()), intermediate.teacher_feature
-    elif rep_mapping is not None:
-        layers, feature = set(rep_mapping.teacher_layers_needed()), "tokens"
+    for module in (intermediate, representation):  # at most one of them (the config forbids both)
+        if module is not None:
+            layers, feature = set(module.teacher_layers_needed()), module.teacher_feature
 
     mode = teacher_outputs_mode or cfg.optim.teacher_outputs
     if share_teacher_outputs is None:
@@ -138,9 +139,8 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     pool_builder = PoolBuilder(train, text_a, text_b, augmenter, cfg.augmentation.copies,
                                cfg.augmentation.reaugment_every, tokenizer, max_length, task.task_type,
                                sources, base_outputs, pad_id, device, cfg.optim.seed)
-    objective = KDObjective(cfg, pool_builder, sources, task.task_type, intermediate, rep_mapping,
-                            hidden_size(student), hidden_size(primary), task.num_labels,
-                            _subset(train_all, meta_idx) if meta_idx else None, pad_id)
+    objective = KDObjective(cfg, pool_builder, sources, task.task_type, intermediate, representation,
+                            task.num_labels, _subset(train_all, meta_idx) if meta_idx else None, pad_id)
     o = cfg.optim
     args = TrainArgs(learning_rate=o.learning_rate, epochs=o.epochs, batch_size=o.batch_size, metric=metric,
                      task_type=task.task_type, eval_batch_size=o.eval_batch_size, warmup_ratio=o.warmup_ratio,
@@ -150,6 +150,7 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
 
     student_score = evaluate(student, validation, metric, task.task_type, o.eval_batch_size, pad_id, device)
     metrics = {
+        "engine_version": ENGINE_VERSION,
         "metric": metric,
         "task_type": task.task_type,
         "dataset_fingerprint": task.fingerprint,

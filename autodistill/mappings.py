@@ -79,14 +79,23 @@ class SkipMapping(LayerMapping):
 
 @MAPPINGS.register("last")
 class LastMapping(LayerMapping):
-    """Last (PKD-last style): (0, 0) plus (i, L_T - L_S + i) for i = 1..L_S."""
+    """Last (PKD-Last, Sun et al. 2019, as Distiller's ``cal_layer_mapping`` implements it):
+    (i, L_T - L_S + i) for i = 0..L_S.
+
+    The student's hidden states 0..L_S (0 = its embedding output) learn from the teacher's last L_S + 1
+    hidden states before its output layer, so the student's top layer meets the teacher's top layer and
+    its embedding output meets teacher layer L_T - L_S (never the teacher's embeddings unless
+    L_S = L_T). PKD-Last itself names teacher layers L_T - L_S + 1..L_T - 1 for student layers
+    1..L_S - 1 and leaves the top pair to the prediction loss; we follow Distiller's superset, which
+    is what the imported Distiller runs (``intermediate_strategy = last``) mean.
+    """
 
     name = "last"
 
     def _build(self):
         self._needs_shallower_student()
         off = self.teacher_layers - self.student_layers
-        return [(0, 0, 1.0)] + [(i, off + i, 1.0) for i in range(1, self.student_layers + 1)]
+        return [(i, off + i, 1.0) for i in range(self.student_layers + 1)]
 
 
 @MAPPINGS.register("uniform")

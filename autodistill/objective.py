@@ -1,33 +1,37 @@
 """The KD objective: one weighted sum of hard-label, prediction, intermediate, mixup and adaptive terms.
 
-    L = w_hard·mean_i CE_i + w_kd·mean_{i∈S} KD_i + w_inter·mean_{i∈S} INTER_i
+    L = w_hard·mean_i CE_i + mean_{i∈S} (w_kd·KD_i + w_REP·u_i·REP_i) + w_inter·mean_{i∈S} INTER_i
         + w_SM·CE(ỹ, f_S(ê)) + w_TMKD·KD(f_T(ê), f_S(ê))
 
 S is the KD subset of the batch (Dynamic KD data selection; all samples by default). With a
-weighting strategy, w_hard and w_kd become (1 − λ_i) and λ_i per sample; with Dynamic KD teacher
-adoption, KD_i mixes the teachers' KD losses; with objective adaptation, KD_i ← (1 − u_i)KD_i + u_i REP_i.
+weighting strategy, w_hard and w_kd become (1 − λ_i) and λ_i per sample (λ_i = 0 outside S); with
+Dynamic KD teacher adoption, KD_i mixes the teachers' KD losses; with objective adaptation,
+KD_i ← (1 − u_i)·KD_i and the REP term is added with its own weight w_REP = dynamic.rep_weight (it
+does not depend on loss.prediction.weight nor on λ). The label + KD part is
+:func:`~autodistill.weighting.kd_objective`; RW-KD's look-ahead optimises the same function on the
+same S and teacher outputs, computed once per step.
 """
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .augmentation import mix_embeddings, mix_targets, mixup_permutation, sample_mixup_lambda
+from .augmentation import mix_targets, mixed_inputs, mixup_permutation, sample_mixup_lambda
 from .augmentation import soft_target_cross_entropy
 from .callbacks import TrainerState
 from .config import PipelineConfig
-from .dynamic import adapt_objective, adoption_weights, select_for_kd, uncertainty
+from .dynamic import adoption_weights, select_for_kd, uncertainty
 from .losses import build_prediction_loss
-from .losses.intermediate import normalized_rep_mse
 from .pool import TrainingPool
 from .teacher_outputs import TeacherOutputs, pool_states
 from .trainer import StepObjective, supervised_loss
 from .training import EncodedSplit, collate, model_inputs, to_device
-from .weighting import build_weighting, sample_signals
+from .weighting import StepTerms, build_weighting, kd_objective
 
 
 class TeacherSource:
@@ -62,20 +66,25 @@ class TeacherSource:
                 hidden[layer] = pool_states(out.hidden_states[layer].float(), sub["attention_mask"], self.feature)
         return out.logits.float(), hidden
 
-    def logits_for_embeddings(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                              token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        self.forward_examples += inputs_embeds.shape[0]
-        kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
+    def logits_for_inputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits for ready-made model inputs (MixKD's mixed embeddings)."""
+        self.forward_examples += inputs["attention_mask"].shape[0]
         with torch.no_grad():
-            return self.model(**kwargs).logits.float()
+            return self.model(**inputs).logits.float()
+
+
+@dataclass
+class TeacherStep:
+    """The KD subset S of one step and every teacher's (logits, hidden features) on it."""
+
+    selected: torch.Tensor
+    outputs: list[tuple[torch.Tensor, dict[int, torch.Tensor]]]
 
 
 class KDObjective(StepObjective):
     def __init__(self, cfg: PipelineConfig, pool_builder, teachers: list[TeacherSource], task_type: str,
-                 intermediate: nn.Module | None, rep_mapping, student_dim: int, teacher_dim: int,
-                 num_labels: int, meta_split: EncodedSplit | None, pad_id: int):
+                 intermediate: nn.Module | None, representation: nn.Module | None, num_labels: int,
+                 meta_split: EncodedSplit | None, pad_id: int):
         self.cfg = cfg
         self.pool_builder = pool_builder
         self.pool: TrainingPool = pool_builder.initial()
@@ -84,11 +93,7 @@ class KDObjective(StepObjective):
         self.num_labels = num_labels
         self.prediction = build_prediction_loss(cfg.loss.prediction)
         self.intermediate = intermediate
-        self.rep_mapping = rep_mapping
-        self.rep_projections = nn.ModuleDict()
-        if self.rep_mapping is not None and student_dim != teacher_dim:
-            for s, _t, _w in self.rep_mapping.pairs():
-                self.rep_projections[str(s)] = nn.Linear(student_dim, teacher_dim)
+        self.representation = representation  # Dynamic KD's REP: mapping + per-pair REP loss
         self.weighting = build_weighting(cfg.weighting)
         self.meta_split = meta_split
         self.pad_id = pad_id
@@ -96,20 +101,19 @@ class KDObjective(StepObjective):
         self.meta_rng = random.Random(cfg.optim.seed + 1)
         self.progress = 0.0
         self.last_logs: dict[str, float] = {}
+        self._teacher_step: TeacherStep | None = None
 
     # ---------------------------------------------------------------- bookkeeping
+    def _layer_modules(self) -> list[nn.Module]:
+        return [m for m in (self.intermediate, self.representation) if m is not None]
+
     def trainable_modules(self) -> list[nn.Module]:
-        modules: list[nn.Module] = []
-        if self.intermediate is not None:
-            modules.append(self.intermediate)
-        if len(self.rep_projections):
-            modules.append(self.rep_projections)
-        return modules
+        return self._layer_modules()
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.prediction.on_epoch_start(epoch, num_epochs)
-        if self.intermediate is not None:
-            self.intermediate.on_epoch_start(epoch)
+        for module in self._layer_modules():
+            module.on_epoch_start(epoch)
         self.pool = self.pool_builder.for_epoch(epoch, self.pool)
         self.train = self.pool.split
 
@@ -145,113 +149,109 @@ class KDObjective(StepObjective):
     # ---------------------------------------------------------------- RW-KD look-ahead
     def before_step(self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainerState) -> None:
         self.progress = state.global_step / max(1, state.total_steps)
+        self._teacher_step = None
         if self.weighting is None or self.meta_split is None:
             return
-        rows = torch.arange(batch["input_ids"].shape[0], device=batch["input_ids"].device)
-        teacher_logits, _ = self.teachers[0].outputs(batch, rows, with_hidden=False)
         meta_idx = self.meta_rng.sample(range(len(self.meta_split)), min(len(self.meta_split),
-                                                                          len(rows)))
+                                                                          batch["input_ids"].shape[0]))
         meta = to_device(collate(self.meta_split, meta_idx, self.pad_id), batch["input_ids"].device)
         self.last_logs.update(self.weighting.meta_step(
-            model, model_inputs(batch), batch["labels"], teacher_logits, self.prediction.per_sample,
-            {"inputs": model_inputs(meta), "labels": meta["labels"]}))
+            model, model_inputs(batch), batch["labels"], lambda out: self._step_terms(batch, out),
+            {"inputs": model_inputs(meta), "labels": meta["labels"]},
+            output_hidden_states=self.representation is not None))
 
     # ---------------------------------------------------------------- the loss
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainerState
              ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        need_hidden = self.intermediate is not None or self.rep_mapping is not None
+        need_hidden = self.intermediate is not None or self.representation is not None
         out = model(**model_inputs(batch), output_hidden_states=need_hidden)
-        z_s, labels = out.logits, batch["labels"]
-        ce = supervised_loss(z_s, labels, self.task_type)
-        logs: dict[str, float] = {"ce": float(ce.detach().mean())}
-
+        labels = batch["labels"]
         if self.prediction.hard_labels_only:  # Annealing KD phase 2
-            return ce.mean(), logs
+            ce = supervised_loss(out.logits, labels, self.task_type)
+            return ce.mean(), {"ce": float(ce.detach().mean())}
 
-        sel = select_for_kd(z_s, cfg.dynamic.selection, cfg.dynamic.selection_ratio, self.generator)
-        kd, teacher_hidden, teacher_logits = self._kd_terms(batch, z_s, out.hidden_states, sel, need_hidden)
-        total = self._label_and_kd(ce, kd, z_s, labels, sel, teacher_logits, logs)
+        terms = self._step_terms(batch, out)
+        step, self._teacher_step = self._teacher_step, None
+        sel = terms.selected
+        logs: dict[str, float] = {"ce": float(terms.ce.detach().mean())}
+        if self.weighting is None:
+            total = kd_objective(terms.ce, terms.kd, terms.rep, cfg.loss.hard_label_weight,
+                                 cfg.loss.prediction.weight, sel)
+        else:
+            lam = self.weighting.step_lambdas(terms, labels, self.progress)
+            total = kd_objective(terms.ce, terms.kd, terms.rep, 1 - lam, lam, sel)
+            logs["lambda"] = float(lam[sel].mean()) if sel.numel() else 0.0
+        if sel.numel():
+            logs["kd"] = float(terms.kd[sel].detach().mean())
+            if terms.rep is not None:
+                logs["rep"] = float(terms.rep[sel].detach().mean())
 
         if self.intermediate is not None and sel.numel():
             student_hidden = [h[sel] for h in out.hidden_states]
-            inter = self.intermediate(student_hidden, teacher_hidden, batch["attention_mask"][sel])
-            self.intermediate.on_step()
+            inter = self.intermediate(student_hidden, step.outputs[0][1], batch["attention_mask"][sel])
             total = total + cfg.loss.intermediate.weight * inter.mean()
             logs["intermediate"] = float(inter.detach().mean())
+        for module in self._layer_modules():
+            module.on_step()
         if cfg.mixup.enabled:
             total = total + self._mixup_terms(model, batch, logs)
         self.last_logs = logs
         return total, logs
 
-    def _kd_terms(self, batch, z_s, student_hidden, sel, need_hidden):
-        """Per-sample KD on the selected rows, mixing teachers and adapting the objective as configured."""
-        cfg = self.cfg
-        if sel.numel() == 0:
-            return z_s.new_zeros(0), {}, z_s.new_zeros(0, z_s.shape[-1])
-        outputs = [t.outputs(batch, sel, with_hidden=(k == 0 and need_hidden))
-                   for k, t in enumerate(self.teachers)]
-        kd_per_teacher = torch.stack([self.prediction.per_sample(z_s[sel], logits) for logits, _ in outputs], -1)
-        if cfg.dynamic.adoption != "none":
-            u = uncertainty(z_s[sel].detach())
-            kd = (adoption_weights(u, cfg.dynamic.adoption, len(self.teachers)) * kd_per_teacher).sum(-1)
-        else:
-            kd = kd_per_teacher[:, 0]
-        teacher_hidden = outputs[0][1]
-        if self.rep_mapping is not None:
-            rep = self._representation_loss(batch, student_hidden, sel, teacher_hidden)
-            kd = adapt_objective(kd, cfg.dynamic.rep_weight * rep, uncertainty(z_s[sel].detach()))
-        return kd, teacher_hidden, outputs[0][0]
+    def _teacher_step_outputs(self, batch, z_s) -> list[tuple[torch.Tensor, dict[int, torch.Tensor]]]:
+        """S and the teachers' outputs on it, once per step: RW-KD's look-ahead and the step share them."""
+        if self._teacher_step is None:
+            cfg = self.cfg
+            sel = select_for_kd(z_s, cfg.dynamic.selection, cfg.dynamic.selection_ratio, self.generator)
+            need_hidden = self.intermediate is not None or self.representation is not None
+            outputs = [t.outputs(batch, sel, with_hidden=(k == 0 and need_hidden)) if sel.numel() else
+                       (z_s.new_zeros(0, z_s.shape[-1]), {}) for k, t in enumerate(self.teachers)]
+            self._teacher_step = TeacherStep(sel, outputs)
+        return self._teacher_step.outputs
 
-    def _representation_loss(self, batch, hidden, sel, teacher_hidden) -> torch.Tensor:
-        rep = 0.0
-        mask = batch["attention_mask"][sel]
-        for s, t, w in self.rep_mapping.pairs():
-            proj = self.rep_projections[str(s)] if str(s) in self.rep_projections else None
-            rep = rep + w * normalized_rep_mse(hidden[s][sel], teacher_hidden[t], mask, proj)
-        return rep
-
-    def _label_and_kd(self, ce, kd, z_s, labels, sel, teacher_logits, logs) -> torch.Tensor:
+    def _step_terms(self, batch: dict[str, torch.Tensor], out) -> StepTerms:
+        """CE on every sample; on S: KD (teachers mixed by adoption) and, with objective adaptation,
+        KD_i ← (1 − u_i)·KD_i and REP_i ← w_REP·u_i·REP_i (Dynamic KD, Li et al. 2021)."""
         cfg = self.cfg
-        batch_size = ce.shape[0]
-        if self.weighting is None:
-            total = cfg.loss.hard_label_weight * ce.mean()
-            if kd.numel():
-                total = total + cfg.loss.prediction.weight * kd.mean()
-        else:
-            kd_full = torch.zeros_like(ce)
+        z_s, labels = out.logits, batch["labels"]
+        ce = supervised_loss(z_s, labels, self.task_type)
+        outputs = self._teacher_step_outputs(batch, z_s)
+        sel = self._teacher_step.selected
+        kd_full, teacher_full = torch.zeros_like(ce), torch.zeros_like(z_s)
+        rep_full = torch.zeros_like(ce) if self.representation is not None else None
+        if sel.numel():
+            z_sel = z_s[sel]
+            kd_per_teacher = torch.stack([self.prediction.per_sample(z_sel, logits) for logits, _ in outputs], -1)
+            if cfg.dynamic.adoption != "none":
+                weights = adoption_weights(uncertainty(z_sel.detach()), cfg.dynamic.adoption, len(self.teachers))
+                kd = (weights * kd_per_teacher).sum(-1)
+            else:
+                kd = kd_per_teacher[:, 0]
+            if self.representation is not None:
+                u = uncertainty(z_sel.detach())
+                student_hidden = [h[sel] for h in out.hidden_states]
+                rep = self.representation(student_hidden, outputs[0][1], batch["attention_mask"][sel])
+                kd = (1.0 - u) * kd
+                rep_full[sel] = u * (cfg.dynamic.rep_weight * rep)
             kd_full[sel] = kd
-            teacher_full = torch.zeros_like(z_s)
-            teacher_full[sel] = teacher_logits
-            lam = self.weighting.lambdas(sample_signals(z_s, teacher_full, labels, ce, kd_full), self.progress)
-            in_sel = torch.zeros(batch_size, dtype=torch.bool, device=ce.device)
-            in_sel[sel] = True
-            lam = torch.where(in_sel, lam, torch.zeros_like(lam))
-            total = ((1 - lam) * ce).mean() + (lam * kd_full).sum() / max(1, int(sel.numel()))
-            logs["lambda"] = float(lam[in_sel].mean()) if sel.numel() else 0.0
-        if kd.numel():
-            logs["kd"] = float(kd.detach().mean())
-        return total
+            teacher_full[sel] = outputs[0][0]
+        return StepTerms(z_s, ce, kd_full, rep_full, teacher_full, sel)
 
     def _mixup_terms(self, model: nn.Module, batch: dict[str, torch.Tensor], logs: dict[str, float]) -> torch.Tensor:
-        """MixKD: student-mixup CE on mixed labels + teacher-mixup KD on the same mixed embeddings."""
+        """MixKD: student-mixup CE on mixed labels + teacher-mixup KD on the same mixed input (same λ, π)."""
         cfg = self.cfg
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        types = batch.get("token_type_ids")
+        ids, mask, types = batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
         lam = sample_mixup_lambda(cfg.mixup.beta_a, self.generator)
         perm = mixup_permutation(ids.shape[0], self.generator).to(ids.device)
-        s_emb, mixed_mask = mix_embeddings(model.get_input_embeddings()(ids), mask, lam, perm)
-        kwargs = {"inputs_embeds": s_emb, "attention_mask": mixed_mask}
-        if types is not None:
-            kwargs["token_type_ids"] = types
-        z_mix = model(**kwargs).logits
+        z_mix = model(**mixed_inputs(model, ids, mask, types, lam, perm)).logits
         targets = mix_targets(batch["labels"], lam, perm, self.num_labels)
         student_mix = soft_target_cross_entropy(z_mix, targets) if self.task_type != "regression" \
             else (z_mix - targets) ** 2
         teacher = self.teachers[0]
         with torch.no_grad():
-            t_emb, _ = mix_embeddings(teacher.model.get_input_embeddings()(ids), mask, lam, perm)
-        z_t_mix = teacher.logits_for_embeddings(t_emb, mixed_mask, types)
+            teacher_inputs = mixed_inputs(teacher.model, ids, mask, types, lam, perm)
+        z_t_mix = teacher.logits_for_inputs(teacher_inputs)
         teacher_mix = self.prediction.per_sample(z_mix, z_t_mix)
         logs["mixup_student"] = float(student_mix.detach().mean())
         logs["mixup_teacher"] = float(teacher_mix.detach().mean())

@@ -60,8 +60,11 @@ class PoolBuilder:
         aug_a, aug_b = self.augmenter.augment_split(self.text_a, self.text_b, seed=self.seed + epoch)
         placeholder = [0.0 if self.task_type == "regression" else 0] * len(aug_a)
         copies = encode_texts(self.tokenizer, aug_a, aug_b, placeholder, self.max_length, self.task_type)
-        primary = compute_teacher_outputs(self.teachers[0].model, copies, self.pad_id, self.device,
-                                          layers=self.teachers[0].layers, feature=self.teachers[0].feature)
+        # an online teacher computes its hidden features in the step: the copies need only its labels
+        first = self.teachers[0]
+        primary = compute_teacher_outputs(first.model, copies, self.pad_id, self.device,
+                                          layers=first.layers if self.base_outputs[0] is not None else (),
+                                          feature=first.feature)
         copies.labels = self._teacher_labels(primary.logits)
         for k, (teacher, base) in enumerate(zip(self.teachers, self.base_outputs)):
             if base is None:

@@ -1,5 +1,9 @@
 """Per-sample balance between the label loss and the KD loss: L = (1/B) Σ_i (1 − λ_i)·CE_i + λ_i·KD_i.
 
+With Dynamic KD data selection (S = the KD subset of the batch, λ_i = 0 outside S) and objective
+adaptation (REP_i), the step's objective is :func:`kd_objective`; RW-KD's look-ahead optimises that
+same function.
+
 Strategies (registry ``WEIGHTINGS``): ``fixed`` λ, ``linear`` / ``cosine`` annealing schedules of λ,
 and RW-KD's meta-learned λ_i (Lu et al., "Learning to Weight Samples for Knowledge Distillation"
 style, Findings of EMNLP 2021).
@@ -7,7 +11,8 @@ style, Findings of EMNLP 2021).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +25,50 @@ from .registry import Registry
 
 WEIGHTINGS: Registry = Registry("weighting strategy")
 
-KDFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Weight = float | torch.Tensor
+
+
+def kd_objective(ce: torch.Tensor, kd: torch.Tensor, rep: torch.Tensor | None, ce_weight: Weight,
+                 kd_weight: Weight, selected: torch.Tensor) -> torch.Tensor:
+    """The label + KD part of every KD step (plain and RW-KD look-ahead alike):
+
+        L = (1/B) Σ_i w_CE,i·CE_i + (1/|S|) Σ_{i∈S} (w_KD,i·KD_i + REP_i)
+
+    ``kd`` and ``rep`` are (B,) and zero outside S (``selected``: the indices of S); ``rep`` already
+    carries its own weight (objective adaptation's w_REP·u_i), so it never depends on w_KD. Weights
+    are scalars (loss.hard_label_weight, loss.prediction.weight) or per-sample λ tensors.
+    """
+    ce_term = ce_weight * ce.mean() if isinstance(ce_weight, float) else (ce_weight * ce).mean()
+    n = int(selected.numel())
+    if n == 0:
+        return ce_term
+    if isinstance(kd_weight, float):
+        kd_sel = kd[selected]
+        kd_term = kd_weight * kd_sel.mean() if rep is None else (kd_weight * kd_sel + rep[selected]).mean()
+    else:
+        kd_term = (kd_weight * kd).sum() / n if rep is None else (kd_weight * kd + rep).sum() / n
+    return ce_term + kd_term
+
+
+@dataclass
+class StepTerms:
+    """Per-sample terms of one KD step, from one student forward: what :func:`kd_objective` and the
+    meta-learner's signals need. ``kd``/``rep``/``teacher_logits`` are zero outside ``selected``."""
+
+    logits: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor
+    rep: torch.Tensor | None
+    teacher_logits: torch.Tensor
+    selected: torch.Tensor
+
+    def in_selection(self) -> torch.Tensor:
+        mask = torch.zeros(self.ce.shape[0], dtype=torch.bool, device=self.ce.device)
+        mask[self.selected] = True
+        return mask
+
+
+TermsFn = Callable[[Any], StepTerms]
 
 
 def sample_signals(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -43,8 +91,14 @@ class Weighting:
     def lambdas(self, signals: torch.Tensor, progress: float) -> torch.Tensor:
         raise NotImplementedError
 
-    def meta_step(self, model: nn.Module, inputs: dict, labels: torch.Tensor, teacher_logits: torch.Tensor,
-                  kd_fn: KDFn, meta_batch: dict | None) -> dict[str, float]:
+    def step_lambdas(self, terms: StepTerms, labels: torch.Tensor, progress: float) -> torch.Tensor:
+        """λ_i of a step's samples from its terms; 0 outside the KD subset."""
+        signals = sample_signals(terms.logits, terms.teacher_logits, labels, terms.ce, terms.kd)
+        lam = self.lambdas(signals, progress)
+        return torch.where(terms.in_selection(), lam, torch.zeros_like(lam))
+
+    def meta_step(self, model: nn.Module, inputs: dict, labels: torch.Tensor, terms_fn: TermsFn,
+                  meta_batch: dict | None, output_hidden_states: bool = False) -> dict[str, float]:
         return {}
 
 
@@ -94,9 +148,13 @@ class RWKDWeighting(Weighting):
     """RW-KD (Lu et al., Findings of EMNLP 2021): a meta-learner trained with the student by a one-step
     look-ahead (learning to re-weight, Ren et al. 2018):
 
-        θ'(φ) = θ − η ∇_θ (1/B) Σ_i [(1 − λ_i(φ))·CE_i + λ_i(φ)·KD_i]
+        θ'(φ) = θ − η ∇_θ L_step(θ, λ(φ))
         φ ← φ − β ∇_φ CE(meta batch; θ'(φ))
 
+    L_step is :func:`kd_objective` on the terms the real step computes (``terms_fn``: the same KD
+    subset, teachers, adoption and objective adaptation, with teacher outputs computed once for both),
+    so the meta-learner weights exactly the objective it is trained for. The λ-independent terms of the
+    step (intermediate loss, mixup) are left out of the look-ahead: they do not depend on φ.
     The meta batch comes from a held-out slice of the training data, never from validation.
     """
 
@@ -111,39 +169,43 @@ class RWKDWeighting(Weighting):
         with torch.no_grad():
             return self.net(signals)
 
-    def meta_step(self, model: nn.Module, inputs: dict, labels: torch.Tensor, teacher_logits: torch.Tensor,
-                  kd_fn: KDFn, meta_batch: dict | None) -> dict[str, float]:
+    def meta_step(self, model: nn.Module, inputs: dict, labels: torch.Tensor, terms_fn: TermsFn,
+                  meta_batch: dict | None, output_hidden_states: bool = False) -> dict[str, float]:
         self.steps += 1
         if meta_batch is None or (self.steps - 1) % self.cfg.meta_interval:
             return {}
         self.net.to(labels.device)
-        # The look-ahead differentiates through a gradient: the fused scaled-dot-product-attention
-        # kernels (flash / memory-efficient, used by BERT's default "sdpa" attention) have no
-        # double backward, the math kernel has.
-        with sdpa_kernel(SDPBackend.MATH):
-            return self._meta_update(model, inputs, labels, teacher_logits, kd_fn, meta_batch)
-
-    def _meta_update(self, model: nn.Module, inputs: dict, labels: torch.Tensor, teacher_logits: torch.Tensor,
-                     kd_fn: KDFn, meta_batch: dict) -> dict[str, float]:
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        logits = functional_call(model, params, args=(), kwargs=inputs).logits
-        ce = F.cross_entropy(logits, labels, reduction="none")
-        kd = kd_fn(logits, teacher_logits)
-        lam = self.net(sample_signals(logits, teacher_logits, labels, ce, kd))
-        inner = ((1 - lam) * ce + lam * kd).mean()
-        names = list(params)
-        grads = torch.autograd.grad(inner, [params[n] for n in names], create_graph=True, allow_unused=True)
-        lookahead = {n: params[n] - self.cfg.lookahead_learning_rate * g if g is not None else params[n]
-                     for n, g in zip(names, grads)}
-        meta_logits = functional_call(model, lookahead, args=(), kwargs=meta_batch["inputs"]).logits
-        meta_loss = F.cross_entropy(meta_logits, meta_batch["labels"])
+        meta_loss, lam, inner = self.meta_objective(model, inputs, labels, terms_fn, meta_batch,
+                                                    output_hidden_states)
         meta_grads = torch.autograd.grad(meta_loss, list(self.net.parameters()))
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.net.parameters(), meta_grads):
             p.grad = g
         self.optimizer.step()
         self.last_meta_grad_norm = float(torch.sqrt(sum((g ** 2).sum() for g in meta_grads)))
-        return {"meta_loss": float(meta_loss.detach()), "mean_lambda": float(lam.detach().mean())}
+        return {"meta_loss": float(meta_loss.detach()), "mean_lambda": float(lam.detach().mean()),
+                "meta_inner_loss": float(inner.detach())}
+
+    def meta_objective(self, model: nn.Module, inputs: dict, labels: torch.Tensor, terms_fn: TermsFn,
+                       meta_batch: dict, output_hidden_states: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(CE(meta batch; θ'(φ)), λ of the selected samples, L_step at θ): differentiable in φ."""
+        # The look-ahead differentiates through a gradient: the fused scaled-dot-product-attention
+        # kernels (flash / memory-efficient, used by BERT's default "sdpa" attention) have no
+        # double backward, the math kernel has.
+        with sdpa_kernel(SDPBackend.MATH):
+            params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            kwargs = {**inputs, "output_hidden_states": True} if output_hidden_states else inputs
+            terms = terms_fn(functional_call(model, params, args=(), kwargs=kwargs))
+            lam = self.net(sample_signals(terms.logits, terms.teacher_logits, labels, terms.ce, terms.kd))
+            lam = torch.where(terms.in_selection(), lam, torch.zeros_like(lam))
+            inner = kd_objective(terms.ce, terms.kd, terms.rep, 1 - lam, lam, terms.selected)
+            names = list(params)
+            grads = torch.autograd.grad(inner, [params[n] for n in names], create_graph=True, allow_unused=True)
+            lookahead = {n: params[n] - self.cfg.lookahead_learning_rate * g if g is not None else params[n]
+                         for n, g in zip(names, grads)}
+            meta_logits = functional_call(model, lookahead, args=(), kwargs=meta_batch["inputs"]).logits
+            return F.cross_entropy(meta_logits, meta_batch["labels"]), lam[terms.selected], inner
 
 
 def build_weighting(cfg: WeightingConfig) -> Weighting | None:

@@ -19,8 +19,10 @@ def test_registered_names():
 @pytest.mark.parametrize("mapping,ls,lt,expected", [
     ("skip", 2, 6, [(0, 0), (1, 3), (2, 6)]),
     ("skip", 4, 12, [(0, 0), (1, 3), (2, 6), (3, 9), (4, 12)]),
-    ("last", 2, 6, [(0, 0), (1, 5), (2, 6)]),
-    ("last", 4, 12, [(0, 0), (1, 9), (2, 10), (3, 11), (4, 12)]),
+    # PKD-Last as Distiller's cal_layer_mapping: layer_T = L_T - L_S + i for i = 0..L_S (issue 18, defect 6)
+    ("last", 2, 6, [(0, 4), (1, 5), (2, 6)]),
+    ("last", 4, 12, [(0, 8), (1, 9), (2, 10), (3, 11), (4, 12)]),
+    ("last", 3, 3, [(0, 0), (1, 1), (2, 2), (3, 3)]),
     ("uniform", 2, 6, [(1, 3), (2, 6)]),
     ("uniform", 4, 12, [(1, 3), (2, 6), (3, 9), (4, 12)]),
     ("uniform", 5, 12, [(1, 2), (2, 5), (3, 7), (4, 10), (5, 12)]),   # 2.4, 4.8, 7.2, 9.6, 12
@@ -109,6 +111,33 @@ def test_emd_flow_is_optimal_on_simple_case():
         emd_flow(np.zeros((2, 2)), [0.5, 0.5], [1.0, 1.0])
 
 
+def _expanded_assignment_cost(cost: np.ndarray, student_units: list[int], teacher_units: list[int]) -> float:
+    """Independent optimum: with integer masses a_i / N and b_j / N, the transportation problem is the
+    assignment problem on row i repeated a_i times and column j repeated b_j times (Birkhoff), / N."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows = np.repeat(np.arange(cost.shape[0]), student_units)
+    cols = np.repeat(np.arange(cost.shape[1]), teacher_units)
+    expanded = cost[np.ix_(rows, cols)]
+    r, c = linear_sum_assignment(expanded)
+    return float(expanded[r, c].sum()) / len(rows)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_emd_flow_cost_equals_expanded_assignment_optimum(seed):
+    rng = np.random.default_rng(seed)
+    ls, lt = int(rng.integers(1, 5)), int(rng.integers(2, 7))
+    cost = rng.normal(size=(ls, lt)) * rng.uniform(0.1, 10.0)
+    # uniform weights 1/L_S, 1/L_T: each row L_T units, each column L_S units of mass 1/(L_S L_T)
+    flow = emd_flow(cost)
+    assert (flow * cost).sum() == pytest.approx(_expanded_assignment_cost(cost, [lt] * ls, [ls] * lt), abs=1e-9)
+    # unequal integer masses (total N = 12)
+    a = rng.multinomial(12 - ls, np.full(ls, 1 / ls)) + 1
+    b = rng.multinomial(12 - lt, np.full(lt, 1 / lt)) + 1
+    flow = emd_flow(cost, a / 12, b / 12)
+    assert (flow * cost).sum() == pytest.approx(_expanded_assignment_cost(cost, list(a), list(b)), abs=1e-9)
+
+
 def test_emd_mapping_pairs_and_wrapper():
     cfg = IntermediateConfig(objective="mse", mapping="emd")
     m = build_mapping(cfg, 2, 3, seed=0)
@@ -135,10 +164,10 @@ def test_emd_mapping_pairs_and_wrapper():
         for j in (1, 2, 3):
             expected = expected + float(flow[i - 1, j - 1]) * obj.pair_loss(i, j, student[i], teacher[j], mask)
     torch.testing.assert_close(loss, expected)
-    # the flow is optimal for the batch-mean cost matrix
+    # the flow is optimal for the batch-mean cost matrix (independent optimum: expanded assignment)
     cost = np.array([[obj.pair_loss(i, j, student[i], teacher[j], mask).mean().item() for j in (1, 2, 3)]
                      for i in (1, 2)])
-    assert (flow * cost).sum() <= (emd_flow(cost) * cost).sum() + 1e-7
+    assert (flow * cost).sum() == pytest.approx(_expanded_assignment_cost(cost, [3, 3], [2, 2, 2]), abs=1e-6)
     assert [w for _, _, w in inter.mapping.pairs()[1:]] == pytest.approx(flow.ravel().tolist())
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from autodistill.config import PredictionLossConfig, WeightingConfig
 from autodistill.losses import build_prediction_loss
-from autodistill.weighting import RWKDWeighting, build_weighting, sample_signals
+from autodistill.weighting import RWKDWeighting, StepTerms, build_weighting, kd_objective, sample_signals
 
 
 # --------------------------------------------------------------------------- schedules
@@ -59,6 +59,19 @@ def _kd_fn():
     return build_prediction_loss(PredictionLossConfig(type="kl", temperature=2.0)).per_sample
 
 
+def _plain_terms(labels, teacher_logits, kd_fn, selected=None):
+    """StepTerms of a step without Dynamic KD (or with a fixed KD subset ``selected``)."""
+    def terms(out):
+        logits = out.logits
+        sel = torch.arange(logits.shape[0]) if selected is None else selected
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        kd, teacher = torch.zeros_like(ce), torch.zeros_like(logits)
+        kd[sel] = kd_fn(logits[sel], teacher_logits[sel])
+        teacher[sel] = teacher_logits[sel]
+        return StepTerms(logits, ce, kd, None, teacher, sel)
+    return terms
+
+
 def test_meta_gradient_finite_and_nonzero_on_tiny_bert(tiny_backbone):
     from transformers import AutoModelForSequenceClassification
 
@@ -79,7 +92,7 @@ def test_meta_gradient_finite_and_nonzero_on_tiny_bert(tiny_backbone):
     before = [p.detach().clone() for p in weighting.net.parameters()]
     student_before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    logs = weighting.meta_step(model, inputs, labels, teacher_logits, _kd_fn(),
+    logs = weighting.meta_step(model, inputs, labels, _plain_terms(labels, teacher_logits, _kd_fn()),
                                {"inputs": meta_inputs, "labels": meta_labels})
     assert math.isfinite(weighting.last_meta_grad_norm)
     assert weighting.last_meta_grad_norm > 0
@@ -91,17 +104,62 @@ def test_meta_gradient_finite_and_nonzero_on_tiny_bert(tiny_backbone):
         assert p.grad is None, n
 
 
+@pytest.mark.parametrize("selected", [None, [1, 4, 6]], ids=["all", "kd_subset"])
+def test_meta_gradient_equals_central_finite_differences(tiny_backbone, selected):
+    """dCE_meta(θ'(φ))/dφ from the double backward equals central differences of the same function
+    (float64, no dropout), with and without a Dynamic KD subset in the look-ahead's objective."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=2).double().eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, model.config.vocab_size, (16, 10), generator=g)
+    inputs = {"input_ids": ids[:8], "attention_mask": torch.ones_like(ids[:8])}
+    meta = {"inputs": {"input_ids": ids[8:], "attention_mask": torch.ones_like(ids[8:])},
+            "labels": torch.randint(0, 2, (8,), generator=g)}
+    labels = torch.randint(0, 2, (8,), generator=g)
+    teacher_logits = torch.randn(8, 2, generator=g, dtype=torch.float64) * 3
+    sel = None if selected is None else torch.tensor(selected)
+    terms = _plain_terms(labels, teacher_logits, _kd_fn(), sel)
+    weighting = RWKDWeighting(WeightingConfig(strategy="rw_kd", lambda_kd=0.5, lookahead_learning_rate=0.5))
+    weighting.net.double()
+    with torch.no_grad():  # move off the zero-initialised output layer, so every parameter has a gradient
+        for p in weighting.net.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    params = list(weighting.net.parameters())
+
+    def meta_loss() -> torch.Tensor:
+        return weighting.meta_objective(model, inputs, labels, terms, meta)[0]
+
+    analytic = torch.autograd.grad(meta_loss(), params)
+    eps = 1e-5
+    checked = 0
+    for p, grad in zip(params, analytic):
+        flat, gflat = p.data.view(-1), grad.view(-1)
+        for k in torch.randperm(flat.numel(), generator=g)[:4].tolist():
+            orig = flat[k].item()
+            flat[k] = orig + eps  # p.data: outside autograd
+            up = meta_loss().item()
+            flat[k] = orig - eps
+            down = meta_loss().item()
+            flat[k] = orig
+            numeric = (up - down) / (2 * eps)
+            assert gflat[k].item() == pytest.approx(numeric, rel=1e-5, abs=1e-10), (p.shape, k)
+            checked += 1
+    assert checked == 13 and max(float(g.abs().max()) for g in analytic) > 1e-6
+
+
 def test_meta_step_skipped_without_meta_batch_or_between_intervals():
     model = _Classifier(4, 2)
     w = RWKDWeighting(WeightingConfig(strategy="rw_kd", meta_interval=2))
     x = {"x": torch.randn(4, 4)}
     y = torch.tensor([0, 1, 0, 1])
-    t = torch.randn(4, 2)
-    assert w.meta_step(model, x, y, t, _kd_fn(), None) == {}
+    terms = _plain_terms(y, torch.randn(4, 2), _kd_fn())
+    assert w.meta_step(model, x, y, terms, None) == {}
     meta = {"inputs": x, "labels": y}
-    assert w.meta_step(model, x, y, t, _kd_fn(), meta) == {}       # step 2: off-interval
-    assert "meta_loss" in w.meta_step(model, x, y, t, _kd_fn(), meta)  # step 3
-    assert w.meta_step(model, x, y, t, _kd_fn(), meta) == {}       # step 4
+    assert w.meta_step(model, x, y, terms, meta) == {}       # step 2: off-interval
+    assert "meta_loss" in w.meta_step(model, x, y, terms, meta)  # step 3
+    assert w.meta_step(model, x, y, terms, meta) == {}       # step 4
 
 
 # --------------------------------------------------------------------------- flipped labels
@@ -159,8 +217,8 @@ def test_lambda_moves_towards_kd_on_flipped_labels():
         idx = torch.randint(0, n_train, (batch,), generator=g)
         meta_idx = torch.randint(0, n_meta, (batch,), generator=g)
         x, y, t = x_train[idx], y_train[idx], teacher[idx]
-        weighting.meta_step(model, {"x": x}, y, t, kd_fn, {"inputs": {"x": x_meta[meta_idx]},
-                                                         "labels": y_meta[meta_idx]})
+        weighting.meta_step(model, {"x": x}, y, _plain_terms(y, t, kd_fn),
+                            {"inputs": {"x": x_meta[meta_idx]}, "labels": y_meta[meta_idx]})
         grad_norms.append(weighting.last_meta_grad_norm)
         # the student's own step, as KDObjective takes it
         logits = model(x).logits

@@ -9,6 +9,10 @@ permutation π of the batch:
     m̂_i = max(m_i, m_π(i))            (attention mask: union of the two sequences' tokens)
     ỹ_i = λ · y_i + (1 − λ) · y_π(i)   (one-hot labels for classification, values for regression)
 
+For a sentence pair the segment (token-type) embedding is part of what is mixed:
+ê_i = λ·(e_i + s_i) + (1 − λ)·(e_π(i) + s_π(i)) with s the token-type embeddings
+(:func:`mixed_inputs`), so the pair x_π(i) does not borrow x_i's segment ids.
+
 The student-mixup loss is L_SM = CE(ỹ, f_S(ê)) (:func:`soft_target_cross_entropy`); the
 teacher-mixup KD loss compares f_T(ê) with f_S(ê) (the prediction-layer KD loss). Distiller's
 re-implementation draws one λ per batch and concatenates the mixed batch to the original one.
@@ -66,6 +70,33 @@ def mix_embeddings(embeds: torch.Tensor, attention_mask: torch.Tensor, lam: floa
     mixed = lam * embeds + (1.0 - lam) * embeds[perm]
     mask = torch.maximum(attention_mask, attention_mask[perm.to(attention_mask.device)])
     return mixed, mask
+
+
+def _token_type_embeddings(model: torch.nn.Module) -> torch.nn.Embedding | None:
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    return getattr(embeddings, "token_type_embeddings", None)
+
+
+def mixed_inputs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor | None, lam: float, perm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model inputs of the mixed batch (``inputs_embeds``, ``attention_mask``, ``token_type_ids``).
+
+    With token types, each sequence's segment embedding s_i is folded into its word embeddings as
+    e_i + (s_i − s_0) and the model is given token type 0 (it adds s_0 back), so the model sees
+    λ·(e_i + s_i) + (1 − λ)·(e_π(i) + s_π(i)). Every model (student, teacher) gets its own embeddings of
+    the same (λ, π).
+    """
+    embeds = model.get_input_embeddings()(input_ids)
+    type_embeddings = _token_type_embeddings(model)
+    if token_type_ids is not None and type_embeddings is not None:
+        zeros = torch.zeros_like(token_type_ids)
+        embeds = embeds + (type_embeddings(token_type_ids) - type_embeddings(zeros))
+        token_type_ids = zeros
+    mixed, mask = mix_embeddings(embeds, attention_mask, lam, perm)
+    inputs = {"inputs_embeds": mixed, "attention_mask": mask}
+    if token_type_ids is not None:
+        inputs["token_type_ids"] = token_type_ids
+    return inputs
 
 
 def mix_targets(labels: torch.Tensor, lam: float, perm: torch.Tensor, num_labels: int) -> torch.Tensor:

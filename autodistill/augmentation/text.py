@@ -12,11 +12,15 @@ Names:
 ``mask``
     each word, with probability ``p``, is replaced by the tokenizer's mask token (``[MASK]``).
 ``contextual``
-    each word, with probability ``p``, is replaced by a "contextual" neighbour. With
-    ``cfg.mlm_model`` set: sampled (proportionally to the MLM probabilities) from the masked LM's
-    ``top_k`` predictions for the word's masked position. Without it (the offline default): drawn
-    uniformly from the ``top_k`` nearest vocabulary tokens of the word by cosine similarity in the
-    teacher's input-embedding space; only words that are a single wordpiece are replaced.
+    each word, with probability ``p``, is replaced by a word sampled (proportionally to the MLM
+    probabilities) from the masked LM ``cfg.mlm_model``'s ``top_k`` predictions for the word's masked
+    position (nlpaug ``ContextualWordEmbsAug`` style; Distiller's "contextual"). Needs ``mlm_model``.
+``embedding_neighbour``
+    each word, with probability ``p``, is replaced by one of the ``top_k`` nearest vocabulary tokens
+    of the word by cosine similarity in the teacher's (static) input-embedding space, drawn
+    uniformly; only words that are a single wordpiece are replaced. Works offline. Before engine
+    version 2 this ran under the name ``contextual`` when no ``mlm_model`` was given; that name now
+    means the masked-LM path only (see :data:`autodistill.config.CONTEXTUAL_NEEDS_MLM`).
 ``backtranslation``
     translate forward then back with two seq2seq models (``cfg.translation_models``, e.g.
     ``("Helsinki-NLP/opus-mt-en-ROMANCE", "Helsinki-NLP/opus-mt-ROMANCE-en")``); greedy decoding,
@@ -34,7 +38,7 @@ from typing import Callable
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from autodistill.config import AugmentationConfig, AugmenterConfig
+from autodistill.config import CONTEXTUAL_NEEDS_MLM, AugmentationConfig, AugmenterConfig
 from autodistill.registry import Registry
 
 
@@ -150,33 +154,23 @@ class MaskAugmenter(Augmenter):
         return " ".join(self.mask_token if rng.random() < self.cfg.p else w for w in words)
 
 
-# --------------------------------------------------------------------------- contextual
-@AUGMENTERS.register("contextual")
-class ContextualAugmenter(Augmenter):
-    """Contextual word replacement: masked-LM predictions, or teacher-embedding neighbours offline."""
+# --------------------------------------------------------------------------- embedding neighbours
+@AUGMENTERS.register("embedding_neighbour")
+class EmbeddingNeighbourAugmenter(Augmenter):
+    """Replace words by their nearest neighbours in the teacher's static input-embedding space."""
 
-    name = "contextual"
+    name = "embedding_neighbour"
 
     def __init__(self, cfg: AugmenterConfig, resources: AugmentationResources):
         super().__init__(cfg, resources)
         self.device = torch.device(resources.device)
         self._word_ids: dict[str, list[int]] = {}
         self._neighbours: dict[int, list[str]] = {}
-        if cfg.mlm_model:
-            self._init_mlm(cfg.mlm_model)
-        else:
-            self._init_embeddings()
-
-    # ---------------------------------------------------------------- embedding neighbours
-    def _init_embeddings(self) -> None:
-        self.mode = "embedding"
         emb = self.resources.input_embeddings
         if emb is None:
-            raise AugmentationError(
-                "contextual augmenter: no mlm_model given and no teacher input embeddings "
-                "available for the embedding-neighbour fallback")
+            raise AugmentationError("embedding_neighbour augmenter: no teacher input embeddings available")
         if emb.dim() != 2:
-            raise AugmentationError(f"contextual augmenter: input_embeddings must be (V, d), "
+            raise AugmentationError(f"embedding_neighbour augmenter: input_embeddings must be (V, d), "
                                     f"got shape {tuple(emb.shape)}")
         tok = self.resources.tokenizer
         self.tokenizer = tok
@@ -216,7 +210,7 @@ class ContextualAugmenter(Augmenter):
             self._word_ids[word] = ids
         return ids
 
-    def _augment_embedding(self, text: str, rng: random.Random) -> str:
+    def augment(self, text: str, rng: random.Random) -> str:
         words = text.split()
         out = []
         for w in words:
@@ -230,11 +224,24 @@ class ContextualAugmenter(Augmenter):
             out.append(w)
         return " ".join(out) if out else text
 
-    # ---------------------------------------------------------------- masked LM
+
+# --------------------------------------------------------------------------- contextual (masked LM)
+@AUGMENTERS.register("contextual")
+class ContextualAugmenter(Augmenter):
+    """Contextual word replacement with a masked LM's predictions."""
+
+    name = "contextual"
+
+    def __init__(self, cfg: AugmenterConfig, resources: AugmentationResources):
+        super().__init__(cfg, resources)
+        self.device = torch.device(resources.device)
+        if not cfg.mlm_model:
+            raise AugmentationError(CONTEXTUAL_NEEDS_MLM)
+        self._init_mlm(cfg.mlm_model)
+
     def _init_mlm(self, model_id: str) -> None:
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-        self.mode = "mlm"
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_id)
             self.model = AutoModelForMaskedLM.from_pretrained(model_id).to(self.device).eval()
@@ -300,9 +307,7 @@ class ContextualAugmenter(Augmenter):
         return self.augment_batch([text], rng)[0]
 
     def augment_batch(self, texts: list[str], rng: random.Random) -> list[str]:
-        if self.mode == "mlm":
-            return self._augment_mlm(texts, rng)
-        return [self._augment_embedding(t, rng) for t in texts]
+        return self._augment_mlm(texts, rng)
 
 
 # --------------------------------------------------------------------------- back-translation

@@ -4,6 +4,7 @@ from autodistill.losses.intermediate import (
     IntermediateDistillation,
     IntermediateObjective,
     build_intermediate,
+    build_representation,
     normalized_rep_mse,
     pool_teacher,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "PREDICTION_LOSSES",
     "PredictionLoss",
     "build_intermediate",
+    "build_representation",
     "build_prediction_loss",
     "normalized_rep_mse",
     "pool_teacher",

@@ -184,6 +184,17 @@ class PatientKD(_ProjectedObjective):
         return (s - t).pow(2).sum(dim=-1)
 
 
+class DynamicKDRepresentation(_ProjectedObjective):
+    """Dynamic KD's REP loss per layer pair (Li et al., EMNLP 2021): :func:`normalized_rep_mse` of
+    H_S^s W and H_T^t. Not a user-selectable objective: objective adaptation builds it
+    (:func:`build_representation`) over loss.intermediate.mapping."""
+
+    teacher_feature = "tokens"
+
+    def pair_loss(self, s_layer, t_layer, h_s, h_t, mask):
+        return normalized_rep_mse(h_s, h_t, mask, self._get(self.projections, s_layer, "projection"))
+
+
 # ----------------------------------------------------------------------------- MI objectives
 def _zeros_like_batch(h_s: torch.Tensor) -> torch.Tensor:
     """Zero (B,) loss connected to the graph (MI bounds are undefined for B < 2)."""
@@ -413,4 +424,14 @@ def build_intermediate(cfg: IntermediateConfig, student_layers: int, teacher_lay
                     pairs=mapping.possible_pairs(),
                     share_across_teacher_layers=(cfg.mapping == "random"),
                     num_pairs=len(mapping.pairs()))
+    return IntermediateDistillation(cfg, mapping, objective)
+
+
+def build_representation(cfg: IntermediateConfig, student_layers: int, teacher_layers: int, student_dim: int,
+                         teacher_dim: int, seed: int = 0) -> IntermediateDistillation:
+    """Dynamic KD objective adaptation's REP = sum_(s,t,w) w * REP(H_S^s, H_T^t) over cfg.mapping, with the
+    same wrapper (EMD flow, epoch/step hooks of the random mapping) as the plain intermediate loss."""
+    mapping = build_mapping(cfg, student_layers, teacher_layers, seed)
+    objective = DynamicKDRepresentation(cfg, student_dim, teacher_dim, student_layers, teacher_layers,
+                                        pairs=mapping.possible_pairs(), num_pairs=len(mapping.pairs()))
     return IntermediateDistillation(cfg, mapping, objective)

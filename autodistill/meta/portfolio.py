@@ -3,7 +3,7 @@
 Each candidate is a *partial* :class:`~autodistill.config.PipelineConfig` dict (the KD stages only);
 :func:`candidate_config` merges it over :data:`META_PRESET` (data cap, length, teacher, student,
 optimisation: the same budget for every run) and validates it. Together the candidates cover every
-stage and option of the engine: augmenters (random, mask, contextual, an ordered pipeline) and
+stage and option of the engine: augmenters (random, mask, embedding_neighbour, an ordered pipeline) and
 MixKD mixup; the prediction losses kl / soft_ce / mse / annealing at several temperatures; every
 intermediate objective (mse, hidden_ce, cos, pkd, infonce, nwj, tuba, mi_alpha at α ∈ {0, 0.5,
 0.9}, rail_l, rail_c); every automatic mapping (skip, last, uniform, emd, random); fixed, linear,
@@ -11,8 +11,8 @@ cosine and RW-KD weighting; Dynamic KD data selection (entropy, margin, least_co
 each paired with a weighting schedule) and objective adaptation. References: ``no_kd`` (the student fine-tuned on hard labels only) and
 ``vanilla_kd`` (the engine's defaults: CE + KL at τ = 1).
 
-Not in the portfolio, on purpose (:data:`EXCLUDED_OPTIONS`): the ``backtranslation`` augmenter
-(needs MarianMT models that are not available offline), the ``custom`` mapping (user-given layer
+Not in the portfolio, on purpose (:data:`EXCLUDED_OPTIONS`): the ``backtranslation`` and ``contextual``
+augmenters (need MarianMT models / a masked LM, not available offline), the ``custom`` mapping (user-given layer
 pairs, not a method), Dynamic KD teacher ``adoption`` (needs a second teacher: a different budget).
 
 Regression tasks (:func:`adapt_for_task`): kl/soft_ce become logit mse (same temperature);
@@ -47,7 +47,8 @@ META_PRESET: dict[str, Any] = {
 }
 
 EXCLUDED_OPTIONS: dict[str, dict[str, str]] = {
-    "augmenter": {"backtranslation": "needs MarianMT translation models (not available offline)"},
+    "augmenter": {"backtranslation": "needs MarianMT translation models (not available offline)",
+                  "contextual": "needs a masked LM (not available offline)"},
     "mapping": {"custom": "user-given layer pairs, not a method"},
     "adoption": {"hard": "needs two teachers", "soft": "needs two teachers",
                  "soft_instance": "needs two teachers"},
@@ -58,7 +59,7 @@ def _inter(objective: str, mapping: str = "skip", **kw) -> dict[str, Any]:
     return {"loss": {"intermediate": {"objective": objective, "mapping": mapping, **kw}}}
 
 
-CTX = {"name": "contextual", "p": 0.3}
+NBR = {"name": "embedding_neighbour", "p": 0.3}
 RND = {"name": "random", "p": 0.1}
 
 # Ordered from the references and common recipes to the specialised methods; a dataset's runs go in this order.
@@ -67,8 +68,10 @@ PORTFOLIO: dict[str, dict[str, Any]] = {
     "vanilla_kd": {},
     "kd_kl_t4": {"loss": {"prediction": {"type": "kl", "temperature": 4.0}}},
     "mi_alpha_0.9_skip": _inter("mi_alpha", "skip", alpha=0.9),
-    "aug_contextual_random_mixup_mi0.9": {   # Distiller's AutoDistiller picks on BoolQ
-        "augmentation": {"augmenters": [CTX, RND]}, "mixup": {"enabled": True},
+    # Distiller's AutoDistiller pick on BoolQ, with its contextual (masked LM) augmenter replaced by static
+    # embedding neighbours: the same runs as v3's "aug_contextual_random_mixup_mi0.9", renamed in v4
+    "aug_neighbour_random_mixup_mi0.9": {
+        "augmentation": {"augmenters": [NBR, RND]}, "mixup": {"enabled": True},
         **_inter("mi_alpha", "skip", alpha=0.9)},
     "kd_soft_ce_t2_no_hard": {"loss": {"hard_label_weight": 0.0,
                                        "prediction": {"type": "soft_ce", "temperature": 2.0}}},
