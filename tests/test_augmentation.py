@@ -59,7 +59,7 @@ def make(name, res, **kw):
 
 
 def test_registered_names():
-    assert AUGMENTERS.names() == ["backtranslation", "contextual", "mask", "random"]
+    assert AUGMENTERS.names() == ["backtranslation", "contextual", "embedding_neighbour", "mask", "random"]
 
 
 # --------------------------------------------------------------------------- random
@@ -107,9 +107,9 @@ def test_mask(res):
     assert all(w == "[MASK]" or w == o for w, o in zip(words, SENT.split()))
 
 
-# --------------------------------------------------------------------------- contextual
-def test_contextual_embedding_neighbours(res, tokenizer):
-    aug = make("contextual", res, p=1.0, top_k=5)
+# --------------------------------------------------------------------------- embedding neighbours / contextual
+def test_embedding_neighbours(res, tokenizer):
+    aug = make("embedding_neighbour", res, p=1.0, top_k=5)
     vocab = tokenizer.get_vocab()
     out = aug.augment(SENT, random.Random(0))
     src, dst = SENT.split(), out.split()
@@ -125,9 +125,9 @@ def test_contextual_embedding_neighbours(res, tokenizer):
     assert aug.augment(SENT, random.Random(0)) == out
 
 
-def test_contextual_random_small_embeddings(tokenizer):
+def test_embedding_neighbours_random_small_embeddings(tokenizer):
     emb = torch.randn(len(tokenizer), 16, generator=torch.Generator().manual_seed(0))
-    aug = build_augmenter(AugmenterConfig(name="contextual", p=1.0, top_k=3),
+    aug = build_augmenter(AugmenterConfig(name="embedding_neighbour", p=1.0, top_k=3),
                           AugmentationResources(tokenizer=tokenizer, input_embeddings=emb))
     out = aug.augment("cat dog", random.Random(0)).split()
     special = set(tokenizer.all_special_tokens)
@@ -136,14 +136,26 @@ def test_contextual_random_small_embeddings(tokenizer):
 
 
 def make_p0(tokenizer, emb):
-    return build_augmenter(AugmenterConfig(name="contextual", p=0.0),
+    return build_augmenter(AugmenterConfig(name="embedding_neighbour", p=0.0),
                            AugmentationResources(tokenizer=tokenizer, input_embeddings=emb))
 
 
-def test_contextual_without_embeddings_or_mlm_raises(tokenizer):
+def test_embedding_neighbours_without_embeddings_raises(tokenizer):
     with pytest.raises(AugmentationError, match="embeddings"):
-        build_augmenter(AugmenterConfig(name="contextual"), AugmentationResources(tokenizer=tokenizer,
-                                                                                  input_embeddings=None))
+        build_augmenter(AugmenterConfig(name="embedding_neighbour"),
+                        AugmentationResources(tokenizer=tokenizer, input_embeddings=None))
+
+
+def test_contextual_means_the_masked_lm_only(res):
+    """Issue 18, defect 7: `contextual` without a masked LM no longer runs static embedding neighbours
+    under that name; the error names the field and the new name (the documented migration)."""
+    with pytest.raises(AugmentationError, match=r"mlm_model.*embedding_neighbour"):
+        make("contextual", res, p=1.0)
+    from autodistill.config import ConfigError, check_runnable, parse_config
+    cfg = parse_config({"augmentation": {"augmenters": [{"name": "contextual", "p": 0.3}]}})  # records still load
+    with pytest.raises(ConfigError, match=r"augmentation\.augmenters\[\]\.mlm_model.*embedding_neighbour"):
+        check_runnable(cfg)
+    check_runnable(parse_config({"augmentation": {"augmenters": [{"name": "embedding_neighbour", "p": 0.3}]}}))
 
 
 def test_contextual_missing_mlm_raises(res, tmp_path):
@@ -212,12 +224,12 @@ def test_pipeline_none_when_empty(res):
 
 def test_pipeline_order(res):
     mask_then_ctx = build_augmentation_pipeline(AugmentationConfig(augmenters=[
-        AugmenterConfig(name="mask", p=1.0), AugmenterConfig(name="contextual", p=1.0)]), res)
-    assert mask_then_ctx.names == ["mask", "contextual"]
-    # contextual never replaces special tokens such as [MASK]: the mask survives
+        AugmenterConfig(name="mask", p=1.0), AugmenterConfig(name="embedding_neighbour", p=1.0)]), res)
+    assert mask_then_ctx.names == ["mask", "embedding_neighbour"]
+    # embedding_neighbour never replaces special tokens such as [MASK]: the mask survives
     assert mask_then_ctx.augment_texts(["a b"], seed=0) == ["[MASK] [MASK]"]
     ctx_then_mask = build_augmentation_pipeline(AugmentationConfig(augmenters=[
-        AugmenterConfig(name="contextual", p=1.0), AugmenterConfig(name="mask", p=1.0)]), res)
+        AugmenterConfig(name="embedding_neighbour", p=1.0), AugmenterConfig(name="mask", p=1.0)]), res)
     assert ctx_then_mask.augment_texts(["a b"], seed=0) == ["[MASK] [MASK]"]
     ins_then_mask = build_augmentation_pipeline(AugmentationConfig(augmenters=[
         AugmenterConfig(name="random", p=1.0, actions=["insert"]), AugmenterConfig(name="mask", p=1.0)]), res)

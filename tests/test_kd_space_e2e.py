@@ -172,10 +172,10 @@ def assert_trained(box: dict, *groups: str) -> None:
 AUGMENTATION_CASES = {
     "random": {"augmentation": {"augmenters": [{"name": "random", "p": 0.2}]}},
     "mask": {"augmentation": {"augmenters": [{"name": "mask", "p": 0.2}]}},
-    "contextual": {"augmentation": {"augmenters": [{"name": "contextual", "p": 0.2, "top_k": 5}]}},
+    "embedding_neighbour": {"augmentation": {"augmenters": [{"name": "embedding_neighbour", "p": 0.2, "top_k": 5}]}},
     "pipeline_reaugment_repeated": {
         "augmentation": {"augmenters": [{"name": "random", "p": 0.1, "actions": ["swap", "delete"]},
-                                        {"name": "contextual", "p": 0.1}],
+                                        {"name": "embedding_neighbour", "p": 0.1}],
                          "copies": 2, "reaugment_every": 1, "repeated_aug": 2},
         "optim": {"epochs": 2}},
 }
@@ -330,7 +330,7 @@ def test_regression_end_to_end(tiny_backbone, sts_data, captured, extra):
 # --------------------------------------------------------------------------- each family on real data
 REAL_FAMILIES = {
     "augmentation": {"augmentation": {"augmenters": [{"name": "random", "p": 0.1},
-                                                     {"name": "contextual", "p": 0.1}],
+                                                     {"name": "embedding_neighbour", "p": 0.1}],
                                       "copies": 1, "reaugment_every": 1, "repeated_aug": 2}},
     "mixup": {"mixup": {"enabled": True}},
     "prediction": {"loss": {"prediction": {"type": "soft_ce", "temperature": 4.0}}},
