@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autodistill.config import ConfigError, IntermediateConfig, PredictionLossConfig, parse_config
@@ -182,13 +183,22 @@ def test_interpolated_intermediate_alpha(alpha):
     assert mi_bounds.interpolated_per_sample(_S(), _logq(), alpha).mean().item() == pytest.approx(got, abs=1e-12)
 
 
-def test_interpolated_endpoint_gradients_are_finite():
-    for alpha in (0.0, 1.0):
-        s = _S().clone().requires_grad_(True)
-        q = _logq().clone().requires_grad_(True)
-        mi_bounds.interpolated_lower_bound(s, q, alpha).backward()
-        assert torch.isfinite(s.grad).all()
-        assert q.grad is None or torch.isfinite(q.grad).all()
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_interpolated_gradients_equal_finite_differences(alpha):
+    """d I_alpha / d(S, log q) by autograd equals central differences (float64), endpoints included."""
+    g = torch.Generator().manual_seed(int(alpha * 10))
+    s = (torch.randn(4, 4, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    q = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s_, q_: mi_bounds.interpolated_lower_bound(s_, q_, alpha), (s, q),
+                                    eps=1e-6, atol=1e-8, rtol=1e-6)
+    mi_bounds.interpolated_lower_bound(s, q, alpha).backward()
+    if alpha == 1.0:  # the baseline drops out of the bound: no gradient (or a zero one)
+        assert q.grad is None or torch.count_nonzero(q.grad) == 0
+    else:
+        assert q.grad.abs().sum() > 0
+
+
+def test_interpolated_alpha_out_of_range():
     with pytest.raises(ValueError):
         mi_bounds.interpolated_lower_bound(_S(), _logq(), 1.5)
 
@@ -209,6 +219,18 @@ def test_critics_are_batch_by_batch():
     assert MLPCritic(12, 16, 32, 8)(hs[:, 0], ht[:, 0]).shape == (5, 5)
     tc = TransformerCritic(12, 16, out_dim=8, heads=8)
     assert tc(hs, ht, mask).shape == (5, 5)          # not (T, T)
+    # S[i, j] = g(x_i) . h(y_j), computed one pair at a time on each sequence's real tokens (no padding)
+    tc.eval()
+    lengths = mask.sum(1).long().tolist()
+    scores = tc(hs, ht, mask)
+    with torch.no_grad():
+        for i in range(5):
+            g_i = F.normalize(tc.student_head(tc.student_encoder(hs[i:i + 1, :lengths[i]], None)), dim=-1)
+            for j in range(5):
+                h_j = F.normalize(tc.teacher_head(tc.teacher_encoder(ht[j:j + 1, :lengths[j]], None)), dim=-1)
+                torch.testing.assert_close(scores[i, j], (g_i @ h_j.T)[0, 0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(scores, scores.T)  # a student x teacher layout, not a symmetric product
+    tc.train()
     assert tc(hs[:, 0], ht[:, 0]).shape == (5, 5)
     assert LogBaseline(16, "mlp", 32)(ht).shape == (5,)
     assert LogBaseline(16, "transformer")(ht, mask).shape == (5,)
@@ -380,13 +402,30 @@ def test_gradients_reach_student_and_parameters(objective, extra, mapping):
     assert checked > 0
 
 
-def test_batch_of_one_is_finite():
-    cfg = IntermediateConfig(objective="mi_alpha", mapping="skip")
+@pytest.mark.parametrize("objective", ["mi_alpha", "nwj", "infonce"])
+def test_batch_of_one_is_zero_and_batch_of_two_is_the_bound(objective):
+    """An MI bound needs negatives: with B = 1 the loss is exactly 0 (and still in the graph, zero
+    gradient); with B = 2 it is the pairs' -bound of the critic's 2 x 2 scores."""
+    cfg = IntermediateConfig(objective=objective, mapping="skip")
     inter = build_intermediate(cfg, 1, 2, 8, 8)
-    student = [torch.randn(1, 3, 8, requires_grad=True) for _ in range(2)]
-    feats = inter.teacher_features([torch.randn(1, 3, 8) for _ in range(3)], torch.ones(1, 3))
-    out = inter(student, feats, torch.ones(1, 3))
-    assert out.shape == (1,) and torch.isfinite(out).all()
+    torch.manual_seed(0)
+    student = [torch.randn(2, 3, 8, requires_grad=True) for _ in range(2)]
+    teacher_full = [torch.randn(2, 3, 8) for _ in range(3)]
+    one = inter([h[:1] for h in student], inter.teacher_features([h[:1] for h in teacher_full], torch.ones(1, 3)),
+                torch.ones(1, 3))
+    assert one.shape == (1,) and one.item() == 0.0
+    one.sum().backward()
+    assert all(h.grad is not None and torch.count_nonzero(h.grad) == 0 for h in student)
+    feats = inter.teacher_features(teacher_full, torch.ones(2, 3))
+    two = inter(student, feats, torch.ones(2, 3))
+    obj, expected = inter.objective, 0.0
+    for s_layer, t_layer, _ in inter.mapping.pairs():   # skip, 1 -> 2 layers: (0, 0), (1, 2)
+        key = obj.pair_key(s_layer, t_layer)
+        scores = obj.critics[key](student[s_layer], feats[t_layer], torch.ones(2, 3))
+        log_q = obj.baselines[key](feats[t_layer], torch.ones(2, 3)) if obj.uses_baseline else None
+        expected = expected - obj.bound_per_sample(scores, log_q)
+    torch.testing.assert_close(two, expected)
+    assert two.abs().sum() > 0
 
 
 def test_none_objective_builds_nothing():
