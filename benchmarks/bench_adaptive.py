@@ -2,7 +2,9 @@
 
 (a) Dynamic KD data selection with the teacher running on the fly: trial time with KD on the top
     r = 0.1 of each batch (selection 'entropy') vs r = 1 (selection 'none');
-(b) RW-KD's meta-learned λ vs fixed-λ KD (cached teacher outputs): the look-ahead's overhead.
+(b) RW-KD's meta-learned λ vs fixed-λ KD (cached teacher outputs): the look-ahead's overhead;
+(c) Dynamic KD r = 0.1 with and without RW-KD, teacher on the fly: the look-ahead shares the step's KD
+    subset and teacher outputs, so the teacher forward examples per trained example stay ≈ r.
 
     .venv/bin/python benchmarks/bench_adaptive.py [--teacher-backbone default] [--max-train 400] [--epochs 1]
 
@@ -53,13 +55,15 @@ VARIANTS = {
               {"weighting": {"strategy": "fixed", "lambda_kd": 0.5}}),
     "rwkd": ("(b) RW-KD, cached", "cached",
              {"weighting": {"strategy": "rw_kd", "lambda_kd": 0.5}}),
+    "r01_rwkd": ("(c) KD r={ratio} entropy + RW-KD, teacher online", "online",
+                 {"dynamic": {"selection": "entropy"}, "weighting": {"strategy": "rw_kd", "lambda_kd": 0.5}}),
 }
 
 
 def run(base: dict, key: str, ratio: float) -> dict:
     _, mode, extra = VARIANTS[key]
     cfg = {**base, **extra}
-    if key == "r01":
+    if key in ("r01", "r01_rwkd"):
         cfg["dynamic"] = {**extra["dynamic"], "selection_ratio": ratio}
     timer = EvalTimer()
     m = run_distillation(parse_config(cfg), callbacks=[timer], teacher_outputs_mode=mode).metrics
@@ -106,13 +110,13 @@ def main() -> None:
           f"train {warm['train_examples']} (RW-KD: {best['rwkd']['train_examples']} + meta set), "
           f"validation {warm['validation_examples']}, max_length {args.max_length}, "
           f"student epochs {args.epochs}, metric {warm['metric']}")
-    print("| run | train s | step s | examples/s | teacher fwd examples | student score |")
-    print("|---|---|---|---|---|---|")
+    print("| run | train s | step s | examples/s | teacher fwd examples | per trained example | student score |")
+    print("|---|---|---|---|---|---|---|")
     for key, (name, _, _) in VARIANTS.items():
         m = best[key]
         print(f"| {name.format(ratio=args.ratio)} | {m['train_seconds']:.1f} | {m['step_seconds']:.1f} | "
               f"{m['train_examples_per_second']:.1f} | {m['teacher_forward_examples']} | "
-              f"{m['student_score']:.4f} |")
+              f"{teacher_per_example(m):.3f} | {m['student_score']:.4f} |")
     r1, r01, fixed, rwkd = (best[k] for k in ("r1", "r01", "fixed", "rwkd"))
     print(f"\n(a) r={args.ratio} / r=1 time: train {r01['train_seconds'] / r1['train_seconds']:.2f}x, "
           f"steps {r01['step_seconds'] / r1['step_seconds']:.2f}x; teacher forward examples "
@@ -121,6 +125,17 @@ def main() -> None:
     print(f"(b) RW-KD / fixed λ time: train {rwkd['train_seconds'] / fixed['train_seconds']:.2f}x, "
           f"steps {rwkd['step_seconds'] / fixed['step_seconds']:.2f}x, per step {per_step:.2f}x "
           f"(RW-KD trains on {rwkd['steps']} steps, fixed λ on {fixed['steps']})")
+    both = best["r01_rwkd"]
+    print(f"(c) r={args.ratio} with / without RW-KD: teacher forward examples per trained example "
+          f"{teacher_per_example(both):.3f} / {teacher_per_example(r01):.3f} "
+          f"(full KD: {teacher_per_example(r1):.3f}; with RW-KD {teacher_per_example(both) / teacher_per_example(r1):.3f}x "
+          f"of full); time per step {both['step_seconds'] / both['steps']:.3f} s / "
+          f"{r01['step_seconds'] / r01['steps']:.3f} s ({(both['step_seconds'] / both['steps']) / (r01['step_seconds'] / r01['steps']):.2f}x)")
+
+
+def teacher_per_example(m: dict) -> float:
+    """Teacher forward examples per training example the student stepped on (RW-KD holds out its meta set)."""
+    return m["teacher_forward_examples"] / max(1e-9, m["train_examples"] * m["epochs"])
 
 
 if __name__ == "__main__":

@@ -168,6 +168,32 @@ def test_portfolio_validates_and_covers_every_option():
     assert candidate_config("dyn_select_entropy_weight_linear", "regression") is None
 
 
+def test_no_candidate_or_search_space_runs_contextual_without_a_masked_lm():
+    """Issue 18, defect 7: `contextual` is the masked-LM augmenter only; the offline static-neighbour
+    replacement is `embedding_neighbour` in the portfolio and the shipped search spaces."""
+    from autodistill.config import check_runnable
+    from autodistill.search.space import load_space
+
+    for cfg in validate_portfolio().values():
+        check_runnable(cfg)
+    assert any(a.name == "embedding_neighbour" for c in validate_portfolio().values()
+               for a in c.augmentation.augmenters)
+    for preset in ("full", "distiller"):
+        text = json.dumps([p.choices for p in load_space(preset).params], default=str)
+        assert "embedding_neighbour" in text and '"contextual"' not in text and "'contextual'" not in text
+
+
+def test_records_of_candidates_changed_by_the_engine_are_not_current():
+    from autodistill import ENGINE_VERSION
+    from autodistill.meta.portfolio import CHANGED_IN_ENGINE_VERSION, record_is_current
+
+    assert ENGINE_VERSION == max(CHANGED_IN_ENGINE_VERSION)
+    assert set().union(*CHANGED_IN_ENGINE_VERSION.values()) <= set(PORTFOLIO)
+    assert not record_is_current("inter_pkd_last", None) and not record_is_current("inter_pkd_last", 1)
+    assert record_is_current("inter_pkd_last", ENGINE_VERSION)
+    assert record_is_current("vanilla_kd", None)
+
+
 # --------------------------------------------------------------------------- build loop (no training)
 def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     from autodistill.meta import build as B
@@ -188,7 +214,8 @@ def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
         store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
                       "dataset": ctx.name, "candidate": candidate,
                       "wall_seconds": 2.0,
-                      "provenance": {"preset_hash": B.preset_hash(preset), "build_version": B.BUILD_VERSION}})
+                      "provenance": {"preset_hash": B.preset_hash(preset), "build_version": B.BUILD_VERSION,
+                                     "engine_version": B.ENGINE_VERSION}})
         return 2.0
 
     monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)

@@ -154,31 +154,38 @@ def test_lodo_oracle_and_baselines_golden(table, tmp_path):
 
 def test_lodo_planted_leak_is_not_exploited(table):
     held = "ds2"
-    rng = np.random.RandomState(1)
-    t = table.copy()
-    t["target"] = rng.uniform(0.5, 1.0, len(t))       # nothing learnable...
-    t["pf_leak"] = rng.uniform(0.5, 1.0, len(t))
-    is_held = t["dataset"] == held
-    t.loc[is_held, "pf_leak"] = t.loc[is_held, "target"]  # ...except a leak on the held-out dataset
-    aliased = t.copy()                                  # the same data under another name is dropped too
-    aliased["fingerprint"] = aliased["fingerprint"].where(aliased["dataset"] != "ds3", "fp2")
-    assert not {held, "ds3"} & set(ev.training_table(aliased, held)["dataset"])
-    train = ev.training_table(t, held)
-    assert held not in set(train["dataset"]) and "target" not in ev.test_features(t, held)
+    only_datasets = [held, "ds0", "ds1", "ds3"]
+    guarded_spearman, leaky_spearman = [], []
+    # several random targets: on 8 candidates one chance Spearman can be high (it moved to 0.81 on one
+    # seed when the config gained an option's columns); its mean over draws is what "no leak" predicts
+    for seed in range(1, 6):
+        rng = np.random.RandomState(seed)
+        t = table.copy()
+        t["target"] = rng.uniform(0.5, 1.0, len(t))       # nothing learnable...
+        t["pf_leak"] = rng.uniform(0.5, 1.0, len(t))
+        is_held = t["dataset"] == held
+        t.loc[is_held, "pf_leak"] = t.loc[is_held, "target"]  # ...except a leak on the held-out dataset
+        aliased = t.copy()                                  # the same data under another name is dropped too
+        aliased["fingerprint"] = aliased["fingerprint"].where(aliased["dataset"] != "ds3", "fp2")
+        assert not {held, "ds3"} & set(ev.training_table(aliased, held)["dataset"])
+        train = ev.training_table(t, held)
+        assert held not in set(train["dataset"]) and "target" not in ev.test_features(t, held)
 
-    def guarded(tr, te, method):
-        assert held not in set(tr["dataset"]) or te["dataset"].iloc[0] != held
-        return ev.guarded_fit_predict(tr, te, "rf", model_params={"n_estimators": 30})
+        def guarded(tr, te, method):
+            assert held not in set(tr["dataset"]) or te["dataset"].iloc[0] != held
+            return ev.guarded_fit_predict(tr, te, "rf", model_params={"n_estimators": 30})
 
-    def leaky(tr, te, method):  # deliberately wrong: trains on every dataset, the held-out one included
-        return ev.guarded_fit_predict(t, te, "rf", model_params={"n_estimators": 30})
+        def leaky(tr, te, method, t=t):  # deliberately wrong: trains on every dataset, the held-out one included
+            return ev.guarded_fit_predict(t, te, "rf", model_params={"n_estimators": 30})
 
-    only = t[t["dataset"].isin([held, "ds0", "ds1", "ds3"])]
-    ok = ev.lodo_evaluate(only, methods=["rf"], fit_predict=guarded, baselines=False).per_dataset
-    bad = ev.lodo_evaluate(only, methods=["rf"], fit_predict=leaky, baselines=False).per_dataset
-    ok_h, bad_h = ok.set_index("dataset").loc[held], bad.set_index("dataset").loc[held]
-    assert bad_h["regret1"] == 0.0 and bad_h["spearman"] > 0.9     # the leak is exploitable...
-    assert ok_h["spearman"] < 0.7                                  # ...and the guarded code does not use it
+        only = t[t["dataset"].isin(only_datasets)]
+        ok = ev.lodo_evaluate(only, methods=["rf"], fit_predict=guarded, baselines=False).per_dataset
+        bad = ev.lodo_evaluate(only, methods=["rf"], fit_predict=leaky, baselines=False).per_dataset
+        ok_h, bad_h = ok.set_index("dataset").loc[held], bad.set_index("dataset").loc[held]
+        guarded_spearman.append(ok_h["spearman"])
+        leaky_spearman.append(bad_h["spearman"])
+    assert np.mean(leaky_spearman) > 0.9                               # the leak is exploitable...
+    assert np.mean(guarded_spearman) < 0.5                             # ...and the guarded code does not use it
 
 
 # --------------------------------------------------------------------------- recommender

@@ -28,7 +28,9 @@ from filelock import FileLock, Timeout
 from ..search.records import RecordStore, canonical_config_hash, library_versions, make_record
 from .features import META_FEATURES_VERSION, compute_meta_features
 from ..config import deep_merge
-from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, duplicate_of, resolve_names
+from .. import ENGINE_VERSION
+from .portfolio import (META_PRESET, PORTFOLIO_VERSION, candidate_config, duplicate_of, record_is_current,
+                        resolve_names)
 
 # 2 (2026-12-02): teachers and students seeded from their config alone (build 1's teachers depended on
 # what the process had run before, so a resumed build could fine-tune a different teacher); a run whose
@@ -92,9 +94,11 @@ class TeacherMismatch(RuntimeError):
 
 
 def _current_records(out: Path, dataset: str) -> list[dict[str, Any]]:
-    """The dataset's records of this build version (older builds' records never count as done)."""
+    """The dataset's records of this build version (older builds' records never count as done), without
+    the records of a candidate that an engine change made compute something else since."""
     return [r for r in RecordStore(out / f"{dataset}.jsonl").read()
-            if r.get("provenance", {}).get("build_version") == BUILD_VERSION]
+            if r.get("provenance", {}).get("build_version") == BUILD_VERSION
+            and record_is_current(r.get("candidate"), r.get("provenance", {}).get("engine_version"))]
 
 
 def _done(out: Path, dataset: str) -> set[tuple[str, int, str]]:
@@ -223,7 +227,7 @@ def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str
         "target": {"score": m["student_score"], "ratio": m.get("score_ratio"), "metric": m["metric"],
                    "majority_baseline": m.get("majority_baseline")},
         "provenance": {
-            "build_version": BUILD_VERSION, "portfolio_version": PORTFOLIO_VERSION,
+            "build_version": BUILD_VERSION, "portfolio_version": PORTFOLIO_VERSION, "engine_version": ENGINE_VERSION,
             "meta_features_version": META_FEATURES_VERSION, "preset": preset, "preset_hash": preset_hash(preset),
             "preset_override": dict(override or {}), "seed": seed, "machine": machine_info(),
             "wall_seconds": round(wall, 2), "candidate": candidate,

@@ -32,7 +32,7 @@ from ..config import PipelineConfig, deep_merge, parse_config
 # (I_alpha at alpha = 1 is InfoNCE's bound with a baseline), mi_alpha_0.9_last / _emd and inter_mse_skip
 # (the last / emd / uniform mappings moved onto pkd / mse / cos); Dynamic KD's selections paired with
 # the fixed / linear / cosine schedules and objective adaptation instead of running alone.
-PORTFOLIO_VERSION = 3
+PORTFOLIO_VERSION = 4  # v4 (issue 18): aug_contextual_random_mixup_mi0.9 renamed aug_neighbour_random_mixup_mi0.9
 
 # One run ~ 1 minute on 2 CPU cores: a 2-layer student cut from the default MiniLM-L6 teacher trains
 # ~80 examples/s at length 64 (measured on this 2-core machine), so 1,000 rows x 2 epochs ~ 25 s of training, plus
@@ -107,6 +107,21 @@ PORTFOLIO: dict[str, dict[str, Any]] = {
 }
 
 REFERENCES = ("no_kd", "vanilla_kd")
+
+# The candidates whose runs compute something different from engine version v on (see
+# autodistill.ENGINE_VERSION; measured with benchmarks/portfolio_engine_diff.py): a record of one of them
+# made by an older engine is not a result of the candidate as it runs now, and is not mixed with new ones.
+CHANGED_IN_ENGINE_VERSION: dict[int, frozenset[str]] = {
+    2: frozenset({"rw_kd", "inter_pkd_last", "mixup", "aug_neighbour_random_mixup_mi0.9"}),
+}
+
+
+def record_is_current(candidate: str, engine_version: int | None) -> bool:
+    """Whether a record of ``candidate`` made by engine ``engine_version`` (None: before runs recorded
+    it, i.e. 1) computes what the candidate computes now."""
+    made_by = engine_version or 1
+    return not any(candidate in changed for version, changed in CHANGED_IN_ENGINE_VERSION.items()
+                   if version > made_by)
 
 
 def needs_classification(partial: Mapping[str, Any]) -> bool:
