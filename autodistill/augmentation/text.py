@@ -80,6 +80,7 @@ class Augmenter:
     def __init__(self, cfg: AugmenterConfig, resources: AugmentationResources):
         self.cfg = cfg
         self.resources = resources
+        self.device = torch.device(resources.device)
 
     def augment(self, text: str, rng: random.Random) -> str:
         raise NotImplementedError
@@ -163,7 +164,6 @@ class EmbeddingNeighbourAugmenter(Augmenter):
 
     def __init__(self, cfg: AugmenterConfig, resources: AugmentationResources):
         super().__init__(cfg, resources)
-        self.device = torch.device(resources.device)
         self._word_ids: dict[str, list[int]] = {}
         self._neighbours: dict[int, list[str]] = {}
         emb = self.resources.input_embeddings
@@ -234,7 +234,6 @@ class ContextualAugmenter(Augmenter):
 
     def __init__(self, cfg: AugmenterConfig, resources: AugmentationResources):
         super().__init__(cfg, resources)
-        self.device = torch.device(resources.device)
         if not cfg.mlm_model:
             raise AugmentationError(CONTEXTUAL_NEEDS_MLM)
         self._init_mlm(cfg.mlm_model)
@@ -324,7 +323,6 @@ class BackTranslationAugmenter(Augmenter):
                 "backtranslation augmenter: augmentation.augmenters[].translation_models is not set; "
                 "give (forward, backward) seq2seq model ids, e.g. "
                 "['Helsinki-NLP/opus-mt-en-ROMANCE', 'Helsinki-NLP/opus-mt-ROMANCE-en']")
-        self.device = torch.device(resources.device)
         fwd, bwd = cfg.translation_models
         self.forward_tok, self.forward_model = self._load(fwd, "forward")
         self.backward_tok, self.backward_model = self._load(bwd, "backward")
