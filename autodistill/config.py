@@ -192,7 +192,8 @@ class DynamicKDConfig(StrictModel):
     selection: Literal["none", "entropy", "margin", "least_confidence", "random"] = "none"
     selection_ratio: float = Field(1.0, gt=0, le=1)
     objective_adaptation: bool = False
-    rep_weight: float = Field(1.0, ge=0)
+    rep_weight: float = Field(1.0, ge=0, description="weight of objective adaptation's u_i*REP_i term "
+                                                     "(independent of loss.prediction.weight and of lambda)")
 
 
 class LossConfig(StrictModel):
