@@ -40,7 +40,7 @@ def run(args) -> None:
     BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
     tok.save_pretrained(folder)
-    preset = {"data": {"max_train_examples": 48, "max_length": 32, "split_seed": 42},
+    preset = {"data": {"max_train_examples": args.max_train, "max_length": 32, "split_seed": 42},
               "teachers": [{"backbone": folder, "epochs": 1.0, "learning_rate": 3e-3, "seed": 42}],
               "student": {"kind": "truncated", "num_layers": 2},
               "optim": {"epochs": 1.0, "batch_size": 16, "learning_rate": 1e-3, "seed": 42, "device": "cpu"}}
@@ -54,7 +54,7 @@ def run(args) -> None:
 
     datasets = {"single": str(bundled_dataset_path() / "train.jsonl"), "pairs": args.pairs}
     out = {}
-    for name in PORTFOLIO:
+    for name in args.candidates or PORTFOLIO:
         for kind, path in datasets.items():
             cfg = candidate_config(name, "classification", preset, {"train": path})
             rec = Losses()
@@ -90,6 +90,8 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
     r.add_argument("--pairs", required=True, help="JSONL sentence-pair classification data")
+    r.add_argument("--max-train", type=int, default=48, help="examples per run (48: 3 steps of 16)")
+    r.add_argument("--candidates", nargs="*", help="default: the whole portfolio")
     c = sub.add_parser("compare")
     c.add_argument("old")
     c.add_argument("new")
