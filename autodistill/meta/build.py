@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 from filelock import FileLock, Timeout
 
 from ..search.records import RecordStore, canonical_config_hash, library_versions, make_record
-from .features import META_FEATURES_VERSION, compute_meta_features
+from .features import META_FEATURES_VERSION, meta_features_for
 from ..config import deep_merge
 from .portfolio import META_PRESET, PORTFOLIO_VERSION, candidate_config, duplicate_of, resolve_names
 
@@ -149,8 +149,8 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
         return DatasetContext(name, path, task, task.fingerprint, task.task_type, stored["meta_features"],
                               stored["teacher_score"], stored.get("teacher_confidence"))
     t1 = time.perf_counter()
-    feats = compute_meta_features(task, tokenizer, backbone=backbone_model, teacher_score=teacher_score,
-                                  teacher_confidence=confidence, seed=0)
+    _, feats = meta_features_for(cfg.data, backbone_model, tokenizer=tokenizer, teacher_score=teacher_score,
+                                 teacher_confidence=confidence)
     t2 = time.perf_counter()
     payload = {
         "version": META_FEATURES_VERSION, "build_version": BUILD_VERSION, "dataset": name,

@@ -187,6 +187,7 @@ def _recommend(args: argparse.Namespace) -> int:
     from ..data import DataError, bundled_dataset_path
     from ..models import ModelLoadError
     from .model import ModelVersionError
+    from .portfolio import with_pipeline
 
     t0 = time.time()
     try:
@@ -194,7 +195,8 @@ def _recommend(args: argparse.Namespace) -> int:
         cfg = load_config(args.config) if args.config else PipelineConfig()
         data = args.data or str(bundled_dataset_path())
         updates = {"train": data, **({"validation": args.validation} if args.validation else {})}
-        rec, recs, feats = recommend_for(cfg.data.model_copy(update=updates), args.model or DEFAULT_MODEL_DIR,
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
+        rec, recs, feats = recommend_for(cfg.data, args.model or DEFAULT_MODEL_DIR,
                                          args.top_k, backbone=cfg.teacher.backbone,
                                          embeddings=not args.no_backbone, constraints=constraints)
     except (FileNotFoundError, ModelVersionError, ConfigError, DataError, ModelLoadError, ValueError) as err:
@@ -203,7 +205,9 @@ def _recommend(args: argparse.Namespace) -> int:
     seconds = time.time() - t0
     if args.json:
         print(json.dumps({"dataset": data, "meta_features": feats, "seconds": round(seconds, 2),
-                          "recommendations": [r.to_dict() for r in recs]}, indent=2, default=str))
+                          "recommendations": [r.to_dict() for r in recs],
+                          "top_config": with_pipeline(cfg, recs[0].config).to_dict() if recs else None},
+                         indent=2, default=str))
         return 0
     print(f"top {len(recs)} pipelines for {data} (predicted {rec.target}; {seconds:.1f} s):")
     for r in recs:
@@ -212,6 +216,6 @@ def _recommend(args: argparse.Namespace) -> int:
         near = ", ".join(f"{n['dataset']} ({n['distance']:.2f})" for n in recs[0].why["nearest_datasets"])
         feats_txt = ", ".join(f["feature"] for f in recs[0].why["top_features"])
         print(f"\nnearest datasets in the meta-dataset: {near}\nfeatures that mattered most: {feats_txt}")
-        print("\nthe top config (use it with `autodistill distill --config`):")
-        print(json.dumps(recs[0].config, indent=1))
+        print("\nthe top pipeline on your data and budget (use it with `autodistill distill --config`):")
+        print(json.dumps(with_pipeline(cfg, recs[0].config).to_dict(), indent=1))
     return 0

@@ -39,6 +39,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from .portfolio import pipeline_only
 from .table import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns, numeric_meta_features
 
 METHODS = ("hgb", "rf", "pairwise")
@@ -299,6 +300,9 @@ class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator)
 # --------------------------------------------------------------------------- recommender
 @dataclass
 class Recommendation:
+    """A recommended KD pipeline: ``config`` holds only its :data:`~autodistill.meta.portfolio.PIPELINE_SECTIONS`,
+    never the budget the meta-dataset ran it at; :func:`~autodistill.meta.portfolio.with_pipeline` puts
+    it on the user's own config (their rows, length, teacher, student and epochs)."""
     rank: int
     candidate: str
     config: dict[str, Any]
@@ -503,7 +507,7 @@ class Recommender:
             }
             if cand.get("extra"):
                 why["outside_the_config"] = cand["extra"]
-            out.append(Recommendation(rank=rank, candidate=cand["name"], config=cand["config"],
+            out.append(Recommendation(rank=rank, candidate=cand["name"], config=pipeline_only(cand["config"]),
                                       predicted_score=float(mean[j]), uncertainty=float(std[j]), why=why))
         return out
 

@@ -105,6 +105,23 @@ PORTFOLIO: dict[str, dict[str, Any]] = {
 
 REFERENCES = ("no_kd", "vanilla_kd")
 
+#: the config sections that make a KD pipeline; everything else (data rows and length, teachers, student
+#: size, epochs and the rest of ``optim``) is the budget, which comes from the user's data and request
+PIPELINE_SECTIONS = ("augmentation", "mixup", "loss", "weighting", "dynamic")
+
+
+def pipeline_only(config: PipelineConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The KD pipeline of a config: its :data:`PIPELINE_SECTIONS`, nothing of the budget it ran at."""
+    data = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
+    return {k: copy.deepcopy(data[k]) for k in PIPELINE_SECTIONS if k in data}
+
+
+def with_pipeline(base: PipelineConfig | Mapping[str, Any], pipeline: Mapping[str, Any]) -> PipelineConfig:
+    """``base`` (the user's config: data, teachers, student, optim) running ``pipeline``'s KD sections,
+    which replace ``base``'s whole (they are complete sections, not partial updates)."""
+    data = base.to_dict() if isinstance(base, PipelineConfig) else dict(base)
+    return parse_config({**data, **pipeline_only(pipeline)}, source="recommended pipeline")
+
 
 def needs_classification(partial: Mapping[str, Any]) -> bool:
     dyn = partial.get("dynamic", {})
