@@ -196,3 +196,22 @@ def test_choose_warm_start_follows_the_committed_decision(tmp_path):
     assert [r.rank for r in chosen.recommendations] == [1, 2]
     ws.write_decision(tmp_path, ["t4", "vanilla_kd"], 2, {"ci_low": 0.01, "ci_high": 0.02})
     assert ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2).source == ws.META_MODEL
+
+
+def test_all_train_sizes_of_a_dataset_are_held_out_together():
+    t = _planted_table(4)
+    t = pd.concat([t, t.assign(dataset=t["dataset"] + "@n4000", fingerprint=t["fingerprint"] + "-big")])
+    t["group"] = t["dataset"].str.split("@").str[0]
+    calls = []
+
+    def fit_predict(train, test, choice, seed):
+        assert not set(train["group"]) & set(test["group"])   # no size of a held-out dataset is trained on
+        calls.append(set(test["group"]))
+        return test["pf_oracle"].to_numpy()
+
+    res = ev.nested_lodo_evaluate(t, [ev.ModelChoice("oracle"), ev.ModelChoice("anti")], fit_predict=fit_predict,
+                                  portfolio_k=2, n_boot=100)
+    assert set(res.per_dataset["dataset"]) == {f"d{i}{s}" for i in range(4) for s in ("", "@n4000")}
+    assert res.info["n_datasets"] == 4 and res.info["n_contexts"] == 8
+    assert res.comparisons.loc[(ev.META_MODEL, "single_best", "regret1"), "n"] == 4   # paired over datasets
+    assert calls

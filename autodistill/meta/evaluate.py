@@ -262,27 +262,47 @@ def _choice_scores(choice: ModelChoice, train: pd.DataFrame, test: pd.DataFrame,
     return guarded_fit_predict(rows, test, choice.method, random_state, dict(choice.params))
 
 
+def groups_of(table: pd.DataFrame) -> pd.Series:
+    """Each row's dataset group (all train sizes of one dataset), or its context when the table has none."""
+    return table["group"] if "group" in table.columns else table["dataset"]
+
+
+def _evaluable_contexts(table: pd.DataFrame) -> dict[str, list[str]]:
+    """{group: its contexts whose teacher beats the majority class}, groups without any left out."""
+    bad = set(uninformative_datasets(table))
+    pairs = pd.DataFrame({"group": groups_of(table), "dataset": table["dataset"]}).drop_duplicates()
+    pairs = pairs[~pairs["dataset"].isin(bad)]
+    return {str(g): sorted(d["dataset"]) for g, d in pairs.groupby("group")}
+
+
+def _hold_out(table: pd.DataFrame, groups: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """(the training table without every context of ``groups``, those contexts)."""
+    held = sorted(set(table.loc[groups_of(table).isin(list(groups)), "dataset"]))
+    return training_table(table, held), held
+
+
 def select_choice(train: pd.DataFrame, choices: Sequence[ModelChoice], *, inner_folds: int = 3,
                   random_state: int = 0, metric: str = "regret1",
                   fit_predict: ChoiceFitPredict | None = None) -> tuple[ModelChoice, pd.Series]:
     """The choice with the lowest mean ``metric`` in a grouped cross-validation *inside* ``train``
-    (folds of whole datasets; only datasets whose teacher beats the majority class are scored), and
-    every choice's inner mean. Ties go to the earlier choice."""
+    (folds of whole dataset groups; only contexts whose teacher beats the majority class are scored),
+    and every choice's inner mean. Ties go to the earlier choice."""
     bad = set(uninformative_datasets(train))
     active = [c for c in choices if bad or c.drop_uninformative] or list(choices)
-    evaluable = sorted(set(train["dataset"]) - bad)
+    evaluable = _evaluable_contexts(train)
     if len(active) == 1 or len(evaluable) < 2:
         return active[0], pd.Series(dtype=float)
     rng = np.random.RandomState(random_state)
-    folds = np.array_split(rng.permutation(evaluable), min(inner_folds, len(evaluable)))
+    folds = np.array_split(rng.permutation(sorted(evaluable)), min(inner_folds, len(evaluable)))
     totals = {c: [] for c in active}
     for fold in folds:
-        inner_train = training_table(train, list(fold))
-        test_rows = train[train["dataset"].isin(list(fold))]
-        test = test_features(train, list(fold))
+        inner_train, _ = _hold_out(train, list(fold))
+        scored = [d for g in fold for d in evaluable[g]]
+        test_rows = train[train["dataset"].isin(scored)]
+        test = test_features(train, scored)
         for c in active:
             scores = _choice_scores(c, inner_train, test, random_state, fit_predict)
-            for d in fold:
+            for d in scored:
                 mask = (test_rows["dataset"] == d).to_numpy()
                 m = ranking_metrics(test_rows["target"].to_numpy(dtype=float)[mask], scores[mask], with_spearman=False)
                 totals[c].append(m[metric])
@@ -381,30 +401,30 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
     informative training contexts. Every method's ties are scored at their expected value."""
     choices = list(choices or default_choices())
     bad = set(uninformative_datasets(table))
-    evaluated = sorted(set(table["dataset"]) - bad)
+    evaluable = _evaluable_contexts(table)
     rows, selections = [], []
-    for held_out in evaluated:
-        test_rows = table[table["dataset"] == held_out]
-        if len(test_rows) < min_candidates:
-            continue
-        train = training_table(table, held_out)
+    for group, contexts in evaluable.items():
+        train, _ = _hold_out(table, [group])
         if train.empty:
             continue
-        test = test_features(table, held_out)
-        y = test_rows["target"].to_numpy(dtype=float)
-        base = dict(dataset=held_out, n_candidates=len(y))
-        per_seed = []
-        for seed in seeds:
-            choice, inner = select_choice(train, choices, inner_folds=inner_folds, random_state=seed,
-                                          fit_predict=fit_predict)
-            scores = _choice_scores(choice, train, test, seed, fit_predict)
-            per_seed.append(ranking_metrics(y, scores, k))
-            selections.append({"dataset": held_out, "seed": seed, "choice": choice.label, **inner.to_dict()})
-        rows.append({**base, "method": META_MODEL, **pd.DataFrame(per_seed).mean().to_dict()})
         informative = train[~train["dataset"].isin(bad)]
-        for method, s in baseline_scores(informative, test, portfolio_k).items():
-            rows.append({**base, "method": method, **ranking_metrics(y, s, k, with_spearman=method != "vanilla_kd")})
-        rows.append({**base, "method": "random", **random_metrics(y, k)})
+        chosen = [select_choice(train, choices, inner_folds=inner_folds, random_state=seed, fit_predict=fit_predict)
+                  for seed in seeds]
+        selections += [{"dataset": group, "seed": seed, "choice": c.label, **inner.to_dict()}
+                       for seed, (c, inner) in zip(seeds, chosen)]
+        for held_out in contexts:
+            test_rows = table[table["dataset"] == held_out]
+            if len(test_rows) < min_candidates:
+                continue
+            test = test_features(table, held_out)
+            y = test_rows["target"].to_numpy(dtype=float)
+            base = dict(dataset=held_out, group=group, n_candidates=len(y))
+            per_seed = [ranking_metrics(y, _choice_scores(c, train, test, seed, fit_predict), k)
+                        for seed, (c, _) in zip(seeds, chosen)]
+            rows.append({**base, "method": META_MODEL, **pd.DataFrame(per_seed).mean().to_dict()})
+            for method, s in baseline_scores(informative, test, portfolio_k).items():
+                rows.append({**base, "method": method, **ranking_metrics(y, s, k, with_spearman=method != "vanilla_kd")})
+            rows.append({**base, "method": "random", **random_metrics(y, k)})
     per = pd.DataFrame(rows)
     order = [META_MODEL, "portfolio", "single_best", "single_best_naive", "nearest_dataset", "vanilla_kd", "random"]
     metric_cols = [f"regret{j}" for j in REGRET_KS] + ["nregret1", "rank1", "hit5", "spearman"]
@@ -418,7 +438,8 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
     from .warm_start import decide
     decision["source"] = decide(decision["comparison"])
     return NestedResult(per, summary, comparisons, pd.DataFrame(selections), portfolio, decision,
-                        info={"n_datasets": len(evaluated), "left_out": {d: uninformative_datasets(table)[d] for d in bad},
+                        info={"n_datasets": len(evaluable), "n_contexts": int(per["dataset"].nunique()),
+                              "left_out": {d: uninformative_datasets(table)[d] for d in bad},
                               "n_rows": int(len(table)), "n_candidates": int(table["candidate"].nunique()),
                               "seeds": list(seeds), "inner_folds": inner_folds, "portfolio_k": portfolio_k,
                               "choices": [c.label for c in choices], "target": table.attrs.get("target", "ratio")})
@@ -426,8 +447,10 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
 
 def _comparisons(per: pd.DataFrame, portfolio_k: int, n_boot: int) -> pd.DataFrame:
     """Every method against the fair single best at top-1 and at the warm-start k, and the meta-model
-    against the portfolio at the warm-start k (the product's decision)."""
-    wide = {m: g.set_index("dataset") for m, g in per.groupby("method")}
+    against the portfolio at the warm-start k (the product's decision); paired over dataset groups."""
+    # the datasets are the independent units: a group's contexts (train sizes) are averaged first
+    means = per.groupby(["method", "group"])[[f"regret{j}" for j in REGRET_KS]].mean().reset_index()
+    wide = {m: g.set_index("group") for m, g in means.groupby("method")}
     pairs = [(m, "single_best", metric) for metric in ("regret1", f"regret{portfolio_k}")
              for m in (META_MODEL, "portfolio", "nearest_dataset", "single_best_naive", "vanilla_kd", "random")]
     pairs.append((META_MODEL, "portfolio", f"regret{portfolio_k}"))
