@@ -67,6 +67,14 @@ def test_fair_single_best_is_not_fooled_by_a_skipped_hard_dataset():
     assert effects.idxmax() == "A" and effects["B"] < effects["C"] < effects["A"]
 
 
+def test_complete_block_drops_the_dataset_that_lacks_candidates():
+    full = {c: 0.5 for c in "ABCDEF"}
+    t = _table({"d1": full, "d2": full, "d3": full, "reg": {"A": 0.2, "B": 0.3}})   # 4 candidates skip "reg"
+    assert ws.complete_block(t) == (["d1", "d2", "d3"], list("ABCDEF"))           # 18 cells > 4 x 2
+    sparse = _table({"d1": {"A": 1.0, "B": 1.0}, "d2": {"B": 1.0, "C": 1.0}, "d3": {"B": 1.0, "D": 1.0}})
+    assert ws.complete_block(sparse) == (["d1", "d2", "d3"], ["B"])               # never below half the datasets
+
+
 def test_fair_single_best_is_the_mean_centred_target_on_a_complete_table():
     t = _table({"d1": {"A": 0.9, "B": 0.8}, "d2": {"A": 0.6, "B": 0.4}})
     effects = ws.candidate_effects(t)
@@ -215,3 +223,12 @@ def test_all_train_sizes_of_a_dataset_are_held_out_together():
     assert res.info["n_datasets"] == 4 and res.info["n_contexts"] == 8
     assert res.comparisons.loc[(ev.META_MODEL, "single_best", "regret1"), "n"] == 4   # paired over datasets
     assert calls
+
+
+def test_fixed_reference_models_are_reported_and_compared():
+    t = _planted_table(4)
+    res = ev.nested_lodo_evaluate(t, [ev.ModelChoice("anti")], portfolio_k=2, n_boot=100,
+                                  fixed={"oracle_ref": ev.ModelChoice("oracle")},
+                                  fit_predict=lambda tr, te, c, s: te["pf_oracle"].to_numpy() * (1 if c.method == "oracle" else -1))
+    assert res.summary.loc["oracle_ref", "regret1"] == 0.0 and res.summary.loc[ev.META_MODEL, "regret1"] > 0
+    assert res.comparisons.loc[("oracle_ref", "single_best", "regret1"), "losses"] == 0

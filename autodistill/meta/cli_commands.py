@@ -63,7 +63,8 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--portfolio-k", type=_positive_int, default=4,
                    help="size of the best-of-k portfolio and of the warm start it is compared at")
     e.add_argument("--noise-records", nargs="+", default=[],
-                   help="record files/folders with other student seeds of the same datasets (noise floor)")
+                   help="record files/folders with other student seeds of the same datasets, for the noise floor "
+                   "(seeds within --records count too)")
     e.add_argument("--note", default="", help="a line the report starts with (e.g. which preset the records are)")
     e.set_defaults(func=_evaluate)
 
@@ -102,14 +103,13 @@ def _load_table(args: argparse.Namespace):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import nested_lodo_evaluate, seed_noise_floor, write_nested_report
+    from .evaluate import PLAIN_HGB, nested_lodo_evaluate, seed_noise_floor, write_nested_report
     from .table import load_records
 
     t0 = time.time()
     try:
         table = _load_table(args)
-        noise = seed_noise_floor(load_records([*args.records, *args.noise_records]), target=args.target) \
-            if args.noise_records else None
+        noise = seed_noise_floor(load_records([*args.records, *args.noise_records]), target=args.target)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -118,7 +118,8 @@ def _evaluate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     result = nested_lodo_evaluate(table, _choices(args), seeds=range(args.seed, args.seed + args.repeats),
-                                  inner_folds=args.inner_folds, portfolio_k=args.portfolio_k)
+                                  inner_folds=args.inner_folds, portfolio_k=args.portfolio_k,
+                                  fixed={"plain_hgb": PLAIN_HGB})
     result.noise_floor = noise
     report = write_nested_report(result, args.out, note=args.note)
     print(result.summary.round(4).to_string())

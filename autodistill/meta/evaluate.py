@@ -11,8 +11,8 @@ is noise around chance, so those datasets are never scored):
    cross-validation *inside* that training table; the chosen one is refitted there and D's candidates
    are scored from their features alone (:func:`test_features`).
 3. Baselines see the same training table (its informative datasets): ``single_best`` (fair: the
-   candidate effect of an additive context + candidate fit, :func:`~autodistill.meta.warm_start.candidate_effects`,
-   = the mean centred target on a complete table), ``single_best_naive`` (the old, flawed mean of raw
+   best mean centred target over a complete block of contexts and candidates,
+   :func:`~autodistill.meta.warm_start.candidate_effects`), ``single_best_naive`` (the old, flawed mean of raw
    targets over whichever datasets a candidate has), ``portfolio`` (the greedy best-of-k,
    :func:`~autodistill.meta.warm_start.greedy_portfolio`, members first), ``nearest_dataset`` (the best
    candidate of the nearest training dataset, L1 on standardised meta-features), ``vanilla_kd`` (by
@@ -251,6 +251,9 @@ def default_choices(methods: Sequence[str] = METHODS) -> list[ModelChoice]:
             for drop in (True, False) for m in methods for p in CHOICE_PARAMS[m]]
 
 
+#: a fixed reference model reported beside the nested meta-model: one gradient-boosting model, no bagging
+PLAIN_HGB = ModelChoice("hgb", tuple(sorted({**default_model_params("hgb"), "n_bags": 1}.items())))
+
 ChoiceFitPredict = Callable[[pd.DataFrame, pd.DataFrame, ModelChoice, int], np.ndarray]
 
 
@@ -390,7 +393,7 @@ META_MODEL = "meta_model"
 def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | None = None, *,
                          seeds: Sequence[int] = (0,), inner_folds: int = 3, portfolio_k: int = 4,
                          k: int = TOP_K, fit_predict: ChoiceFitPredict | None = None, min_candidates: int = 2,
-                         n_boot: int = 2000) -> NestedResult:
+                         n_boot: int = 2000, fixed: Mapping[str, ModelChoice] | None = None) -> NestedResult:
     """Leave-one-dataset-out with every modelling choice made inside the training folds.
 
     For each held-out dataset D whose teacher beats the majority class: the meta-model's choice
@@ -398,7 +401,9 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
     :func:`select_choice` on D's training table alone, refitted there and scored on D, once per model
     seed (D's metrics are the mean over the seeds). The baselines (fair single best, the old naive one,
     the greedy best-of-``portfolio_k`` portfolio, nearest dataset, vanilla KD, random) see the
-    informative training contexts. Every method's ties are scored at their expected value."""
+    informative training contexts. Every method's ties are scored at their expected value. ``fixed``:
+    reference models ({name: choice}) fitted in every fold with no selection (e.g. a plain
+    gradient-boosting model), as further methods."""
     choices = list(choices or default_choices())
     bad = set(uninformative_datasets(table))
     evaluable = _evaluable_contexts(table)
@@ -422,15 +427,19 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
             per_seed = [ranking_metrics(y, _choice_scores(c, train, test, seed, fit_predict), k)
                         for seed, (c, _) in zip(seeds, chosen)]
             rows.append({**base, "method": META_MODEL, **pd.DataFrame(per_seed).mean().to_dict()})
+            for name, c in (fixed or {}).items():
+                fixed_seeds = [ranking_metrics(y, _choice_scores(c, train, test, seed, fit_predict), k) for seed in seeds]
+                rows.append({**base, "method": name, **pd.DataFrame(fixed_seeds).mean().to_dict()})
             for method, s in baseline_scores(informative, test, portfolio_k).items():
                 rows.append({**base, "method": method, **ranking_metrics(y, s, k, with_spearman=method != "vanilla_kd")})
             rows.append({**base, "method": "random", **random_metrics(y, k)})
     per = pd.DataFrame(rows)
-    order = [META_MODEL, "portfolio", "single_best", "single_best_naive", "nearest_dataset", "vanilla_kd", "random"]
+    order = [META_MODEL, *(fixed or {}), "portfolio", "single_best", "single_best_naive", "nearest_dataset",
+             "vanilla_kd", "random"]
     metric_cols = [f"regret{j}" for j in REGRET_KS] + ["nregret1", "rank1", "hit5", "spearman"]
     summary = per.groupby("method")[metric_cols].mean().reindex([m for m in order if m in set(per["method"])])
     summary["n_datasets"] = per.groupby("method")["dataset"].nunique()
-    comparisons = _comparisons(per, portfolio_k, n_boot)
+    comparisons = _comparisons(per, portfolio_k, n_boot, list(fixed or {}))
     informative_all = table[~table["dataset"].isin(bad)]
     portfolio = greedy_portfolio(informative_all, portfolio_k)
     key = (META_MODEL, "portfolio", f"regret{portfolio_k}")
@@ -445,14 +454,15 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
                               "choices": [c.label for c in choices], "target": table.attrs.get("target", "ratio")})
 
 
-def _comparisons(per: pd.DataFrame, portfolio_k: int, n_boot: int) -> pd.DataFrame:
+def _comparisons(per: pd.DataFrame, portfolio_k: int, n_boot: int, fixed: Sequence[str] = ()) -> pd.DataFrame:
     """Every method against the fair single best at top-1 and at the warm-start k, and the meta-model
     against the portfolio at the warm-start k (the product's decision); paired over dataset groups."""
     # the datasets are the independent units: a group's contexts (train sizes) are averaged first
     means = per.groupby(["method", "group"])[[f"regret{j}" for j in REGRET_KS]].mean().reset_index()
     wide = {m: g.set_index("group") for m, g in means.groupby("method")}
     pairs = [(m, "single_best", metric) for metric in ("regret1", f"regret{portfolio_k}")
-             for m in (META_MODEL, "portfolio", "nearest_dataset", "single_best_naive", "vanilla_kd", "random")]
+             for m in (META_MODEL, *fixed, "portfolio", "nearest_dataset", "single_best_naive", "vanilla_kd",
+                       "random")]
     pairs.append((META_MODEL, "portfolio", f"regret{portfolio_k}"))
     rows = {}
     for method, ref, metric in pairs:
@@ -507,13 +517,17 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
               "mean over the seeds). Ties in any method's ranking are scored at their expected value "
               "(no alphabetical or positional tie-break). `regret<k>` = best target − best target among the "
               "method's top k.", "",
-              "- `single_best` (fair): the candidate with the highest effect in the additive fit target ≈ "
-              "dataset effect + candidate effect on the training datasets (= the mean centred target where every "
-              "candidate ran on every dataset);",
+              "- `single_best` (fair): the best mean centred target (target − the dataset's mean) over a complete "
+              "block of the training datasets and candidates (every candidate ran on every dataset of it; a "
+              "dataset is dropped from the block when that adds (dataset, candidate) cells, down to half the "
+              "datasets); candidates outside the block rank after;",
               "- `single_best_naive`: the old baseline, the mean raw target over whichever datasets a candidate has;",
               f"- `portfolio`: the greedy best-of-{k} portfolio of the training datasets (its members first, "
               "then the fair single-best order);",
-              "- `nearest_dataset`, `vanilla_kd`, `random` (exact expectation) as before.", ""]
+              "- `nearest_dataset`, `vanilla_kd`, `random` (exact expectation) as before;",
+              "- `plain_hgb` (when present): one HistGradientBoostingRegressor (no bagging) on (pipeline features, "
+              "meta-features), fitted in every fold with no selection: a fixed reference, not the product's model.",
+              ""]
     if info.get("left_out"):
         lines += ["Never held out (teacher no better than the majority class; the ratio is noise around chance): "
                   + ", ".join(f"{d} (teacher {t:.3f}, majority {b:.3f})" for d, (t, b) in info["left_out"].items())

@@ -1,8 +1,7 @@
 """What the product warm-starts its search from: the meta-model's top-k, or a fixed best-of-k portfolio.
 
-- :func:`candidate_effects` — the fair single best: a candidate's effect in the additive fit
-  ``target ≈ context effect + candidate effect`` on the observed (context, candidate) cells. On a
-  complete table it is the candidate's mean centred target (target minus its context's mean), so a
+- :func:`candidate_effects` — the fair single best: a candidate's mean centred target (target minus its
+  context's mean) over a complete block of contexts and candidates (:func:`complete_block`), so a
   candidate is never helped or hurt by *which* contexts it happens to have (the old single best
   averaged raw targets over whichever datasets a candidate had: skipping a hard dataset looked good).
 - :func:`greedy_portfolio` — the k candidates that minimise the mean best-of-k regret over the
@@ -31,24 +30,45 @@ META_MODEL, PORTFOLIO = "meta_model", "portfolio"
 
 
 # --------------------------------------------------------------------------- fair single best
-def candidate_effects(table: pd.DataFrame, min_contexts: int = 2, iterations: int = 100) -> pd.Series:
-    """Each candidate's effect (higher is better) in ``target ≈ a[context] + b[candidate]``, fitted by
-    alternating means on the observed cells; candidates seen in fewer than ``min_contexts`` contexts
-    (where any candidate has that many) are left out: one context cannot tell a candidate from its luck."""
-    t = table[["dataset", "candidate", "target"]].dropna()
-    coverage = t.groupby("candidate")["dataset"].nunique()
-    if (coverage >= min_contexts).any():
-        t = t[t["candidate"].isin(coverage[coverage >= min_contexts].index)]
-    context = t.groupby("dataset")["target"].transform("mean")
-    effect = pd.Series(0.0, index=sorted(t["candidate"].unique()))
-    for _ in range(iterations):
-        new_effect = (t["target"] - context).groupby(t["candidate"]).mean()
-        context = (t["target"] - t["candidate"].map(new_effect)).groupby(t["dataset"]).transform("mean")
-        if np.allclose(new_effect.reindex(effect.index), effect, atol=1e-12, rtol=0):
-            effect = new_effect.reindex(effect.index)
+def complete_block(table: pd.DataFrame, min_share: float = 0.5) -> tuple[list[str], list[str]]:
+    """(contexts, candidates) of a complete block of the table: every candidate ran on every context.
+    Start from all contexts and the candidates they all have; drop, one at a time, the context whose
+    removal adds most (context x candidate) cells, while that strictly adds cells and at least
+    ``min_share`` of the contexts remain. (On ``meta_dataset/runs`` this drops stsb, where six
+    classification-only candidates do not run, and keeps all 27 candidates.)"""
+    have = table.groupby("dataset")["candidate"].apply(set).to_dict()
+    contexts = sorted(have)
+    floor = max(1, int(np.ceil(min_share * len(contexts))))
+
+    def common(ctxs: Sequence[str]) -> set:
+        return set.intersection(*(have[c] for c in ctxs)) if ctxs else set()
+
+    cells = len(contexts) * len(common(contexts))
+    while len(contexts) > floor:
+        options = [(len(contexts) - 1) * len(common([c for c in contexts if c != drop])) for drop in contexts]
+        best = int(np.argmax(options))
+        if options[best] <= cells:
             break
-        effect = new_effect.reindex(effect.index)
-    return effect - effect.mean()
+        cells = options[best]
+        contexts = [c for i, c in enumerate(contexts) if i != best]
+    return contexts, sorted(common(contexts))
+
+
+def candidate_effects(table: pd.DataFrame) -> pd.Series:
+    """The fair single best's scores (higher is better): on the :func:`complete_block`, a candidate's
+    mean centred target (its target minus the context's mean over the block's candidates) — never a
+    mean over whichever contexts a candidate happens to have. Candidates outside the block rank below
+    every block candidate, by their mean centred target over the block contexts they ran on."""
+    t = table[["dataset", "candidate", "target"]].dropna()
+    contexts, block = complete_block(t)
+    t = t[t["dataset"].isin(contexts)]
+    level = t[t["candidate"].isin(block)].groupby("dataset")["target"].mean()
+    centred = (t["target"] - t["dataset"].map(level)).groupby(t["candidate"]).mean()
+    inside = centred[centred.index.isin(block)]
+    outside = centred[~centred.index.isin(block)]
+    if len(inside) and len(outside):
+        outside = outside - outside.max() + inside.min() - 1.0
+    return pd.concat([inside, outside]).sort_index()
 
 
 # --------------------------------------------------------------------------- best-of-k portfolio
