@@ -240,6 +240,10 @@ def test_cli_evaluate_fit_recommend(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "decision.json").is_file()
     assert cli.main(["meta", "fit", "--records", str(runs), "--out", str(tmp_path / "model"),
                      "--method", "rf"]) == 0
+    assert cli.main(["meta", "decide", "--evaluation", str(tmp_path / "rep"), "--model", str(tmp_path / "model")]) == 0
+    stored = json.loads((tmp_path / "model" / "warm_start.json").read_text())
+    evaluated = json.loads((tmp_path / "rep" / "decision.json").read_text())
+    assert {k: stored[k] for k in ("source", "portfolio", "k")} == {k: evaluated[k] for k in ("source", "portfolio", "k")}
     # the stub replaces the real meta-features only here, in the test
     monkeypatch.setattr(features, "compute_meta_features",
                         lambda task, tok, backbone=None, **kw: {"log_n_train": 7.0, "is_pair": 1.0, "num_labels": 2})

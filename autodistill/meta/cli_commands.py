@@ -79,6 +79,12 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, type=Path, help="model folder")
     f.set_defaults(func=_fit)
 
+    d = meta_sub.add_parser("decide", help="store an evaluation's warm-start decision (meta-model or portfolio) "
+                            "with a model")
+    d.add_argument("--evaluation", required=True, type=Path, help="a `meta evaluate` report folder (decision.json)")
+    d.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder")
+    d.set_defaults(func=_decide)
+
     r = subparsers.add_parser("recommend", help="recommend KD pipelines for a dataset")
     r.add_argument("--data", help="train file or dataset folder (default: bundled CR)")
     r.add_argument("--validation", help="validation file")
@@ -137,7 +143,6 @@ def _choices(args: argparse.Namespace):
 def _fit(args: argparse.Namespace) -> int:
     from .evaluate import ModelChoice, default_model_params, select_choice
     from .model import Recommender
-    from .warm_start import write_decision
 
     try:
         table = _load_table(args)
@@ -161,10 +166,27 @@ def _fit(args: argparse.Namespace) -> int:
                           info=info, target=args.target)
     rec.save(args.out)
     if args.evaluation:
-        decision = json.loads((Path(args.evaluation) / "decision.json").read_text(encoding="utf-8"))
-        write_decision(args.out, decision["portfolio"], decision["k"], decision["comparison"], decision.get("note", ""))
+        _store_decision(args.evaluation, args.out)
     print(f"meta-model ({choice.label}; {len(rows)} rows, {rows['dataset'].nunique()} datasets, "
           f"{rows['candidate'].nunique()} candidates) saved to {args.out}")
+    return 0
+
+
+def _store_decision(evaluation: Path, model_dir: Path) -> Path:
+    from .warm_start import write_decision
+
+    decision = json.loads((Path(evaluation) / "decision.json").read_text(encoding="utf-8"))
+    return write_decision(model_dir, decision["portfolio"], decision["k"], decision["comparison"],
+                          decision.get("note", ""))
+
+
+def _decide(args: argparse.Namespace) -> int:
+    try:
+        path = _store_decision(args.evaluation, args.model)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"warm start from: {json.loads(path.read_text(encoding='utf-8'))['source']} ({path})")
     return 0
 
 
