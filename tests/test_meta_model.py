@@ -278,6 +278,10 @@ def test_datasets_whose_teacher_is_no_better_than_majority_are_left_out(tmp_path
     assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "all"),
                      "--methods", "rf", "--keep-uninformative"]) == 0
     assert set(pd.read_csv(tmp_path / "all" / "selections.csv")["choice"]) == {"rf(n_estimators=300)+uninformative"}
+    # the committed model's choice is selected by the same grouped CV, on all records
+    assert cli.main(["meta", "fit", "--records", str(runs), "--out", str(tmp_path / "model"), "--methods", "rf"]) == 0
+    info = json.loads((tmp_path / "model" / SIDECAR_FILE).read_text())["info"]
+    assert info["choice"] in info["inner_cv_regret1"] and len(info["inner_cv_regret1"]) == 2
 
 
 def test_cli_repeats_must_be_positive(tmp_path, capsys):

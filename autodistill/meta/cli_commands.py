@@ -211,6 +211,7 @@ def _recommend(args: argparse.Namespace) -> int:
     from ..models import ModelLoadError
     from .model import ModelVersionError
     from .portfolio import with_pipeline
+    from .warm_start import read_decision
 
     t0 = time.time()
     try:
@@ -232,6 +233,10 @@ def _recommend(args: argparse.Namespace) -> int:
                           "top_config": with_pipeline(cfg, recs[0].config).to_dict() if recs else None},
                          indent=2, default=str))
         return 0
+    decision = read_decision(args.model or DEFAULT_MODEL_DIR)
+    if decision and decision.get("source") == "portfolio":
+        print(f"note: the evaluation did not find this ranking better than the best-of-{decision['k']} portfolio; "
+              f"`auto` and the service warm-start from {', '.join(decision['portfolio'])}\n")
     print(f"top {len(recs)} pipelines for {data} (predicted {rec.target}; {seconds:.1f} s):")
     for r in recs:
         print(f"{r.rank:>2}. {r.candidate:<32} predicted {r.predicted_score:.4f} ± {r.uncertainty:.4f}")
