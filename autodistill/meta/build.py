@@ -301,7 +301,7 @@ def _log_failure(out: Path, name: str, candidate: str, seed: int, phash: str, er
 
 
 def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, portfolio: str | None = "all",
-          out: str | Path = "meta_dataset/runs", limit: int | None = None,
+          out: str | Path = "meta_dataset/v2/runs", limit: int | None = None,
           preset_override: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
           features_dir: str | Path | None = None, backbone: Any = "default",
           log: Callable[[str], None] = print, train_size: int | None = None,
@@ -433,7 +433,7 @@ def _teacher_was_cached(record: Mapping[str, Any]) -> bool:
     return all(cached) if isinstance(cached, list) else bool(cached)
 
 
-def status(out: str | Path = "meta_dataset/runs", datasets: Sequence[str] | None = None,
+def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | None = None,
            portfolio: str | None = "all", preset_override: Mapping[str, Any] | None = None,
            features_dir: str | Path | None = None, train_size: int | None = None,
            student: str | None = None) -> BuildStatus:

@@ -13,6 +13,9 @@ from pathlib import Path
 from . import DATASETS_DIR, META_DATASET_DIR
 from .portfolio import STUDENT_PRESETS
 
+#: where a new build writes: the v1 records (meta_dataset/runs, the old preset) are no longer the default
+V2_RUNS = META_DATASET_DIR / "v2" / "runs"
+
 
 def _dataset_names(args: argparse.Namespace) -> list[str] | None:
     """``--datasets a,b`` as a list; None when not given (the build's default datasets)."""
@@ -121,12 +124,13 @@ def _import_distiller(args: argparse.Namespace) -> int:
 
 
 def add_build_commands(meta_sub) -> None:
-    b = meta_sub.add_parser("build", help="run the portfolio on the datasets (resumable) into meta_dataset/runs")
+    b = meta_sub.add_parser("build", help="run the portfolio on the datasets (resumable) into meta_dataset/v2/runs")
     b.add_argument("--datasets-root", default=DATASETS_DIR, type=Path,
                    help="folder of dataset folders (default: the repository's meta_dataset/datasets)")
     b.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
     b.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
-    b.add_argument("--out", default=META_DATASET_DIR / "runs", type=Path, help="records folder")
+    b.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (default: meta_dataset/v2/runs; "
+                   "meta_dataset/runs holds the old v1 preset's records)")
     b.add_argument("--limit", type=int, help="run at most N runs in this invocation")
     b.add_argument("--seeds", help="comma-separated student seeds (default: the preset's)")
     b.add_argument("--preset-override", help="JSON merged over META_PRESET, e.g. "
@@ -144,7 +148,7 @@ def add_build_commands(meta_sub) -> None:
     s = meta_sub.add_parser("status", help="progress of the build: runs recorded and missing, compute spent, ETA")
     s.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
     s.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
-    s.add_argument("--out", default=META_DATASET_DIR / "runs", type=Path, help="records folder")
+    s.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (v1: meta_dataset/runs)")
     s.add_argument("--size", type=int, help="the train size of the contexts to report on")
     s.add_argument("--student", choices=sorted(STUDENT_PRESETS), help="the student preset of the contexts")
     s.add_argument("--processes", type=int, default=2, help="build processes running in parallel (for the ETA)")
