@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import threading
 from collections import OrderedDict
 import time
@@ -17,6 +18,7 @@ from typing import Any
 from autodistill.config import PipelineConfig
 from autodistill.meta import META_DATASET_DIR
 from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
+from autodistill.meta.warm_start import DECISION_FILE
 from autodistill.search.records import RecordStore
 
 from .errors import ApiError
@@ -162,6 +164,10 @@ class RecommenderService:
                               target="ratio")
         folder = self.settings.state_dir / "models" / time.strftime("%Y%m%dT%H%M%S") / str(time.time_ns())
         rec.save(folder)
+        # the committed evaluation's warm-start decision (meta-model or portfolio) carries over to the refit
+        decision = Path(self.settings.model_dir or DEFAULT_MODEL_DIR) / DECISION_FILE
+        if decision.is_file():
+            shutil.copyfile(decision, folder / DECISION_FILE)
         summary = {"searches_folded": folded, "records_added": added, "rows": int(len(table)),
                    "datasets": int(table["dataset"].nunique()), "candidates": int(table["candidate"].nunique()),
                    "method": REFIT_METHOD, "model_path": str(folder)}
