@@ -565,7 +565,8 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
                   "across seeds; `spearman` between the seeds' candidate rankings; `cross_seed_regret1` = the "
                   "top-1 regret at one seed of the candidate best at the other (what an oracle of one seed loses).",
                   "", markdown_table(result.noise_floor.set_index("dataset"), "dataset"), ""]
+    has_floor = result.noise_floor is not None and not result.noise_floor.empty
     lines += ["Files: `summary.csv`, `per_dataset.csv`, `comparisons.csv`, `selections.csv`, `decision.json`"
-              + (", `noise_floor.csv`" if result.noise_floor is not None else "") + ".", ""]
+              + (", `noise_floor.csv`" if has_floor else "") + ".", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return out / "report.md"
