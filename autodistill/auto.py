@@ -24,16 +24,18 @@ class AutoResult:
 
 
 def recommend_for(data: DataConfig, model_dir: str | Path, top_k: int, backbone: str = "default",
-                  embeddings: bool = True, constraints: Any = None) -> tuple[Any, list[Any], dict[str, float]]:
+                  embeddings: bool = True, constraints: Any = None, budget: Any = None
+                  ) -> tuple[Any, list[Any], dict[str, float]]:
     """(the recommender, its ``top_k`` pipelines for a dataset, the dataset's meta-features): the
-    embedding meta-features come from ``backbone`` unless ``embeddings`` is False."""
+    embedding meta-features come from ``backbone`` unless ``embeddings`` is False; ``budget`` (the
+    user's config) supplies the student / data / optimisation inputs of the model."""
     from .meta.features import meta_features_for
     from .meta.model import Recommender
     from .models import load_tokenizer
 
     rec = Recommender.load(model_dir)
     _, feats = meta_features_for(data, backbone if embeddings else None, tokenizer=load_tokenizer(backbone))
-    return rec, rec.recommend(feats, top_k=top_k, constraints=constraints), feats
+    return rec, rec.recommend(feats, top_k=top_k, constraints=constraints, budget=budget), feats
 
 
 def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space: str | SearchSpace = "cpu-fast",
@@ -47,7 +49,7 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
     base = sp.to_config({})   # the rows the search trains on are the ones the features describe
     rec, _, feats = recommend_for(base.data.model_copy(update={"train": str(data)}), model_dir, top_k=4 * seeds,
                                   backbone=base.teacher.backbone)
-    start = choose_warm_start(rec, model_dir, feats, 4 * seeds)
+    start = choose_warm_start(rec, model_dir, feats, 4 * seeds, budget=base)
     recs, seconds = start.recommendations, time.perf_counter() - t0
     points = warm_start_points(sp, [r.config for r in recs], seeds)
     (out / "recommendations.json").write_text(json.dumps(

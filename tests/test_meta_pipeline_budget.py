@@ -88,3 +88,26 @@ def test_build_and_recommend_compute_the_same_features_on_the_same_rows(tmp_path
     assert feats["log_n_train"] == pytest.approx(math.log1p(120), abs=1e-6)
     _, _, all_rows = recommend_for(DataConfig(train=str(folder)), tmp_path / "model", 3, embeddings=False)
     assert all_rows["log_n_train"] == pytest.approx(math.log1p(270), abs=1e-6)   # the user's whole train split
+
+
+def test_the_users_budget_not_the_candidates_enters_the_model():
+    """A meta-dataset at two students where the best pipeline depends on the student: the ranking
+    follows the student of the user's config (one candidate name per pipeline, whatever student it ran with)."""
+    from autodistill.meta.portfolio import STUDENT_PRESETS
+
+    recs = []
+    for d in range(4):
+        for student in ("cut2", "fresh4x128"):
+            preset = {**META_PRESET, "student": STUDENT_PRESETS[student]}
+            for name in ("vanilla_kd", "mixup"):
+                good = (name == "vanilla_kd") == (student == "cut2")
+                recs.append(make_record(
+                    dataset_fingerprint=f"fp{d}-{student}", meta_features={"log_n_train": 6.0 + d},
+                    config=candidate_config(name, "classification", preset),
+                    metrics={"student_score": 0.8 + 0.05 * good}, teacher_score=0.9, wall_seconds=1.0,
+                    student_parameters=1, status="completed",
+                    search={"dataset": f"ds{d}@{student}", "candidate": name}))
+    rec = Recommender.fit(records_to_table(recs), method="rf", model_params={"n_estimators": 50})
+    small = PipelineConfig.model_validate({"student": STUDENT_PRESETS["fresh4x128"]})
+    assert rec.recommend({"log_n_train": 7.0}, top_k=1, budget=small)[0].candidate == "mixup"
+    assert rec.recommend({"log_n_train": 7.0}, top_k=1, budget=PipelineConfig())[0].candidate == "vanilla_kd"

@@ -222,7 +222,7 @@ def _recommend(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
         rec, recs, feats = recommend_for(cfg.data, args.model or DEFAULT_MODEL_DIR,
                                          args.top_k, backbone=cfg.teacher.backbone,
-                                         embeddings=not args.no_backbone, constraints=constraints)
+                                         embeddings=not args.no_backbone, constraints=constraints, budget=cfg)
     except (FileNotFoundError, ModelVersionError, ConfigError, DataError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

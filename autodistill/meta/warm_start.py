@@ -157,11 +157,12 @@ def read_decision(model_dir: str | Path) -> dict[str, Any] | None:
 
 
 def choose_warm_start(recommender: Any, model_dir: str | Path, meta_features: Mapping[str, Any], top_k: int,
-                      constraints: Any = None) -> WarmStart:
+                      constraints: Any = None, budget: Any = None) -> WarmStart:
     """The pipelines to warm-start from, and which source they come from: the committed decision
     (:data:`DECISION_FILE`) says meta-model or portfolio; without one (a model fitted before
     decisions existed) the meta-model's ranking is used and the reason says so."""
-    ranked = recommender.recommend(meta_features, top_k=len(recommender.candidates), constraints=constraints)
+    ranked = recommender.recommend(meta_features, top_k=len(recommender.candidates), constraints=constraints,
+                                   budget=budget)
     decision = read_decision(model_dir)
     if decision is None:
         return WarmStart(META_MODEL, ranked[:top_k], "no evaluated decision in the model folder: meta-model")
