@@ -416,9 +416,9 @@ def _routes(app: FastAPI) -> None:
         space = SearchSpace.load(body.space)
         if body.config:
             space = space.with_base(body.config)
-        if body.warm_start is True:   # the recommender's top configs, projected onto the space
-            _, recs = request.app.state.recommender.recommend(dataset, 4 * WARM_START_POINTS, None, None)
-            points = warm_start_points(space, [r["config"] for r in recs], WARM_START_POINTS)
+        if body.warm_start is True:   # the meta-model's or the portfolio's pipelines, projected onto the space
+            start = request.app.state.recommender.warm_start(dataset, 4 * WARM_START_POINTS)
+            points = warm_start_points(space, [r.config for r in start.recommendations], WARM_START_POINTS)
         elif isinstance(body.warm_start, list):
             points = body.warm_start
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import threading
 from collections import OrderedDict
 import time
@@ -17,6 +18,7 @@ from typing import Any
 from autodistill.config import PipelineConfig
 from autodistill.meta import META_DATASET_DIR
 from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
+from autodistill.meta.warm_start import DECISION_FILE
 from autodistill.search.records import RecordStore
 
 from .errors import ApiError
@@ -67,6 +69,7 @@ class RecommenderService:
     def _loaded_model(self) -> tuple[str, Any, dict[str, PipelineConfig]]:
         """(folder, Recommender, validated config per candidate), loaded once per model folder."""
         from autodistill.meta.model import ModelVersionError, Recommender
+        from autodistill.meta.portfolio import with_pipeline
         folder = str(self.model_dir())
         with self._lock:
             if self._loaded is None or self._loaded[0] != folder:
@@ -74,7 +77,8 @@ class RecommenderService:
                     rec = Recommender.load(folder)
                 except (FileNotFoundError, ModelVersionError) as err:
                     raise ApiError(503, "unavailable", f"no usable meta-model: {err}") from None
-                configs = {c["name"]: PipelineConfig.model_validate(c["config"]) for c in rec.candidates}
+                # a recommendation is a KD pipeline on the default budget, never the meta-dataset's build budget
+                configs = {c["name"]: with_pipeline(PipelineConfig(), c["config"]) for c in rec.candidates}
                 self._loaded = (folder, rec, configs)
                 self._ranked.clear()
             return self._loaded
@@ -93,6 +97,13 @@ class RecommenderService:
                 self._ranked.popitem(last=False)
         return ranking
 
+    def warm_start(self, dataset: dict[str, Any], top_k: int) -> Any:
+        """The pipelines a search warm-starts from: the meta-model's top-k or the best-of-k portfolio,
+        whichever the model folder's committed evaluation chose (``.source`` says which)."""
+        from autodistill.meta.warm_start import choose_warm_start
+        folder, rec, _ = self._loaded_model()
+        return choose_warm_start(rec, folder, dataset["meta_features"], top_k)
+
     def recommend(self, dataset: dict[str, Any], top_k: int, max_params: int | None,
                   config_constraints: dict[str, Any] | None) -> tuple[Any, list[dict[str, Any]]]:
         from autodistill.meta.model import matches_constraints
@@ -101,7 +112,7 @@ class RecommenderService:
         out = []
         for r in self._ranking(folder, rec, dataset):
             cfg = configs[r.candidate]
-            if config_constraints and not matches_constraints(r.config, config_constraints):
+            if config_constraints and not matches_constraints(cfg.to_dict(), config_constraints):
                 continue
             params = student_parameters_of(cfg, num_labels)
             if max_params is not None and (params is None or params > max_params):
@@ -153,6 +164,10 @@ class RecommenderService:
                               target="ratio")
         folder = self.settings.state_dir / "models" / time.strftime("%Y%m%dT%H%M%S") / str(time.time_ns())
         rec.save(folder)
+        # the committed evaluation's warm-start decision (meta-model or portfolio) carries over to the refit
+        decision = Path(self.settings.model_dir or DEFAULT_MODEL_DIR) / DECISION_FILE
+        if decision.is_file():
+            shutil.copyfile(decision, folder / DECISION_FILE)
         summary = {"searches_folded": folded, "records_added": added, "rows": int(len(table)),
                    "datasets": int(table["dataset"].nunique()), "candidates": int(table["candidate"].nunique()),
                    "method": REFIT_METHOD, "model_path": str(folder)}

@@ -392,3 +392,42 @@ def test_build_workers_run_as_processes(tmp_path, capfd):
     assert capfd.readouterr().out.count("ran 0 runs") == 2        # one summary per worker process
     assert main(argv + ["--workers", "2", "--datasets", "d1,missing"]) == 2   # a worker's error is the result
     assert "datasets not found" in capfd.readouterr().err
+
+
+def test_build_contexts_at_train_sizes_and_students_carry_their_dataset(tmp_path, monkeypatch):
+    """`--sizes` / `--student`: one context per (dataset, size, student), each with its own records,
+    features and preset; records name the dataset (held out together), the rows and the git commit."""
+    from types import SimpleNamespace
+
+    from autodistill import distill
+    from autodistill.meta import build as B
+    from autodistill.meta.table import records_to_table
+    from autodistill.search.records import RecordStore
+
+    root = tmp_path / "datasets"
+    (root / "d1").mkdir(parents=True)
+    seen = []
+
+    def fake_ctx(name, path, preset, features_dir, model, log):
+        seen.append((name, preset["data"]["max_train_examples"], preset["student"]["kind"]))
+        return B.DatasetContext(name, path, None, f"fp-{name}", "classification", {"log_n_train": 1.0}, 0.9, None)
+
+    def fake_distill(cfg):   # the engine is not under test: what the build records about the run is
+        return SimpleNamespace(metrics={"teacher_score": 0.9, "student_score": 0.8, "metric": "accuracy",
+                                        "dataset_fingerprint": "fp", "train_examples": cfg.data.max_train_examples,
+                                        "history": [{"step": 4, "accuracy": 0.8}], "steps": 4})
+
+    monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
+    monkeypatch.setattr(distill, "run_distillation", fake_distill)
+    for size in (50, 400):
+        B.build(root, datasets=["d1"], portfolio="vanilla_kd", out=tmp_path / "runs", backbone=None,
+                log=lambda *_: None, train_size=size, student="fresh4x128")
+    assert seen == [("d1@n50@fresh4x128", 50, "fresh"), ("d1@n400@fresh4x128", 400, "fresh")]
+    recs = [r for f in ("d1@n50@fresh4x128", "d1@n400@fresh4x128") for r in RecordStore(tmp_path / "runs" / f"{f}.jsonl").read()]
+    assert [(r["dataset_group"], r["train_size"]) for r in recs] == [("d1", 50), ("d1", 400)]
+    assert all(r["provenance"]["git"]["commit"] for r in recs) and recs[0]["metrics"]["history"]
+    assert recs[1]["config"]["student"]["hidden_size"] == 128
+    table = records_to_table(recs)
+    assert sorted(table["dataset"]) == ["d1@n400@fresh4x128", "d1@n50@fresh4x128"] and set(table["group"]) == {"d1"}
+    st = B.status(tmp_path / "runs", datasets=["d1"], portfolio="vanilla_kd", train_size=400, student="fresh4x128")
+    assert st.done == {"vanilla_kd": ["d1@n400@fresh4x128"]} and st.n_missing == 0

@@ -320,6 +320,9 @@ def test_auto_recommends_then_searches_seeded(tiny_backbone, tmp_path):
     saved = json.loads((tmp_path / "auto" / "recommendations.json").read_text())
     assert len(saved["recommendations"]) == 8 and 1 <= len(saved["warm_start"]) <= 2
     assert saved["meta_features"]["num_labels"] == 2
+    assert saved["warm_start_source"] in ("meta_model", "portfolio") and saved["reason"]   # says which
+    assert all(set(r["config"]) <= {"augmentation", "mixup", "loss", "weighting", "dynamic"}
+               for r in saved["recommendations"])                # pipelines only: the budget is the space's
     assert len(result.search.trials) == 2 and result.search.best_dir is not None
     trial_params = [r["params"] for r in RecordStore(tmp_path / "auto").read()]
     assert any(all(p.get(k) == v for k, v in space.decode(space.encode(result.warm_start[0])).items())

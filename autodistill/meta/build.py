@@ -26,11 +26,11 @@ from typing import Any, Callable, Mapping, Sequence
 from filelock import FileLock, Timeout
 
 from ..search.records import RecordStore, canonical_config_hash, library_versions, make_record
-from .features import META_FEATURES_VERSION, compute_meta_features
+from .features import META_FEATURES_VERSION, meta_features_for
 from ..config import deep_merge
 from .. import ENGINE_VERSION
-from .portfolio import (META_PRESET, PORTFOLIO_VERSION, candidate_config, duplicate_of, record_is_current,
-                        resolve_names)
+from .portfolio import (META_PRESET, PORTFOLIO_VERSION, STUDENT_PRESETS, candidate_config, duplicate_of,
+                        record_is_current, resolve_names)
 
 # 2 (2026-12-02): teachers and students seeded from their config alone (build 1's teachers depended on
 # what the process had run before, so a resumed build could fine-tune a different teacher); a run whose
@@ -46,6 +46,45 @@ DEFAULT_DATASETS: tuple[str, ...] = (
     "cr", "mrpc", "sst5", "rte", "tweet_eval_emotion", "stsb", "cola", "mnli", "airline_reviews",
     "yahoo_answers_small", "tweet_eval_irony", "qqp", "mr", "snli", "mdsd_books", "sst2", "mdsd_kitchen",
 )
+
+
+def context_name(dataset: str, train_size: int | None = None, student: str | None = None) -> str:
+    """The name of one context of the meta-dataset: a dataset, optionally at a train size and with a
+    student preset (``sst2@n500@fresh4x128``); its records file, features file and claim use it."""
+    return dataset + (f"@n{int(train_size)}" if train_size else "") + (f"@{student}" if student else "")
+
+
+def dataset_of_context(name: str) -> str:
+    """The dataset a context belongs to (all its sizes and students are held out together)."""
+    return name.split("@", 1)[0]
+
+
+def build_preset(preset_override: Mapping[str, Any] | None = None, train_size: int | None = None,
+                 student: str | None = None) -> dict[str, Any]:
+    """:data:`META_PRESET` with the override, the train-size cap and the student preset of a context."""
+    preset = deep_merge(META_PRESET, preset_override or {})
+    if train_size:
+        preset = deep_merge(preset, {"data": {"max_train_examples": int(train_size)}})
+    if student:
+        preset = {**preset, "student": dict(STUDENT_PRESETS[student])}
+    return preset
+
+
+@functools.cache
+def git_commit() -> dict[str, Any]:
+    """The commit the build runs from, and whether the tree had uncommitted changes (recorded in every
+    record: a v2 build runs from its own worktree at a fixed commit)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head, "dirty": dirty}
 
 
 def preset_hash(preset: Mapping[str, Any]) -> str:
@@ -87,6 +126,10 @@ class BuildSummary:
     claimed_elsewhere: int = 0  # datasets another build process was on
     seconds: float = 0.0
     run_seconds: list[float] = field(default_factory=list)
+
+    def __add__(self, other: "BuildSummary") -> "BuildSummary":
+        """Two invocations' summaries (e.g. one per train size) as one."""
+        return BuildSummary(**{f: getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__})
 
 
 class TeacherMismatch(RuntimeError):
@@ -153,8 +196,8 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
         return DatasetContext(name, path, task, task.fingerprint, task.task_type, stored["meta_features"],
                               stored["teacher_score"], stored.get("teacher_confidence"))
     t1 = time.perf_counter()
-    feats = compute_meta_features(task, tokenizer, backbone=backbone_model, teacher_score=teacher_score,
-                                  teacher_confidence=confidence, seed=0)
+    _, feats = meta_features_for(cfg.data, backbone_model, tokenizer=tokenizer, teacher_score=teacher_score,
+                                 teacher_confidence=confidence)
     t2 = time.perf_counter()
     payload = {
         "version": META_FEATURES_VERSION, "build_version": BUILD_VERSION, "dataset": name,
@@ -224,6 +267,7 @@ def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str
                          params={"candidate": candidate})
     record.update({
         "source": "autodistill-meta-build", "dataset": ctx.name, "candidate": candidate,
+        "dataset_group": dataset_of_context(ctx.name), "train_size": m.get("train_examples"),
         "target": {"score": m["student_score"], "ratio": m.get("score_ratio"), "metric": m["metric"],
                    "majority_baseline": m.get("majority_baseline")},
         "provenance": {
@@ -231,7 +275,7 @@ def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str
             "meta_features_version": META_FEATURES_VERSION, "preset": preset, "preset_hash": preset_hash(preset),
             "preset_override": dict(override or {}), "seed": seed, "machine": machine_info(),
             "wall_seconds": round(wall, 2), "candidate": candidate,
-            "regression_adapted": ctx.task_type == "regression",
+            "regression_adapted": ctx.task_type == "regression", "git": git_commit(),
         },
     })
     if not store.append(record):
@@ -261,13 +305,16 @@ def _log_failure(out: Path, name: str, candidate: str, seed: int, phash: str, er
 
 
 def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, portfolio: str | None = "all",
-          out: str | Path = "meta_dataset/runs", limit: int | None = None,
+          out: str | Path = "meta_dataset/v2/runs", limit: int | None = None,
           preset_override: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
           features_dir: str | Path | None = None, backbone: Any = "default",
-          log: Callable[[str], None] = print) -> BuildSummary:
+          log: Callable[[str], None] = print, train_size: int | None = None,
+          student: str | None = None) -> BuildSummary:
     """Run the missing (dataset, candidate, seed) runs, dataset-major; at most ``limit`` runs. A
     dataset another build process has claimed is skipped and tried again after the pass; one that
-    stays claimed is left to that process."""
+    stays claimed is left to that process. ``train_size`` (rows, a seeded subsample) and ``student`` (a
+    :data:`~autodistill.meta.portfolio.STUDENT_PRESETS` name) make each dataset the context
+    :func:`context_name`; its records carry the dataset as ``dataset_group``."""
     started = time.perf_counter()
     root, out = Path(datasets_root), Path(out)
     features_dir = Path(features_dir) if features_dir else out.parent / "features"
@@ -276,7 +323,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
     if missing:
         raise FileNotFoundError(f"datasets not found under {root}: {missing}")
     candidates = resolve_names(portfolio)
-    preset = deep_merge(META_PRESET, preset_override or {})
+    preset = build_preset(preset_override, train_size, student)
     candidate_config("vanilla_kd", "classification", preset)  # validate the override early
     seeds = list(seeds or [int(preset["optim"]["seed"])])
     out.mkdir(parents=True, exist_ok=True)
@@ -289,13 +336,15 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
         return None if backbone is None else _resolve_backbone_model(backbone)
 
     def context(name: str) -> DatasetContext:
-        return _teacher_and_features(name, str(root / name), preset, features_dir, backbone_model(), log)
+        return _teacher_and_features(context_name(name, train_size, student), str(root / name), preset,
+                                     features_dir, backbone_model(), log)
 
     def limit_reached() -> bool:
         return limit is not None and summary.ran + summary.failed >= limit
 
-    def run_dataset(name: str, seed: int) -> None:
+    def run_dataset(dataset: str, seed: int) -> None:
         """Every missing candidate on one claimed dataset."""
+        name = context_name(dataset, train_size, student)
         done = _done(out, name)  # read under the claim: another process may have added runs
         todo = [c for c in candidates if (c, seed, phash) not in done]
         summary.skipped_done += len(candidates) - len(todo)
@@ -307,7 +356,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
         if not todo or limit_reached():
             return
         try:
-            ctx = context(name)
+            ctx = context(dataset)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # no teacher, no runs: logged once, retried next time
@@ -341,7 +390,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
             for name in pending:
                 if limit_reached():
                     break
-                claim = _claim(out, name)
+                claim = _claim(out, context_name(name, train_size, student))
                 if claim is None:
                     held_elsewhere.append(name)
                     continue
@@ -388,15 +437,17 @@ def _teacher_was_cached(record: Mapping[str, Any]) -> bool:
     return all(cached) if isinstance(cached, list) else bool(cached)
 
 
-def status(out: str | Path = "meta_dataset/runs", datasets: Sequence[str] | None = None,
+def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | None = None,
            portfolio: str | None = "all", preset_override: Mapping[str, Any] | None = None,
-           features_dir: str | Path | None = None) -> BuildStatus:
+           features_dir: str | Path | None = None, train_size: int | None = None,
+           student: str | None = None) -> BuildStatus:
     """What ``build`` would still run with these arguments, and what the recorded runs cost."""
     out = Path(out)
     features_dir = Path(features_dir) if features_dir else out.parent / "features"
-    preset = deep_merge(META_PRESET, preset_override or {})
+    preset = build_preset(preset_override, train_size, student)
     phash, seed = preset_hash(preset), int(preset["optim"]["seed"])
-    names, candidates = list(datasets or DEFAULT_DATASETS), resolve_names(portfolio)
+    names = [context_name(d, train_size, student) for d in datasets or DEFAULT_DATASETS]
+    candidates = resolve_names(portfolio)
     recorded = {d: {r["candidate"]: r for r in _current_records(out, d)
                     if r.get("seed") == seed and r["provenance"].get("preset_hash") == phash}
                 for d in names}

@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 from . import DATASETS_DIR, META_DATASET_DIR
+from .portfolio import STUDENT_PRESETS
+
+#: where a new build writes: the v1 records (meta_dataset/runs, the old preset) are no longer the default
+V2_RUNS = META_DATASET_DIR / "v2" / "runs"
 
 
 def _dataset_names(args: argparse.Namespace) -> list[str] | None:
@@ -42,7 +46,8 @@ def _build_in_workers(args: argparse.Namespace, argv_tail: list[str]) -> int:
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     """The build's options, to pass on to the worker processes (all but --datasets and --workers)."""
     argv = ["--datasets-root", str(args.datasets_root), "--portfolio", args.portfolio, "--out", str(args.out)]
-    for flag, value in (("--limit", args.limit), ("--seeds", args.seeds), ("--preset-override", args.preset_override)):
+    for flag, value in (("--limit", args.limit), ("--seeds", args.seeds), ("--preset-override", args.preset_override),
+                        ("--sizes", args.sizes), ("--student", args.student)):
         if value is not None:
             argv += [flag, str(value)]
     return argv + (["--no-backbone"] if args.no_backbone else [])
@@ -62,12 +67,15 @@ def _build(args: argparse.Namespace) -> int:
             raise ValueError("--preset-override must be a JSON object")
         datasets = _dataset_names(args)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-        summary = build(args.datasets_root, datasets=datasets, portfolio=args.portfolio, out=args.out,
-                        limit=args.limit, preset_override=override, seeds=seeds,
-                        backbone=None if args.no_backbone else "default")
+        sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else [None]
+        summaries = [build(args.datasets_root, datasets=datasets, portfolio=args.portfolio, out=args.out,
+                           limit=args.limit, preset_override=override, seeds=seeds,
+                           backbone=None if args.no_backbone else "default", train_size=size,
+                           student=args.student) for size in sizes]
     except (ValueError, KeyError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    summary = sum(summaries[1:], summaries[0])
     per_run = (sum(summary.run_seconds) / len(summary.run_seconds)) if summary.run_seconds else 0.0
     print(f"ran {summary.ran} runs ({summary.failed} failed, {summary.skipped_done} already done, "
           f"{summary.not_applicable} not applicable) in {summary.seconds:.0f} s; mean {per_run:.0f} s per run")
@@ -79,7 +87,7 @@ def _status(args: argparse.Namespace) -> int:
 
     datasets = _dataset_names(args)
     try:
-        st = status(args.out, datasets=datasets, portfolio=args.portfolio)
+        st = status(args.out, datasets=datasets, portfolio=args.portfolio, train_size=args.size, student=args.student)
     except KeyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -116,17 +124,22 @@ def _import_distiller(args: argparse.Namespace) -> int:
 
 
 def add_build_commands(meta_sub) -> None:
-    b = meta_sub.add_parser("build", help="run the portfolio on the datasets (resumable) into meta_dataset/runs")
+    b = meta_sub.add_parser("build", help="run the portfolio on the datasets (resumable) into meta_dataset/v2/runs")
     b.add_argument("--datasets-root", default=DATASETS_DIR, type=Path,
                    help="folder of dataset folders (default: the repository's meta_dataset/datasets)")
     b.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
     b.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
-    b.add_argument("--out", default=META_DATASET_DIR / "runs", type=Path, help="records folder")
+    b.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (default: meta_dataset/v2/runs; "
+                   "meta_dataset/runs holds the old v1 preset's records)")
     b.add_argument("--limit", type=int, help="run at most N runs in this invocation")
     b.add_argument("--seeds", help="comma-separated student seeds (default: the preset's)")
     b.add_argument("--preset-override", help="JSON merged over META_PRESET, e.g. "
                    "'{\"data\": {\"max_train_examples\": 200}}'")
     b.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
+    b.add_argument("--sizes", help="comma-separated train sizes (rows, a seeded subsample; the whole train when "
+                   "smaller): each dataset becomes one context per size, '<dataset>@n<size>'")
+    b.add_argument("--student", choices=sorted(STUDENT_PRESETS), help="student preset (a context dimension, "
+                   "'<context>@<student>'); default: the preset's")
     b.add_argument("--workers", type=int, default=1,
                    help="single-threaded build processes sharing the datasets, one dataset each at a time "
                         "(--limit is per worker); 2 on a 2-core machine")
@@ -135,7 +148,9 @@ def add_build_commands(meta_sub) -> None:
     s = meta_sub.add_parser("status", help="progress of the build: runs recorded and missing, compute spent, ETA")
     s.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
     s.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
-    s.add_argument("--out", default=META_DATASET_DIR / "runs", type=Path, help="records folder")
+    s.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (v1: meta_dataset/runs)")
+    s.add_argument("--size", type=int, help="the train size of the contexts to report on")
+    s.add_argument("--student", choices=sorted(STUDENT_PRESETS), help="the student preset of the contexts")
     s.add_argument("--processes", type=int, default=2, help="build processes running in parallel (for the ETA)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_status)

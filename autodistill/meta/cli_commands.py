@@ -48,25 +48,42 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="keep the trained-teacher meta-features (score, confidence) as model inputs")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--repeats", type=_positive_int, default=1,
-                       help="evaluate with this many model seeds (--seed, --seed+1, ...); the best meta-model "
-                       "is then the one with the lowest top-1 regret averaged over them")
+                       help="evaluate with this many model seeds (--seed, --seed+1, ...): a held-out dataset's "
+                       "figures are the mean over them")
+        p.add_argument("--inner-folds", type=_positive_int, default=3,
+                       help="grouped CV folds inside each training fold that select the meta-model's choice")
         p.add_argument("--keep-uninformative", action="store_true",
-                       help="keep datasets whose teacher is no better than the majority class "
-                       "(left out by default: their targets are noise around chance)")
+                       help="always train on datasets whose teacher is no better than the majority class "
+                       "(by default the nested selection decides; they are never held out: their targets are "
+                       "noise around chance)")
 
-    e = meta_sub.add_parser("evaluate", help="leave-one-dataset-out evaluation -> markdown report + plots")
+    e = meta_sub.add_parser("evaluate", help="nested leave-one-dataset-out evaluation -> markdown report")
     records_args(e)
     e.add_argument("--out", required=True, type=Path, help="report folder")
+    e.add_argument("--portfolio-k", type=_positive_int, default=4,
+                   help="size of the best-of-k portfolio and of the warm start it is compared at")
+    e.add_argument("--noise-records", nargs="+", default=[],
+                   help="record files/folders with other student seeds of the same datasets, for the noise floor "
+                   "(seeds within --records count too)")
+    e.add_argument("--note", default="", help="a line the report starts with (e.g. which preset the records are)")
     e.set_defaults(func=_evaluate)
 
-    f = meta_sub.add_parser("fit", help="fit the best meta-model (by LODO top-1 regret) on all records")
+    f = meta_sub.add_parser("fit", help="fit the meta-model on all records (choice selected as in the nested evaluation)")
     records_args(f)
     f.add_argument("--method", choices=("auto", "hgb", "rf", "pairwise"), default="auto",
-                   help="auto: the best of --methods by leave-one-dataset-out top-1 regret (averaged over "
-                   "--repeats seeds: one seed's choice is noisy, e.g. on meta_dataset/runs seed 0 picks "
-                   "pairwise, 10 seeds hgb)")
+                   help="auto: the choice (family, ensemble size, leave-out rule) that the grouped CV of "
+                   "`meta evaluate`'s inner folds selects on all records")
+    f.add_argument("--evaluation", type=Path,
+                   help="a `meta evaluate` report folder: its decision.json (meta-model or portfolio warm start) "
+                   "is stored with the model")
     f.add_argument("--out", required=True, type=Path, help="model folder")
     f.set_defaults(func=_fit)
+
+    d = meta_sub.add_parser("decide", help="store an evaluation's warm-start decision (meta-model or portfolio) "
+                            "with a model")
+    d.add_argument("--evaluation", required=True, type=Path, help="a `meta evaluate` report folder (decision.json)")
+    d.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder")
+    d.set_defaults(func=_decide)
 
     r = subparsers.add_parser("recommend", help="recommend KD pipelines for a dataset")
     r.add_argument("--data", help="train file or dataset folder (default: bundled CR)")
@@ -82,41 +99,23 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_table(args: argparse.Namespace):
-    """The table of ``--records`` and, unless ``--keep-uninformative``, the datasets left out of it."""
+    """The table of ``--records`` (uninformative datasets stay in it: whether the meta-model trains on
+    them is one of its nested choices, and they are never held out)."""
     from .evaluate import drop_meta_features
-    from .table import drop_uninformative, table_from_paths
+    from .table import table_from_paths
 
     table = table_from_paths(args.records, target=args.target, features_dir=args.features)
-    if not args.teacher_features:
-        table = drop_meta_features(table)
-    dropped: dict = {}
-    if not args.keep_uninformative:
-        table, dropped = drop_uninformative(table)
-    if dropped:
-        print("left out (teacher no better than the majority class; --keep-uninformative keeps them): "
-              + ", ".join(f"{d} ({t:.3f} <= {b:.3f})" for d, (t, b) in dropped.items()), file=sys.stderr)
-    return table, dropped
-
-
-def _lodo(table, args: argparse.Namespace, left_out: dict):
-    """LODO with ``--seed`` and, with ``--repeats`` > 1, the best method chosen over that many seeds."""
-    from .evaluate import lodo_evaluate, seed_stability
-
-    result = lodo_evaluate(table, methods=args.methods, random_state=args.seed)
-    result.info["left_out"] = left_out
-    if args.repeats > 1:
-        stability = seed_stability(table, args.methods, range(args.seed, args.seed + args.repeats), first=result)
-        result.info["seed_stability"] = stability
-        result.best_method = str(stability.summary["regret1_mean"].idxmin())
-    return result
+    return table if args.teacher_features else drop_meta_features(table)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import write_report
+    from .evaluate import PLAIN_HGB, nested_lodo_evaluate, seed_noise_floor, write_nested_report
+    from .table import load_records
 
     t0 = time.time()
     try:
-        table, dropped = _load_table(args)
+        table = _load_table(args)
+        noise = seed_noise_floor(load_records([*args.records, *args.noise_records]), target=args.target)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -124,19 +123,29 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"error: leave-one-dataset-out needs at least 2 datasets, got {table['dataset'].nunique()}",
               file=sys.stderr)
         return 2
-    result = _lodo(table, args, dropped)
-    report = write_report(result, args.out)
+    result = nested_lodo_evaluate(table, _choices(args), seeds=range(args.seed, args.seed + args.repeats),
+                                  inner_folds=args.inner_folds, portfolio_k=args.portfolio_k,
+                                  fixed={"plain_hgb": PLAIN_HGB})
+    result.noise_floor = noise
+    report = write_nested_report(result, args.out, note=args.note)
     print(result.summary.round(4).to_string())
-    print(f"\nbest meta-model: {result.best_method}; report: {report} ({time.time() - t0:.0f} s)")
+    print(f"\nwarm start from: {result.decision['source']}; report: {report} ({time.time() - t0:.0f} s)")
     return 0
 
 
+def _choices(args: argparse.Namespace):
+    from .evaluate import default_choices
+
+    choices = default_choices(args.methods)
+    return [c for c in choices if not c.drop_uninformative] if args.keep_uninformative else choices
+
+
 def _fit(args: argparse.Namespace) -> int:
-    from .evaluate import default_model_params, write_report
+    from .evaluate import ModelChoice, default_model_params, select_choice
     from .model import Recommender
 
     try:
-        table, dropped = _load_table(args)
+        table = _load_table(args)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -144,24 +153,40 @@ def _fit(args: argparse.Namespace) -> int:
         print("error: no usable records", file=sys.stderr)
         return 2
     info = {"target": args.target, "records": [str(p) for p in args.records],
-            "teacher_features": bool(args.teacher_features),
-            "left_out_uninformative": {d: list(v) for d, v in dropped.items()}}
-    method = args.method
-    if method == "auto":
-        if table["dataset"].nunique() < 2:
-            method = "hgb"
-        else:
-            result = _lodo(table, args, dropped)
-            method = result.best_method or "hgb"
-            write_report(result, Path(args.out) / "evaluation")
-            info["lodo_summary"] = json.loads(result.summary.to_json(orient="index"))
-            if "seed_stability" in result.info:
-                info["lodo_seed_stability"] = json.loads(result.info["seed_stability"].summary.to_json(orient="index"))
-    rec = Recommender.fit(table, method=method, random_state=args.seed,
-                          model_params=default_model_params(method), info=info, target=args.target)
+            "teacher_features": bool(args.teacher_features)}
+    if args.method == "auto" and table["dataset"].nunique() >= 2:
+        choice, inner = select_choice(table, _choices(args), inner_folds=args.inner_folds, random_state=args.seed)
+        info["inner_cv_regret1"] = inner.to_dict()
+    else:
+        method = "hgb" if args.method == "auto" else args.method
+        choice = ModelChoice(method, tuple(sorted(default_model_params(method).items())), not args.keep_uninformative)
+    rows = choice.fit_rows(table)
+    info.update(choice=choice.label, left_out_uninformative=sorted(set(table["dataset"]) - set(rows["dataset"])))
+    rec = Recommender.fit(rows, method=choice.method, random_state=args.seed, model_params=dict(choice.params),
+                          info=info, target=args.target)
     rec.save(args.out)
-    print(f"meta-model ({method}; {len(table)} rows, {table['dataset'].nunique()} datasets, "
-          f"{table['candidate'].nunique()} candidates) saved to {args.out}")
+    if args.evaluation:
+        _store_decision(args.evaluation, args.out)
+    print(f"meta-model ({choice.label}; {len(rows)} rows, {rows['dataset'].nunique()} datasets, "
+          f"{rows['candidate'].nunique()} candidates) saved to {args.out}")
+    return 0
+
+
+def _store_decision(evaluation: Path, model_dir: Path) -> Path:
+    from .warm_start import write_decision
+
+    decision = json.loads((Path(evaluation) / "decision.json").read_text(encoding="utf-8"))
+    return write_decision(model_dir, decision["portfolio"], decision["k"], decision["comparison"],
+                          decision.get("note", ""))
+
+
+def _decide(args: argparse.Namespace) -> int:
+    try:
+        path = _store_decision(args.evaluation, args.model)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"warm start from: {json.loads(path.read_text(encoding='utf-8'))['source']} ({path})")
     return 0
 
 
@@ -185,6 +210,8 @@ def _recommend(args: argparse.Namespace) -> int:
     from ..data import DataError, bundled_dataset_path
     from ..models import ModelLoadError
     from .model import ModelVersionError
+    from .portfolio import with_pipeline
+    from .warm_start import read_decision
 
     t0 = time.time()
     try:
@@ -192,17 +219,24 @@ def _recommend(args: argparse.Namespace) -> int:
         cfg = load_config(args.config) if args.config else PipelineConfig()
         data = args.data or str(bundled_dataset_path())
         updates = {"train": data, **({"validation": args.validation} if args.validation else {})}
-        rec, recs, feats = recommend_for(cfg.data.model_copy(update=updates), args.model or DEFAULT_MODEL_DIR,
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
+        rec, recs, feats = recommend_for(cfg.data, args.model or DEFAULT_MODEL_DIR,
                                          args.top_k, backbone=cfg.teacher.backbone,
-                                         embeddings=not args.no_backbone, constraints=constraints)
+                                         embeddings=not args.no_backbone, constraints=constraints, budget=cfg)
     except (FileNotFoundError, ModelVersionError, ConfigError, DataError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seconds = time.time() - t0
     if args.json:
         print(json.dumps({"dataset": data, "meta_features": feats, "seconds": round(seconds, 2),
-                          "recommendations": [r.to_dict() for r in recs]}, indent=2, default=str))
+                          "recommendations": [r.to_dict() for r in recs],
+                          "top_config": with_pipeline(cfg, recs[0].config).to_dict() if recs else None},
+                         indent=2, default=str))
         return 0
+    decision = read_decision(args.model or DEFAULT_MODEL_DIR)
+    if decision and decision.get("source") == "portfolio":
+        print(f"note: the evaluation did not find this ranking better than the best-of-{decision['k']} portfolio; "
+              f"`auto` and the service warm-start from {', '.join(decision['portfolio'])}\n")
     print(f"top {len(recs)} pipelines for {data} (predicted {rec.target}; {seconds:.1f} s):")
     for r in recs:
         print(f"{r.rank:>2}. {r.candidate:<32} predicted {r.predicted_score:.4f} ± {r.uncertainty:.4f}")
@@ -210,6 +244,6 @@ def _recommend(args: argparse.Namespace) -> int:
         near = ", ".join(f"{n['dataset']} ({n['distance']:.2f})" for n in recs[0].why["nearest_datasets"])
         feats_txt = ", ".join(f["feature"] for f in recs[0].why["top_features"])
         print(f"\nnearest datasets in the meta-dataset: {near}\nfeatures that mattered most: {feats_txt}")
-        print("\nthe top config (use it with `autodistill distill --config`):")
-        print(json.dumps(recs[0].config, indent=1))
+        print("\nthe top pipeline on your data and budget (use it with `autodistill distill --config`):")
+        print(json.dumps(with_pipeline(cfg, recs[0].config).to_dict(), indent=1))
     return 0

@@ -1,44 +1,40 @@
-"""Leave-one-dataset-out (LODO) evaluation of the meta-model against baselines, and its report.
+"""Nested leave-one-dataset-out (LODO) evaluation of the meta-model against fair baselines, and its report.
 
-For each held-out dataset D of a table (:func:`autodistill.meta.table.records_to_table`):
+For each held-out dataset D of a table (:func:`autodistill.meta.table.records_to_table`) whose teacher
+beats the majority class (:func:`autodistill.meta.table.uninformative_datasets`: elsewhere every ratio
+is noise around chance, so those datasets are never scored):
 
 1. :func:`training_table` keeps only the rows of the *other* datasets (and drops any row whose dataset
-   fingerprint equals one of D's, so the same data under another name cannot leak); it asserts D is
-   absent. The model is fitted on that table only.
-2. D's candidates are scored from their features alone (:func:`test_features`: target, score and
-   teacher score are dropped) and ranked.
+   fingerprint equals one of D's, so the same data under another name cannot leak).
+2. Every modelling choice of the meta-model (:class:`ModelChoice`: family, ensemble size, whether to
+   train on the uninformative datasets) is selected by :func:`select_choice` in a grouped
+   cross-validation *inside* that training table; the chosen one is refitted there and D's candidates
+   are scored from their features alone (:func:`test_features`).
+3. Baselines see the same training table (its informative datasets): ``single_best`` (fair: the
+   best mean centred target over a complete block of contexts and candidates,
+   :func:`~autodistill.meta.warm_start.candidate_effects`), ``single_best_naive`` (the old, flawed mean of raw
+   targets over whichever datasets a candidate has), ``portfolio`` (the greedy best-of-k,
+   :func:`~autodistill.meta.warm_start.greedy_portfolio`, members first), ``nearest_dataset`` (the best
+   candidate of the nearest training dataset, L1 on standardised meta-features), ``vanilla_kd`` (by
+   name, else the candidate nearest the default config) and ``random`` (exact expectation).
 
-Methods: the meta-model with ``hgb``, ``rf`` and ``pairwise``; baselines:
+Metrics per held-out dataset (y = the target; y* = D's best), every method's ties scored at their
+expected value under a uniformly random tie-break (:func:`ranking_metrics`):
 
-- ``vanilla_kd``: the candidate named ``vanilla_kd`` if D has it, else the candidate whose pipeline
-  features are closest (L1) to the default :class:`~autodistill.config.PipelineConfig`'s;
-- ``single_best``: the candidate with the best mean target over the training datasets;
-- ``nearest_dataset``: the best candidate of the training dataset nearest to D (L1 on standardised
-  meta-features, auto-sklearn style); candidates it lacks are ranked after, by single-best order;
-- ``random``: the expected value of a uniformly random pick (computed exactly, not sampled).
+- ``regret<k>`` = y* − E[max y over the top-k], k = 1..5 (``regret1``: the pick's regret, in target
+  units); ``nregret1`` = regret1 / (y* − y_min); ``rank1``: 1 + candidates strictly better than the
+  pick; ``hit5``: P(a best candidate is in the top-5); ``spearman`` of the scores with y.
 
-Metrics per held-out dataset (y = the target, e.g. student/teacher score; y* = D's best):
-
-- ``regret1`` = y* − y(top-1): normalised regret, in target units (fraction of the teacher's score
-  for ``target=ratio``); ``nregret1`` = regret1 / (y* − y_min): min-max scaled, in [0, 1];
-- ``regret5`` = y* − max y over the top-5;
-- ``rank1``: 1 + number of candidates strictly better than the top-1;
-- ``hit5``: 1 if a best candidate is in the top-5;
-- ``spearman``: rank correlation of the method's scores with y (NaN for vanilla KD; 0 for random);
-- ``gap_closed`` = (regret1(single_best) − regret1(method)) / regret1(single_best), NaN when the
-  single best is already optimal on D. The summary's ``gap_closed`` is computed on the means:
-  1 − mean regret1(method) / mean regret1(single_best).
-
-The best meta-model is the one with the lowest mean ``regret1`` (selected on these LODO results).
-``autodistill meta evaluate`` / ``fit`` leave out datasets whose teacher is no better than the majority
-class (:func:`autodistill.meta.table.uninformative_datasets`) unless ``--keep-uninformative``.
+Paired per-dataset comparisons (:func:`paired_comparison`): wins / ties / losses, Wilcoxon signed-rank
+p, bootstrap CI over datasets of the mean regret difference. :func:`seed_noise_floor` gives the
+per-context seed noise where several student seeds exist.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,41 +42,42 @@ from scipy.stats import spearmanr
 
 from ..config import PipelineConfig
 from .model import METHODS, PipelineScoreRegressor, l1_distances, _scale_stats
-from .table import PF_PREFIX, feature_columns, meta_feature_columns, pipeline_features
+from .table import PF_PREFIX, feature_columns, meta_feature_columns, pipeline_features, uninformative_datasets
+from .warm_start import candidate_effects, greedy_portfolio, portfolio_scores
 
-BASELINES = ("vanilla_kd", "single_best", "nearest_dataset", "random")
-METRICS = ("regret1", "nregret1", "regret5", "rank1", "hit5", "spearman", "gap_closed")
 TOP_K = 5
+#: best-of-k regrets in every per-dataset table (the product warm-starts its search from a few pipelines)
+REGRET_KS = (1, 2, 3, 4, 5)
 #: meta-features about an already trained teacher: unknown when a user asks for a recommendation
 #: before training one, so they are left out of the models by default
 TEACHER_META_FEATURES = ("mf_teacher_score", "mf_has_teacher_score", "mf_teacher_confidence",
                          "mf_has_teacher_confidence")
 _HIDDEN = ("target", "score", "teacher_score", "majority_baseline", "n_runs")
 
-FitPredict = Callable[[pd.DataFrame, pd.DataFrame, str], np.ndarray]
-
-
 class LeakError(AssertionError):
     """The training table of a fold contains the held-out dataset."""
 
 
 # --------------------------------------------------------------------------- the guard
-def training_table(table: pd.DataFrame, held_out: str) -> pd.DataFrame:
-    """Rows of every dataset except ``held_out`` (and except rows sharing its fingerprint)."""
-    test_fps = set(table.loc[table["dataset"] == held_out, "fingerprint"].dropna()) \
+def training_table(table: pd.DataFrame, held_out: str | Sequence[str]) -> pd.DataFrame:
+    """Rows of every dataset except ``held_out`` (one name or several) and except rows sharing their
+    fingerprints."""
+    held = {held_out} if isinstance(held_out, str) else set(held_out)
+    test_fps = set(table.loc[table["dataset"].isin(held), "fingerprint"].dropna()) \
         if "fingerprint" in table else set()
-    mask = table["dataset"] != held_out
+    mask = ~table["dataset"].isin(held)
     if test_fps:
         mask &= ~table["fingerprint"].isin(test_fps)
     train = table[mask]
-    if held_out in set(train["dataset"]) or (test_fps and test_fps & set(train["fingerprint"].dropna())):
-        raise LeakError(f"the training table of fold {held_out!r} contains the held-out dataset")
+    if held & set(train["dataset"]) or (test_fps and test_fps & set(train["fingerprint"].dropna())):
+        raise LeakError(f"the training table of fold {sorted(held)} contains a held-out dataset")
     return train
 
 
-def test_features(table: pd.DataFrame, held_out: str) -> pd.DataFrame:
-    """The held-out dataset's rows without anything derived from its results."""
-    return table[table["dataset"] == held_out].drop(columns=[c for c in _HIDDEN if c in table.columns])
+def test_features(table: pd.DataFrame, held_out: str | Sequence[str]) -> pd.DataFrame:
+    """The held-out dataset's (or datasets') rows without anything derived from its results."""
+    held = [held_out] if isinstance(held_out, str) else list(held_out)
+    return table[table["dataset"].isin(held)].drop(columns=[c for c in _HIDDEN if c in table.columns])
 
 
 def drop_meta_features(table: pd.DataFrame, names: Sequence[str] = TEACHER_META_FEATURES) -> pd.DataFrame:
@@ -116,42 +113,65 @@ def guarded_fit_predict(train: pd.DataFrame, test: pd.DataFrame, method: str, ra
 
 
 # --------------------------------------------------------------------------- metrics
+def _expected_best_of_top(y: np.ndarray, s: np.ndarray, k: int) -> tuple[float, float]:
+    """(E[max y over the top-k], P(a best candidate is in the top-k)) when the ranking by ``s`` (highest
+    first) breaks ties uniformly at random: exact, not sampled.
+
+    The items strictly above the tied group that straddles position k are all in; m = k − (their
+    number) of the t tied ones are drawn: P(the max of a random m-subset is the i-th smallest of the
+    group) = C(i, m−1) / C(t, m)."""
+    n = len(y)
+    k = min(k, n)
+    best = y.max()
+    level = np.sort(s)[::-1][k - 1]
+    above, group = y[s > level], np.sort(y[s == level])
+    m, t = k - len(above), len(group)
+    top_above = above.max() if len(above) else -np.inf
+    probs = np.array([math.comb(i, m - 1) for i in range(t)], dtype=float) / math.comb(t, m)
+    e_max = float(np.sum(probs * np.maximum(group, top_above)))
+    if len(above) and top_above >= best:
+        return e_max, 1.0
+    n_best = int(np.sum(group >= best))
+    return e_max, 1.0 - math.comb(t - n_best, m) / math.comb(t, m)
+
+
+def best_of_k_regrets(y_true: Sequence[float], scores: Sequence[float], ks: Sequence[int] = REGRET_KS
+                      ) -> dict[str, float]:
+    """``regret<k>`` = y* − E[max y over the top-k] for each k, ties at their expected value."""
+    y = np.asarray(y_true, dtype=float)
+    s = _finite_scores(scores)
+    return {f"regret{k}": float(y.max() - _expected_best_of_top(y, s, k)[0]) for k in ks}
+
+
+def _finite_scores(scores: Sequence[float]) -> np.ndarray:
+    s = np.asarray(scores, dtype=float)
+    return np.where(np.isfinite(s), s, -np.inf)   # unscored candidates: last, tied with each other
+
+
 def ranking_metrics(y_true: Sequence[float], scores: Sequence[float], k: int = TOP_K,
                     with_spearman: bool = True) -> dict[str, float]:
-    """Metrics of one ranking (highest score first; ties broken by position)."""
+    """Metrics of one ranking (highest score first). Tied scores are scored at their expected value
+    under a uniformly random tie-break, for every method: no order (alphabetical or other) favours
+    anyone, and a method that scores everything equal is exactly :func:`random_metrics`."""
     y = np.asarray(y_true, dtype=float)
-    s = np.asarray(scores, dtype=float)
-    s = np.where(np.isfinite(s), s, -np.inf)
-    order = np.argsort(-s, kind="stable")
+    s = _finite_scores(scores)
     best, worst = y.max(), y.min()
-    pick = order[0]
-    top = order[:k]
-    regret1 = best - y[pick]
+    tied_top = s == s.max()
+    regret1 = float(best - y[tied_top].mean())
+    e_top_k, p_hit = _expected_best_of_top(y, s, k)
+    rank1 = float(np.mean([1 + np.sum(y > v) for v in y[tied_top]]))
     spear = float("nan")
     fin = np.isfinite(s)
     if with_spearman and fin.sum() > 2 and np.ptp(y[fin]) > 0 and np.ptp(s[fin]) > 0:
         spear = float(spearmanr(s[fin], y[fin]).statistic)
-    return {"regret1": float(regret1), "nregret1": float(regret1 / (best - worst)) if best > worst else 0.0,
-            "regret5": float(best - y[top].max()), "rank1": float(1 + np.sum(y > y[pick])),
-            "hit5": float(np.any(y[top] >= best)), "spearman": spear}
+    return {"regret1": regret1, "nregret1": regret1 / (best - worst) if best > worst else 0.0,
+            "regret5": float(best - e_top_k), "rank1": rank1, "hit5": float(p_hit), "spearman": spear,
+            **{key: v for key, v in best_of_k_regrets(y, s).items() if key not in ("regret1", "regret5")}}
 
 
 def random_metrics(y_true: Sequence[float], k: int = TOP_K) -> dict[str, float]:
-    """Exact expected metrics of a uniformly random ranking."""
-    y = np.sort(np.asarray(y_true, dtype=float))
-    n = len(y)
-    best, worst = y[-1], y[0]
-    k = min(k, n)
-    # P(the max of a random k-subset is the i-th smallest) = C(i, k-1) / C(n, k)
-    probs = np.array([math.comb(i, k - 1) for i in range(n)], dtype=float) / math.comb(n, k)
-    e_best_k = float(np.sum(probs * y))
-    n_best = int(np.sum(y >= best))
-    p_hit = 1.0 - math.comb(n - n_best, k) / math.comb(n, k)
-    ranks = np.array([1 + np.sum(y > v) for v in y], dtype=float)
-    regret1 = best - y.mean()
-    return {"regret1": float(regret1), "nregret1": float(regret1 / (best - worst)) if best > worst else 0.0,
-            "regret5": float(best - e_best_k), "rank1": float(ranks.mean()), "hit5": float(p_hit),
-            "spearman": 0.0}
+    """Exact expected metrics of a uniformly random ranking: every candidate tied."""
+    return {**ranking_metrics(y_true, np.zeros(len(y_true)), k, with_spearman=False), "spearman": 0.0}
 
 
 # --------------------------------------------------------------------------- baselines
@@ -159,13 +179,18 @@ def _default_features() -> dict[str, float]:
     return pipeline_features(PipelineConfig())
 
 
-def baseline_scores(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Scores of D's candidates (``test`` rows, in order) under each deterministic baseline."""
+def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, portfolio_k: int | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Scores of D's candidates (``test`` rows, in order) under each deterministic baseline; with
+    ``portfolio_k`` also the greedy best-of-k ``portfolio`` (its members first)."""
     cands = test["candidate"].to_numpy()
     pf_cols = [c for c in test.columns if c.startswith(PF_PREFIX)]
-    # single best: mean target over the training datasets
+    # the fair single best: candidate effects net of the contexts' levels
+    effects = candidate_effects(train)
+    sb = np.array([effects.get(c, np.nan) for c in cands], dtype=float)
+    # the old single best, kept to show its flaw: raw means over whichever datasets a candidate has
     means = train.groupby("candidate")["target"].mean()
-    sb = np.array([means.get(c, np.nan) for c in cands], dtype=float)
+    naive = np.array([means.get(c, np.nan) for c in cands], dtype=float)
     sb_filled = np.where(np.isfinite(sb), sb, (np.nanmin(sb) if np.isfinite(sb).any() else 0.0) - 1.0)
     # vanilla KD: by name, else nearest to the default config's pipeline features
     if "vanilla_kd" in set(cands):
@@ -189,126 +214,264 @@ def baseline_scores(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, np.nda
         vals = train[train["dataset"] == nearest].set_index("candidate")["target"]
         got = np.array([vals.get(c, np.nan) for c in cands], dtype=float)
         near = np.where(np.isfinite(got), got, near)
-    return {"vanilla_kd": van, "single_best": sb_filled, "nearest_dataset": near}
+    out = {"vanilla_kd": van, "single_best": sb, "single_best_naive": naive, "nearest_dataset": near}
+    if portfolio_k:
+        out["portfolio"] = portfolio_scores(cands, greedy_portfolio(train, portfolio_k), effects)
+    return out
 
 
-# --------------------------------------------------------------------------- LODO
-@dataclass
-class LodoResult:
-    per_dataset: pd.DataFrame   # dataset, method, n_candidates, metrics...
-    summary: pd.DataFrame       # method -> mean metrics (gap_closed on the means)
-    predictions: pd.DataFrame   # dataset, candidate, method, predicted, true
-    best_method: str | None
-    info: dict[str, Any] = field(default_factory=dict)
+# --------------------------------------------------------------------------- nested LODO
+@dataclass(frozen=True)
+class ModelChoice:
+    """One modelling choice of the meta-model: family, its parameters (ensemble size...) and whether
+    datasets whose teacher is no better than the majority class are left out of its training rows."""
+    method: str
+    params: tuple[tuple[str, Any], ...] = ()
+    drop_uninformative: bool = True
+
+    @property
+    def label(self) -> str:
+        shown = ",".join(f"{k}={v}" for k, v in self.params if k in ("n_bags", "n_estimators"))
+        return f"{self.method}({shown})" + ("" if self.drop_uninformative else "+uninformative")
+
+    def fit_rows(self, train: pd.DataFrame) -> pd.DataFrame:
+        if not self.drop_uninformative:
+            return train
+        bad = uninformative_datasets(train)
+        return train[~train["dataset"].isin(list(bad))] if bad else train
 
 
-def lodo_evaluate(table: pd.DataFrame, methods: Sequence[str] = METHODS, *, random_state: int = 0,
-                  k: int = TOP_K, model_params: dict[str, dict[str, Any]] | None = None,
-                  fit_predict: FitPredict | None = None, baselines: bool = True,
-                  min_candidates: int = 2) -> LodoResult:
-    """Leave-one-dataset-out evaluation (see the module docstring).
+#: the ensemble sizes the nested selection may choose from, per family
+CHOICE_PARAMS: dict[str, list[dict[str, Any]]] = {
+    "hgb": [{"n_bags": 3}, {"n_bags": 10}], "rf": [{"n_estimators": 300}], "pairwise": [{}]}
 
-    ``fit_predict(train_table, test_features, method) -> scores`` replaces the model fit (tests);
-    it only ever receives :func:`training_table` and :func:`test_features`.
-    """
-    model_params = model_params or {}
-    rows, preds = [], []
-    datasets = sorted(table["dataset"].unique())
-    for held_out in datasets:
-        test_rows = table[table["dataset"] == held_out]
-        if len(test_rows) < min_candidates:
+
+def default_choices(methods: Sequence[str] = METHODS) -> list[ModelChoice]:
+    return [ModelChoice(m, tuple(sorted({**default_model_params(m), **p}.items())), drop)
+            for drop in (True, False) for m in methods for p in CHOICE_PARAMS[m]]
+
+
+#: a fixed reference model reported beside the nested meta-model: one gradient-boosting model, no bagging
+PLAIN_HGB = ModelChoice("hgb", tuple(sorted({**default_model_params("hgb"), "n_bags": 1}.items())))
+
+ChoiceFitPredict = Callable[[pd.DataFrame, pd.DataFrame, ModelChoice, int], np.ndarray]
+
+
+def _choice_scores(choice: ModelChoice, train: pd.DataFrame, test: pd.DataFrame, random_state: int,
+                   fit_predict: ChoiceFitPredict | None = None) -> np.ndarray:
+    rows = choice.fit_rows(train)
+    if fit_predict is not None:
+        return np.asarray(fit_predict(rows, test, choice, random_state), dtype=float)
+    return guarded_fit_predict(rows, test, choice.method, random_state, dict(choice.params))
+
+
+def groups_of(table: pd.DataFrame) -> pd.Series:
+    """Each row's dataset group (all train sizes of one dataset), or its context when the table has none."""
+    return table["group"] if "group" in table.columns else table["dataset"]
+
+
+def _evaluable_contexts(table: pd.DataFrame) -> dict[str, list[str]]:
+    """{group: its contexts whose teacher beats the majority class}, groups without any left out."""
+    bad = set(uninformative_datasets(table))
+    pairs = pd.DataFrame({"group": groups_of(table), "dataset": table["dataset"]}).drop_duplicates()
+    pairs = pairs[~pairs["dataset"].isin(bad)]
+    return {str(g): sorted(d["dataset"]) for g, d in pairs.groupby("group")}
+
+
+def _hold_out(table: pd.DataFrame, groups: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """(the training table without every context of ``groups``, those contexts)."""
+    held = sorted(set(table.loc[groups_of(table).isin(list(groups)), "dataset"]))
+    return training_table(table, held), held
+
+
+def select_choice(train: pd.DataFrame, choices: Sequence[ModelChoice], *, inner_folds: int = 3,
+                  random_state: int = 0, metric: str = "regret1",
+                  fit_predict: ChoiceFitPredict | None = None) -> tuple[ModelChoice, pd.Series]:
+    """The choice with the lowest mean ``metric`` in a grouped cross-validation *inside* ``train``
+    (folds of whole dataset groups; only contexts whose teacher beats the majority class are scored),
+    and every choice's inner mean. Ties go to the earlier choice."""
+    bad = set(uninformative_datasets(train))
+    active = [c for c in choices if bad or c.drop_uninformative] or list(choices)
+    evaluable = _evaluable_contexts(train)
+    if len(active) == 1 or len(evaluable) < 2:
+        return active[0], pd.Series(dtype=float)
+    rng = np.random.RandomState(random_state)
+    folds = np.array_split(rng.permutation(sorted(evaluable)), min(inner_folds, len(evaluable)))
+    totals = {c: [] for c in active}
+    for fold in folds:
+        inner_train, _ = _hold_out(train, list(fold))
+        scored = [d for g in fold for d in evaluable[g]]
+        test_rows = train[train["dataset"].isin(scored)]
+        test = test_features(train, scored)
+        for c in active:
+            scores = _choice_scores(c, inner_train, test, random_state, fit_predict)
+            for d in scored:
+                mask = (test_rows["dataset"] == d).to_numpy()
+                m = ranking_metrics(test_rows["target"].to_numpy(dtype=float)[mask], scores[mask], with_spearman=False)
+                totals[c].append(m[metric])
+    means = pd.Series({c.label: float(np.mean(v)) for c, v in totals.items()})
+    best = min(active, key=lambda c: (means[c.label], active.index(c)))
+    return best, means
+
+
+def paired_comparison(method_regret: Sequence[float], reference_regret: Sequence[float], *, n_boot: int = 2000,
+                      seed: int = 0, tol: float = 1e-12) -> dict[str, float]:
+    """Per-dataset paired comparison of a method with a reference (lower regret is better):
+    wins / ties / losses of the method, the two-sided Wilcoxon signed-rank p on the non-zero
+    differences, and the mean of d = reference − method (> 0: the method is better) with a percentile
+    bootstrap 95% CI over datasets."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(reference_regret, dtype=float) - np.asarray(method_regret, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    if n == 0:
+        return {"n": 0, "wins": 0, "ties": 0, "losses": 0, "wilcoxon_p": float("nan"),
+                "mean_difference": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+    nonzero = d[np.abs(d) > tol]
+    p = float(wilcoxon(nonzero).pvalue) if len(nonzero) else 1.0
+    boots = d[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))].mean(axis=1)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return {"n": n, "wins": int(np.sum(d > tol)), "ties": int(np.sum(np.abs(d) <= tol)),
+            "losses": int(np.sum(d < -tol)), "wilcoxon_p": p, "mean_difference": float(d.mean()),
+            "ci_low": float(low), "ci_high": float(high)}
+
+
+def seed_noise_floor(records: Sequence[Mapping[str, Any]], target: str = "ratio") -> pd.DataFrame:
+    """Per context with ≥ 2 student seeds: the candidates in common, the mean (over candidates) std of
+    a candidate's target across seeds, the Spearman correlation of the candidates' targets between
+    two seeds (mean over seed pairs), and ``cross_seed_regret1``: the top-1 regret at one seed of
+    the candidate that was best at another (mean over ordered seed pairs): what even an oracle of one
+    seed loses to seed noise."""
+    from itertools import combinations, permutations
+
+    from .table import records_to_table
+
+    by_seed: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in records:
+        seed = r.get("seed", (r.get("provenance") or {}).get("seed"))
+        by_seed.setdefault(seed, []).append(r)
+    per_seed = {s: records_to_table(rs, target=target).pivot_table(index="candidate", columns="dataset",
+                                                                    values="target")
+                for s, rs in by_seed.items()}
+    rows = []
+    datasets = sorted({d for t in per_seed.values() for d in t.columns})
+    for d in datasets:
+        cols = {s: t[d].dropna() for s, t in per_seed.items() if d in t.columns}
+        if len(cols) < 2:
             continue
-        train = training_table(table, held_out)
+        common = sorted(set.intersection(*(set(c.index) for c in cols.values())))
+        if len(common) < 3:
+            continue
+        y = pd.DataFrame({s: c[common] for s, c in cols.items()})
+        cross = [ranking_metrics(y[b].to_numpy(), y[a].to_numpy(), with_spearman=False)["regret1"]
+                 for a, b in permutations(y.columns, 2)]
+        spear = [float(spearmanr(y[a], y[b]).statistic) for a, b in combinations(y.columns, 2)]
+        rows.append({"dataset": d, "n_seeds": y.shape[1], "n_candidates": len(common),
+                     "seed_std": float(y.std(axis=1, ddof=1).mean()), "spearman": float(np.mean(spear)),
+                     "cross_seed_regret1": float(np.mean(cross))})
+    return pd.DataFrame(rows, columns=["dataset", "n_seeds", "n_candidates", "seed_std", "spearman",
+                                       "cross_seed_regret1"])
+
+
+@dataclass
+class NestedResult:
+    per_dataset: pd.DataFrame    # dataset, method, n_candidates, regret1..5, nregret1, rank1, hit5, spearman
+    summary: pd.DataFrame        # method -> mean metrics
+    comparisons: pd.DataFrame    # (method, reference, metric) -> paired_comparison
+    selections: pd.DataFrame     # held-out dataset, seed, chosen choice, the choices' inner means
+    portfolio: list[str]         # the greedy portfolio on every evaluated context (what the product would use)
+    decision: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+    noise_floor: pd.DataFrame | None = None
+
+
+#: the meta-model's name in the nested evaluation's tables
+META_MODEL = "meta_model"
+
+
+def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | None = None, *,
+                         seeds: Sequence[int] = (0,), inner_folds: int = 3, portfolio_k: int = 4,
+                         k: int = TOP_K, fit_predict: ChoiceFitPredict | None = None, min_candidates: int = 2,
+                         n_boot: int = 2000, fixed: Mapping[str, ModelChoice] | None = None) -> NestedResult:
+    """Leave-one-dataset-out with every modelling choice made inside the training folds.
+
+    For each held-out dataset D whose teacher beats the majority class: the meta-model's choice
+    (family, ensemble size, whether to train on the uninformative datasets) is selected by
+    :func:`select_choice` on D's training table alone, refitted there and scored on D, once per model
+    seed (D's metrics are the mean over the seeds). The baselines (fair single best, the old naive one,
+    the greedy best-of-``portfolio_k`` portfolio, nearest dataset, vanilla KD, random) see the
+    informative training contexts. Every method's ties are scored at their expected value. ``fixed``:
+    reference models ({name: choice}) fitted in every fold with no selection (e.g. a plain
+    gradient-boosting model), as further methods."""
+    choices = list(choices or default_choices())
+    bad = set(uninformative_datasets(table))
+    evaluable = _evaluable_contexts(table)
+    rows, selections = [], []
+    for group, contexts in evaluable.items():
+        train, _ = _hold_out(table, [group])
         if train.empty:
             continue
-        test = test_features(table, held_out)
-        y = test_rows["target"].to_numpy(dtype=float)
-        scores: dict[str, np.ndarray] = {}
-        for method in methods:
-            if fit_predict is not None:
-                scores[method] = np.asarray(fit_predict(train, test, method), dtype=float)
-            else:
-                scores[method] = guarded_fit_predict(train, test, method, random_state, model_params.get(method))
-        if baselines:
-            scores.update(baseline_scores(train, test))
-        for method, s in scores.items():
-            m = ranking_metrics(y, s, k, with_spearman=method != "vanilla_kd")
-            rows.append({"dataset": held_out, "method": method, "n_candidates": len(y), **m})
-            preds += [{"dataset": held_out, "candidate": c, "method": method, "predicted": float(p),
-                       "true": float(t)} for c, p, t in zip(test_rows["candidate"], s, y)]
-        if baselines:
-            rows.append({"dataset": held_out, "method": "random", "n_candidates": len(y), **random_metrics(y, k)})
+        informative = train[~train["dataset"].isin(bad)]
+        chosen = [select_choice(train, choices, inner_folds=inner_folds, random_state=seed, fit_predict=fit_predict)
+                  for seed in seeds]
+        selections += [{"dataset": group, "seed": seed, "choice": c.label, **inner.to_dict()}
+                       for seed, (c, inner) in zip(seeds, chosen)]
+        for held_out in contexts:
+            test_rows = table[table["dataset"] == held_out]
+            if len(test_rows) < min_candidates:
+                continue
+            test = test_features(table, held_out)
+            y = test_rows["target"].to_numpy(dtype=float)
+            base = dict(dataset=held_out, group=group, n_candidates=len(y))
+            per_seed = [ranking_metrics(y, _choice_scores(c, train, test, seed, fit_predict), k)
+                        for seed, (c, _) in zip(seeds, chosen)]
+            rows.append({**base, "method": META_MODEL, **pd.DataFrame(per_seed).mean().to_dict()})
+            for name, c in (fixed or {}).items():
+                fixed_seeds = [ranking_metrics(y, _choice_scores(c, train, test, seed, fit_predict), k) for seed in seeds]
+                rows.append({**base, "method": name, **pd.DataFrame(fixed_seeds).mean().to_dict()})
+            for method, s in baseline_scores(informative, test, portfolio_k).items():
+                rows.append({**base, "method": method, **ranking_metrics(y, s, k, with_spearman=method != "vanilla_kd")})
+            rows.append({**base, "method": "random", **random_metrics(y, k)})
     per = pd.DataFrame(rows)
-    if per.empty:
-        return LodoResult(per, pd.DataFrame(), pd.DataFrame(preds), None)
-    sb = per[per["method"] == "single_best"].set_index("dataset")["regret1"] if baselines else None
-    if sb is not None:
-        ref = per["dataset"].map(sb)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per["gap_closed"] = np.where(ref > 0, (ref - per["regret1"]) / ref, np.nan)
-    else:
-        per["gap_closed"] = np.nan
-    summary = per.groupby("method", sort=False)[[m for m in METRICS if m != "gap_closed"]].mean()
-    if sb is not None and sb.mean() > 0:
-        summary["gap_closed"] = 1.0 - summary["regret1"] / sb.mean()
-    else:
-        summary["gap_closed"] = np.nan
-    summary["n_datasets"] = per.groupby("method", sort=False)["dataset"].nunique()
-    order = [m for m in [*methods, *BASELINES] if m in summary.index]
-    summary = summary.loc[order]
-    model_rows = summary.loc[[m for m in methods if m in summary.index]]
-    best = str(model_rows["regret1"].idxmin()) if len(model_rows) else None
-    return LodoResult(per, summary, pd.DataFrame(preds), best,
-                      info={"n_datasets": len(datasets), "n_rows": int(len(table)), "random_state": random_state,
-                            "n_candidates": int(table["candidate"].nunique()), "k": k,
-                            "target": table.attrs.get("target", "ratio")})
+    order = [META_MODEL, *(fixed or {}), "portfolio", "single_best", "single_best_naive", "nearest_dataset",
+             "vanilla_kd", "random"]
+    metric_cols = [f"regret{j}" for j in REGRET_KS] + ["nregret1", "rank1", "hit5", "spearman"]
+    summary = per.groupby("method")[metric_cols].mean().reindex([m for m in order if m in set(per["method"])])
+    summary["n_datasets"] = per.groupby("method")["dataset"].nunique()
+    comparisons = _comparisons(per, portfolio_k, n_boot, list(fixed or {}))
+    informative_all = table[~table["dataset"].isin(bad)]
+    portfolio = greedy_portfolio(informative_all, portfolio_k)
+    key = (META_MODEL, "portfolio", f"regret{portfolio_k}")
+    decision = {"k": portfolio_k, "comparison": comparisons.loc[key].to_dict() if key in comparisons.index else {}}
+    from .warm_start import decide
+    decision["source"] = decide(decision["comparison"])
+    return NestedResult(per, summary, comparisons, pd.DataFrame(selections), portfolio, decision,
+                        info={"n_datasets": len(evaluable), "n_contexts": int(per["dataset"].nunique()),
+                              "left_out": {d: uninformative_datasets(table)[d] for d in bad},
+                              "n_rows": int(len(table)), "n_candidates": int(table["candidate"].nunique()),
+                              "seeds": list(seeds), "inner_folds": inner_folds, "portfolio_k": portfolio_k,
+                              "choices": [c.label for c in choices], "target": table.attrs.get("target", "ratio")})
 
 
-@dataclass
-class SeedStability:
-    """``summary``: per meta-model, mean / std / worst over the seeds of ``regret1`` and ``gap_closed``;
-    ``per_dataset``: the top-1 regret of every (seed, held-out dataset, meta-model)."""
-    summary: pd.DataFrame
-    per_dataset: pd.DataFrame
-
-
-def seed_stability(table: pd.DataFrame, methods: Sequence[str], seeds: Sequence[int], *,
-                   first: LodoResult | None = None, **kwargs: Any) -> SeedStability:
-    """The LODO evaluation again with each model seed (``first``: an already computed result for
-    ``seeds[0]``).
-
-    Candidates are often within noise of each other, so a model's top-1 pick, and with it the
-    comparison between models, can flip with the seed of its trees and bags."""
-    rows, per_dataset = [], []
-    for seed in seeds:
-        res = first if first is not None and seed == seeds[0] else \
-            lodo_evaluate(table, methods, random_state=seed, **kwargs)
-        rows += [{"method": m, "regret1": res.summary.loc[m, "regret1"],
-                  "gap_closed": res.summary.loc[m, "gap_closed"]} for m in methods if m in res.summary.index]
-        mine = res.per_dataset[res.per_dataset["method"].isin(methods)]
-        per_dataset.append(mine[["dataset", "method", "regret1"]].assign(seed=seed))
-    per_seed = pd.DataFrame(rows).groupby("method", sort=False)
-    out = per_seed.agg(regret1_mean=("regret1", "mean"), regret1_std=("regret1", "std"),
-                       regret1_worst=("regret1", "max"), gap_closed_mean=("gap_closed", "mean"),
-                       gap_closed_worst=("gap_closed", "min"))
-    out["n_seeds"] = len(seeds)
-    return SeedStability(out, pd.concat(per_dataset, ignore_index=True))
-
-
-def gap_without_one_dataset(regret1: pd.DataFrame, reference: str = "single_best") -> pd.DataFrame:
-    """How much one held-out dataset carries the summary: ``regret1`` is a (dataset x method) table of
-    top-1 regrets; per method, the gap closed on the mean over all datasets and its lowest value when
-    any one dataset is dropped from both means (a jackknife), with the dataset whose removal costs most."""
+def _comparisons(per: pd.DataFrame, portfolio_k: int, n_boot: int, fixed: Sequence[str] = ()) -> pd.DataFrame:
+    """Every method against the fair single best at top-1 and at the warm-start k, and the meta-model
+    against the portfolio at the warm-start k (the product's decision); paired over dataset groups."""
+    # the datasets are the independent units: a group's contexts (train sizes) are averaged first
+    means = per.groupby(["method", "group"])[[f"regret{j}" for j in REGRET_KS]].mean().reset_index()
+    wide = {m: g.set_index("group") for m, g in means.groupby("method")}
+    pairs = [(m, "single_best", metric) for metric in ("regret1", f"regret{portfolio_k}")
+             for m in (META_MODEL, *fixed, "portfolio", "nearest_dataset", "single_best_naive", "vanilla_kd",
+                       "random")]
+    pairs.append((META_MODEL, "portfolio", f"regret{portfolio_k}"))
     rows = {}
-    for method in regret1.columns:
-        if method == reference:
-            continue
-        closed = {d: 1.0 - regret1[method].drop(d).mean() / regret1[reference].drop(d).mean()
-                  for d in regret1.index}
-        worst = min(closed, key=closed.get)
-        rows[method] = {"gap_closed": 1.0 - regret1[method].mean() / regret1[reference].mean(),
-                        "gap_closed_one_dropped_min": closed[worst], "dropped": worst}
-    return pd.DataFrame.from_dict(rows, orient="index")
+    for method, ref, metric in pairs:
+        if method in wide and ref in wide:
+            both = pd.concat([wide[method][metric], wide[ref][metric]], axis=1, keys=["m", "r"], join="inner")
+            rows[(method, ref, metric)] = paired_comparison(both["m"], both["r"], n_boot=n_boot)
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.names = ["method", "reference", "metric"]
+    return out
 
 
 # --------------------------------------------------------------------------- report
@@ -326,112 +489,84 @@ def markdown_table(df: pd.DataFrame, index_name: str = "") -> str:
     return "\n".join(lines)
 
 
-def _averaged_over_seeds(first_seed: pd.DataFrame, stability: SeedStability) -> pd.DataFrame:
-    """The (dataset x method) top-1 regrets of the first seed with each meta-model's column replaced by
-    its mean over the seeds (the baselines do not depend on the seed)."""
-    means = stability.per_dataset.pivot_table(index="dataset", columns="method", values="regret1", aggfunc="mean")
-    out = first_seed.copy()
-    out[means.columns] = means
-    return out
-
-
-def _seed_stability_section(result: LodoResult, stability: SeedStability, seed_means: pd.DataFrame,
-                            out: Path) -> list[str]:
-    stability.summary.to_csv(out / "seed_stability.csv")
-    stability.per_dataset.to_csv(out / "seed_regret1.csv", index=False)
-    baselines = result.summary.drop(index=stability.summary.index, errors="ignore")
-    overview = pd.concat([stability.summary.drop(columns="n_seeds"),
-                          baselines[["regret1", "gap_closed"]].rename(
-                              columns={"regret1": "regret1_mean", "gap_closed": "gap_closed_mean"})])
-    return ["## Over model seeds", "",
-            f"Each meta-model refitted with {int(stability.summary['n_seeds'].iloc[0])} seeds: mean, std and "
-            "worst over the seeds of the mean top-1 regret and of the gap closed (the baselines do not "
-            "depend on the seed).", "",
-            markdown_table(overview, "method"), "",
-            f"Best meta-model by top-1 regret averaged over the seeds: **{result.best_method}**.", "",
-            "Top-1 regret per held-out dataset, meta-models averaged over the seeds (every seed's figure "
-            "is in `seed_regret1.csv`):", "",
-            markdown_table(seed_means, "dataset"), ""]
-
-
-def write_report(result: LodoResult, out_dir: str | Path, title: str = "Meta-model: leave-one-dataset-out") -> Path:
-    """report.md + per_dataset.csv + summary.csv + predictions.csv + PNG plots in ``out_dir``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = "Meta-model: nested leave-one-dataset-out",
+                        note: str = "") -> Path:
+    """report.md + per_dataset.csv + summary.csv + comparisons.csv + selections.csv (+ noise_floor.csv)
+    + decision.json in ``out_dir``."""
+    import json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result.per_dataset.to_csv(out / "per_dataset.csv", index=False)
     result.summary.to_csv(out / "summary.csv")
-    result.predictions.to_csv(out / "predictions.csv", index=False)
-    info = result.info
-    lines = [f"# {title}", "",
-             f"{info.get('n_datasets', '?')} datasets, {info.get('n_candidates', '?')} candidates, "
-             f"{info.get('n_rows', '?')} (dataset, candidate) rows; target `{info.get('target', 'ratio')}`; "
-             f"top-k = {info.get('k', TOP_K)}. Each dataset is held out in turn and the models are fitted on the "
-             "others only. Regret is in target units (y* − y of the pick); `nregret1` is min-max scaled per "
-             "dataset; `gap_closed` is the share of the single-best → oracle gap in mean top-1 regret that a "
-             "method closes.", ""]
+    result.comparisons.to_csv(out / "comparisons.csv")
+    result.selections.to_csv(out / "selections.csv", index=False)
+    info, k = result.info, result.info.get("portfolio_k", 4)
+    decision = {**result.decision, "portfolio": result.portfolio, "note": note}
+    (out / "decision.json").write_text(json.dumps(decision, indent=1, default=float), encoding="utf-8")
+    lines = [f"# {title}", ""]
+    if note:
+        lines += [f"**{note}**", ""]
+    lines += [f"{info.get('n_datasets')} held-out datasets, {info.get('n_candidates')} candidates, "
+              f"{info.get('n_rows')} (dataset, candidate) rows; target `{info.get('target')}`. Each dataset is held "
+              "out in turn. The meta-model's modelling choice (family, ensemble size, whether to train on "
+              "datasets whose teacher is no better than the majority class) is selected *inside* each training "
+              f"fold ({info.get('inner_folds')}-fold grouped CV on the training datasets only, lowest mean top-1 "
+              f"regret; choices: {', '.join(info.get('choices', []))}), refitted on the training fold and "
+              f"scored on the held-out dataset, with model seeds {info.get('seeds')} (a dataset's figures are the "
+              "mean over the seeds). Ties in any method's ranking are scored at their expected value "
+              "(no alphabetical or positional tie-break). `regret<k>` = best target − best target among the "
+              "method's top k.", "",
+              "- `single_best` (fair): the best mean centred target (target − the dataset's mean) over a complete "
+              "block of the training datasets and candidates (every candidate ran on every dataset of it; a "
+              "dataset is dropped from the block when that adds (dataset, candidate) cells, down to half the "
+              "datasets); candidates outside the block rank after;",
+              "- `single_best_naive`: the old baseline, the mean raw target over whichever datasets a candidate has;",
+              f"- `portfolio`: the greedy best-of-{k} portfolio of the training datasets (its members first, "
+              "then the fair single-best order);",
+              "- `nearest_dataset`, `vanilla_kd`, `random` (exact expectation) as before;",
+              "- `plain_hgb` (when present): one HistGradientBoostingRegressor (no bagging) on (pipeline features, "
+              "meta-features), fitted in every fold with no selection: a fixed reference, not the product's model.",
+              ""]
     if info.get("left_out"):
-        lines += ["Left out (their teacher scores no better than always predicting the majority class, so "
-                  "every candidate's target is noise around chance; `--keep-uninformative` keeps them): "
+        lines += ["Never held out (teacher no better than the majority class; the ratio is noise around chance): "
                   + ", ".join(f"{d} (teacher {t:.3f}, majority {b:.3f})" for d, (t, b) in info["left_out"].items())
-                  + ".", ""]
-    if result.summary.empty:
-        lines.append("No dataset had enough candidates to evaluate.")
-        (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return out / "report.md"
-    stability = info.get("seed_stability")
+                  + ". Whether the meta-model trains on them is one of its nested choices.", ""]
+    lines += ["## Mean over held-out datasets", "", markdown_table(result.summary, "method"), ""]
+    comp = result.comparisons.reset_index()
+    comp.index = [f"{r.method} vs {r.reference} ({r.metric})" for r in comp.itertuples()]
+    lines += ["## Paired per-dataset comparisons", "",
+              "d = reference's regret − method's (> 0: the method is better); wins / ties / losses of the "
+              "method; two-sided Wilcoxon signed-rank p on the non-zero differences; 95% percentile bootstrap "
+              "CI of the mean of d over datasets (2,000 resamples).", "",
+              markdown_table(comp.drop(columns=["method", "reference", "metric"]), "comparison"), ""]
+    src = decision["source"]
+    cmp_ = decision.get("comparison") or {}
+    lines += ["## Decision: what the product warm-starts from", "",
+              f"Meta-model top-{k} vs the best-of-{k} portfolio: mean difference "
+              f"{_fmt(cmp_.get('mean_difference', float('nan')))}, CI [{_fmt(cmp_.get('ci_low', float('nan')))}, "
+              f"{_fmt(cmp_.get('ci_high', float('nan')))}]. Rule: the meta-model only when that CI lies above 0. "
+              f"**Warm start from: {src}**" + (f" (portfolio on all evaluated datasets: {', '.join(result.portfolio)})."
+                                               if src == "portfolio" else "."), ""]
     piv = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")
     piv = piv[[m for m in result.summary.index if m in piv.columns]]
-    regret1, seed_note = piv, ""
-    if stability is not None:
-        regret1 = _averaged_over_seeds(piv, stability)
-        lines += _seed_stability_section(result, stability, regret1, out)
-        seed_note = f" (model seed {info.get('random_state', '?')}, the first of the seeds above)"
-    lines += [f"## Mean over held-out datasets{seed_note}", "", markdown_table(result.summary, "method"), ""]
-    if stability is None:
-        lines += [f"Best meta-model by mean top-1 regret: **{result.best_method}**.", ""]
-    lines += [f"## Top-1 regret per held-out dataset{seed_note}", "", markdown_table(piv, "dataset"), ""]
-    if "single_best" in piv.columns and len(piv) > 2:
-        lines += ["## Does one dataset carry it?", "",
-                  "Gap closed on the mean over all held-out datasets, and its lowest value when any one "
-                  "dataset is dropped" + (" (meta-models averaged over the seeds)" if stability is not None
-                                          else "") + ":", "",
-                  markdown_table(gap_without_one_dataset(regret1.dropna()), "method"), ""]
-    # plots
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(piv) + 3), 4))
-    width = 0.8 / max(1, piv.shape[1])
-    x = np.arange(len(piv))
-    for i, m in enumerate(piv.columns):
-        ax.bar(x + i * width, piv[m].to_numpy(), width, label=m)
-    ax.set_xticks(x + 0.4 - width / 2, piv.index, rotation=45, ha="right")
-    ax.set_ylabel("top-1 regret (target units)")
-    ax.set_title("Top-1 regret per held-out dataset")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "regret_per_dataset.png", dpi=110)
-    plt.close(fig)
-    lines += ["![top-1 regret per dataset](regret_per_dataset.png)", ""]
-    if result.best_method is not None:
-        p = result.predictions[result.predictions["method"] == result.best_method]
-        fig, ax = plt.subplots(figsize=(5, 5))
-        for ds, g in p.groupby("dataset"):
-            ax.scatter(g["true"], g["predicted"], s=10, label=ds)
-        lo = float(min(p["true"].min(), p["predicted"].min()))
-        hi = float(max(p["true"].max(), p["predicted"].max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel("true target")
-        ax.set_ylabel(f"predicted ({result.best_method}, held out)")
-        ax.set_title("Predicted vs true, leave-one-dataset-out")
-        if p["dataset"].nunique() <= 20:
-            ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / "pred_vs_true.png", dpi=110)
-        plt.close(fig)
-        lines += ["![predicted vs true](pred_vs_true.png)", ""]
-    lines += ["Files: `summary.csv`, `per_dataset.csv` (every metric per dataset and method), "
-              "`predictions.csv` (every held-out score).", ""]
+    lines += ["## Top-1 regret per held-out dataset", "", markdown_table(piv, "dataset"), ""]
+    pk = result.per_dataset.pivot(index="dataset", columns="method", values=f"regret{k}")
+    pk = pk[[m for m in result.summary.index if m in pk.columns]]
+    lines += [f"## Best-of-{k} regret per held-out dataset", "", markdown_table(pk, "dataset"), ""]
+    if not result.selections.empty:
+        counts = result.selections["choice"].value_counts().rename("times chosen").to_frame()
+        lines += ["## Choices selected inside the training folds", "", markdown_table(counts, "choice"), "",
+                  "Every choice's inner mean top-1 regret per fold: `selections.csv`.", ""]
+    if result.noise_floor is not None and not result.noise_floor.empty:
+        result.noise_floor.to_csv(out / "noise_floor.csv", index=False)
+        lines += ["## Seed noise floor", "",
+                  "Contexts with ≥ 2 student seeds: `seed_std` = mean over candidates of a candidate's std "
+                  "across seeds; `spearman` between the seeds' candidate rankings; `cross_seed_regret1` = the "
+                  "top-1 regret at one seed of the candidate best at the other (what an oracle of one seed loses).",
+                  "", markdown_table(result.noise_floor.set_index("dataset"), "dataset"), ""]
+    has_floor = result.noise_floor is not None and not result.noise_floor.empty
+    lines += ["Files: `summary.csv`, `per_dataset.csv`, `comparisons.csv`, `selections.csv`, `decision.json`"
+              + (", `noise_floor.csv`" if has_floor else "") + ".", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return out / "report.md"

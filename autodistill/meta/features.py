@@ -368,3 +368,22 @@ def compute_meta_features(task, tokenizer, backbone: Any = None, teacher_score: 
         value = float(feats[name])
         out[name] = round(value, 6) if math.isfinite(value) else 0.0
     return out
+
+
+def meta_features_for(data, backbone: Any = "default", *, tokenizer=None, teacher_score: float | None = None,
+                      teacher_confidence: Any = None):
+    """The one meta-feature function of build, ``recommend``, ``auto`` and the service: ``(task,
+    features)`` on exactly the rows a pipeline with data config ``data`` (a
+    :class:`~autodistill.config.DataConfig`) trains on — the same split and ``max_train_examples``
+    subsample, so ``log_n_train`` is the size of what is trained on. ``backbone``: a backbone name
+    (its tokenizer is used unless ``tokenizer`` is given), a loaded model, or None (no embedding
+    features; the tokenizer then defaults to the default backbone's)."""
+    from ..config import DEFAULT_BACKBONE
+    from ..data import load_task_data
+    from ..models import load_tokenizer
+
+    task = load_task_data(data)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(backbone if isinstance(backbone, str) else DEFAULT_BACKBONE)
+    return task, compute_meta_features(task, tokenizer, backbone=backbone, teacher_score=teacher_score,
+                                       teacher_confidence=teacher_confidence, seed=0)

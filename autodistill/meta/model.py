@@ -39,7 +39,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from .table import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns, numeric_meta_features
+from .portfolio import PIPELINE_SECTIONS, pipeline_only
+from .table import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns, numeric_meta_features, pipeline_features
+
+_PIPELINE_PREFIXES = tuple(f"{PF_PREFIX}{section}." for section in PIPELINE_SECTIONS)
 
 METHODS = ("hgb", "rf", "pairwise")
 
@@ -299,6 +302,9 @@ class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator)
 # --------------------------------------------------------------------------- recommender
 @dataclass
 class Recommendation:
+    """A recommended KD pipeline: ``config`` holds only its :data:`~autodistill.meta.portfolio.PIPELINE_SECTIONS`,
+    never the budget the meta-dataset ran it at; :func:`~autodistill.meta.portfolio.with_pipeline` puts
+    it on the user's own config (their rows, length, teacher, student and epochs)."""
     rank: int
     candidate: str
     config: dict[str, Any]
@@ -460,8 +466,11 @@ class Recommender:
                  "its_best_candidate": self.best_by_dataset.get(self._dataset_names[i], {}).get("candidate")}
                 for i in order]
 
-    def candidate_matrix(self, meta_features: Mapping[str, Any]) -> np.ndarray:
-        """One row per candidate: its pipeline features, then the query dataset's meta-features."""
+    def candidate_matrix(self, meta_features: Mapping[str, Any], budget: Any = None) -> np.ndarray:
+        """One row per candidate: its pipeline features, then the query dataset's meta-features. With
+        ``budget`` (the user's config), the columns of the budget sections (data, teachers, student,
+        optim) are the user's, for every candidate: a candidate is a pipeline, the budget is the
+        request's (a meta-dataset built at several students learns how the budget changes the ranking)."""
         if self._pf_matrix is None:   # built once: the candidates' columns never change
             self._pf_matrix = np.array(
                 [[cand["features"].get(c, np.nan) if c.startswith(PF_PREFIX) else np.nan
@@ -471,21 +480,28 @@ class Recommender:
         q = _normalise_query(meta_features)
         X = self._pf_matrix.copy()
         X[:, self._mf_index] = [q.get(self.feature_columns[i], np.nan) for i in self._mf_index]
+        if budget is not None:
+            theirs = pipeline_features(budget)
+            for i, c in enumerate(self.feature_columns):
+                if c in theirs and not c.startswith(_PIPELINE_PREFIXES):
+                    X[:, i] = theirs[c]
         return X
 
     def recommend(self, meta_features: Mapping[str, Any], top_k: int = 5,
-                  constraints: Mapping[str, Any] | Callable[[Mapping[str, Any]], bool] | None = None
-                  ) -> list[Recommendation]:
+                  constraints: Mapping[str, Any] | Callable[[Mapping[str, Any]], bool] | None = None,
+                  budget: Any = None) -> list[Recommendation]:
         """The ``top_k`` candidates by predicted score (best first).
 
         ``meta_features``: the dataset's meta-features (raw names, or ``mf_``-prefixed).
+        ``budget``: the user's config (a :class:`~autodistill.config.PipelineConfig` or dict): its
+        student, data and optimisation settings replace the meta-dataset's in the model's inputs.
         ``constraints``: a callable on the config dict, or ``{dotted.config.path: value or [values]}``
         (e.g. ``{"student.num_layers": 2}``); candidates that fail it are left out.
         """
         keep = [i for i, c in enumerate(self.candidates) if matches_constraints(c["config"], constraints)]
         if not keep:
             return []
-        X = self.candidate_matrix(meta_features)[keep]
+        X = self.candidate_matrix(meta_features, budget)[keep]
         mean, std = self.model.predict_with_uncertainty(X)
         order = np.argsort(-mean, kind="stable")[:max(0, int(top_k))]
         nearest = self.nearest_datasets(meta_features, k=3)
@@ -503,7 +519,7 @@ class Recommender:
             }
             if cand.get("extra"):
                 why["outside_the_config"] = cand["extra"]
-            out.append(Recommendation(rank=rank, candidate=cand["name"], config=cand["config"],
+            out.append(Recommendation(rank=rank, candidate=cand["name"], config=pipeline_only(cand["config"]),
                                       predicted_score=float(mean[j]), uncertainty=float(std[j]), why=why))
         return out
 

@@ -46,6 +46,15 @@ META_PRESET: dict[str, Any] = {
               "eval_batch_size": 128, "device": "cpu"},
 }
 
+#: student sizes of the v2 build (a context dimension): the 2-layer student cut from the 6-layer teacher
+#: keeps 15.6 M of its 22.7 M parameters (mild compression, where KD matters least); the fresh 4-layer
+#: hidden-128 student has 4.8 M (4.7x smaller, ~3x faster per example on CPU; see /work NOTES)
+STUDENT_PRESETS: dict[str, dict[str, Any]] = {
+    "cut2": {"kind": "truncated", "num_layers": 2, "layer_selection": "uniform"},
+    "fresh4x128": {"kind": "fresh", "num_layers": 4, "hidden_size": 128, "num_attention_heads": 4,
+                   "intermediate_size": 512},
+}
+
 EXCLUDED_OPTIONS: dict[str, dict[str, str]] = {
     "augmenter": {"backtranslation": "needs MarianMT translation models (not available offline)",
                   "contextual": "needs a masked LM (not available offline)"},
@@ -127,6 +136,24 @@ def record_is_current(candidate: str, engine_version: int | None) -> bool:
     made_by = engine_version or 1
     return not any(candidate in changed for version, changed in CHANGED_IN_ENGINE_VERSION.items()
                    if version > made_by)
+
+
+#: the config sections that make a KD pipeline; everything else (data rows and length, teachers, student
+#: size, epochs and the rest of ``optim``) is the budget, which comes from the user's data and request
+PIPELINE_SECTIONS = ("augmentation", "mixup", "loss", "weighting", "dynamic")
+
+
+def pipeline_only(config: PipelineConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The KD pipeline of a config: its :data:`PIPELINE_SECTIONS`, nothing of the budget it ran at."""
+    data = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
+    return {k: copy.deepcopy(data[k]) for k in PIPELINE_SECTIONS if k in data}
+
+
+def with_pipeline(base: PipelineConfig | Mapping[str, Any], pipeline: Mapping[str, Any]) -> PipelineConfig:
+    """``base`` (the user's config: data, teachers, student, optim) running ``pipeline``'s KD sections,
+    which replace ``base``'s whole (they are complete sections, not partial updates)."""
+    data = base.to_dict() if isinstance(base, PipelineConfig) else dict(base)
+    return parse_config({**data, **pipeline_only(pipeline)}, source="recommended pipeline")
 
 
 def needs_classification(partial: Mapping[str, Any]) -> bool:

@@ -4,7 +4,9 @@
 written by the search and by ``autodistill meta build`` / ``import-distiller``) into a
 :class:`pandas.DataFrame` with
 
-- ``dataset``: the dataset's name (see :func:`record_dataset_name` for where it is looked up);
+- ``dataset``: the context's name (see :func:`record_dataset_name` for where it is looked up): a dataset,
+  or one dataset at one train size;
+- ``group``: the dataset the context belongs to (:func:`record_group`; held out together);
 - ``candidate``: the candidate's portfolio name when the record carries one, else ``cfg-<hash>`` of
   the canonical config (:func:`autodistill.search.records.canonical_config_hash`);
 - ``fingerprint``, ``config`` (canonical JSON of the full PipelineConfig), ``extra`` (JSON of the
@@ -56,7 +58,7 @@ from ..search.records import canonical_config_hash
 PF_PREFIX = "pf_"
 MF_PREFIX = "mf_"
 TARGETS = ("ratio", "best")
-ID_COLUMNS = ("dataset", "candidate", "fingerprint", "config", "score", "teacher_score", "majority_baseline",
+ID_COLUMNS = ("dataset", "group", "candidate", "fingerprint", "config", "score", "teacher_score", "majority_baseline",
               "n_runs", "target")
 
 #: config fields (dotted paths) that are bookkeeping, not part of what a pipeline learns
@@ -239,6 +241,13 @@ def record_dataset_name(rec: Mapping[str, Any]) -> str:
     if rec.get("_source"):
         return str(rec["_source"])
     return str(rec.get("dataset_fingerprint", "unknown"))
+
+
+def record_group(rec: Mapping[str, Any]) -> str:
+    """The dataset a context belongs to: ``dataset_group`` (the build's ``<dataset>@n<rows>`` contexts
+    of one dataset at several train sizes share it), else the context's own name. Leave-one-dataset-out
+    holds out a whole group."""
+    return str(rec.get("dataset_group") or record_dataset_name(rec))
 
 
 def record_extra_features(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -436,7 +445,8 @@ def records_to_table(records: Sequence[Mapping[str, Any]], *, target: str = "rat
                                              if k.startswith("extra.")}))
             extra = record_extra_features(rec)
             row = rows[(dataset, cand)] = {
-                "dataset": dataset, "candidate": cand, "fingerprint": rec.get("dataset_fingerprint"),
+                "dataset": dataset, "group": record_group(rec), "candidate": cand,
+                "fingerprint": rec.get("dataset_fingerprint"),
                 "config": cfg_json, "extra": json.dumps(extra, sort_keys=True, default=str) if extra else "",
                 "_scores": [], "_teachers": [], "_ratios": [], "_baselines": [],
                 **pf, **_extra_columns(extra), **mf}
@@ -554,4 +564,5 @@ def table_from_paths(paths: str | Path | Iterable[str | Path], *, target: str = 
     for source, t in tables.items():
         in_shared = t["dataset"].isin(shared)
         t.loc[in_shared, "dataset"] = t.loc[in_shared, "dataset"] + "@" + labels[source]
+        t.loc[in_shared, "group"] = t.loc[in_shared, "group"] + "@" + labels[source]
     return _ordered(pd.concat(list(tables.values()), ignore_index=True), target)
