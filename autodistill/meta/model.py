@@ -39,7 +39,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from .portfolio import PIPELINE_SECTIONS, pipeline_only
+from .portfolio import PIPELINE_SECTIONS, current_candidate
 from .table import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns, numeric_meta_features, pipeline_features
 
 _PIPELINE_PREFIXES = tuple(f"{PF_PREFIX}{section}." for section in PIPELINE_SECTIONS)
@@ -519,7 +519,8 @@ class Recommender:
             }
             if cand.get("extra"):
                 why["outside_the_config"] = cand["extra"]
-            out.append(Recommendation(rank=rank, candidate=cand["name"], config=pipeline_only(cand["config"]),
+            name, pipeline = current_candidate(cand["name"], cand["config"])
+            out.append(Recommendation(rank=rank, candidate=name, config=pipeline,
                                       predicted_score=float(mean[j]), uncertainty=float(std[j]), why=why))
         return out
 

@@ -138,6 +138,21 @@ def record_is_current(candidate: str, engine_version: int | None) -> bool:
                    if version > made_by)
 
 
+
+#: candidates renamed since a committed meta-dataset was built: old name -> current name. Their old records
+#: ran what the current candidate runs (v3's "contextual" without a masked LM was the static-neighbour
+#: augmenter, now ``embedding_neighbour``), so a model fitted on them recommends the current candidate.
+RENAMED_CANDIDATES: dict[str, str] = {"aug_contextual_random_mixup_mi0.9": "aug_neighbour_random_mixup_mi0.9"}
+
+
+def current_candidate(name: str, config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, KD pipeline) as the candidate runs today: a renamed candidate's current name and pipeline
+    sections (its old config names an augmenter that cannot run any more); anything else as given."""
+    if name in RENAMED_CANDIDATES:
+        new = RENAMED_CANDIDATES[name]
+        return new, pipeline_only(candidate_config(new))
+    return name, pipeline_only(config)
+
 #: the config sections that make a KD pipeline; everything else (data rows and length, teachers, student
 #: size, epochs and the rest of ``optim``) is the budget, which comes from the user's data and request
 PIPELINE_SECTIONS = ("augmentation", "mixup", "loss", "weighting", "dynamic")

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .portfolio import RENAMED_CANDIDATES
+
 DECISION_FILE = "warm_start.json"
 META_MODEL, PORTFOLIO = "meta_model", "portfolio"
 
@@ -171,8 +173,9 @@ def choose_warm_start(recommender: Any, model_dir: str | Path, meta_features: Ma
         return WarmStart(META_MODEL, ranked[:top_k], "the evaluation found the meta-model's top-k better than "
                          "the best-of-k portfolio (bootstrap CI above 0)", evidence)
     by_name = {r.candidate: r for r in ranked}
-    members = [by_name[c] for c in decision["portfolio"] if c in by_name]
-    rest = [r for r in ranked if r.candidate not in decision["portfolio"]]
+    chosen = [RENAMED_CANDIDATES.get(c, c) for c in decision["portfolio"]]
+    members = [by_name[c] for c in chosen if c in by_name]
+    rest = [r for r in ranked if r.candidate not in chosen]
     recs = (members + rest)[:top_k]
     for rank, r in enumerate(recs, start=1):
         r.rank = rank
