@@ -26,7 +26,7 @@ def _distill(args: argparse.Namespace) -> int:
             updates["validation"] = args.validation
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
         cfg = PipelineConfig.model_validate(cfg.to_dict())  # re-validate the merged config
-        result = run_distillation(cfg)
+        result = run_distillation(cfg, log_events=True)
         add_latency(result)
         out = export(result, args.out)
     except (ConfigError, DataError, ModelLoadError) as err:

@@ -324,7 +324,7 @@ def prepare_teacher(base: PipelineConfig) -> tuple[Any, float | None, dict[str, 
     from ..metrics import resolve_metric
     from ..models import load_tokenizer
     from ..teacher import get_teacher
-    from ..training import encode_texts
+    from ..training import encode_texts, split_dev
 
     task = load_task_data(base.data)
     device = select_device(base.optim.device)
@@ -332,12 +332,13 @@ def prepare_teacher(base: PipelineConfig) -> tuple[Any, float | None, dict[str, 
     tokenizer = load_tokenizer(base.teacher.backbone)
     pad_id = tokenizer.pad_token_id or 0
     ml = base.data.max_length
-    train = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, ml, task.task_type)
+    encoded = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, ml, task.task_type)
     validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b, task.validation.labels,
                               ml, task.task_type)
+    train, dev = split_dev(encoded, base.data, task.task_type)
     score = None
     for k, tcfg in enumerate(base.teachers):
-        t = get_teacher(tcfg, task.fingerprint, train, validation, task.num_labels, task.task_type,
+        t = get_teacher(tcfg, task.fingerprint, train, dev, validation, task.num_labels, task.task_type,
                         task.label_names, metric, ml, pad_id, device)
         teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device)
         if k == 0:
