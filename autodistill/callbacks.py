@@ -97,26 +97,26 @@ class EarlyStoppingCallback(Callback):
 
 
 class EventLogCallback(Callback):
-    """One flushed line per evaluation (``[teacher] epoch 2.0 step 170 12 s: dev accuracy 0.8712 (best
-    0.8712)``), readable in a pipe or a log file, and a closing line saying why training stopped."""
+    """One flushed line per evaluation (``[ 0:12] [teacher] epoch 2.00 step 170: dev accuracy 0.8712
+    (best 0.8712)``), readable in a pipe or a log file, and a closing line with the budget used and why
+    training stopped."""
 
-    def __init__(self, desc: str, metric: str, stream=None):
+    def __init__(self, desc: str, metric: str, events=None):
+        from .progress import EventLog
         self.desc = desc
         self.metric = metric
-        self.stream = stream
-
-    def _print(self, text: str) -> None:
-        print(f"[{self.desc}] {text}", file=self.stream or sys.stderr, flush=True)
+        self.events = events or EventLog()
 
     def on_evaluate(self, state: TrainerState, metrics: dict[str, float], **kw: Any) -> None:
         row = state.history[-1]
-        self._print(f"epoch {row['epoch']:.2f} step {row['step']} {row['seconds']:.0f} s: dev {self.metric} "
-                    f"{row['score']:.4f} (best {state.best_score:.4f})")
+        self.events.emit(self.desc, f"epoch {row['epoch']:.2f} step {row['step']}: dev {self.metric} "
+                                    f"{row['score']:.4f} (best {state.best_score:.4f})")
 
     def on_train_end(self, state: TrainerState, **kw: Any) -> None:
         best = f"{state.best_score:.4f} at step {state.best_step}" if state.best_score is not None else "-"
-        self._print(f"done after {state.global_step} steps ({state.epoch:.2f} epochs, {state.seconds:.0f} s): "
-                    f"{state.stop_reason or 'finished'}; best dev {self.metric} {best} restored")
+        self.events.emit(self.desc, f"done: {state.global_step} steps ({state.epoch:.2f} epochs) in "
+                                    f"{state.seconds:.0f} s, stopped by {state.stop_reason}; best dev "
+                                    f"{self.metric} {best} restored")
 
 
 class JsonlLoggerCallback(Callback):

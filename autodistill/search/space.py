@@ -511,16 +511,27 @@ def warm_start_points(space: SearchSpace, configs: Iterable[PipelineConfig | Map
                       ) -> list[dict[str, Any]]:
     """Up to ``n`` distinct warm-start points: full configs (e.g. the recommender's, best first)
     projected onto the space with :meth:`SearchSpace.params_from_config`."""
-    points, seen = [], set()
-    for cfg in configs:
+    return [point for _, point in distinct_points(space, configs, n)]
+
+
+def distinct_points(space: SearchSpace, configs: Iterable[PipelineConfig | Mapping[str, Any]], n: int
+                    ) -> list[tuple[int, dict[str, Any]]]:
+    """(index of the source config, point) for up to ``n`` projections that give distinct trial
+    configs: two configs that differ only where the space cannot follow them (or in a value the
+    projection snaps to the same choice) would train the same student twice, so only the first is kept."""
+    out, seen = [], set()
+    for k, cfg in enumerate(configs):
         point = space.params_from_config(cfg)
-        tag = _canonical(point)
+        try:
+            tag = config_hash(space.to_config(space.encode(point)))
+        except (SpaceError, ConfigError):
+            continue   # a combination the space cannot run: left to the sampler
         if tag not in seen:
             seen.add(tag)
-            points.append(point)
-        if len(points) == n:
+            out.append((k, point))
+        if len(out) == n:
             break
-    return points
+    return out
 
 
 def load_warm_start(path: str | Path, space: SearchSpace) -> list[dict[str, Any]]:
