@@ -72,3 +72,27 @@ def test_progress_reaches_a_pipe_one_line_per_event_as_it_happens(tiny_backbone,
         assert any("[search] trial" in ln and event in ln and "best so far" in ln for ln in events), (event, text)
     assert "== verdict ==" in text and "\r" not in text                      # no terminal bar in a pipe
     assert not any("Some weights" in ln or "INFO" in ln for ln in lines), text  # library chatter hidden
+
+
+def test_slow_machine_is_flagged_early_with_what_fits():
+    from autodistill.search.runner import pace_note
+    from autodistill.search.space import Budget
+    budget = Budget(trials=8, time_budget_s=600, max_concurrent_trials=2)   # 150 s per student
+    assert pace_note(120, budget, used=120, students_left=7) is None
+    note = pace_note(465, budget, used=465, students_left=7)
+    assert "3.1x the 150 s per student" in note and "--time-budget" in note and "--trials" in note
+
+
+def test_warm_start_points_give_distinct_trial_configs(tiny_backbone):
+    from autodistill.config import PipelineConfig
+    from autodistill.search.space import SearchSpace, config_hash, warm_start_points
+    space = SearchSpace.from_dict(tiny_space(tiny_backbone))
+    # an objective the space lacks (pkd) resolves to the space's default, as the empty config does:
+    # two seeds would train one student twice
+    cfgs = [{"loss": {"intermediate": {"objective": "mi_alpha", "alpha": 0.5}}},
+            {"loss": {"intermediate": {"objective": "pkd"}}}, {}]
+    points = warm_start_points(space, [PipelineConfig.model_validate(c) for c in cfgs], 4)
+    hashes = {config_hash(space.to_config(space.encode(p))) for p in points}
+    assert len(points) == 2 and len(hashes) == 2
+    for p in points:   # complete: every active parameter is set, none is left to the sampler
+        assert set(p) == {q.name for q in space.params if space.active(q, p)}

@@ -516,16 +516,18 @@ def warm_start_points(space: SearchSpace, configs: Iterable[PipelineConfig | Map
 
 def distinct_points(space: SearchSpace, configs: Iterable[PipelineConfig | Mapping[str, Any]], n: int
                     ) -> list[tuple[int, dict[str, Any]]]:
-    """(index of the source config, point) for up to ``n`` projections that give distinct trial
-    configs: two configs that differ only where the space cannot follow them (or in a value the
-    projection snaps to the same choice) would train the same student twice, so only the first is kept."""
+    """(index of the source config, point) for up to ``n`` projections that are complete (every active
+    parameter set: what a value the space cannot express becomes is the space's base/default, not a
+    sampler's draw, so a point names exactly one student) and distinct as trial configs (two configs
+    that differ only where the space cannot follow them would train the same student twice)."""
     out, seen = [], set()
     for k, cfg in enumerate(configs):
-        point = space.params_from_config(cfg)
         try:
+            partial = space.params_from_config(cfg)
+            point = space.params_from_config(space.to_config(space.encode(partial)))
             tag = config_hash(space.to_config(space.encode(point)))
         except (SpaceError, ConfigError):
-            continue   # a combination the space cannot run: left to the sampler
+            continue   # a combination the space cannot run
         if tag not in seen:
             seen.add(tag)
             out.append((k, point))
