@@ -96,3 +96,14 @@ def test_warm_start_points_give_distinct_trial_configs(tiny_backbone):
     assert len(points) == 2 and len(hashes) == 2
     for p in points:   # complete: every active parameter is set, none is left to the sampler
         assert set(p) == {q.name for q in space.params if space.active(q, p)}
+
+
+def test_search_whose_budget_ends_before_any_student_says_so_and_fails(tiny_backbone, tmp_path, capsys):
+    space = write_space(tmp_path, tiny_space(tiny_backbone))
+    out = tmp_path / "search"
+    code = main(["search", "--data", CR, "--space", str(space), "--trials", "2", "--time-budget", "1",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "no trial completed within the time budget (1 s, --time-budget)" in err and "autodistill auto" in err
+    assert not (out / "best").exists()
