@@ -107,3 +107,34 @@ def test_search_whose_budget_ends_before_any_student_says_so_and_fails(tiny_back
     assert code == 3, err
     assert "no trial completed within the time budget (1 s, --time-budget)" in err and "autodistill auto" in err
     assert not (out / "best").exists()
+
+
+def test_ctrl_c_keeps_the_completed_student_and_says_how_to_resume(tiny_backbone, tmp_path, capsys):
+    import signal
+    space = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
+    out = tmp_path / "auto"
+    env = {**cli_env(), "PYTHONPATH": str(REPO), "AUTODISTILL_CACHE": os.environ["AUTODISTILL_CACHE"]}
+    cmd = [sys.executable, "-m", "autodistill.cli", "auto", "--data", CR, "--space", str(space), "--trials", "4",
+           "--seeds", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "[search] trial" in line and "started" in line:
+                os.kill(proc.pid, signal.SIGINT)   # Ctrl-C while the search runs
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert (out / "best" / "student" / "config.json").is_file(), text            # the anchor's student, kept
+    assert f"autodistill auto --resume --out {out}" in text and "== verdict ==" in text
+    # resuming reuses the completed anchor instead of training it again
+    assert main(["auto", "--data", CR, "--space", str(space), "--trials", "1", "--seeds", "2", "--resume",
+                 "--out", str(out)]) == 0
+    assert "reusing the completed recommendation #1" in capsys.readouterr().err

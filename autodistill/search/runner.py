@@ -171,7 +171,11 @@ def _make_callback(ctx: SearchContext):
             return (_NullCallback, ())
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.started.setdefault(trial.trial_id, time.time())
+            if trial.trial_id in self.started:
+                self.running.add(trial.trial_id)
+                self._event(trial, "restarted")
+                return
+            self.started[trial.trial_id] = time.time()
             self.running.add(trial.trial_id)
             params = ", ".join(f"{n.split('.')[-1]}={_short(v)}" for n, v in ctx.space.decode(trial.config or {}).items())
             self._event(trial, f"started ({ctx.origin(trial.config or {})}): {params}")
@@ -206,6 +210,10 @@ def _make_callback(ctx: SearchContext):
                                    f"after {last.get('training_iteration', 0)} reports")
             else:
                 self._event(trial, f"cut short by the budget or an interrupt{took}")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.running.discard(trial.trial_id)
+            self._event(trial, f"failed, will be retried: {_first_error_line(trial)}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.running.discard(trial.trial_id)
@@ -469,7 +477,7 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> bool:
     # a snapshot after every finished trial is what makes resume lose nothing: don't warn about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not verbose:
-        logging.getLogger("ray.tune").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)   # our own lines report failed trials
         # in-process Ray on loopback turns token auth on by default and says so on every run
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         import optuna
@@ -704,7 +712,7 @@ def _tune(ctx: SearchContext, sp: SearchSpace, exp_path: Path, out: Path, trials
     finally:
         ctx.events.close_bar()
     rows = _reconcile(ctx, grid) if grid is not None else []
-    finished = sum(r["status"] in ("completed", "stopped_early") for r in rows)
+    finished = sum(r["status"] in ("completed", "stopped_early", "error") for r in rows)
     if finished < trials and (time_budget is None or time.perf_counter() - started < time_budget):
         interrupted = True
     return rows, interrupted
