@@ -16,7 +16,9 @@ def _distill(args: argparse.Namespace) -> int:
     from .data import DataError, bundled_dataset_path
     from .distill import add_latency, export, format_report, run_distillation
     from .models import ModelLoadError
+    from .progress import EventLog
 
+    _quiet_libraries(args.verbose)
     try:
         cfg = load_config(args.config) if args.config else PipelineConfig()
         data = args.data or str(bundled_dataset_path())
@@ -27,7 +29,7 @@ def _distill(args: argparse.Namespace) -> int:
             updates["validation"] = args.validation
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
         cfg = PipelineConfig.model_validate(cfg.to_dict())  # re-validate the merged config
-        result = run_distillation(cfg, log_events=True)
+        result = run_distillation(cfg, events=EventLog())
         add_latency(result)
         out = export(result, args.out)
     except (ConfigError, DataError, ModelLoadError) as err:
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", help="train file, dataset folder or HF datasets name (default: bundled CR)")
     d.add_argument("--validation", help="validation file (default: split off train with a fixed seed)")
     d.add_argument("--config", help="pipeline config, YAML or JSON")
+    d.add_argument("--verbose", action="store_true", help="show transformers' own logs")
     d.add_argument("--out", required=True, type=Path, help="output folder")
     d.set_defaults(func=_distill)
 

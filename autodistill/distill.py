@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from .augmentation import AugmentationResources, build_augmentation_pipeline
 from .callbacks import Callback, EventLogCallback
+from .progress import EventLog
 from .config import ConfigError, PipelineConfig, check_against_models, check_against_task
 from .data import TaskData, load_task_data
 from .device import select_device
@@ -78,13 +79,13 @@ def _teacher_sources(teachers: list[TeacherResult], train: EncodedSplit, layers:
 
 def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
                      teacher_outputs_mode: str | None = None,
-                     share_teacher_outputs: bool | None = None, log_events: bool = False) -> DistillResult:
+                     share_teacher_outputs: bool | None = None, events: EventLog | None = None) -> DistillResult:
     """Teacher and student are trained by the training rule (config.TrainingRule): early stopping on
     the dev slice of train, best checkpoint restored; the student is then scored on validation.
 
     ``share_teacher_outputs`` (default: $AUTODISTILL_SHARE_TEACHER_OUTPUTS) keeps computed teacher
-    outputs in a disk cache shared by later runs (the search's trials); ``log_events`` prints one line
-    per evaluation (teacher and student) to stderr."""
+    outputs in a disk cache shared by later runs (the search's trials); ``events`` gets one line per
+    evaluation of the teacher (when it is fine-tuned here) and of the student."""
     task = load_task_data(cfg.data)
     device = select_device(cfg.optim.device)
     metric = resolve_metric(cfg.optim.metric, task.task_type)
@@ -101,7 +102,7 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
 
     teachers = [get_teacher(t, task.fingerprint, train_all, dev, validation, task.num_labels, task.task_type,
                             task.label_names, metric, max_length, pad_id, device,
-                            callbacks=[EventLogCallback("teacher", metric)] if log_events else ())
+                            callbacks=[EventLogCallback("teacher", metric, events)] if events else ())
                 for t in cfg.teachers]
     _check_shared_vocab(tokenizer, teachers)
     primary = teachers[0].model
@@ -149,8 +150,8 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
                                metric=metric, task_type=task.task_type, eval_batch_size=o.eval_batch_size,
                                warmup_ratio=o.warmup_ratio, weight_decay=o.weight_decay,
                                max_grad_norm=o.max_grad_norm, seed=o.seed)
-    if log_events:
-        callbacks = [EventLogCallback("student", metric), *callbacks]
+    if events:
+        callbacks = [EventLogCallback("student", metric, events), *callbacks]
     result = Trainer(student, objective, dev, args, pad_id, device, callbacks, desc="student").train()
 
     student_score = evaluate(student, validation, metric, task.task_type, o.eval_batch_size, pad_id, device)
