@@ -243,12 +243,11 @@ def _make_callback(ctx: SearchContext):
 
 def _first_error_line(trial) -> str:
     """The last line of the trial's error (the exception), if Ray kept one."""
-    for name in ("error_file", "pickled_error_file"):
-        path = getattr(trial, name, None)
-        if path and name == "error_file" and Path(path).is_file():
-            lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
-            if lines:
-                return lines[-1][:300]
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:300]
     return "an error"
 
 
@@ -439,8 +438,11 @@ def train_anchor(ctx: SearchContext, params: Mapping[str, Any], out: Path, label
     return row
 
 
-def pace_note(first_seconds: float, budget: Budget, used: float, students_left: int) -> str | None:
-    """A warning when one student takes much longer than the time budget assumes per student."""
+def pace_note(first_seconds: float, budget: Budget, used: float, students_left: int, alone: bool = True
+              ) -> str | None:
+    """A warning when one student takes much longer than the time budget assumes per student.
+    ``alone``: the first student had the machine to itself (the anchor); trials that share it
+    (``max_concurrent_trials`` at a time, a CPU or so each) take about twice as long each."""
     if not budget.time_budget_s or students_left <= 0:
         return None
     per_student = budget.time_budget_s * budget.max_concurrent_trials / budget.trials
@@ -448,8 +450,9 @@ def pace_note(first_seconds: float, budget: Budget, used: float, students_left: 
     if ratio < 1.5:
         return None
     remaining = max(0.0, budget.time_budget_s - used)
-    fit = int(remaining / first_seconds * budget.max_concurrent_trials / 2)  # parallel 1-CPU trials: ~half speed
-    need = first_seconds * budget.trials * 2 / budget.max_concurrent_trials
+    shared = first_seconds * (2 if alone and budget.max_concurrent_trials > 1 else 1)   # one trial beside others
+    fit = int(remaining / shared * budget.max_concurrent_trials)
+    need = shared * budget.trials / budget.max_concurrent_trials
     return (f"this machine is slower than the budget assumes: the first student took {first_seconds:.0f} s, "
             f"{ratio:.1f}x the {per_student:.0f} s per student that --time-budget {budget.time_budget_s:.0f} s for "
             f"--trials {budget.trials} ({budget.max_concurrent_trials} at a time) allows; at this pace about "
@@ -640,7 +643,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
 
 
 def _note_pace(events: EventLog, wall: float, b: Budget, used: float) -> None:
-    note = pace_note(wall, b, used, b.trials - 1)
+    note = pace_note(wall, b, used, b.trials - 1, alone=False)
     if note:
         events.emit("budget", note)
 
