@@ -52,7 +52,8 @@ def test_nothing_trainable_exits_non_zero_and_names_the_cause(tiny_backbone, tmp
 def test_progress_reaches_a_pipe_one_line_per_event_as_it_happens(tiny_backbone, tmp_path):
     space = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
     out = tmp_path / "auto"
-    env = {**cli_env(), "PYTHONPATH": str(REPO), "AUTODISTILL_CACHE": os.environ["AUTODISTILL_CACHE"]}
+    # a cache of its own: the teacher is fine-tuned here, not loaded from an earlier test's run
+    env = {**cli_env(), "PYTHONPATH": str(REPO), "AUTODISTILL_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "autodistill.cli", "auto", "--data", CR, "--space", str(space), "--trials", "3",
            "--seeds", "2", "--time-budget", "600", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
