@@ -531,6 +531,9 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_NAME
+    if not resume and (exp_path.exists() or (out / "anchor" / "anchor.json").exists()):
+        raise FileExistsError(f"{out} holds a previous search: pass resume=True (--resume) to continue it, "
+                              "or choose another output folder")
 
     sp = load_space(space)
     data_part = data.model_dump(mode="json", exclude_unset=True) if isinstance(data, DataConfig) \
@@ -593,9 +596,15 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
 
     rows: list[dict[str, Any]] = []
     owns_ray = False
-    if search_trials <= 0 or (remaining is not None and remaining <= 0):
-        events.emit("search", "skipped: " + ("--trials leaves no trial after the anchor" if search_trials <= 0
-                                             else "the time budget was spent on the anchor"))
+    # a trial shares the machine, so it takes at least as long as the anchor did alone: less time than
+    # that left cannot finish one
+    too_short = remaining is not None and remaining < (anchor_row["seconds"] if anchor_row else 0) + 1
+    if search_trials <= 0 or too_short:
+        events.emit("search", "skipped: " + (
+            "--trials leaves no trial after the anchor" if search_trials <= 0 else
+            f"{max(remaining, 0):.0f} s of the time budget are left, less than one student takes "
+            f"(the anchor took {anchor_row['seconds']:.0f} s)" if anchor_row else
+            "no time budget left"))
     else:
         ctx.trials_total = search_trials
         owns_ray = _init_ray(address, num_cpus, verbose)
@@ -688,9 +697,6 @@ def _tune(ctx: SearchContext, sp: SearchSpace, exp_path: Path, out: Path, trials
         tuner._local_tuner.get_run_config().callbacks = [callback]
         ctx.events.emit("search", f"resuming {exp_path}")
     else:
-        if exp_path.exists() and not resume:
-            raise FileExistsError(f"{exp_path} holds a previous search: pass resume=True (--resume) "
-                                  "to continue it, or choose another output folder")
         searcher = OptunaSearch(space=sp, metric=METRIC, mode="max", points_to_evaluate=points or None,
                                 sampler=optuna.samplers.TPESampler(seed=b.seed))
         scheduler = RecordingASHA(time_attr="training_iteration", max_t=b.max_t,
