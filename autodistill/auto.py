@@ -1,6 +1,7 @@
-"""`autodistill auto`: the whole product on one dataset — recommend KD pipelines from the dataset's
-meta-features (the AutoDistiller of He et al. 2021), seed a short TPE search with them, export the best
-student."""
+"""`autodistill auto`: the whole product on one dataset - recommend KD pipelines from the dataset's
+meta-features (the AutoDistiller of He et al. 2021), train the top recommendation to completion (the
+student the user gets whatever happens next), spend the rest of the budget on a TPE search seeded with
+the other recommendations, export the best completed student and say how it compares."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ from typing import Any
 
 from .config import DataConfig
 from .meta.warm_start import choose_warm_start
+from .progress import EventLog
 from .search.runner import SearchResult, run_search
-from .search.space import SearchSpace, load_space, warm_start_points
+from .search.space import SearchSpace, distinct_points, load_space
 
 
 @dataclass
@@ -21,6 +23,7 @@ class AutoResult:
     warm_start: list[dict[str, Any]]
     search: SearchResult
     recommend_seconds: float
+    seed_labels: list[str]
 
 
 def recommend_for(data: DataConfig, model_dir: str | Path, top_k: int, backbone: str = "default",
@@ -40,22 +43,42 @@ def recommend_for(data: DataConfig, model_dir: str | Path, top_k: int, backbone:
 
 def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space: str | SearchSpace = "cpu-fast",
              trials: int | None = 8, time_budget: float | None = 600.0, seeds: int = 4,
-             resume: bool = False, quiet: bool = False) -> AutoResult:
-    """Recommend, then search ``space`` warm-started with the ``seeds`` best distinct recommendations."""
+             resume: bool = False, quiet: bool = False, verbose: bool = False,
+             max_train_examples: int | None = None, events: EventLog | None = None) -> AutoResult:
+    """Recommend; train the top recommendation to completion (the anchor); search ``space`` with the
+    rest of the budget, warm-started with the next ``seeds - 1`` distinct recommendations.
+
+    ``trials`` counts students (the anchor included); ``time_budget`` is wall-clock seconds for the
+    students, the teacher's fine-tune apart. All training rows are used unless ``max_train_examples``
+    asks for a subsample."""
+    events = events or EventLog(quiet=quiet)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sp = load_space(space)
+    data_part: dict[str, Any] = {"train": str(data)}
+    if max_train_examples:
+        data_part["max_train_examples"] = max_train_examples
+    events.emit("recommend", "computing the dataset's meta-features and ranking KD pipelines")
     t0 = time.perf_counter()
     base = sp.to_config({})   # the rows the search trains on are the ones the features describe
-    rec, _, feats = recommend_for(base.data.model_copy(update={"train": str(data)}), model_dir, top_k=4 * seeds,
+    rec, _, feats = recommend_for(base.data.model_copy(update=data_part), model_dir, top_k=4 * seeds,
                                   backbone=base.teacher.backbone)
     start = choose_warm_start(rec, model_dir, feats, 4 * seeds, budget=base)
     recs, seconds = start.recommendations, time.perf_counter() - t0
-    points = warm_start_points(sp, [r.config for r in recs], seeds)
+    events.emit("recommend", f"warm start from the {start.source.replace('_', ' ')}: {start.reason}")
+    picked = distinct_points(sp, [r.config for r in recs], seeds)
+    points = [point for _, point in picked]
+    labels = [f"recommendation #{recs[k].rank}: {recs[k].candidate}" for k, _ in picked]
+    for k, _ in picked:
+        r = recs[k]
+        events.emit("recommend", f"#{r.rank} {r.candidate}: predicted student/teacher {r.predicted_score:.3f} "
+                                 f"± {r.uncertainty:.3f}")
+    events.emit("recommend", f"done in {seconds:.1f} s; {len(points)} distinct pipelines in the {sp.name} space")
     (out / "recommendations.json").write_text(json.dumps(
         {"meta_features": feats, "seconds": seconds, "warm_start_source": start.source, "reason": start.reason,
-         "recommendations": [r.to_dict() for r in recs], "warm_start": points}, indent=2, default=str),
-        encoding="utf-8")
-    result = run_search(data, sp, out, trials=trials, time_budget=time_budget, warm_start=points or None,
-                        resume=resume, quiet=quiet)
-    return AutoResult([r.to_dict() for r in recs], points, result, seconds)
+         "recommendations": [r.to_dict() for r in recs], "warm_start": points, "seed_labels": labels},
+        indent=2, default=str), encoding="utf-8")
+    result = run_search(data_part, sp, out, trials=trials, time_budget=time_budget, warm_start=points or None,
+                        resume=resume, quiet=quiet, verbose=verbose, anchor=bool(points), seed_labels=labels,
+                        events=events)
+    return AutoResult([r.to_dict() for r in recs], points, result, seconds, labels)

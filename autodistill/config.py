@@ -43,17 +43,40 @@ class DataConfig(StrictModel):
     split_seed: int = 42
     max_file_mb: float = Field(500.0, gt=0)
     max_train_examples: int | None = Field(None, gt=0, description="seeded subsample of train")
+    dev_fraction: float = Field(0.1, gt=0.0, lt=0.5, description=(
+        "share of the (subsampled) train rows held out as the dev slice that early stopping watches; "
+        "split with split_seed, stratified, shared by teacher and student; the scored validation split "
+        "is never used for it"))
+    dev_max_examples: int = Field(1000, ge=1, description="most rows in the dev slice (bounds evaluation cost)")
     max_length: int = Field(128, ge=8, le=4096)
     bad_rows: Literal["error", "drop"] = Field(
         "error", description="invalid rows stop loading, or are dropped and counted in the report")
 
 
 # --------------------------------------------------------------------------- models
-class TeacherConfig(StrictModel):
+class TrainingRule(StrictModel):
+    """When training stops: the one rule for the teacher's fine-tune and every student.
+
+    Evaluate on the dev slice (data.dev_fraction of train) every epoch - ``evals_per_epoch`` times, and
+    at least every ``max_steps_between_evals`` steps on large data - stop once
+    ``early_stopping_patience`` evaluations in a row did not beat the best by more than
+    ``early_stopping_min_delta``, never train past ``max_steps`` (nor ``epochs``, a cap), and restore
+    the best checkpoint at the end.
+    """
+
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="dev evaluations without improvement before stopping (None: run to the cap)")
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="improvement that counts as one")
+    max_steps: int | None = Field(3000, ge=1, description="optimisation-step cap, whatever the epochs")
+    evals_per_epoch: int = Field(1, ge=1)
+    max_steps_between_evals: int = Field(500, ge=1, description="evaluate at least this often (large data)")
+
+
+class TeacherConfig(TrainingRule):
     """A teacher: a backbone fine-tuned once on the dataset (cached by content)."""
 
     backbone: str = DEFAULT_BACKBONE
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(10.0, gt=0, description="epoch cap: early stopping on the dev slice ends sooner")
     learning_rate: float = Field(5e-5, gt=0)
     batch_size: int = Field(32, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -203,16 +226,16 @@ class LossConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------- optimisation
-class OptimConfig(StrictModel):
+class OptimConfig(TrainingRule):
+    """The student's optimisation; when it stops is the :class:`TrainingRule`."""
+
     learning_rate: float = Field(1e-4, gt=0)
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(20.0, gt=0, description="epoch cap: early stopping on the dev slice ends sooner")
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")
-    evals_per_epoch: int = Field(1, ge=1)
     seed: int = 42
     metric: Literal["auto", "accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman"] = "auto"
     teacher_outputs: Literal["auto", "cached", "online"] = "auto"

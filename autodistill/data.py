@@ -16,7 +16,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from .config import DataConfig
 
@@ -528,34 +528,44 @@ def _to_split(rows: list[_Row], labels: list, text_cols: tuple[str, ...]) -> Spl
 
 
 # --------------------------------------------------------------------------- splitting
-def _groups(split: Split, stratify: bool) -> list[list[int]]:
+def _groups(labels: Sequence[Any], stratify: bool) -> list[list[int]]:
     if not stratify:
-        return [list(range(len(split)))]
+        return [list(range(len(labels)))]
     by_label: dict[Any, list[int]] = defaultdict(list)
-    for i, label in enumerate(split.labels):
+    for i, label in enumerate(labels):
         by_label[label].append(i)
     return [by_label[k] for k in sorted(by_label)]
 
 
-def split_off_validation(train: Split, fraction: float, seed: int, stratify: bool) -> tuple[Split, Split]:
-    """Seeded (stratified) hold-out of ``fraction`` of train; every class keeps at least one train row."""
+def holdout_indices(labels: Sequence[Any], fraction: float, seed: int | str, stratify: bool,
+                    max_rows: int | None = None) -> tuple[list[int], list[int]]:
+    """Seeded (stratified) hold-out of ``fraction`` of the rows, at most ``max_rows`` of them (fewer per
+    class in proportion); every class keeps at least one row. Returns (kept, held), both sorted."""
     rng = random.Random(seed)
+    if max_rows is not None and len(labels) * fraction > max_rows:
+        fraction = max_rows / len(labels)
     held: list[int] = []
-    for group in _groups(train, stratify):
+    for group in _groups(labels, stratify):
         rng.shuffle(group)
         k = min(int(len(group) * fraction + 0.5), len(group) - 1)
         held.extend(group[:k])
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+def split_off_validation(train: Split, fraction: float, seed: int, stratify: bool) -> tuple[Split, Split]:
+    """Seeded (stratified) hold-out of ``fraction`` of train; every class keeps at least one train row."""
+    kept, held = holdout_indices(train.labels, fraction, seed, stratify)
     if not held:
         raise DataError(f"cannot split off a validation set: {len(train)} training rows x "
                         f"data.validation_fraction={fraction} gives no rows; give data.validation instead")
-    held_set = set(held)
-    return train.take([i for i in range(len(train)) if i not in held_set]), train.take(sorted(held))
+    return train.take(kept), train.take(held)
 
 
 def subsample(split: Split, n: int, seed: int, stratify: bool) -> Split:
     """Seeded subsample of ``n`` rows (proportional per class when stratified), original order kept."""
     rng = random.Random(f"{seed}:subsample")
-    groups = _groups(split, stratify)
+    groups = _groups(split.labels, stratify)
     exact = [n * len(g) / len(split) for g in groups]
     quotas = [int(x) for x in exact]
     by_remainder = sorted(range(len(groups)), key=lambda i: (quotas[i] - exact[i], i))

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 
 from . import ENGINE_VERSION
 from .augmentation import AugmentationResources, build_augmentation_pipeline
-from .callbacks import Callback
+from .callbacks import Callback, EventLogCallback
 from .config import ConfigError, PipelineConfig, check_against_models, check_against_task, check_runnable
+from .progress import EventLog
 from .data import TaskData, load_task_data
 from .device import select_device
 from .losses import build_intermediate, build_representation
@@ -24,7 +25,7 @@ from .teacher import TeacherResult, get_teacher
 from . import teacher_outputs_cache
 from .teacher_outputs import compute_teacher_outputs, estimate_cache_bytes
 from .trainer import TrainArgs, Trainer
-from .training import EncodedSplit, cpu_latency_ms, encode_texts, evaluate, set_seed
+from .training import EncodedSplit, cpu_latency_ms, dev_indices, encode_texts, evaluate, set_seed
 
 log = logging.getLogger(__name__)
 MAX_CACHED_FEATURE_BYTES = 2 * 1024 ** 3
@@ -38,11 +39,6 @@ class DistillResult:
     config: PipelineConfig
     task: TaskData
     teachers: list[TeacherResult] = field(default_factory=list)
-
-
-def _subset(split: EncodedSplit, idx: Sequence[int]) -> EncodedSplit:
-    types = [split.token_type_ids[i] for i in idx] if split.token_type_ids is not None else None
-    return EncodedSplit([split.input_ids[i] for i in idx], types, split.labels[list(idx)])
 
 
 def _hold_out_meta(cfg: PipelineConfig, n: int) -> tuple[list[int], list[int]]:
@@ -83,9 +79,13 @@ def _teacher_sources(teachers: list[TeacherResult], train: EncodedSplit, layers:
 
 def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
                      teacher_outputs_mode: str | None = None,
-                     share_teacher_outputs: bool | None = None) -> DistillResult:
-    """``share_teacher_outputs`` (default: $AUTODISTILL_SHARE_TEACHER_OUTPUTS) keeps computed teacher
-    outputs in a disk cache shared by later runs (the search's trials)."""
+                     share_teacher_outputs: bool | None = None, events: EventLog | None = None) -> DistillResult:
+    """Teacher and student are trained by the training rule (config.TrainingRule): early stopping on
+    the dev slice of train, best checkpoint restored; the student is then scored on validation.
+
+    ``share_teacher_outputs`` (default: $AUTODISTILL_SHARE_TEACHER_OUTPUTS) keeps computed teacher
+    outputs in a disk cache shared by later runs (the search's trials); ``events`` gets one line per
+    evaluation of the teacher (when it is fine-tuned here) and of the student."""
     check_runnable(cfg)
     task = load_task_data(cfg.data)
     device = select_device(cfg.optim.device)
@@ -94,13 +94,17 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     tokenizer = load_tokenizer(cfg.teacher.backbone)
     pad_id = tokenizer.pad_token_id or 0
     max_length = cfg.data.max_length
-    train_all = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, max_length,
-                             task.task_type)
+    encoded = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, max_length,
+                           task.task_type)
     validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b,
                               task.validation.labels, max_length, task.task_type)
+    fit_rows, dev_rows = dev_indices(encoded, cfg.data, task.task_type)
+    train_all, dev = encoded.take(fit_rows), encoded.take(dev_rows)
 
-    teachers = [get_teacher(t, task.fingerprint, train_all, validation, task.num_labels, task.task_type,
-                            task.label_names, metric, max_length, pad_id, device) for t in cfg.teachers]
+    teachers = [get_teacher(t, task.fingerprint, train_all, dev, validation, task.num_labels, task.task_type,
+                            task.label_names, metric, max_length, pad_id, device,
+                            callbacks=[EventLogCallback("teacher", metric, events)] if events else ())
+                for t in cfg.teachers]
     _check_shared_vocab(tokenizer, teachers)
     primary = teachers[0].model
     # everything initialised at random below (a fresh student, critics, projections, RW-KD's weight net)
@@ -110,9 +114,9 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     check_against_models(cfg, num_layers(primary), num_layers(student))
 
     train_idx, meta_idx = _hold_out_meta(cfg, len(train_all))
-    train = _subset(train_all, train_idx)
-    text_a = [task.train.text_a[i] for i in train_idx]
-    text_b = [task.train.text_b[i] for i in train_idx] if task.train.text_b is not None else None
+    train = train_all.take(train_idx)
+    text_a = [task.train.text_a[fit_rows[i]] for i in train_idx]
+    text_b = [task.train.text_b[fit_rows[i]] for i in train_idx] if task.train.text_b is not None else None
 
     inter_cfg = cfg.loss.intermediate
     intermediate = build_intermediate(inter_cfg, num_layers(student), num_layers(primary), hidden_size(student),
@@ -140,13 +144,15 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
                                cfg.augmentation.reaugment_every, tokenizer, max_length, task.task_type,
                                sources, base_outputs, pad_id, device, cfg.optim.seed)
     objective = KDObjective(cfg, pool_builder, sources, task.task_type, intermediate, representation,
-                            task.num_labels, _subset(train_all, meta_idx) if meta_idx else None, pad_id)
+                            task.num_labels, train_all.take(meta_idx) if meta_idx else None, pad_id)
     o = cfg.optim
-    args = TrainArgs(learning_rate=o.learning_rate, epochs=o.epochs, batch_size=o.batch_size, metric=metric,
-                     task_type=task.task_type, eval_batch_size=o.eval_batch_size, warmup_ratio=o.warmup_ratio,
-                     weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, seed=o.seed,
-                     evals_per_epoch=o.evals_per_epoch, early_stopping_patience=o.early_stopping_patience)
-    result = Trainer(student, objective, validation, args, pad_id, device, callbacks, desc="student").train()
+    args = TrainArgs.from_rule(o, learning_rate=o.learning_rate, epochs=o.epochs, batch_size=o.batch_size,
+                               metric=metric, task_type=task.task_type, eval_batch_size=o.eval_batch_size,
+                               warmup_ratio=o.warmup_ratio, weight_decay=o.weight_decay,
+                               max_grad_norm=o.max_grad_norm, seed=o.seed)
+    if events:
+        callbacks = [EventLogCallback("student", metric, events), *callbacks]
+    result = Trainer(student, objective, dev, args, pad_id, device, callbacks, desc="student").train()
 
     student_score = evaluate(student, validation, metric, task.task_type, o.eval_batch_size, pad_id, device)
     metrics = {
@@ -154,7 +160,7 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
         "metric": metric,
         "task_type": task.task_type,
         "dataset_fingerprint": task.fingerprint,
-        "train_examples": len(train), "validation_examples": len(validation),
+        "train_examples": len(train), "dev_examples": len(dev), "validation_examples": len(validation),
         "teacher_score": teachers[0].score,
         "teacher_scores": [t.score for t in teachers],
         "teacher_from_cache": [t.from_cache for t in teachers],
@@ -166,7 +172,9 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
         "student_parameters": count_parameters(student),
         "teacher_outputs": mode,
         "data_report": task.report.summary(),
+        "teacher_training": teachers[0].training,
         **{k: v for k, v in result.items() if k != "best_score"},
+        "best_dev_score": result["best_score"],
     }
     return DistillResult(student, tokenizer, metrics, cfg, task, teachers)
 
@@ -193,11 +201,31 @@ def export(result: DistillResult, out_dir: str | Path) -> Path:
     return out
 
 
+def format_curve(history: Sequence[dict[str, Any]], limit: int = 12) -> str:
+    """A learning curve as ``step:score`` pairs (the last ``limit`` evaluations)."""
+    rows = list(history)[-limit:]
+    more = f"... ({len(history) - limit} earlier) " if len(history) > limit else ""
+    return more + " ".join(f"{r['step']}:{r['score']:.3f}" for r in rows)
+
+
+def format_training(t: dict[str, Any]) -> str:
+    """Budget used and why training stopped: ``540 steps (6.0 epochs), 182 s, plateau; best dev 0.8712``."""
+    if not t:
+        return "-"
+    best = f"; best dev {t['best_score']:.4f} at step {t['best_step']}" if t.get("best_score") is not None else ""
+    return (f"{t['steps']} steps ({t['epochs']:.1f} epochs), {t['train_seconds']:.0f} s, "
+            f"stopped: {t.get('stop_reason') or '-'}{best}")
+
+
 def format_report(metrics: dict[str, Any]) -> str:
     m = metrics
+    teacher_t = m.get("teacher_training") or {}
+    student_t = {k: m.get(k) for k in ("steps", "epochs", "train_seconds", "stop_reason", "best_step")}
+    student_t["best_score"] = m.get("best_dev_score")
     lines = [
-        f"dataset       {m['train_examples']} train / {m['validation_examples']} validation ({m['task_type']})",
-        f"metric        {m['metric']}",
+        f"dataset       {m['train_examples']} train / {m.get('dev_examples', '-')} dev (early stopping) / "
+        f"{m['validation_examples']} validation ({m['task_type']})",
+        f"metric        {m['metric']} (scores below on validation)",
         f"teacher       {m['teacher_score']:.4f}  ({m['teacher_parameters'] / 1e6:.1f} M params"
         + (f", {m['teacher_cpu_ms_per_example']:.1f} ms/example on CPU" if "teacher_cpu_ms_per_example" in m else "")
         + ")",
@@ -206,8 +234,13 @@ def format_report(metrics: dict[str, Any]) -> str:
         + ")",
         f"majority      {m['majority_baseline']:.4f}",
         f"kept          {100 * (m['score_ratio'] or 0):.1f} % of the teacher's score",
-        f"training      {m['train_seconds']:.1f} s, {m['train_examples_per_second']:.1f} examples/s",
+        f"teacher fit   " + (format_training(teacher_t) if teacher_t else "(from the cache)"),
+        f"student fit   {format_training(student_t)}, {m['train_examples_per_second']:.1f} examples/s",
     ]
+    if teacher_t.get("history"):
+        lines.append(f"teacher curve {format_curve(teacher_t['history'])}  (step:dev score)")
+    if m.get("history"):
+        lines.append(f"student curve {format_curve(m['history'])}  (step:dev score)")
     if "speedup" in m:
         lines.append(f"speed-up      {m['speedup']:.2f}x faster than the teacher per example")
     return "\n".join(lines)

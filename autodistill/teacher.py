@@ -6,9 +6,9 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from filelock import FileLock
@@ -17,22 +17,25 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from .callbacks import Callback
 from .config import TeacherConfig
 from .models import backbone_identity, load_classifier
-from .trainer import StepObjective, TrainArgs, Trainer
-from .training import EncodedSplit, set_seed
+from .trainer import TRAINING_KEYS, StepObjective, TrainArgs, Trainer
+from .training import EncodedSplit, evaluate, set_seed
 
 # 2: the new head is initialised from the teacher's seed (version 1 teachers depended on earlier draws)
-TEACHER_CACHE_VERSION = 2
+# 3: trained by the training rule (early stopping on a dev slice of train), scored on validation after
+TEACHER_CACHE_VERSION = 3
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("AUTODISTILL_CACHE", Path.home() / ".cache" / "autodistill"))
 
 
-def teacher_cache_key(cfg: TeacherConfig, fingerprint: str, max_length: int, metric: str) -> str:
+def teacher_cache_key(cfg: TeacherConfig, fingerprint: str, max_length: int, metric: str, dev: EncodedSplit
+                      ) -> str:
+    from .teacher_outputs_cache import split_hash
     payload = {
         "version": TEACHER_CACHE_VERSION, "backbone": backbone_identity(cfg.backbone),
         "dataset": fingerprint, "training": cfg.model_dump(mode="json", exclude={"backbone"}),
-        "max_length": max_length, "metric": metric,
+        "max_length": max_length, "metric": metric, "dev": split_hash(dev),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -41,16 +44,18 @@ def teacher_cache_key(cfg: TeacherConfig, fingerprint: str, max_length: int, met
 class TeacherResult:
     model: PreTrainedModel
     path: Path
-    score: float
+    score: float                        # on the scored validation split
     from_cache: bool
+    training: dict[str, Any] = field(default_factory=dict)   # steps, seconds, stop reason, dev learning curve
 
 
-def get_teacher(cfg: TeacherConfig, fingerprint: str, train: EncodedSplit, validation: EncodedSplit,
-                num_labels: int, task_type: str, label_names: list[str] | None, metric: str,
-                max_length: int, pad_id: int, device: torch.device,
+def get_teacher(cfg: TeacherConfig, fingerprint: str, train: EncodedSplit, dev: EncodedSplit,
+                validation: EncodedSplit, num_labels: int, task_type: str, label_names: list[str] | None,
+                metric: str, max_length: int, pad_id: int, device: torch.device,
                 callbacks: Sequence[Callback] = ()) -> TeacherResult:
-    """Load the cached teacher for this key, or fine-tune it and store it (atomically, under a lock)."""
-    key = teacher_cache_key(cfg, fingerprint, max_length, metric)
+    """Load the cached teacher for this key, or fine-tune it by the training rule on ``train`` (early
+    stopping on ``dev``), score it on ``validation`` and store it (atomically, under a lock)."""
+    key = teacher_cache_key(cfg, fingerprint, max_length, metric, dev)
     path = cache_root() / "teachers" / key
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -58,15 +63,16 @@ def get_teacher(cfg: TeacherConfig, fingerprint: str, train: EncodedSplit, valid
             return _load_cached(path, device)
         set_seed(cfg.seed)  # the new head's init: a function of the config, not of earlier draws
         model = load_classifier(cfg.backbone, num_labels, task_type, label_names)
-        args = TrainArgs(learning_rate=cfg.learning_rate, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                         metric=metric, task_type=task_type, warmup_ratio=cfg.warmup_ratio,
-                         weight_decay=cfg.weight_decay, seed=cfg.seed)
-        result = Trainer(model, StepObjective(train, task_type), validation, args, pad_id, device,
+        args = TrainArgs.from_rule(cfg, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
+                                   batch_size=cfg.batch_size, metric=metric, task_type=task_type,
+                                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed)
+        result = Trainer(model, StepObjective(train, task_type), dev, args, pad_id, device,
                          callbacks, desc="teacher").train()
-        _store(path, model, {"key": key, "backbone": cfg.backbone, "score": result["best_score"],
-                             "metric": metric, "train_seconds": result["train_seconds"],
-                             "dataset_fingerprint": fingerprint})
-        return TeacherResult(model.to(device).eval(), path, float(result["best_score"]), from_cache=False)
+        score = evaluate(model, validation, metric, task_type, args.eval_batch_size, pad_id, device)
+        training = {k: result[k] for k in TRAINING_KEYS}
+        _store(path, model, {"key": key, "backbone": cfg.backbone, "score": score, "metric": metric,
+                             "dataset_fingerprint": fingerprint, "training": training})
+        return TeacherResult(model.to(device).eval(), path, float(score), from_cache=False, training=training)
 
 
 def _store(path: Path, model: PreTrainedModel, info: dict) -> None:
@@ -81,4 +87,5 @@ def _store(path: Path, model: PreTrainedModel, info: dict) -> None:
 def _load_cached(path: Path, device: torch.device) -> TeacherResult:
     info = json.loads((path / "teacher.json").read_text(encoding="utf-8"))
     model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-    return TeacherResult(model.to(device).eval(), path, float(info["score"]), from_cache=True)
+    return TeacherResult(model.to(device).eval(), path, float(info["score"]), from_cache=True,
+                         training=info.get("training", {}))

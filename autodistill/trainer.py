@@ -1,8 +1,11 @@
 """The training loop: one loop for fine-tuning and for every KD pipeline.
 
 What is optimised is a :class:`StepObjective`; progress, logging, early stopping and reporting are
-callbacks. The loop evaluates on validation ``evals_per_epoch`` times an epoch and keeps the best
-checkpoint.
+callbacks. The loop follows the :class:`~autodistill.config.TrainingRule`: it evaluates on the dev
+slice (held out of train, never the scored validation split) every epoch or every
+``max_steps_between_evals`` steps, stops on a plateau (``early_stopping_patience``), at ``max_steps`` or
+at the ``epochs`` cap, and restores the best checkpoint. The learning curve (dev score, step, wall
+time per evaluation) is returned as ``history``.
 """
 from __future__ import annotations
 
@@ -16,16 +19,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callbacks import Callback, EarlyStoppingCallback, ProgressCallback, TrainerState
+from .callbacks import Callback, EarlyStoppingCallback, ProgressCallback, TrainerControl, TrainerState
+from .config import TrainingRule
 from .training import (
     EncodedSplit, build_optimizer, collate, evaluate, model_inputs, set_seed, shuffled_batches, to_device,
 )
 
 
+# what a run records about its training (metrics.json, the run record): budget used and the learning curve
+TRAINING_KEYS = ("steps", "epochs", "train_seconds", "stop_reason", "best_step", "best_score", "dev_examples",
+                 "history")
+
+
 @dataclass
 class TrainArgs:
     learning_rate: float
-    epochs: float
+    epochs: float                       # a cap; early stopping usually ends training sooner
     batch_size: int
     metric: str
     task_type: str
@@ -35,7 +44,25 @@ class TrainArgs:
     max_grad_norm: float = 1.0
     seed: int = 42
     evals_per_epoch: int = 1
+    max_steps_between_evals: int | None = None
     early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0
+    max_steps: int | None = None
+
+    @classmethod
+    def from_rule(cls, rule: TrainingRule, **kw: Any) -> "TrainArgs":
+        """The training rule's fields (patience, step cap, evaluation cadence) plus the rest in ``kw``."""
+        return cls(evals_per_epoch=rule.evals_per_epoch, max_steps_between_evals=rule.max_steps_between_evals,
+                   early_stopping_patience=rule.early_stopping_patience,
+                   early_stopping_min_delta=rule.early_stopping_min_delta, max_steps=rule.max_steps, **kw)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        by_epochs = max(1, math.ceil(steps_per_epoch * self.epochs))
+        return min(by_epochs, self.max_steps) if self.max_steps else by_epochs
+
+    def evals_in_epoch(self, steps_in_epoch: int) -> int:
+        by_steps = math.ceil(steps_in_epoch / self.max_steps_between_evals) if self.max_steps_between_evals else 1
+        return max(1, min(steps_in_epoch, max(self.evals_per_epoch, by_steps)))
 
 
 class StepObjective:
@@ -81,48 +108,53 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, task_type: str) 
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, objective: StepObjective, validation: EncodedSplit, args: TrainArgs,
+    """Trains ``model`` on ``objective``; ``dev`` is what it evaluates on to stop and to pick the best
+    checkpoint (the dev slice of train: the caller scores the scored validation split afterwards)."""
+
+    def __init__(self, model: nn.Module, objective: StepObjective, dev: EncodedSplit, args: TrainArgs,
                  pad_id: int, device: torch.device, callbacks: Sequence[Callback] = (), desc: str = "train"):
         self.model = model.to(device)
         self.objective = objective
-        self.validation = validation
+        self.dev = dev
         self.args = args
         self.pad_id = pad_id
         self.device = device
         self.callbacks: list[Callback] = [ProgressCallback(desc), *callbacks]
         if args.early_stopping_patience:
-            self.callbacks.append(EarlyStoppingCallback(args.early_stopping_patience))
+            self.callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_min_delta))
         self.state = TrainerState()
+        self.control = TrainerControl()
         self.best_state_dict: dict[str, torch.Tensor] | None = None
         self.eval_seconds = 0.0
+        self._started = 0.0
 
     def _emit(self, hook: str, **kw: Any) -> None:
         for cb in self.callbacks:
-            getattr(cb, hook)(self.state, **kw)
+            getattr(cb, hook)(self.state, control=self.control, **kw)
 
     def train(self) -> dict[str, Any]:
-        args, state = self.args, self.state
+        args, state, control = self.args, self.state, self.control
         set_seed(args.seed)
         rng = random.Random(args.seed)
         for module in self.objective.trainable_modules():
             module.to(self.device)
-        state.total_steps = max(1, math.ceil(self.objective.steps_per_epoch(args.batch_size) * args.epochs))
+        state.total_steps = args.total_steps(self.objective.steps_per_epoch(args.batch_size))
         optimizer, scheduler = build_optimizer(
             [self.model, *self.objective.trainable_modules()], args.learning_rate, args.weight_decay,
             args.warmup_ratio, state.total_steps)
         params = [p for m in [self.model, *self.objective.trainable_modules()] for p in m.parameters()]
+        self._started = time.perf_counter()
         self._emit("on_train_begin")
-        started = time.perf_counter()
         examples_seen = 0
         epoch = 0
-        while state.global_step < state.total_steps and not state.should_stop:
+        while state.global_step < state.total_steps and not control.should_training_stop:
             self.objective.on_epoch_start(epoch, math.ceil(args.epochs))
             split = self.objective.train_split()
             batches = self.objective.batches(args.batch_size, rng)
-            eval_points = {round(len(batches) * (k + 1) / args.evals_per_epoch) - 1
-                           for k in range(args.evals_per_epoch)}
+            evals = args.evals_in_epoch(len(batches))
+            eval_points = {round(len(batches) * (k + 1) / evals) - 1 for k in range(evals)}
             for b, indices in enumerate(batches):
-                if state.global_step >= state.total_steps or state.should_stop:
+                if state.global_step >= state.total_steps or control.should_training_stop:
                     break
                 self.model.train()
                 batch = to_device(collate(split, indices, self.pad_id), self.device)
@@ -136,35 +168,38 @@ class Trainer:
                 state.global_step += 1
                 examples_seen += len(indices)
                 state.epoch = epoch + (b + 1) / len(batches)
+                state.seconds = time.perf_counter() - self._started
                 self._emit("on_step_end", loss=float(loss.detach()), logs=logs)
                 if b in eval_points or state.global_step >= state.total_steps:
                     self._evaluate()
             epoch += 1
-        train_seconds = time.perf_counter() - started
+        train_seconds = time.perf_counter() - self._started
+        state.stop_reason = control.stop_reason or self._cap_reached()
         if self.best_state_dict is not None:
             self.model.load_state_dict(self.best_state_dict)
         self._emit("on_train_end")
         return {
             "best_score": state.best_score, "best_step": state.best_step, "steps": state.global_step,
-            "epochs": state.epoch, "train_seconds": train_seconds,
-            "eval_seconds": self.eval_seconds,
+            "epochs": state.epoch, "train_seconds": train_seconds, "stop_reason": state.stop_reason,
+            "eval_seconds": self.eval_seconds, "dev_examples": len(self.dev),
             "train_examples_per_second": examples_seen / max(train_seconds - self.eval_seconds, 1e-9),
             "history": state.history, **self.objective.stats(),
         }
 
+    def _cap_reached(self) -> str:
+        by_epochs = math.ceil(self.objective.steps_per_epoch(self.args.batch_size) * self.args.epochs)
+        return "max_steps" if self.args.max_steps and self.args.max_steps < by_epochs else "max_epochs"
+
     def _evaluate(self) -> None:
         state, args = self.state, self.args
         started = time.perf_counter()
-        score = evaluate(self.model, self.validation, args.metric, args.task_type, args.eval_batch_size,
+        score = evaluate(self.model, self.dev, args.metric, args.task_type, args.eval_batch_size,
                          self.pad_id, self.device)
-        improved = state.best_score is None or score > state.best_score
-        if improved:
+        if state.best_score is None or score > state.best_score:
             state.best_score, state.best_step = score, state.global_step
-            state.evals_without_improvement = 0
             self.best_state_dict = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        else:
-            state.evals_without_improvement += 1
-        metrics = {args.metric: score, f"best_{args.metric}": state.best_score}
-        state.history.append({"step": state.global_step, "epoch": round(state.epoch, 4), **metrics})
         self.eval_seconds += time.perf_counter() - started
-        self._emit("on_evaluate", metrics=metrics)
+        state.seconds = time.perf_counter() - self._started
+        state.history.append({"step": state.global_step, "epoch": round(state.epoch, 4),
+                              "seconds": round(state.seconds, 2), "score": score})
+        self._emit("on_evaluate", metrics={args.metric: score, f"best_{args.metric}": state.best_score})

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from .config import DataConfig
 from .metrics import compute_metric
 
 
@@ -25,6 +26,30 @@ class EncodedSplit:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def take(self, idx: Sequence[int]) -> "EncodedSplit":
+        types = [self.token_type_ids[i] for i in idx] if self.token_type_ids is not None else None
+        return EncodedSplit([self.input_ids[i] for i in idx], types, self.labels[list(idx)])
+
+
+def dev_indices(train: EncodedSplit, data: DataConfig, task_type: str) -> tuple[list[int], list[int]]:
+    """(fit rows, dev rows) of train: the dev slice that early stopping watches (seeded with
+    data.split_seed, stratified for classification, data.dev_fraction of the rows up to
+    data.dev_max_examples). Teacher and student share it; neither trains on it."""
+    from .data import DataError, holdout_indices
+
+    fit, dev = holdout_indices(train.labels.tolist(), data.dev_fraction, f"{data.split_seed}:dev",
+                               task_type == "classification", data.dev_max_examples)
+    if not dev:
+        raise DataError(f"{len(train)} training rows x data.dev_fraction={data.dev_fraction} leave no dev slice "
+                        "for early stopping: raise data.dev_fraction or give more training rows")
+    return fit, dev
+
+
+def split_dev(train: EncodedSplit, data: DataConfig, task_type: str) -> tuple[EncodedSplit, EncodedSplit]:
+    """(fit, dev) splits of train; see :func:`dev_indices`."""
+    fit, dev = dev_indices(train, data, task_type)
+    return train.take(fit), train.take(dev)
 
 
 def encode_texts(tokenizer, text_a: Sequence[str], text_b: Sequence[str] | None, labels,

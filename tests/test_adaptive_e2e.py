@@ -32,8 +32,9 @@ def _run(teachers: list[str], teacher_outputs_mode: str | None = None, **section
 
 def test_rwkd_beats_majority(tiny_backbone):
     m = _run([tiny_backbone], weighting={"strategy": "rw_kd", "lambda_kd": 0.5, "meta_interval": 2})
-    # the meta set is a held-out slice of train (10 %), never validation
-    assert m["train_examples"] == 3017 - round(0.1 * 3017)
+    # the meta set is a held-out slice of train (10 % of what the dev slice leaves), never validation
+    fit = 3017 - m["dev_examples"]
+    assert m["train_examples"] == fit - round(0.1 * fit)
     assert m["validation_examples"] == 754
 
 

@@ -203,7 +203,7 @@ def _batch_sizes(n: int, batch_size: int) -> list[int]:
 def test_online_teacher_forward_examples_drop_to_r(tiny_backbone):
     from autodistill.distill import run_distillation
 
-    batch_size = 30  # 256 = 8·30 + 16: floor matters (⌊7.5⌋ = 7, ⌊4⌋ = 4)
+    batch_size = 30  # 231 rows (256 minus the dev slice) = 7·30 + 21: floor matters (⌊7.5⌋ = 7, ⌊5.25⌋ = 5)
 
     def run(dynamic):
         cfg = parse_config({
@@ -218,12 +218,12 @@ def test_online_teacher_forward_examples_drop_to_r(tiny_backbone):
     full = run({})
     for m in (selected, full):
         assert m["teacher_outputs"] == "online"
-        assert m["train_examples"] == 256
-        assert m["steps"] == 9
-    sizes = _batch_sizes(256, batch_size)
-    assert sum(sizes) == 256
-    assert full["teacher_forward_examples"] == 256
-    assert selected["teacher_forward_examples"] == sum(math.floor(0.25 * b) for b in sizes) == 60
+        assert m["train_examples"] == 231
+        assert m["steps"] == 8
+    sizes = _batch_sizes(231, batch_size)
+    assert sum(sizes) == 231
+    assert full["teacher_forward_examples"] == 231
+    assert selected["teacher_forward_examples"] == sum(math.floor(0.25 * b) for b in sizes) == 54
 
 
 def test_cached_teacher_counts_no_forward_examples(tiny_backbone):

@@ -188,10 +188,11 @@ def test_augmenter_end_to_end(tiny_backbone, tiny_data, case):
     aug = AUGMENTATION_CASES[case]["augmentation"]
     copies, repeats = aug.get("copies", 1), aug.get("repeated_aug", 1)
     epochs = AUGMENTATION_CASES[case].get("optim", {}).get("epochs", 1)
-    assert result.metrics["train_examples"] == 64
+    n = result.metrics["train_examples"]
+    assert n + result.metrics["dev_examples"] == 64                 # the dev slice is held out of train
     # an epoch covers the pool (originals + teacher-labelled copies); with repeated augmentation a batch
     # holds batch_size / repeats originals, each with `repeats` variants
-    per_epoch = math.ceil(64 / (16 // repeats)) if repeats > 1 else math.ceil(64 * (1 + copies) / 16)
+    per_epoch = math.ceil(n / (16 // repeats)) if repeats > 1 else math.ceil(n * (1 + copies) / 16)
     assert result.metrics["steps"] == epochs * per_epoch
     assert result.metrics["epochs"] == pytest.approx(epochs)
 
@@ -212,7 +213,7 @@ def test_mixup_end_to_end(tiny_backbone, tiny_data):
                                   {"mixup": {"enabled": True, "student_weight": 0.5, "teacher_weight": 2.0}}))
     assert_finite_run(result, rec, ("kd", "mixup_student", "mixup_teacher"))
     # the teacher sees the mixed embeddings online: one forward per mixed example
-    assert result.metrics["teacher_forward_examples"] == 64
+    assert result.metrics["teacher_forward_examples"] == result.metrics["train_examples"]
 
 
 PREDICTION_CASES = {

@@ -224,7 +224,7 @@ def _teacher(cfg, task) -> tuple[Any, str, bool, float, Any]:
     from ..metrics import resolve_metric
     from ..models import load_tokenizer
     from ..teacher import get_teacher
-    from ..training import compute_metric, encode_texts, predict_logits
+    from ..training import compute_metric, encode_texts, predict_logits, split_dev
 
     device = select_device(cfg.optim.device)
     metric = resolve_metric(cfg.optim.metric, task.task_type)
@@ -232,8 +232,8 @@ def _teacher(cfg, task) -> tuple[Any, str, bool, float, Any]:
     pad_id = tokenizer.pad_token_id or 0
     enc = lambda s: encode_texts(tokenizer, s.text_a, s.text_b, s.labels, cfg.data.max_length,  # noqa: E731
                                  task.task_type)
-    train, validation = enc(task.train), enc(task.validation)
-    teacher = get_teacher(cfg.teacher, task.fingerprint, train, validation, task.num_labels, task.task_type,
+    (train, dev), validation = split_dev(enc(task.train), cfg.data, task.task_type), enc(task.validation)
+    teacher = get_teacher(cfg.teacher, task.fingerprint, train, dev, validation, task.num_labels, task.task_type,
                           task.label_names, metric, cfg.data.max_length, pad_id, device)
     logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, pad_id, device)
     score = float(compute_metric(metric, logits, validation.labels.numpy(), task.task_type))

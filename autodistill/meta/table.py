@@ -67,6 +67,9 @@ EXCLUDED_FIELDS = frozenset({
     "data.text_column", "data.text_a_column", "data.text_b_column", "data.label_column", "data.task",
     "data.validation_fraction", "data.split_seed", "data.max_file_mb", "data.bad_rows",
     "optim.eval_batch_size", "optim.seed", "optim.metric", "optim.teacher_outputs", "optim.device",
+    # the training rule (config.TrainingRule): how long a run trains, the same for every run of a build
+    "data.dev_fraction", "data.dev_max_examples", "optim.early_stopping_patience",
+    "optim.early_stopping_min_delta", "optim.max_steps", "optim.max_steps_between_evals",
 })
 #: statuses of records that are not a finished run at the common budget
 SKIPPED_STATUSES = frozenset({"failed", "error", "stopped_early", "pruned", "interrupted", "running"})

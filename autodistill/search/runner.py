@@ -13,24 +13,25 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ..config import DataConfig, PipelineConfig
+from ..progress import EventLog, fmt_score
 from .records import RecordStore, make_record
-from .space import SearchSpace, encode_points, load_space, load_warm_start
+from .space import Budget, SearchSpace, SpaceError, encode_points, load_space, load_warm_start
 
 log = logging.getLogger(__name__)
 
 METRIC = "score"
 EXPERIMENT_NAME = "search"
 PROGRESS_FILE = "progress.json"
+ANCHOR_ID = "anchor"          # the trial id of the pipeline trained to completion before the search
 ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "OMP_NUM_THREADS_PER_TRIAL")
 
 
@@ -82,6 +83,19 @@ class SearchContext:
     trials_total: int
     search_info: dict[str, Any] = field(default_factory=dict)
     progress_path: Path | None = None   # progress.json for watchers (the REST service)
+    events: EventLog = field(default_factory=lambda: EventLog(quiet=True))
+    seeds: list[tuple[dict[str, Any], str]] = field(default_factory=list)   # (decoded point, where it came from)
+    best_before: tuple[float, str] | None = None   # the anchor's (score, id): the score to beat
+    budget_note: Callable[[float], None] | None = None  # told the first completed trial's wall time
+    metric: str = "score"
+
+    def origin(self, params: Mapping[str, Any]) -> str:
+        """Which warm-start seed a trial's params are (e.g. a recommendation), or 'TPE'."""
+        decoded = self.space.decode(params)
+        for point, label in self.seeds:
+            if point and all(decoded.get(k) == v for k, v in point.items()):
+                return label
+        return "TPE"
 
 
 _STOPPED_BY_SCHEDULER: set[str] = set()   # trial ids ASHA stopped (the scheduler runs in the driver)
@@ -127,11 +141,11 @@ def record_for(ctx: SearchContext, trial_id: str, params: Mapping[str, Any], las
         params=ctx.space.decode(params))
 
 
-def _make_callback(ctx: SearchContext, quiet: bool):
+def _make_callback(ctx: SearchContext):
     from ray import tune
 
     class DriverCallback(tune.Callback):
-        """Writes a record per finished trial and keeps a live progress line."""
+        """Writes a record per finished trial, prints one line per trial event and keeps the live bar."""
 
         def __init__(self) -> None:
             self.started: dict[str, float] = {}
@@ -139,31 +153,37 @@ def _make_callback(ctx: SearchContext, quiet: bool):
             self.done = 0
             self.stopped = 0
             self.errors = 0
-            self.best: tuple[float, str] | None = None
+            self.best: tuple[float, str] | None = ctx.best_before
             recorded = [r for r in ctx.store.read()
-                        if r.get("search", {}).get("experiment") == ctx.search_info.get("experiment")]
+                        if r.get("search", {}).get("experiment") == ctx.search_info.get("experiment")
+                        and r.get("search", {}).get("trial_id") != ANCHOR_ID]
             self.done = sum(r.get("status") == "completed" for r in recorded)
             self.stopped = sum(r.get("status") == "stopped_early" for r in recorded)
             for r in recorded:
                 s = r.get("metrics", {}).get("student_score")
-                if s is not None and (self.best is None or s > self.best[0]):
+                if r.get("status") == "completed" and s is not None and (self.best is None or s > self.best[0]):
                     self.best = (float(s), r["search"].get("trial_id", "?"))
-            self.tty = sys.stderr.isatty() and not quiet
-            self.quiet = quiet
+            self.events = ctx.events
+            self.events.open_bar(ctx.trials_total, "search")
+            self.timed = False
 
         def __reduce__(self):  # pickled with the tuner state: keep it stateless on restore
             return (_NullCallback, ())
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.started.setdefault(trial.trial_id, time.time())
+            if trial.trial_id in self.started:
+                self.running.add(trial.trial_id)
+                self._event(trial, "restarted")
+                return
+            self.started[trial.trial_id] = time.time()
             self.running.add(trial.trial_id)
-            self._line()
+            params = ", ".join(f"{n.split('.')[-1]}={_short(v)}" for n, v in ctx.space.decode(trial.config or {}).items())
+            self._event(trial, f"started ({ctx.origin(trial.config or {})}): {params}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            score = result.get(METRIC)
-            if score is not None and (self.best is None or score > self.best[0]) and result.get("final"):
-                self.best = (float(score), trial.trial_id)
-            self._line()
+            if not result.get("final"):
+                self._event(trial, f"reported dev {_fmt(result.get(METRIC))} at epoch {result.get('epoch', 0):.2f} "
+                                   f"(step {result.get('step', '-')}, report {result.get('training_iteration', '-')})")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.running.discard(trial.trial_id)
@@ -174,40 +194,41 @@ def _make_callback(ctx: SearchContext, quiet: bool):
                              stopped_early=status == "stopped_early")
             if rec is not None:
                 ctx.store.append(rec)
+            took = f" in {wall:.0f} s" if wall else ""
             if status == "completed":
                 self.done += 1
+                score = float(last[METRIC])
+                if self.best is None or score > self.best[0]:
+                    self.best = (score, trial.trial_id)
+                self._event(trial, f"finished{took}: validation {score:.4f}")
+                if not self.timed and wall and ctx.budget_note is not None:
+                    self.timed = True
+                    ctx.budget_note(wall)
             elif status == "stopped_early":
                 self.stopped += 1
+                self._event(trial, f"stopped early by ASHA{took} at dev {_fmt(last.get(METRIC))} "
+                                   f"after {last.get('training_iteration', 0)} reports")
             else:
-                status = "cut_short"
-            if not self.tty and not self.quiet:
-                score = last.get(METRIC)
-                print(f"[search] trial {trial.trial_id} {status.replace('_', ' ')}: "
-                      f"score {_fmt(score)} after {last.get('training_iteration', 0)} reports"
-                      + (f", {wall:.1f} s" if wall else "") + f"; best {_fmt(self.best[0] if self.best else None)}",
-                      file=sys.stderr, flush=True)
-            self._line()
+                self._event(trial, f"cut short by the budget or an interrupt{took}")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.running.discard(trial.trial_id)
+            self._event(trial, f"failed, will be retried: {_first_error_line(trial)}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.running.discard(trial.trial_id)
             self.errors += 1
-            if not self.quiet:
-                print(f"\n[search] trial {trial.trial_id} failed (see {trial.local_path or 'its trial dir'})",
-                      file=sys.stderr, flush=True)
-            self._line()
+            self._event(trial, f"failed: {_first_error_line(trial)} (see {trial.local_path or 'its trial dir'})")
 
         def on_experiment_end(self, trials, **info):
-            if self.tty:
-                print(file=sys.stderr, flush=True)
+            self.events.close_bar()
 
-        def _line(self) -> None:
+        def _event(self, trial, text: str) -> None:
+            best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"
+            self.events.emit("search", f"trial {trial.trial_id} {text}; best so far {best}")
+            self.events.update_bar(self.done + self.stopped + self.errors,
+                                   f"{len(self.running)} running, best {_fmt(self.best[0] if self.best else None)}")
             self._write_progress()
-            if not self.tty:
-                return
-            best = f"best {self.best[0]:.4f}" if self.best else "best -"
-            text = (f"[search] {self.done + self.stopped}/{ctx.trials_total} finished "
-                    f"({self.stopped} stopped early, {self.errors} failed) | {len(self.running)} running | {best}")
-            print("\r" + text.ljust(100), end="", file=sys.stderr, flush=True)
 
         def _write_progress(self) -> None:
             if ctx.progress_path is None:
@@ -218,6 +239,16 @@ def _make_callback(ctx: SearchContext, quiet: bool):
                            best_trial=self.best[1] if self.best else None)
 
     return DriverCallback()
+
+
+def _first_error_line(trial) -> str:
+    """The last line of the trial's error (the exception), if Ray kept one."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:300]
+    return "an error"
 
 
 def write_progress(path: Path, **progress: Any) -> None:
@@ -236,8 +267,7 @@ class _NullCallback:
         raise AttributeError(name)
 
 
-def _fmt(x: Any) -> str:
-    return "-" if x is None else f"{x:.4f}"
+_fmt = fmt_score
 
 
 # --------------------------------------------------------------------------- results
@@ -246,7 +276,7 @@ class SearchResult:
     out_dir: Path
     experiment_path: Path
     records_path: Path
-    trials: list[dict[str, Any]]            # leaderboard rows, best first
+    trials: list[dict[str, Any]]            # leaderboard rows, best first (the anchor included)
     best: dict[str, Any] | None
     best_dir: Path | None
     interrupted: bool
@@ -254,6 +284,10 @@ class SearchResult:
     teacher_score: float | None
     dataset_fingerprint: str
     teacher_seconds: float = 0.0
+    teacher: "PreparedTeacher | None" = None
+    anchor: dict[str, Any] | None = None     # the leaderboard row of the pipeline trained first, if any
+    failure: str | None = None              # why no student exists, naming the option to change
+    budget: dict[str, Any] = field(default_factory=dict)   # trials / time asked and used, per phase
 
     @property
     def best_score(self) -> float | None:
@@ -265,7 +299,7 @@ def _grid_trials(grid) -> list[Any]:
     return list(analysis.trials) if analysis is not None else []
 
 
-def _leaderboard(trials: Sequence[Any], space: SearchSpace) -> list[dict[str, Any]]:
+def _leaderboard(trials: Sequence[Any], ctx: SearchContext) -> list[dict[str, Any]]:
     rows = []
     for t in trials:
         last = t.last_result or {}
@@ -282,13 +316,11 @@ def _leaderboard(trials: Sequence[Any], space: SearchSpace) -> list[dict[str, An
             "reports": last.get("training_iteration"),
             "seconds": last.get("time_total_s"),
             "distill_seconds": last.get("distill_seconds"),
-            "params": space.decode(t.config or {}),
+            "params": ctx.space.decode(t.config or {}), "origin": ctx.origin(t.config or {}),
             "checkpoint": ckpt.path if ckpt is not None and last.get("final") else None,
             "path": getattr(t, "path", None),
         })
-    order = {"completed": 2, "stopped_early": 1}
-    rows.sort(key=lambda row: (order.get(row["status"], 0),
-                               row["score"] if row["score"] is not None else -math.inf), reverse=True)
+    rows.sort(key=_rank, reverse=True)
     return rows
 
 
@@ -314,38 +346,118 @@ def _short(v: Any) -> str:
 
 
 # --------------------------------------------------------------------------- preparing the teacher
-def prepare_teacher(base: PipelineConfig) -> tuple[Any, float | None, dict[str, Any]]:
-    """Fine-tune (or load) the base config's teachers once and cache the teacher's logits on train.
+@dataclass
+class PreparedTeacher:
+    task: Any                     # TaskData
+    score: float | None           # the first teacher's validation score
+    meta_features: dict[str, Any]
+    path: Path | None             # the first teacher's cache folder
+    training: dict[str, Any]      # its training rule's record: steps, seconds, stop reason, dev curve
+    from_cache: bool
+    seconds: float                # wall time of this step (fine-tune or cache load, teacher outputs, features)
 
-    Returns (task data, first teacher's score, the dataset's meta-features)."""
+
+def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> PreparedTeacher:
+    """Fine-tune (or load) the base config's teachers once, by the training rule, and cache the
+    teacher's logits on the training rows (the dev slice held out)."""
     from .. import teacher_outputs_cache
+    from ..callbacks import EventLogCallback
     from ..data import load_task_data
     from ..device import select_device
     from ..metrics import resolve_metric
     from ..models import load_tokenizer
     from ..teacher import get_teacher
-    from ..training import encode_texts
+    from ..training import encode_texts, split_dev
 
+    started = time.perf_counter()
     task = load_task_data(base.data)
     device = select_device(base.optim.device)
     metric = resolve_metric(base.optim.metric, task.task_type)
     tokenizer = load_tokenizer(base.teacher.backbone)
     pad_id = tokenizer.pad_token_id or 0
     ml = base.data.max_length
-    train = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, ml, task.task_type)
+    encoded = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, ml, task.task_type)
     validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b, task.validation.labels,
                               ml, task.task_type)
-    score = None
+    train, dev = split_dev(encoded, base.data, task.task_type)
+    first = None
     for k, tcfg in enumerate(base.teachers):
-        t = get_teacher(tcfg, task.fingerprint, train, validation, task.num_labels, task.task_type,
-                        task.label_names, metric, ml, pad_id, device)
+        callbacks = [EventLogCallback("teacher" if k == 0 else f"teacher {k}", metric, events)] if events else ()
+        t = get_teacher(tcfg, task.fingerprint, train, dev, validation, task.num_labels, task.task_type,
+                        task.label_names, metric, ml, pad_id, device, callbacks=callbacks)
         teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device)
         if k == 0:
-            score = t.score
-        del t
+            first = t
     from ..meta.features import compute_meta_features
     # the recommender's meta-features, so that search records can join the meta-dataset as they are
-    return task, score, compute_meta_features(task, tokenizer, backbone=base.teacher.backbone, teacher_score=score)
+    meta = compute_meta_features(task, tokenizer, backbone=base.teacher.backbone, teacher_score=first.score)
+    return PreparedTeacher(task, first.score, meta, first.path, first.training, first.from_cache,
+                           time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- the anchor
+def train_anchor(ctx: SearchContext, params: Mapping[str, Any], out: Path, label: str, resume: bool = False
+                 ) -> dict[str, Any]:
+    """Train one pipeline to completion in this process, outside the scheduler's reach, export it to
+    ``out`` and record it: the student the search must beat, and the one the user keeps whatever
+    the budget does to the search. Returns its leaderboard row (reused as it is on resume)."""
+    from ..callbacks import EventLogCallback
+    from ..distill import export, run_distillation
+
+    saved = out / "anchor.json"
+    decoded = ctx.space.decode(params)
+    if resume and saved.is_file():
+        row = json.loads(saved.read_text(encoding="utf-8"))
+        if row.get("params") == json.loads(json.dumps(decoded, default=str)) \
+                and row.get("dataset_fingerprint") == ctx.dataset_fingerprint:
+            ctx.events.emit("anchor", f"reusing the completed {label}: validation {row['score']:.4f} ({out})")
+            return row
+    cfg = ctx.space.to_config(params)
+    ctx.events.emit("anchor", f"training the {label} to completion first (outside ASHA), the student to beat")
+    started = time.perf_counter()
+    result = run_distillation(cfg, callbacks=[EventLogCallback("anchor", ctx.metric, ctx.events)],
+                              share_teacher_outputs=True)
+    seconds = time.perf_counter() - started
+    m = result.metrics
+    if out.exists():
+        shutil.rmtree(out)
+    export(result, out)
+    rec = make_record(dataset_fingerprint=m["dataset_fingerprint"], meta_features=ctx.meta_features, config=cfg,
+                      metrics=m, teacher_score=m["teacher_score"], wall_seconds=seconds,
+                      student_parameters=m["student_parameters"], status="completed",
+                      search={**ctx.search_info, "trial_id": ANCHOR_ID, "origin": label, "finished_at": time.time()},
+                      params=decoded)
+    ctx.store.append(rec)
+    row = {"trial_id": ANCHOR_ID, "status": "completed", "score": float(m["student_score"]),
+           "reports": len(m.get("history", [])), "seconds": seconds, "distill_seconds": seconds,
+           "params": decoded, "checkpoint": str(out), "path": str(out), "origin": label,
+           "dataset_fingerprint": m["dataset_fingerprint"]}
+    saved.write_text(json.dumps(row, indent=2, default=str), encoding="utf-8")
+    ctx.events.emit("anchor", f"finished in {seconds:.0f} s: validation {m['metric']} {m['student_score']:.4f} "
+                              f"({100 * (m['score_ratio'] or 0):.1f} % of the teacher), exported to {out}")
+    return row
+
+
+def pace_note(first_seconds: float, budget: Budget, used: float, students_left: int, alone: bool = True
+              ) -> str | None:
+    """A warning when one student takes much longer than the time budget assumes per student.
+    ``alone``: the first student had the machine to itself (the anchor); trials that share it
+    (``max_concurrent_trials`` at a time, a CPU or so each) take about twice as long each."""
+    if not budget.time_budget_s or students_left <= 0:
+        return None
+    per_student = budget.time_budget_s * budget.max_concurrent_trials / budget.trials
+    ratio = first_seconds / per_student
+    if ratio < 1.5:
+        return None
+    remaining = max(0.0, budget.time_budget_s - used)
+    shared = first_seconds * (2 if alone and budget.max_concurrent_trials > 1 else 1)   # one trial beside others
+    fit = int(remaining / shared * budget.max_concurrent_trials)
+    need = shared * budget.trials / budget.max_concurrent_trials
+    return (f"this machine is slower than the budget assumes: the first student took {first_seconds:.0f} s, "
+            f"{ratio:.1f}x the {per_student:.0f} s per student that --time-budget {budget.time_budget_s:.0f} s for "
+            f"--trials {budget.trials} ({budget.max_concurrent_trials} at a time) allows; at this pace about "
+            f"{fit} of the {students_left} other students fit. For all of them give --time-budget "
+            f"{need:.0f} or fewer --trials")
 
 
 # --------------------------------------------------------------------------- ray
@@ -368,7 +480,7 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> bool:
     # a snapshot after every finished trial is what makes resume lose nothing: don't warn about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not verbose:
-        logging.getLogger("ray.tune").setLevel(logging.ERROR)
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)   # our own lines report failed trials
         # in-process Ray on loopback turns token auth on by default and says so on every run
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         import optuna
@@ -395,21 +507,33 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
                gpus_per_trial: float | None = None, reuse_actors: bool | None = None,
                max_failures: int | None = None, seed: int | None = None, num_cpus: int | None = None,
                records_path: str | Path | None = None, quiet: bool = False, verbose: bool = False,
-               export_best: bool = True) -> SearchResult:
+               export_best: bool = True, anchor: bool = False, seed_labels: Sequence[str] | None = None,
+               events: EventLog | None = None) -> SearchResult:
     """Run (or resume) a KD search and return its leaderboard; see the module docstring.
 
     ``data`` is a dataset path or a (partial) DataConfig; ``overrides`` is a partial PipelineConfig merged
     into the space's base (e.g. a different teacher backbone); ``warm_start`` is a YAML/JSON file or a
-    list of param dicts in the space's names (entering the search as ``points_to_evaluate``).
+    list of param dicts in the space's names (entering the search as ``points_to_evaluate``), and
+    ``seed_labels`` says where each came from (e.g. "recommendation #1: vanilla_kd").
+
+    Budgets: ``trials`` counts students (the anchor included); ``time_budget`` is wall-clock seconds for
+    training students (the anchor, then the search); the teacher's fine-tune is not counted - it is
+    timed and reported apart (``teacher_seconds``). With ``anchor`` the first warm-start point is trained
+    to completion before the search, outside ASHA, so that a student exists whatever the budget does
+    to the search; the best *completed* student (anchor or trial) is exported to ``out_dir/best``.
     """
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
     t_start = time.perf_counter()
+    events = events or EventLog(quiet=quiet)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_NAME
+    if not resume and (exp_path.exists() or (out / "anchor" / "anchor.json").exists()):
+        raise FileExistsError(f"{out} holds a previous search: pass resume=True (--resume) to continue it, "
+                              "or choose another output folder")
 
     sp = load_space(space)
     data_part = data.model_dump(mode="json", exclude_unset=True) if isinstance(data, DataConfig) \
@@ -425,64 +549,74 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     b = sp.budget
     (out / "space.yaml").write_text(_yaml_dump(sp.to_dict()), encoding="utf-8")
 
-    base_cfg = sp.to_config({})
-    write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
-    t_teacher = time.perf_counter()
-    task, teacher_score, meta = prepare_teacher(base_cfg)
-    teacher_seconds = time.perf_counter() - t_teacher
-    store = RecordStore(records_path or out)
-    ctx = SearchContext(sp, store, task.fingerprint, meta, teacher_score, b.trials,
-                        {"experiment": str(exp_path), "space": sp.name}, out / PROGRESS_FILE)
-
     points = None
     if warm_start is not None:
         points = load_warm_start(warm_start, sp) if isinstance(warm_start, (str, Path)) \
             else encode_points(sp, warm_start)
+    labels = list(seed_labels or []) + [f"warm-start point #{k + 1}" for k in range(len(seed_labels or []),
+                                                                                    len(points or []))]
+    if anchor and not points:
+        raise SpaceError("an anchor needs a warm-start point (the pipeline to train first)")
 
-    owns_ray = _init_ray(address, num_cpus, verbose)
-    interrupted = False
-    try:
-        trainable = tune.with_resources(tune.with_parameters(distill_trainable, space_dict=sp.to_dict()),
-                                        {"cpu": b.cpus_per_trial, "gpu": b.gpus_per_trial})
-        callback = _make_callback(ctx, quiet)
-        if resume and tune.Tuner.can_restore(str(exp_path)):
-            tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=True)
-            tuner._local_tuner.get_run_config().callbacks = [callback]
-            if not quiet:
-                print(f"[search] resuming {exp_path}", file=sys.stderr, flush=True)
-        else:
-            if exp_path.exists() and not resume:
-                raise FileExistsError(f"{exp_path} holds a previous search: pass resume=True (--resume) "
-                                      "to continue it, or choose another output folder")
-            searcher = OptunaSearch(space=sp, metric=METRIC, mode="max", points_to_evaluate=points or None,
-                                    sampler=optuna.samplers.TPESampler(seed=b.seed))
-            scheduler = RecordingASHA(time_attr="training_iteration", max_t=b.max_t,
-                                      grace_period=b.grace_period, reduction_factor=b.reduction_factor)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
-                                            num_samples=b.trials, max_concurrent_trials=b.max_concurrent_trials,
-                                            time_budget_s=b.time_budget_s, reuse_actors=b.reuse_actors),
-                run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(out), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=b.max_failures),
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                          callbacks=[callback]))
+    base_cfg = sp.to_config({})
+    write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
+    events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
+                           "counted in the time budget")
+    teacher = prepare_teacher(base_cfg, events)
+    events.emit("teacher", f"ready in {teacher.seconds:.0f} s{' (from the cache)' if teacher.from_cache else ''}: "
+                           f"validation {fmt_score(teacher.score)}")
+    from ..metrics import resolve_metric
+    store = RecordStore(records_path or out)
+    ctx = SearchContext(sp, store, teacher.task.fingerprint, teacher.meta_features, teacher.score, b.trials,
+                        {"experiment": str(exp_path), "space": sp.name}, out / PROGRESS_FILE, events,
+                        [(sp.decode(p), label) for p, label in zip(points or [], labels)],
+                        metric=resolve_metric(base_cfg.optim.metric, teacher.task.task_type))
+
+    t_students = time.perf_counter()
+    anchor_row, anchor_error, interrupted = None, None, False
+    if anchor:
+        write_progress(out / PROGRESS_FILE, phase="anchor", trials_total=b.trials)
         try:
-            grid = tuner.fit()
+            anchor_row = train_anchor(ctx, points[0], out / "anchor", labels[0], resume)
         except KeyboardInterrupt:
-            interrupted = True
-            grid = tune.Tuner.restore(str(exp_path), trainable).get_results() \
-                if tune.Tuner.can_restore(str(exp_path)) else None
-        rows = _reconcile(ctx, grid) if grid is not None else []
-        finished = sum(r["status"] in ("completed", "stopped_early") for r in rows)
-        elapsed = time.perf_counter() - t_start
-        if finished < b.trials and (b.time_budget_s is None or elapsed < b.time_budget_s):
-            interrupted = True
-    finally:
-        if owns_ray:
-            import ray
-            ray.shutdown()
+            raise
+        except Exception as err:  # noqa: BLE001 - the search may still produce a student: say so, go on
+            anchor_error = f"{type(err).__name__}: {err}"
+            events.emit("anchor", f"FAILED: {anchor_error}")
+        points, ctx.seeds = points[1:], ctx.seeds[1:]
+        if anchor_row:
+            ctx.best_before = (anchor_row["score"], ANCHOR_ID)
+            note = pace_note(anchor_row["seconds"], b, time.perf_counter() - t_students, b.trials - 1)
+            if note:
+                events.emit("budget", note)
+    search_trials = b.trials - (1 if anchor else 0)
+    remaining = None if b.time_budget_s is None else b.time_budget_s - (time.perf_counter() - t_students)
+    if not anchor_row:
+        ctx.budget_note = lambda wall: _note_pace(events, wall, b, time.perf_counter() - t_students)
+
+    rows: list[dict[str, Any]] = []
+    owns_ray = False
+    # a trial shares the machine, so it takes at least as long as the anchor did alone: less time than
+    # that left cannot finish one
+    too_short = remaining is not None and remaining < (anchor_row["seconds"] if anchor_row else 0) + 1
+    if search_trials <= 0 or too_short:
+        events.emit("search", "skipped: " + (
+            "--trials leaves no trial after the anchor" if search_trials <= 0 else
+            f"{max(remaining, 0):.0f} s of the time budget are left, less than one student takes "
+            f"(the anchor took {anchor_row['seconds']:.0f} s)" if anchor_row else
+            "no time budget left"))
+    else:
+        ctx.trials_total = search_trials
+        owns_ray = _init_ray(address, num_cpus, verbose)
+        try:
+            rows, interrupted = _tune(ctx, sp, exp_path, out, search_trials, remaining, points, resume, tune,
+                                      OptunaSearch, optuna)
+        finally:
+            if owns_ray:
+                import ray
+                ray.shutdown()
+    if anchor_row:
+        rows = sorted([anchor_row, *rows], key=_rank, reverse=True)
 
     best_row = next((r for r in rows if r["status"] == "completed" and r["checkpoint"]), None)
     best_dir = None
@@ -492,22 +626,105 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
             shutil.rmtree(best_dir)
         shutil.copytree(best_row["checkpoint"], best_dir)
         (best_dir / "trial.json").write_text(json.dumps(
-            {k: best_row[k] for k in ("trial_id", "score", "params", "path")}, indent=2, default=str),
+            {k: best_row.get(k) for k in ("trial_id", "score", "params", "path", "origin")}, indent=2, default=str),
             encoding="utf-8")
+    student_seconds = time.perf_counter() - t_students
     result = SearchResult(out, exp_path, store.path, rows,
-                          {"trial_id": best_row["trial_id"], "score": best_row["score"],
-                           "params": best_row["params"]} if best_row else None,
-                          best_dir, interrupted, time.perf_counter() - t_start, teacher_score, task.fingerprint,
-                          teacher_seconds)
+                          {"trial_id": best_row["trial_id"], "score": best_row["score"], "params": best_row["params"],
+                           "origin": best_row.get("origin")}
+                          if best_row else None,
+                          best_dir, interrupted, time.perf_counter() - t_start, teacher.score,
+                          teacher.task.fingerprint, teacher.seconds, teacher, anchor_row,
+                          budget={"trials": b.trials, "time_budget_s": b.time_budget_s,
+                                  "student_seconds": student_seconds, "teacher_seconds": teacher.seconds,
+                                  "search_trials": max(0, search_trials), "max_concurrent_trials": b.max_concurrent_trials})
+    if best_row is None:
+        result.failure = _why_no_student(rows, anchor_error, b, interrupted)
     (out / "leaderboard.json").write_text(json.dumps(
-        {"interrupted": interrupted, "teacher_score": teacher_score, "best": result.best,
-         "trials": rows}, indent=2, default=str), encoding="utf-8")
+        {"interrupted": interrupted, "teacher_score": teacher.score, "best": result.best, "failure": result.failure,
+         "budget": result.budget, "trials": rows}, indent=2, default=str), encoding="utf-8")
     write_progress(out / PROGRESS_FILE, phase="interrupted" if interrupted else "finished", trials_total=b.trials,
                    finished=sum(r["status"] == "completed" for r in rows),
                    stopped_early=sum(r["status"] == "stopped_early" for r in rows),
                    failed=sum(r["status"] == "error" for r in rows), running=0,
                    best_score=result.best_score, best_trial=result.best["trial_id"] if result.best else None)
     return result
+
+
+def _note_pace(events: EventLog, wall: float, b: Budget, used: float) -> None:
+    note = pace_note(wall, b, used, b.trials - 1, alone=False)
+    if note:
+        events.emit("budget", note)
+
+
+def _rank(row: Mapping[str, Any]) -> tuple[int, float]:
+    order = {"completed": 2, "stopped_early": 1}
+    return order.get(row["status"], 0), row["score"] if row["score"] is not None else -math.inf
+
+
+def _why_no_student(rows: Sequence[Mapping[str, Any]], anchor_error: str | None, b: Budget,
+                    interrupted: bool) -> str:
+    """Why no student completed, and which option to change."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("stopped_early", "error", "no result", "unfinished")}
+    seen = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items() if n) or "no trial ran"
+    if anchor_error:
+        return (f"no student could be trained: the first pipeline failed ({anchor_error}) and the search "
+                f"produced none ({seen}). Fix the setting the error names in the search space (--space) or "
+                "the config (--config), or the data (--data)")
+    if counts["error"] and counts["error"] == len(rows):
+        return (f"no student could be trained: every trial failed ({seen}); the trials' error files say why "
+                "(fix the setting they name in --space or --config)")
+    if interrupted:
+        return f"interrupted before any student completed ({seen}): continue with --resume"
+    budget = f"the time budget ({b.time_budget_s:.0f} s, --time-budget)" if b.time_budget_s else "the budget"
+    return (f"no trial completed within {budget} ({seen}): raise --time-budget, lower --trials, or use "
+            "`autodistill auto`, which trains the recommended pipeline to completion before searching")
+
+
+def _tune(ctx: SearchContext, sp: SearchSpace, exp_path: Path, out: Path, trials: int, time_budget: float | None,
+          points: list[dict[str, Any]] | None, resume: bool, tune, OptunaSearch, optuna
+          ) -> tuple[list[dict[str, Any]], bool]:
+    """The Ray Tune search proper: (leaderboard rows, interrupted)."""
+    b = sp.budget
+    started = time.perf_counter()
+    trainable = tune.with_resources(tune.with_parameters(distill_trainable, space_dict=sp.to_dict()),
+                                    {"cpu": b.cpus_per_trial, "gpu": b.gpus_per_trial})
+    callback = _make_callback(ctx)
+    interrupted = False
+    if resume and tune.Tuner.can_restore(str(exp_path)):
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=True)
+        tuner._local_tuner.get_run_config().callbacks = [callback]
+        ctx.events.emit("search", f"resuming {exp_path}")
+    else:
+        searcher = OptunaSearch(space=sp, metric=METRIC, mode="max", points_to_evaluate=points or None,
+                                sampler=optuna.samplers.TPESampler(seed=b.seed))
+        scheduler = RecordingASHA(time_attr="training_iteration", max_t=b.max_t,
+                                  grace_period=b.grace_period, reduction_factor=b.reduction_factor)
+        ctx.events.emit("search", f"{trials} trials, {b.max_concurrent_trials} at a time"
+                        + (f", {time_budget:.0f} s left of the time budget" if time_budget is not None else ""))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
+                                        num_samples=trials, max_concurrent_trials=b.max_concurrent_trials,
+                                        time_budget_s=time_budget, reuse_actors=b.reuse_actors),
+            run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(out), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=b.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      callbacks=[callback]))
+    try:
+        grid = tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+        grid = tune.Tuner.restore(str(exp_path), trainable).get_results() \
+            if tune.Tuner.can_restore(str(exp_path)) else None
+    finally:
+        ctx.events.close_bar()
+    rows = _reconcile(ctx, grid) if grid is not None else []
+    finished = sum(r["status"] in ("completed", "stopped_early", "error") for r in rows)
+    if finished < trials and (time_budget is None or time.perf_counter() - started < time_budget):
+        interrupted = True
+    return rows, interrupted
 
 
 def _reconcile(ctx: SearchContext, grid) -> list[dict[str, Any]]:
@@ -522,7 +739,7 @@ def _reconcile(ctx: SearchContext, grid) -> list[dict[str, Any]]:
                          stopped_early=not last.get("final"))
         if rec is not None:
             ctx.store.append(rec)
-    return _leaderboard(trials, ctx.space)
+    return _leaderboard(trials, ctx)
 
 
 def _yaml_dump(data: Any) -> str:

@@ -511,16 +511,29 @@ def warm_start_points(space: SearchSpace, configs: Iterable[PipelineConfig | Map
                       ) -> list[dict[str, Any]]:
     """Up to ``n`` distinct warm-start points: full configs (e.g. the recommender's, best first)
     projected onto the space with :meth:`SearchSpace.params_from_config`."""
-    points, seen = [], set()
-    for cfg in configs:
-        point = space.params_from_config(cfg)
-        tag = _canonical(point)
+    return [point for _, point in distinct_points(space, configs, n)]
+
+
+def distinct_points(space: SearchSpace, configs: Iterable[PipelineConfig | Mapping[str, Any]], n: int
+                    ) -> list[tuple[int, dict[str, Any]]]:
+    """(index of the source config, point) for up to ``n`` projections that are complete (every active
+    parameter set: what a value the space cannot express becomes is the space's base/default, not a
+    sampler's draw, so a point names exactly one student) and distinct as trial configs (two configs
+    that differ only where the space cannot follow them would train the same student twice)."""
+    out, seen = [], set()
+    for k, cfg in enumerate(configs):
+        try:
+            partial = space.params_from_config(cfg)
+            point = space.params_from_config(space.to_config(space.encode(partial)))
+            tag = config_hash(space.to_config(space.encode(point)))
+        except (SpaceError, ConfigError):
+            continue   # a combination the space cannot run
         if tag not in seen:
             seen.add(tag)
-            points.append(point)
-        if len(points) == n:
+            out.append((k, point))
+        if len(out) == n:
             break
-    return points
+    return out
 
 
 def load_warm_start(path: str | Path, space: SearchSpace) -> list[dict[str, Any]]:

@@ -1,0 +1,141 @@
+"""The main job: a student always (the top recommendation trained to completion first), a verdict at
+the end, a non-zero exit with the cause when nothing can be trained, per-event progress in a pipe."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_search import CR, cli_env, tiny_space, write_space
+
+from autodistill.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_budget_too_small_for_the_search_still_exports_the_recommended_student(tiny_backbone, tmp_path, capsys):
+    space = write_space(tmp_path, tiny_space(tiny_backbone))
+    out = tmp_path / "auto"
+    code = main(["auto", "--data", CR, "--space", str(space), "--trials", "4", "--time-budget", "1",
+                 "--seeds", "2", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    best = out / "best"
+    assert (best / "student" / "config.json").is_file() and (best / "metrics.json").is_file()
+    trial = json.loads((best / "trial.json").read_text())
+    assert trial["trial_id"] == "anchor" and trial["origin"].startswith("recommendation #")
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["student"]["path"] == str(best.resolve())
+    assert verdict["student"]["score"] == json.loads((best / "metrics.json").read_text())["student_score"]
+    assert verdict["latency"]["speedup"] > 0 and verdict["data"]["subsample"] is not None  # the space's 400 rows
+    text = captured.out
+    assert "== verdict ==" in text and f"best student   {best.resolve()}/student" in text
+    assert trial["origin"] in text and "% of the teacher" in text and "CPU latency" in text
+    assert "[search] skipped:" in captured.err and "less than one student takes" in captured.err
+
+
+def test_nothing_trainable_exits_non_zero_and_names_the_cause(tiny_backbone, tmp_path, capsys):
+    data = tiny_space(tiny_backbone)
+    data["base"]["student"] = {"num_layers": 8}          # the tiny teacher has 4 layers
+    space = write_space(tmp_path, data)
+    out = tmp_path / "auto"
+    code = main(["auto", "--data", CR, "--space", str(space), "--trials", "1", "--seeds", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "no student could be trained" in err and "student.num_layers=8" in err and "--space" in err
+    assert not (out / "best").exists()
+
+
+def test_progress_reaches_a_pipe_one_line_per_event_as_it_happens(tiny_backbone, tmp_path):
+    space = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
+    out = tmp_path / "auto"
+    # a cache of its own: the teacher is fine-tuned here, not loaded from an earlier test's run
+    env = {**cli_env(), "PYTHONPATH": str(REPO), "AUTODISTILL_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "autodistill.cli", "auto", "--data", CR, "--space", str(space), "--trials", "3",
+           "--seeds", "2", "--time-budget", "600", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines, seen_while_running = [], set()
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if proc.poll() is None:
+            seen_while_running.update(tag for tag in ("[teacher]", "[anchor]", "[search]") if tag in line)
+    assert proc.wait(timeout=300) == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    assert seen_while_running == {"[teacher]", "[anchor]", "[search]"}, text   # not only at exit
+    events = [ln for ln in lines if ln.startswith("[") and "] [" in ln]
+    assert any("[teacher] epoch" in ln and "dev accuracy" in ln for ln in events), text
+    assert any("[anchor] finished" in ln for ln in events), text
+    for event in ("started", "reported dev", "finished"):
+        assert any("[search] trial" in ln and event in ln and "best so far" in ln for ln in events), (event, text)
+    assert "== verdict ==" in text and "\r" not in text                      # no terminal bar in a pipe
+    assert not any("Some weights" in ln or "INFO" in ln for ln in lines), text  # library chatter hidden
+
+
+def test_slow_machine_is_flagged_early_with_what_fits():
+    from autodistill.search.runner import pace_note
+    from autodistill.search.space import Budget
+    budget = Budget(trials=8, time_budget_s=600, max_concurrent_trials=2)   # 150 s per student
+    assert pace_note(120, budget, used=120, students_left=7) is None
+    note = pace_note(465, budget, used=465, students_left=7)
+    assert "3.1x the 150 s per student" in note and "--time-budget" in note and "--trials" in note
+
+
+def test_warm_start_points_give_distinct_trial_configs(tiny_backbone):
+    from autodistill.config import PipelineConfig
+    from autodistill.search.space import SearchSpace, config_hash, warm_start_points
+    space = SearchSpace.from_dict(tiny_space(tiny_backbone))
+    # an objective the space lacks (pkd) resolves to the space's default, as the empty config does:
+    # two seeds would train one student twice
+    cfgs = [{"loss": {"intermediate": {"objective": "mi_alpha", "alpha": 0.5}}},
+            {"loss": {"intermediate": {"objective": "pkd"}}}, {}]
+    points = warm_start_points(space, [PipelineConfig.model_validate(c) for c in cfgs], 4)
+    hashes = {config_hash(space.to_config(space.encode(p))) for p in points}
+    assert len(points) == 2 and len(hashes) == 2
+    for p in points:   # complete: every active parameter is set, none is left to the sampler
+        assert set(p) == {q.name for q in space.params if space.active(q, p)}
+
+
+def test_search_whose_budget_ends_before_any_student_says_so_and_fails(tiny_backbone, tmp_path, capsys):
+    space = write_space(tmp_path, tiny_space(tiny_backbone))
+    out = tmp_path / "search"
+    code = main(["search", "--data", CR, "--space", str(space), "--trials", "2", "--time-budget", "1",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "no trial completed within the time budget (1 s, --time-budget)" in err and "autodistill auto" in err
+    assert not (out / "best").exists()
+
+
+def test_ctrl_c_keeps_the_completed_student_and_says_how_to_resume(tiny_backbone, tmp_path, capsys):
+    import signal
+    space = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
+    out = tmp_path / "auto"
+    env = {**cli_env(), "PYTHONPATH": str(REPO), "AUTODISTILL_CACHE": os.environ["AUTODISTILL_CACHE"]}
+    cmd = [sys.executable, "-m", "autodistill.cli", "auto", "--data", CR, "--space", str(space), "--trials", "4",
+           "--seeds", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "[search] trial" in line and "started" in line:
+                os.kill(proc.pid, signal.SIGINT)   # Ctrl-C while the search runs
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert (out / "best" / "student" / "config.json").is_file(), text            # the anchor's student, kept
+    assert f"autodistill auto --resume --out {out}" in text and "== verdict ==" in text
+    # resuming reuses the completed anchor instead of training it again
+    assert main(["auto", "--data", CR, "--space", str(space), "--trials", "1", "--seeds", "2", "--resume",
+                 "--out", str(out)]) == 0
+    assert "reusing the completed recommendation #1" in capsys.readouterr().err

@@ -1,0 +1,69 @@
+"""The training rule shared by teacher and student: early stopping on a dev slice of train (never the
+scored validation split), a step cap, the best checkpoint restored, the learning curve recorded."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autodistill.config import parse_config
+from autodistill.data import bundled_dataset_path, holdout_indices, load_task_data
+from autodistill.distill import export, format_report, run_distillation
+from autodistill.models import load_tokenizer
+from autodistill.training import encode_texts, evaluate, split_dev
+
+
+def tiny_cfg(backbone, **optim):
+    return parse_config({
+        "data": {"train": str(bundled_dataset_path()), "max_train_examples": 300, "max_length": 32},
+        "teachers": [{"backbone": backbone, "learning_rate": 3e-3, "epochs": 30, "early_stopping_patience": 2}],
+        "optim": {"learning_rate": 3e-3, "epochs": 30, "early_stopping_patience": 2, "eval_batch_size": 256,
+                  **optim}})
+
+
+def test_dev_slice_is_seeded_stratified_and_capped():
+    labels = [0] * 90 + [1] * 10
+    kept, held = holdout_indices(labels, 0.2, "42:dev", stratify=True)
+    assert sorted(kept + held) == list(range(100)) and not set(kept) & set(held)
+    assert sum(labels[i] for i in held) == 2 and len(held) == 20          # 20 % of each class
+    assert holdout_indices(labels, 0.2, "42:dev", True) == (kept, held)  # seeded
+    assert len(holdout_indices(labels, 0.2, "42:dev", True, max_rows=10)[1]) == 10
+
+
+def test_teacher_and_student_stop_on_a_dev_plateau_and_keep_the_best(tiny_backbone, tmp_path):
+    cfg = tiny_cfg(tiny_backbone)
+    result = run_distillation(cfg)
+    m = result.metrics
+    task = load_task_data(cfg.data)
+    # the dev slice comes out of train: train + dev rows = the loaded train rows; validation is untouched
+    assert m["train_examples"] + m["dev_examples"] == len(task.train) == 300
+    assert m["validation_examples"] == len(task.validation)
+    for t in (m["teacher_training"], m):
+        curve = t["history"]
+        assert t["stop_reason"] == "plateau" and t["steps"] < 30 * 10       # stopped well before the cap
+        assert [set(r) for r in curve] == [{"step", "epoch", "seconds", "score"}] * len(curve)
+        assert [r["step"] for r in curve] == sorted(r["step"] for r in curve)
+        best = max(r["score"] for r in curve)
+        assert all(r["score"] <= best for r in curve[-2:])                    # patience 2: a flat tail
+    # the restored student is the best one on dev, and its reported score is measured on validation
+    tok = load_tokenizer(tiny_backbone)
+    enc = lambda s: encode_texts(tok, s.text_a, s.text_b, s.labels, 32, task.task_type)  # noqa: E731
+    _, dev = split_dev(enc(task.train), cfg.data, task.task_type)
+    assert evaluate(result.student, dev, m["metric"], task.task_type, 256, tok.pad_token_id, "cpu") \
+        == pytest.approx(m["best_dev_score"])
+    assert evaluate(result.student, enc(task.validation), m["metric"], task.task_type, 256, tok.pad_token_id,
+                    "cpu") == pytest.approx(m["student_score"])
+    # budget used and both curves reach metrics.json and the report
+    saved = json.loads((export(result, tmp_path / "out") / "metrics.json").read_text())
+    assert saved["steps"] == m["steps"] and saved["teacher_training"]["history"]
+    report = format_report(m)
+    assert "teacher curve" in report and "student curve" in report and "plateau" in report
+
+
+def test_step_cap_and_evaluations_every_n_steps(tiny_backbone):
+    result = run_distillation(tiny_cfg(tiny_backbone, max_steps=7, max_steps_between_evals=3,
+                                       early_stopping_patience=None))
+    m = result.metrics
+    assert m["steps"] == 7 and m["stop_reason"] == "max_steps"
+    # 300 rows - 30 dev = 270 rows = 9 batches an epoch: evaluated every 3 steps, and at the cap
+    assert [r["step"] for r in m["history"]] == [3, 6, 7]
