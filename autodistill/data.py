@@ -181,6 +181,9 @@ def _read_jsonl(path: Path, cfg: DataConfig) -> _Table:
             table.rows.append(_Row(number, None, f"not valid JSON ({err.msg} at character {err.pos + 1}); "
                                                  "expected one JSON object per line"))
             continue
+        except RecursionError:
+            table.rows.append(_Row(number, None, "JSON nested too deeply; expected one flat JSON object per line"))
+            continue
         if not isinstance(obj, dict):
             table.rows.append(_Row(number, None, f"expected a JSON object, got {type(obj).__name__}"))
             continue
