@@ -217,8 +217,11 @@ def _check_parquet(path: Path, max_rows: int, max_bytes: int, field: str) -> Non
         if pa.types.is_nested(f.type):
             raise ApiError(422, "invalid_dataset", f"{field}: column {f.name!r} is nested ({f.type}); "
                            "use flat text and label columns", field=field)
-    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-               or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    def textual(t) -> bool:
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+            or pa.types.is_large_binary(t)
+    strings = [f.name for f in schema if textual(f.type)]
     decoded = 0
     try:
         reader = pq.ParquetFile(path, read_dictionary=strings)

@@ -7,31 +7,10 @@ import time
 import pytest
 
 from service import db
-from service.ray_backend import JobBackend
 from service.searches import MAX_SUBMISSIONS, SearchManager
 from service.settings import ServiceSettings
 from service.store import Store
-
-
-class ScriptedBackend(JobBackend):
-    """Answers status from a dict (None = the cluster does not know the job) and records submissions."""
-
-    def __init__(self):
-        self.states: dict[str, str | None] = {}
-        self.submitted: list[tuple[str, list[str]]] = []
-
-    def submit(self, job_id, entrypoint, env):
-        self.submitted.append((job_id, entrypoint))
-        self.states[job_id] = "queued"
-
-    def status(self, job_id):
-        return self.states.get(job_id)
-
-    def stop(self, job_id):
-        self.states[job_id] = "cancelled"
-
-    def logs(self, job_id):
-        return "Traceback: boom"
+from service_support import ScriptedBackend
 
 
 @pytest.fixture
