@@ -319,3 +319,333 @@ def test_a_read_only_database_is_unhealthy_and_writes_are_json_503(tmp_path, dat
         assert ro.get("/datasets", headers=headers).json()["total"] == 1   # reads still work
         r = upload(ro, headers, small_jsonl(tmp_path / "b.jsonl", seed=1))
         assert _is_json_error(r, 503)["error"] == "unavailable"
+
+
+# --------------------------------------------------------------------------- 5. nothing of another key in recommendations
+SECRET_LAYERS = 5   # no committed candidate has a 5-layer student: this pipeline exists only in alice's search
+
+
+def _finished_search_of(client, owner_key: dict, dataset_id: str, tmp_path: Path) -> str:
+    """A succeeded search of ``dataset_id`` whose trial records are real committed records re-dressed as a
+    pipeline only this search ran (its own teacher path and data path on the server)."""
+    from autodistill.search.records import RecordStore
+    store = client.app.state.store
+    owner = store.key_for_secret(owner_key["Authorization"].split()[1])["id"]
+    out = tmp_path / "alice-search"
+    records = RecordStore(out)
+    for line in (META_DATASET_DIR / "runs" / "mr.jsonl").read_text(encoding="utf-8").splitlines()[:6]:
+        rec = json.loads(line)
+        rec["config"]["student"]["num_layers"] = SECRET_LAYERS
+        rec["config"]["teachers"][0]["backbone"] = "/srv/alice/private-teacher"
+        rec["config"]["data"]["train"] = "/srv/alice/private-data.jsonl"
+        rec.update(candidate="alice-secret-pipeline", config_hash=None, status="completed")
+        records.append(rec)
+    now = time.time()
+    sid = "search_alice"
+    assert store.add_search({"id": sid, "owner": owner, "dataset_id": dataset_id, "state": "succeeded",
+                             "request": {}, "out_dir": str(out), "progress": {}, "best": None, "error": None,
+                             "submissions": 1, "created_at": now, "started_at": now, "finished_at": now,
+                             "updated_at": now, "folded": False}) == "added"
+    return sid
+
+
+def test_recommendations_reveal_no_other_keys_datasets_or_configs(tmp_path, database_url):
+    base = [META_DATASET_DIR / "runs" / f"{d}.jsonl" for d in ("cr", "mr", "sst2")]
+    client = _client(_app(tmp_path / "svc", database_url, base_records=[p for p in base if p.exists()]))
+    try:
+        data = small_jsonl(tmp_path / "same.jsonl", n=60)
+        mine = upload(client, client.keys["alice"], data).json()["id"]
+        theirs = upload(client, client.keys["bob"], data).json()["id"]   # the same data: distance 0 to alice's
+        _finished_search_of(client, client.keys["alice"], mine, tmp_path)
+        assert client.post("/meta-model/refit", headers=client.keys["root"]).status_code == 200
+
+        def recommend(who, dataset_id, **constraints):
+            r = client.post("/recommendations", json={"dataset_id": dataset_id, "top_k": 50,
+                                                      "constraints": constraints}, headers=client.keys[who])
+            assert r.status_code == 200, r.text
+            return r
+        own = recommend("alice", mine, config={"student.num_layers": SECRET_LAYERS}).json()["recommendations"]
+        assert [x["candidate"] for x in own] == ["alice-secret-pipeline"]   # alice sees her own pipeline
+        assert own[0]["config"]["data"]["train"] is None                    # never a server data path
+        assert f"svc-{mine}" in [n["dataset"] for n in own[0]["why"]["nearest_datasets"]]
+        other = recommend("bob", theirs, config={"student.num_layers": SECRET_LAYERS})
+        assert other.json()["recommendations"] == []
+        everything = recommend("bob", theirs)
+        assert everything.json()["recommendations"]
+        for text in (f"svc-{mine}", "alice", "/srv/"):
+            assert text not in everything.text
+    finally:
+        client.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- 6-7. searches bounded; backbones allowed
+def _search_body(dataset_id: str, **extra) -> dict:
+    return {"dataset_id": dataset_id, "space": "cpu-fast", "trials": 2, **extra}
+
+
+@pytest.fixture
+def dataset_of(api, tmp_path):
+    def make(who: str = "alice", seed: int = 0) -> str:
+        r = upload(api, api.keys[who], small_jsonl(tmp_path / f"{who}{seed}.jsonl", seed=seed))
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+    return make
+
+
+def test_searches_are_capped_per_key_and_overall(tmp_path, database_url):
+    client = _client(_app(tmp_path / "svc", database_url, max_searches_per_key=1, max_searches_total=2))
+    try:
+        ids = {}
+        for who in ("alice", "bob", "root"):
+            ids[who] = upload(client, client.keys[who], small_jsonl(tmp_path / f"{who}.jsonl")).json()["id"]
+        assert client.post("/searches", json=_search_body(ids["alice"]), headers=client.keys["alice"]).status_code == 202
+        r = client.post("/searches", json=_search_body(ids["alice"]), headers=client.keys["alice"])
+        assert _is_json_error(r, 429)["error"] == "too_many_requests" and r.headers["retry-after"]
+        assert client.post("/searches", json=_search_body(ids["bob"]), headers=client.keys["bob"]).status_code == 202
+        _is_json_error(client.post("/searches", json=_search_body(ids["root"]), headers=client.keys["root"]), 429)
+        backend = client.app.state.searches.backend
+        first = next(iter(backend.states))
+        backend.states[first] = "succeeded"   # one ends: room again
+        client.get(f"/searches/{first}", headers=client.keys["alice"])
+        assert client.post("/searches", json=_search_body(ids["root"]), headers=client.keys["root"]).status_code == 202
+    finally:
+        client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("config,field", [
+    ({"student": {"kind": "fresh", "hidden_size": 64, "intermediate_size": 10**12}}, "config.student.intermediate_size"),
+    ({"student": {"num_layers": 10**6}}, "config.student.num_layers"),
+    ({"teachers": [{"epochs": 1e6}]}, "config.teachers.0.epochs"),
+    ({"optim": {"epochs": 1e6}}, "config.optim.epochs"),
+    ({"optim": {"batch_size": 10**7}}, "config.optim.batch_size"),
+    ({"teachers": [{"backbone": "/etc"}]}, "config.teachers.0.backbone"),
+    ({"teachers": [{"backbone": "bert-base-uncased"}]}, "config.teachers.0.backbone"),
+    ({"augmentation": {"augmenters": [{"name": "contextual", "mlm_model": "/root"}]}},
+     "config.augmentation.augmenters.0.mlm_model")])
+def test_search_sizes_and_backbones_are_bounded(api, dataset_of, config, field):
+    r = api.post("/searches", json=_search_body(dataset_of(), config=config), headers=api.keys["alice"])
+    _is_json_error(r, 422, field)
+    assert not api.app.state.searches.backend.submitted
+
+
+def test_backbone_refusals_do_not_tell_what_exists(api, dataset_of, tmp_path):
+    ds = dataset_of()
+    details = set()
+    for backbone in ("/etc", "/no/such/folder", str(tmp_path), "../../etc"):
+        r = api.post("/searches", json=_search_body(ds, config={"teachers": [{"backbone": backbone}]}),
+                     headers=api.keys["alice"])
+        body = _is_json_error(r, 422, "config.teachers.0.backbone")
+        details.add(body["detail"])
+        assert "/" not in body["detail"].split(":", 1)[1]   # no path in the explanation
+    assert len(details) == 1
+
+
+def _planted_model(folder: Path, marker: Path) -> Path:
+    """A model folder whose config asks for its own code (auto_map); that code would write ``marker``."""
+    folder.mkdir(parents=True)
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (folder / "evil.py").write_text(code + "class EvilConfig: pass\nclass EvilModel: pass\n", encoding="utf-8")
+    auto = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel",
+            "AutoModelForSequenceClassification": "evil.EvilModel", "AutoTokenizer": ["evil.EvilConfig", None]}
+    (folder / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": auto}), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": auto}), encoding="utf-8")
+    return folder
+
+
+def test_no_code_runs_from_a_planted_model_folder(tmp_path, database_url):
+    from autodistill.config import StudentConfig
+    from autodistill.models import load_classifier, load_tokenizer, student_parameters
+    marker = tmp_path / "code-ran"
+    root = tmp_path / "backbones"
+    planted = _planted_model(root / "evil", marker)
+    client = _client(_app(tmp_path / "svc", database_url, backbone_roots=[root]))
+    try:
+        ds = upload(client, client.keys["alice"], small_jsonl(tmp_path / "d.jsonl")).json()["id"]
+        body = _search_body(ds, config={"teachers": [{"backbone": "evil"}]})   # under a root: a search may name it
+        assert client.post("/searches", json=body, headers=client.keys["alice"]).status_code == 202
+        written = json.loads(next((tmp_path / "svc" / "searches").glob("*/request_config.json")).read_text())
+        assert written["teachers"][0]["backbone"] == str(planted.resolve())
+    finally:
+        client.__exit__(None, None, None)
+    for load in (lambda: load_tokenizer(str(planted)), lambda: load_classifier(str(planted), 2, "classification"),
+                 lambda: student_parameters(str(planted), StudentConfig(), 2)):   # what the search job does
+        with pytest.raises(Exception):
+            load()
+    assert not marker.exists()
+
+
+def test_a_search_is_stopped_past_its_time_budget(api, dataset_of):
+    r = api.post("/searches", json=_search_body(dataset_of(), time_budget=30), headers=api.keys["alice"])
+    sid = r.json()["id"]
+    manager = api.app.state.searches
+    job = manager.backend.submitted[-1][1]
+    assert job[job.index("--time-budget") + 1] == "30.0"
+    manager.backend.states[sid] = "running"
+    api.get(f"/searches/{sid}", headers=api.keys["alice"])
+    grace = api.app.state.settings.search_grace_s
+    manager.store.update_search(sid, started_at=time.time() - 30 - grace - 1)   # e.g. a teacher fine-tune that runs on
+    body = api.get(f"/searches/{sid}", headers=api.keys["alice"]).json()
+    assert body["state"] == "failed" and "time budget" in body["error"]
+    assert manager.backend.states[sid] == "cancelled"   # the Ray job was stopped
+
+
+def test_a_search_without_a_budget_gets_the_servers(api, dataset_of):
+    api.post("/searches", json=_search_body(dataset_of()), headers=api.keys["alice"])
+    job = api.app.state.searches.backend.submitted[-1][1]
+    assert float(job[job.index("--time-budget") + 1]) == api.app.state.settings.max_time_budget_s
+
+
+# --------------------------------------------------------------------------- 9. a search and a delete of its dataset
+def test_a_delete_between_the_check_and_the_insert_wins_cleanly(api, dataset_of):
+    ds = dataset_of()
+    manager = api.app.state.searches
+    real_create = manager.create
+    deleted = {}
+
+    def create_after_a_delete(owner, dataset, request, warm):   # the DELETE lands after the search's checks
+        deleted["status"] = api.delete(f"/datasets/{ds}", headers=api.keys["alice"]).status_code
+        return real_create(owner, dataset, request, warm)
+    manager.create = create_after_a_delete
+    try:
+        r = api.post("/searches", json=_search_body(ds), headers=api.keys["alice"])
+    finally:
+        manager.create = real_create
+    assert deleted["status"] == 204
+    _is_json_error(r, 404, "dataset_id")
+    assert not manager.backend.submitted and api.get("/searches", headers=api.keys["alice"]).json()["total"] == 0
+
+
+def test_a_dataset_a_search_references_cannot_be_deleted(api, dataset_of):
+    ds = dataset_of()
+    assert api.post("/searches", json=_search_body(ds), headers=api.keys["alice"]).status_code == 202
+    _is_json_error(api.delete(f"/datasets/{ds}", headers=api.keys["alice"]), 409)
+    assert api.get(f"/datasets/{ds}", headers=api.keys["alice"]).status_code == 200
+
+
+def test_concurrent_search_creates_and_deletes_never_orphan_a_search(database_url):
+    from service import db
+    from service.store import Store
+    engine = db.make_engine(database_url)
+    db.migrate(engine)
+    store = Store(engine)
+    try:
+        for i in range(12):
+            did = f"ds{i}"
+            store.add_dataset({"id": did, "owner": "k", "name": did, "source_kind": "upload", "source": "x",
+                               "data_config": {}, "fingerprint": "f", "stats": {}, "meta_features": {},
+                               "created_at": time.time()})
+            now = time.time()
+            row = {"id": f"s{i}", "owner": "k", "dataset_id": did, "state": "queued", "request": {}, "out_dir": "/x",
+                   "progress": {}, "best": None, "error": None, "submissions": 1, "created_at": now,
+                   "started_at": None, "finished_at": None, "updated_at": now, "folded": False}
+            barrier, out = threading.Barrier(2), {}
+
+            def add():
+                barrier.wait()
+                out["add"] = store.add_search(row)
+
+            def remove():
+                barrier.wait()
+                out["delete"] = store.delete_dataset("k", did)
+            threads = [threading.Thread(target=add), threading.Thread(target=remove)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert (out["add"], out["delete"]) in (("added", "in_use"), ("no_dataset", "deleted")), out
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- 10. idempotency: retention, truthful replays
+def test_a_replay_after_the_resource_was_deleted_is_410(api, tmp_path):
+    headers = {**api.keys["alice"], "Idempotency-Key": "u1"}
+    path = small_jsonl(tmp_path / "i.jsonl")
+    first = upload(api, headers, path)
+    assert first.status_code == 201
+    assert api.delete(first.headers["location"], headers=api.keys["alice"]).status_code == 204
+    again = upload(api, headers, path)
+    assert _is_json_error(again, 410, "Idempotency-Key")["error"] == "gone"
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_idempotency_records_expire(api, tmp_path):
+    from service import db
+    headers = {**api.keys["alice"], "Idempotency-Key": "u2"}
+    path = small_jsonl(tmp_path / "i.jsonl")
+    first = upload(api, headers, path)
+    assert upload(api, headers, path).headers.get("idempotent-replayed") == "true"
+    retention = api.app.state.settings.idempotency_retention_s
+    with api.app.state.store.engine.begin() as conn:   # the record is now older than the retention
+        conn.execute(db.idempotency.update().values(created_at=time.time() - retention - 1))
+    later = upload(api, headers, path)
+    assert later.status_code == 201 and "idempotent-replayed" not in later.headers
+    assert later.json()["id"] != first.json()["id"]
+    with api.app.state.store.engine.begin() as conn:
+        conn.execute(db.idempotency.update().values(created_at=time.time() - retention - 1))
+    assert api.app.state.store.idempotency_purge(retention) == 1
+
+
+# --------------------------------------------------------------------------- 11. no server paths or tracebacks
+def test_errors_and_results_carry_no_server_paths(api, dataset_of, tmp_path):
+    state = str(api.app.state.settings.state_dir.resolve())
+    no_label = tmp_path / "x.jsonl"
+    no_label.write_text('{"text": "a"}\n{"text": "b"}\n', encoding="utf-8")
+    r = upload(api, api.keys["alice"], no_label)
+    assert r.status_code == 422 and "x.jsonl" in r.json()["detail"]
+    assert state not in r.text and str(tmp_path) not in r.text and "/datasets/" not in r.text
+    # a failed search: the job log (command line, traceback, paths) stays in the server log
+    ds = dataset_of()
+    sid = api.post("/searches", json=_search_body(ds), headers=api.keys["alice"]).json()["id"]
+    backend = api.app.state.searches.backend
+    out_dir = api.app.state.store.get_search(None, sid)["out_dir"]
+    backend.log_text = (f"$ /venv/bin/python -m autodistill.cli search --data {state}/datasets/{ds}/train.jsonl\n"
+                        f"Traceback (most recent call last):\n  File \"/work/main/autodistill/search/runner.py\", "
+                        f"line 3, in run\nValueError: no usable rows in {out_dir}/data.jsonl\n")
+    backend.states[sid] = "failed"
+    body = api.get(f"/searches/{sid}", headers=api.keys["alice"]).json()
+    assert body["state"] == "failed" and "no usable rows" in body["error"]
+    for leak in ("Traceback", "/work/", "/venv/", state, "File "):
+        assert leak not in body["error"], body["error"]
+    # the best of a finished search: its config names the dataset, not the server's file
+    sid = api.post("/searches", json=_search_body(ds), headers=api.keys["alice"]).json()["id"]
+    best = Path(api.app.state.store.get_search(None, sid)["out_dir"]) / "best"
+    (best / "student").mkdir(parents=True)
+    (best / "config.yaml").write_text(f"data:\n  train: {state}/datasets/{ds}/train.jsonl\n", encoding="utf-8")
+    backend.states[sid] = "succeeded"
+    r = api.get(f"/searches/{sid}/best", headers=api.keys["alice"])
+    assert r.status_code == 200 and r.json()["config"]["data"]["train"] == f"dataset:{ds}" and state not in r.text
+
+
+def test_a_path_reference_answers_with_the_callers_names(tmp_path, database_url):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "x.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n', encoding="utf-8")
+    good = small_jsonl(root / "sub" / "good.jsonl")
+    client = _client(_app(tmp_path / "svc", database_url, allowed_roots=[root]))
+    try:
+        r = client.post("/datasets", json={"path": "sub/x.jsonl"}, headers=client.keys["alice"])
+        assert r.status_code == 422 and "sub/x.jsonl" in r.json()["detail"] and str(root) not in r.text
+        r = client.post("/datasets", json={"path": "sub/good.jsonl"}, headers=client.keys["alice"])
+        assert r.status_code == 201 and r.json()["source"] == "sub/good.jsonl" and str(good) not in r.text
+    finally:
+        client.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- 13. private state
+def test_state_is_private(tmp_path):
+    client = _client(_app(tmp_path / "svc"))
+    try:
+        ds = upload(client, client.keys["alice"], small_jsonl(tmp_path / "d.jsonl")).json()["id"]
+        r = client.post("/searches", json=_search_body(ds), headers=client.keys["alice"])
+        assert r.status_code == 202
+    finally:
+        client.__exit__(None, None, None)
+    svc = tmp_path / "svc"
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+    assert mode(svc) == 0o700 and mode(svc / "service.db") == 0o600
+    assert mode(svc / "datasets" / ds) == 0o700 and mode(next((svc / "datasets" / ds).iterdir())) == 0o600
+    search_dir = next((svc / "searches").iterdir())
+    assert mode(svc / "searches") == 0o700 and mode(search_dir) == 0o700
