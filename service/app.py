@@ -29,7 +29,7 @@ from .datasets import (HubWorkers, check_bounds, check_hf_name, dataset_stats, f
                        meta_features, private_dir, remove_dataset_files, resolve_under_roots, save_stream,
                        upload_suffix)
 from .errors import ApiError, install_error_handlers, not_found, public_text, validation_error
-from .guard import RequestGuard
+from .guard import BodyTooLarge, RequestGuard
 from .ray_backend import JobBackend, backend_from_settings
 from .recommend import RecommenderService
 from .schemas import (BestStudent, DataColumns, Dataset, DatasetPage, DatasetReference, ErrorBody, Health,
@@ -133,10 +133,6 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
 
 
 # --------------------------------------------------------------------------- datasets
-class _TooLarge(Exception):
-    pass
-
-
 async def _read_form(request: Request, limit: int):
     """The multipart form, read with a byte cap on the whole body (413 past it, not after it)."""
     declared = request.headers.get("content-length")
@@ -151,13 +147,13 @@ async def _read_form(request: Request, limit: int):
         message = await receive()
         seen += len(message.get("body", b""))
         if seen > limit:
-            raise _TooLarge()
+            raise BodyTooLarge()
         return message
 
     capped = Request(request.scope, counting_receive)
     try:
         return await capped.form(max_files=2, max_fields=10)
-    except _TooLarge:
+    except BodyTooLarge:
         raise ApiError(413, "payload_too_large", f"request body larger than the upload cap of "
                        f"{limit / 2**20:.1f} MB", field="file") from None
     except Exception as err:  # noqa: BLE001 - malformed multipart

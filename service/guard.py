@@ -35,8 +35,8 @@ def json_too_deep(body: bytes, limit: int) -> bool:
     return False
 
 
-class _TooLarge(Exception):
-    pass
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` once a body passes its cap (also by the upload reader's tighter cap)."""
 
 
 async def _send_error(send, err: ApiError) -> None:
@@ -79,14 +79,14 @@ class RequestGuard:
             limit, buffer = self._limit(content_type)
             declared = _header(scope, b"content-length")
             if declared and declared.strip().isdigit() and int(declared) > limit:
-                raise _TooLarge()
+                raise BodyTooLarge()
             if buffer:
                 receive = await self._buffered(receive, limit)
             else:
                 receive = self._counting(receive, limit)
         except ApiError as err:
             return await _send_error(send, err)
-        except _TooLarge:
+        except BodyTooLarge:
             return await _send_error(send, self._too_large(limit))
         started = False
 
@@ -96,7 +96,7 @@ class RequestGuard:
             await send(message)
         try:
             await self.app(scope, receive, tracking_send)
-        except _TooLarge:
+        except BodyTooLarge:
             if not started:
                 await _send_error(send, self._too_large(limit))
 
@@ -115,7 +115,7 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise _TooLarge()
+                raise BodyTooLarge()
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
@@ -141,6 +141,6 @@ class RequestGuard:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _TooLarge()
+                raise BodyTooLarge()
             return message
         return counting

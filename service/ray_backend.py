@@ -174,7 +174,12 @@ class LocalRayHead:
         # the dashboard's and the autoscaler's Prometheus servers default to fixed ports (44227, 44217),
         # which collide with any other Ray on the host: free ports instead
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-               "DASHBOARD_METRIC_PORT": str(dash_metrics), "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics)}
+               "DASHBOARD_METRIC_PORT": str(dash_metrics), "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics),
+               # a single-node cluster: Ray then takes 127.0.0.1 as the node's address (not the machine's
+               # interface), so what Ray binds to "the node's address" is loopback
+               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               # no per-node metrics exporter (an unauthenticated Prometheus endpoint): the service reads none
+               "RAY_enable_metrics_collection": "0"}
         log = os.fdopen(os.open(self.dir / "head.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

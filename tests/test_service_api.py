@@ -22,7 +22,7 @@ from service_support import CR_TRAIN, small_jsonl, tiny_search_body, wait_for
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    head = LocalRayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=2)
+    head = LocalRayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=3)   # 1 for a search's driver, 2 for trials
     info = head.start()
     yield info
     head.stop()
@@ -35,9 +35,9 @@ def _app(state_dir: Path, **settings):
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, ray_head):
+def api(tmp_path_factory, ray_head, tiny_backbone):
     app = _app(tmp_path_factory.mktemp("svc"), ray_address=ray_head.dashboard_url, ray_auth_token=ray_head.token,
-               max_upload_mb=2.0)
+               max_upload_mb=2.0, backbone_roots=[Path(tiny_backbone).parent])
     with TestClient(app) as client:
         store = app.state.store
         client.keys = {name: {"Authorization": f"Bearer {store.create_key(name, scope)[0]}"}
@@ -310,6 +310,9 @@ def test_finished_search_reports_trials_and_best(api, finished_search, tiny_back
     assert any(n.endswith("student/config.json") for n in names)
     assert any(n.endswith("model.safetensors") for n in names)
     assert api.post(f"/searches/{sid}/cancel", headers=alice).status_code == 409   # already finished
+    # Ray counted the job's driver (the teacher fine-tune runs there) in its CPU accounting
+    job = api.app.state.searches.backend.client.get_job_info(sid)
+    assert job.entrypoint_num_cpus == api.app.state.settings.search_entrypoint_cpus == 1
     listed = api.get("/searches", headers=alice).json()
     assert sid in {s["id"] for s in listed["items"]}
 

@@ -649,3 +649,39 @@ def test_state_is_private(tmp_path):
     assert mode(svc / "datasets" / ds) == 0o700 and mode(next((svc / "datasets" / ds).iterdir())) == 0o600
     search_dir = next((svc / "searches").iterdir())
     assert mode(svc / "searches") == 0o700 and mode(search_dir) == 0o700
+
+
+# --------------------------------------------------------------------------- 12. what the embedded Ray head listens on
+RAY_FIXED_PORTS = {6379, 8265, 10001, 44217, 44227, 52365, 8076}   # Ray's defaults: any other Ray collides
+
+
+def _listeners(pgid: int) -> list[tuple[str, int, str]]:
+    """(address, port, process) of every TCP listener of the process group ``pgid`` (from `ss`)."""
+    import re
+    import subprocess
+    pids = set(subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split())
+    out = []
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        local = line.split()[3]
+        procs = re.findall(r'\("([^"]+)",pid=(\d+)', line)
+        if any(pid in pids for _, pid in procs):
+            addr, _, port = local.rpartition(":")
+            out.append((addr.strip("[]").removeprefix("::ffff:"), int(port), procs[0][0]))
+    return out
+
+
+def test_the_embedded_ray_head_listens_on_loopback_only(tmp_path):
+    from service.ray_backend import LocalRayHead
+    head = LocalRayHead(tmp_path / "state", num_cpus=1)
+    info = head.start()
+    try:
+        time.sleep(2)   # the agents open their ports a little after the dashboard answers
+        listeners = _listeners(os.getpgid(info.pid))
+        assert len(listeners) >= 6, listeners   # GCS, raylet x2, dashboard, its agent, runtime-env agent, ...
+        assert all(addr == "127.0.0.1" for addr, _, _ in listeners), listeners
+        assert not {port for _, port, _ in listeners} & RAY_FIXED_PORTS, listeners
+        temp = Path(info.temp_dir)
+        assert stat.S_IMODE(temp.parent.stat().st_mode) == 0o700   # Ray's own 0777 folder sits inside ours
+        assert stat.S_IMODE((tmp_path / "state" / "ray" / "head.json").stat().st_mode) == 0o600
+    finally:
+        head.stop()
