@@ -134,25 +134,10 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
 
 # --------------------------------------------------------------------------- datasets
 async def _read_form(request: Request, limit: int):
-    """The multipart form, read with a byte cap on the whole body (413 past it, not after it)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"request body larger than the upload cap of "
-                       f"{limit / 2**20:.1f} MB", field="file")
-    seen = 0
-    receive = request.receive
-
-    async def counting_receive():
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise BodyTooLarge()
-        return message
-
-    capped = Request(request.scope, counting_receive)
+    """The multipart form; the guard cuts the body past the upload cap (and its multipart framing), and
+    ``save_stream`` holds each file to ``limit``."""
     try:
-        return await capped.form(max_files=2, max_fields=10)
+        return await request.form(max_files=2, max_fields=10)
     except BodyTooLarge:
         raise ApiError(413, "payload_too_large", f"request body larger than the upload cap of "
                        f"{limit / 2**20:.1f} MB", field="file") from None

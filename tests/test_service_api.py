@@ -310,11 +310,22 @@ def test_finished_search_reports_trials_and_best(api, finished_search, tiny_back
     assert any(n.endswith("student/config.json") for n in names)
     assert any(n.endswith("model.safetensors") for n in names)
     assert api.post(f"/searches/{sid}/cancel", headers=alice).status_code == 409   # already finished
-    # Ray counted the job's driver (the teacher fine-tune runs there) in its CPU accounting
-    job = api.app.state.searches.backend.client.get_job_info(sid)
-    assert job.entrypoint_num_cpus == api.app.state.settings.search_entrypoint_cpus == 1
     listed = api.get("/searches", headers=alice).json()
     assert sid in {s["id"] for s in listed["items"]}
+
+
+def test_a_search_driver_is_counted_in_rays_cpus(api, ray_head):
+    """The job's driver (where the teacher is fine-tuned) holds search_entrypoint_cpus of Ray's CPUs."""
+    import sys
+    backend = api.app.state.searches.backend
+    probe = "import ray; ray.init(address='auto'); print('FREE_CPU', ray.available_resources().get('CPU', 0.0))"
+    backend.submit("cpu-probe", [sys.executable, "-c", probe], {})
+    deadline = time.time() + 120
+    while backend.status("cpu-probe") not in ("succeeded", "failed"):
+        assert time.time() < deadline
+        time.sleep(1)
+    total = 3.0   # the module's head
+    assert f"FREE_CPU {total - api.app.state.settings.search_entrypoint_cpus}" in backend.logs("cpu-probe")
 
 
 def test_cancel_a_running_search(api, cr, tiny_backbone):
