@@ -25,9 +25,8 @@ from autodistill.config import ConfigError, PipelineConfig
 
 from . import db
 from .auth import admin_key, current_key
-from .datasets import (HubWorkers, check_bounds, check_hf_name, dataset_stats, fetch_from_hub, load_validated,
-                       meta_features, private_dir, remove_dataset_files, resolve_under_roots, save_stream,
-                       upload_suffix)
+from .datasets import (HubWorkers, IngestWorkers, check_hf_name, fetch_from_hub, private_dir, remove_dataset_files,
+                       resolve_under_roots, save_stream, upload_suffix)
 from .errors import ApiError, install_error_handlers, not_found, public_text, validation_error
 from .guard import BodyTooLarge, RequestGuard
 from .ray_backend import JobBackend, backend_from_settings
@@ -145,6 +144,14 @@ async def _read_form(request: Request, limit: int):
         raise ApiError(422, "validation_error", f"malformed multipart body: {err}", field="file") from None
 
 
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _columns_from_form(raw: Any) -> DataColumns:
     if raw is None or raw == "":
         return DataColumns()
@@ -156,23 +163,14 @@ def _columns_from_form(raw: Any) -> DataColumns:
 
 def _ingest(app_state: Any, owner: str, dataset_id: str, name: str, kind: str, source: str, cfg,
             folder: Path | None, field: str, public_names: dict[str, str]) -> dict[str, Any]:
-    """Bound, load, describe and record one dataset; ``public_names`` maps its server paths to what the
-    client calls them (error messages never carry a server path)."""
+    """Bound, load, describe (in an ingest worker process) and record one dataset; ``public_names`` maps
+    its server paths to what the client calls them (error messages never carry a server path)."""
     settings: ServiceSettings = app_state.settings
     try:
-        for spec in (cfg.train, cfg.validation):
-            if spec:
-                check_bounds(Path(spec), settings.max_rows, settings.max_decoded_bytes, field)
-        task = load_validated(cfg, field, public_names)
-        try:
-            features = meta_features(task, settings.meta_features_backbone)
-        except (ValueError, ArithmeticError, RecursionError) as err:   # e.g. labels no statistic survives
-            raise ApiError(422, "invalid_dataset", f"{field}: its meta-features cannot be computed: "
-                           f"{public_text(str(err), public_names.items())}", field=field) from None
+        described = app_state.ingest.describe(cfg, field, public_names, settings.max_rows, settings.max_decoded_bytes,
+                                              settings.meta_features_backbone, field=field)
         row = {"id": dataset_id, "owner": owner, "name": name, "source_kind": kind, "source": source,
-               "data_config": cfg.model_dump(mode="json"), "fingerprint": task.fingerprint,
-               "stats": dataset_stats(task), "meta_features": json.loads(json.dumps(features, default=float)),
-               "created_at": time.time()}
+               "data_config": cfg.model_dump(mode="json"), **described, "created_at": time.time()}
         return app_state.store.add_dataset(row)
     except BaseException:
         if folder is not None:
@@ -207,8 +205,8 @@ async def _create_from_upload(request: Request, key: dict[str, Any]) -> JSONResp
     except BaseException:
         remove_dataset_files(folder)
         raise
-    digest = hashlib.sha256(train.read_bytes()).hexdigest()
-    val_digest = hashlib.sha256(val_path.read_bytes()).hexdigest() if val_path else None
+    digest = await run_in_threadpool(_file_digest, train)
+    val_digest = await run_in_threadpool(_file_digest, val_path) if val_path else None
     request_hash = _canonical_hash({"file": digest, "validation": val_digest, "name": name,
                                     "columns": columns.model_dump()})
     cfg = data_config(columns, str(train), str(val_path) if val_path else None, max_file_mb=settings.max_upload_mb)
@@ -322,6 +320,7 @@ def create_app(settings: ServiceSettings | None = None, backend: JobBackend | No
     app.state.settings, app.state.store, app.state.searches = settings, store, manager
     app.state.recommender, app.state.ray_head = RecommenderService(store, settings), head
     app.state.hub = hub
+    app.state.ingest = IngestWorkers(settings.ingest_workers, settings.ingest_timeout_s)
     app.add_middleware(RequestGuard, state=app.state)
     install_error_handlers(app)
     _routes(app)

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,6 +27,7 @@ log = logging.getLogger("autodistill.service")
 
 UPLOAD_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 CHUNK = 1 << 20
+QUEUE_PER_WORKER = 8   # datasets waiting for (or in) an ingest worker; 429 beyond
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 
 
@@ -302,6 +304,81 @@ def meta_features(task: TaskData, backbone: str | None) -> dict[str, Any]:
     from autodistill.meta.features import compute_meta_features
     tokenizer = _tokenizer(backbone or DEFAULT_BACKBONE)
     return compute_meta_features(task, tokenizer, backbone=_backbone_model(backbone) if backbone else None)
+
+
+def describe_dataset(cfg: DataConfig, field: str, public_names: dict[str, str], max_rows: int, max_bytes: int,
+                     backbone: str | None) -> dict[str, Any]:
+    """Bounds, load and meta-features of one dataset: what ``POST /datasets`` records (fingerprint, stats,
+    meta_features), or an ApiError (413/422) naming ``field`` in the client's own names."""
+    for spec in (cfg.train, cfg.validation):
+        if spec:
+            check_bounds(Path(spec), max_rows, max_bytes, field)
+    task = load_validated(cfg, field, public_names)
+    try:
+        features = meta_features(task, backbone)
+    except (ValueError, ArithmeticError, RecursionError) as err:   # e.g. labels no statistic survives
+        raise ApiError(422, "invalid_dataset", f"{field}: its meta-features cannot be computed: "
+                       f"{public_text(str(err), public_names.items())}", field=field) from None
+    return {"fingerprint": task.fingerprint, "stats": dataset_stats(task),
+            "meta_features": json.loads(json.dumps(features, default=float))}
+
+
+class IngestWorkers:
+    """``describe_dataset`` in worker processes (spawned once per service process, shared by its apps):
+    its CPU work never holds the service's GIL (LAPACK's SVD in the meta-features holds it for seconds,
+    which stalled every other request), and a dataset that runs past ``timeout`` has its worker killed."""
+
+    _pool = None
+    _lock = threading.Lock()
+    _waiting = 0
+
+    def __init__(self, workers: int, timeout: float):
+        self.workers, self.timeout = workers, timeout
+
+    def _executor(self):
+        import concurrent.futures
+        import multiprocessing
+        with IngestWorkers._lock:
+            if IngestWorkers._pool is None:
+                IngestWorkers._pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            return IngestWorkers._pool
+
+    @classmethod
+    def _kill(cls, pool) -> None:
+        with cls._lock:
+            if cls._pool is pool:
+                cls._pool = None
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self, *args, field: str) -> dict[str, Any]:
+        """``describe_dataset(*args)`` in a worker; 429 when ``QUEUE_PER_WORKER`` datasets per worker are
+        already waiting; the timeout runs from when a worker takes it."""
+        import concurrent.futures
+        from concurrent.futures.process import BrokenProcessPool
+        with IngestWorkers._lock:
+            if IngestWorkers._waiting >= self.workers * QUEUE_PER_WORKER:
+                raise ApiError(429, "too_many_requests", "too many datasets are being read; retry later",
+                               field=field, headers={"Retry-After": "10"})
+            IngestWorkers._waiting += 1
+        pool = self._executor()
+        try:
+            future = pool.submit(describe_dataset, *args)
+            while not (future.running() or future.done()):
+                time.sleep(0.05)
+            return future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            self._kill(pool)
+            raise ApiError(422, "invalid_dataset", f"{field}: reading and describing the dataset took longer than "
+                           f"{self.timeout:.0f} s (ingest_timeout_s)", field=field) from None
+        except BrokenProcessPool:
+            self._kill(pool)
+            raise ApiError(503, "unavailable", "the dataset worker died (out of memory?); retry later") from None
+        finally:
+            with IngestWorkers._lock:
+                IngestWorkers._waiting -= 1
 
 
 def remove_dataset_files(folder: Path) -> None:

@@ -142,7 +142,7 @@ def make_engine(url: str) -> Engine:
 def ping(engine: Engine) -> int:
     """The schema version, after proving the database takes writes (a no-op update, rolled back): a
     read-only or full database is not healthy even though it still answers reads."""
-    with engine.connect() as conn:
+    with engine.connect().execution_options(**{WRITE_LOCK: True}) as conn:   # waits its turn, never BUSY
         with conn.begin() as tx:
             version = current_version(conn)
             conn.execute(schema_version.update().values(version=schema_version.c.version))

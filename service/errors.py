@@ -30,6 +30,9 @@ class ApiError(Exception):
         super().__init__(detail)
         self.status, self.error, self.detail, self.field, self.headers = status, error, detail, field, headers
 
+    def __reduce__(self):   # raised in an ingest worker process, re-raised in the service
+        return (ApiError, (self.status, self.error, self.detail, self.field, self.headers))
+
     def body(self) -> dict[str, Any]:
         return {"error": self.error, "detail": self.detail, "field": self.field}
 

@@ -33,6 +33,10 @@ class ServiceSettings(BaseModel):
     max_rows: int = Field(300_000, ge=1, description="rows per dataset file (counted before parsing; 413 beyond)")
     max_decoded_mb: float | None = Field(
         None, gt=0, description="decoded text of a dataset (Parquet: uncompressed values); default: max_upload_mb")
+    ingest_workers: int = Field(1, ge=1, le=16, description="processes that read datasets and compute their "
+                                "meta-features (off the service's event loop and GIL)")
+    ingest_timeout_s: float = Field(600.0, gt=0, description="wall-clock cap on reading and describing one "
+                                    "dataset; its worker is killed beyond it (422)")
     # ---- request bodies other than uploads
     max_json_kb: float = Field(256.0, gt=0, description="cap on a JSON (or any non-upload) request body; 413 beyond")
     max_json_depth: int = Field(32, ge=2, le=1000, description="nesting depth of a JSON body; 422 beyond")

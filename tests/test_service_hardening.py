@@ -137,6 +137,23 @@ def test_text_files_are_capped_by_rows(tmp_path, database_url):
         client.__exit__(None, None, None)
 
 
+def test_reading_a_dataset_is_bounded_in_time(tmp_path):
+    client = _client(_app(tmp_path / "svc", ingest_timeout_s=0.2))
+    try:
+        r = upload(client, client.keys["alice"], small_jsonl(tmp_path / "d.jsonl", n=3000))
+        assert "took longer" in _is_json_error(r, 422, "file")["detail"]
+        assert client.get("/datasets", headers=client.keys["alice"]).json()["total"] == 0
+        assert not any((tmp_path / "svc" / "datasets").glob("*/*"))
+    finally:
+        client.__exit__(None, None, None)
+    # the killed worker is replaced: the next dataset is read
+    client = _client(_app(tmp_path / "svc2"))
+    try:
+        assert upload(client, client.keys["alice"], small_jsonl(tmp_path / "e.jsonl")).status_code == 201
+    finally:
+        client.__exit__(None, None, None)
+
+
 # --------------------------------------------------------------------------- 2. the key before the body; capped bodies
 def _asgi_post(app, path: str, headers: list[tuple[bytes, bytes]], chunks: int, chunk: bytes, first: bytes = b""):
     """POST ``first`` + ``chunks`` x ``chunk`` to the ASGI app directly; returns (status, body, chunks the app
