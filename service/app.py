@@ -27,7 +27,7 @@ from . import db
 from .auth import admin_key, current_key
 from .datasets import (HubWorkers, IngestWorkers, check_hf_name, fetch_from_hub, private_dir, remove_dataset_files,
                        resolve_under_roots, save_stream, upload_suffix)
-from .errors import ApiError, install_error_handlers, not_found, public_text, validation_error
+from .errors import ApiError, install_error_handlers, not_found, validation_error
 from .guard import BodyTooLarge, RequestGuard
 from .ray_backend import JobBackend, backend_from_settings
 from .recommend import RecommenderService

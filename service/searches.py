@@ -25,7 +25,7 @@ from .datasets import private_dir
 from .errors import ApiError, public_text
 from .ray_backend import JobBackend
 from .settings import ServiceSettings
-from .store import ACTIVE_STATES, Store, new_id
+from .store import Store, new_id
 
 log = logging.getLogger("autodistill.service")
 
@@ -341,6 +341,3 @@ def check_search_request(body: Any, settings: ServiceSettings) -> Any:
     _cap(st.num_attention_heads, settings.max_student_heads, "config.student.num_attention_heads")
     return body.model_copy(update={"config": config})
 
-
-def is_active(search: dict[str, Any]) -> bool:
-    return search["state"] in ACTIVE_STATES

@@ -5,7 +5,6 @@ every test that touches the database runs on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import socket
