@@ -7,6 +7,7 @@ needs shared storage mounted at the same path).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -34,6 +35,12 @@ MAX_SUBMISSIONS = 3
 PURGE_EVERY_S = 60.0
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b")   # how often the monitor forgets idempotency records past their retention
 ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "AUTODISTILL_CACHE", "OMP_NUM_THREADS")
+
+
+@functools.lru_cache(maxsize=8)
+def _space_time_budget(space: str) -> float | None:
+    from autodistill.search.space import SearchSpace
+    return SearchSpace.load(space).budget.time_budget_s
 
 
 def _read_json(path: Path) -> Any:
@@ -79,8 +86,9 @@ class SearchManager:
         return env
 
     def time_budget(self, search: dict[str, Any]) -> float:
-        """The search's time budget in seconds: its own, capped by the setting (the setting when none)."""
-        asked = (search.get("request") or {}).get("time_budget")
+        """The search's time budget in seconds: its own, else its space's, capped by the setting."""
+        request = search.get("request") or {}
+        asked = request.get("time_budget") or _space_time_budget(request.get("space") or "cpu-fast")
         return min(float(asked), self.settings.max_time_budget_s) if asked else self.settings.max_time_budget_s
 
     def create(self, owner: str, dataset: dict[str, Any], request: dict[str, Any],

@@ -505,10 +505,18 @@ def test_a_search_is_stopped_past_its_time_budget(api, dataset_of):
     assert manager.backend.states[sid] == "cancelled"   # the Ray job was stopped
 
 
-def test_a_search_without_a_budget_gets_the_servers(api, dataset_of):
-    api.post("/searches", json=_search_body(dataset_of()), headers=api.keys["alice"])
-    job = api.app.state.searches.backend.submitted[-1][1]
-    assert float(job[job.index("--time-budget") + 1]) == api.app.state.settings.max_time_budget_s
+def test_a_search_without_a_budget_gets_its_spaces_within_the_servers(tmp_path):
+    from autodistill.search.space import SearchSpace
+    space = SearchSpace.load("cpu-fast").budget.time_budget_s
+    for cap, expected in ((10 * space, space), (space / 2, space / 2)):
+        client = _client(_app(tmp_path / f"svc{cap}", max_time_budget_s=cap))
+        try:
+            ds = upload(client, client.keys["alice"], small_jsonl(tmp_path / "d.jsonl")).json()["id"]
+            assert client.post("/searches", json=_search_body(ds), headers=client.keys["alice"]).status_code == 202
+            job = client.app.state.searches.backend.submitted[-1][1]
+            assert float(job[job.index("--time-budget") + 1]) == expected
+        finally:
+            client.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- 9. a search and a delete of its dataset
