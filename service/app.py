@@ -440,18 +440,18 @@ def _routes(app: FastAPI) -> None:
               responses={**ERROR_RESPONSES, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     async def create_search(body: SearchRequest, request: Request, key: dict = Depends(current_key)) -> Response:
         """Start a search on the Ray cluster (a Ray job named by the search id); follow it at Location."""
-        body = check_search_request(body, request.app.state.settings)
+        job_config = check_search_request(body, request.app.state.settings)
 
         async def handler():
-            row = await run_in_threadpool(_start_search, request, key, body)
+            row = await run_in_threadpool(_start_search, request, key, body, job_config)
             return 202, json.loads(Search.model_validate(_search_out(row)).model_dump_json()), f"/searches/{row['id']}"
 
         return await idempotent(request, key, _canonical_hash(body.model_dump(mode="json")), handler)
 
-    def _start_search(request: Request, key: dict, body: SearchRequest) -> dict[str, Any]:
+    def _start_search(request: Request, key: dict, body: SearchRequest, job_config: dict[str, Any]) -> dict[str, Any]:
         dataset = _own_dataset(request, key, body.dataset_id)
         warm = _warm_start(request, dataset, body)
-        return request.app.state.searches.create(key["id"], dataset, body.model_dump(mode="json"), warm)
+        return request.app.state.searches.create(key["id"], dataset, body.model_dump(mode="json"), warm, job_config)
 
     def _warm_start(request: Request, dataset: dict, body: SearchRequest) -> list[dict[str, Any]] | None:
         from autodistill.search.space import SearchSpace, SpaceError, encode_points, warm_start_points

@@ -92,12 +92,14 @@ class SearchManager:
         return min(float(asked), self.settings.max_time_budget_s) if asked else self.settings.max_time_budget_s
 
     def create(self, owner: str, dataset: dict[str, Any], request: dict[str, Any],
-               warm_start: list[dict[str, Any]] | None) -> dict[str, Any]:
+               warm_start: list[dict[str, Any]] | None, job_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record and submit a search; the job runs ``job_config`` (the request's config with its backbones
+        resolved, see ``check_search_request``), while the row keeps the request as the client sent it."""
         sid = new_id("search")
         out = (self.root / sid).resolve()
         private_dir(self.root)
         out.mkdir(mode=0o700)
-        config = dict(request.get("config") or {})
+        config = dict((job_config if job_config is not None else request.get("config")) or {})
         config["data"] = {**{k: v for k, v in dataset["data_config"].items() if k != "train"},
                           **(config.get("data") or {})}
         (out / "request_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -315,15 +317,16 @@ def _cap(value: float | None, limit: float, field: str) -> None:
         raise _bad(field, f"at most {limit:g} on this server")
 
 
-def check_search_request(body: Any, settings: ServiceSettings) -> Any:
-    """``body`` (a SearchRequest) within the service's limits (422 naming the field beyond them), with its
-    backbones resolved to allowed ids or real folders under the backbone roots."""
+def check_search_request(body: Any, settings: ServiceSettings) -> dict[str, Any]:
+    """422 naming the field when ``body`` (a SearchRequest) is beyond the service's limits; else the config
+    the job runs: the request's, with its backbones resolved to allowed ids or real folders under the
+    backbone roots (kept out of what the client is shown)."""
     from autodistill.config import PipelineConfig
     _cap(body.trials, settings.max_trials, "trials")
     _cap(body.time_budget, settings.max_time_budget_s, "time_budget")
-    if not body.config:
-        return body
-    config = json.loads(json.dumps(body.config))
+    config = json.loads(json.dumps(body.config or {}))
+    if not config:
+        return config
     cfg = PipelineConfig.model_validate(config)
     if len(cfg.teachers) > MAX_TEACHERS:
         raise _bad("config.teachers", f"at most {MAX_TEACHERS} teachers")
@@ -347,5 +350,5 @@ def check_search_request(body: Any, settings: ServiceSettings) -> Any:
     _cap(st.hidden_size, settings.max_student_hidden_size, "config.student.hidden_size")
     _cap(st.intermediate_size, settings.max_student_intermediate_size, "config.student.intermediate_size")
     _cap(st.num_attention_heads, settings.max_student_heads, "config.student.num_attention_heads")
-    return body.model_copy(update={"config": config})
+    return config
 

@@ -478,7 +478,8 @@ def test_no_code_runs_from_a_planted_model_folder(tmp_path, database_url):
     try:
         ds = upload(client, client.keys["alice"], small_jsonl(tmp_path / "d.jsonl")).json()["id"]
         body = _search_body(ds, config={"teachers": [{"backbone": "evil"}]})   # under a root: a search may name it
-        assert client.post("/searches", json=body, headers=client.keys["alice"]).status_code == 202
+        r = client.post("/searches", json=body, headers=client.keys["alice"])
+        assert r.status_code == 202 and str(root) not in r.text   # the server's folder is not shown
         written = json.loads(next((tmp_path / "svc" / "searches").glob("*/request_config.json")).read_text())
         assert written["teachers"][0]["backbone"] == str(planted.resolve())
     finally:
@@ -526,9 +527,9 @@ def test_a_delete_between_the_check_and_the_insert_wins_cleanly(api, dataset_of)
     real_create = manager.create
     deleted = {}
 
-    def create_after_a_delete(owner, dataset, request, warm):   # the DELETE lands after the search's checks
+    def create_after_a_delete(*args):   # the DELETE lands after the search's checks
         deleted["status"] = api.delete(f"/datasets/{ds}", headers=api.keys["alice"]).status_code
-        return real_create(owner, dataset, request, warm)
+        return real_create(*args)
     manager.create = create_after_a_delete
     try:
         r = api.post("/searches", json=_search_body(ds), headers=api.keys["alice"])
