@@ -302,6 +302,10 @@ def test_hostile_data_is_a_json_4xx(api, tmp_path):
                     encoding="utf-8")
     r = upload(api, alice, huge, columns=json.dumps({"task": "regression"}))
     assert r.status_code in (201, 422) and r.headers["content-type"].startswith("application/json"), r.text
+    wide = small_jsonl(tmp_path / "wide.jsonl", n=40)   # a line of 1M keys: read in linear time, a 422
+    with open(wide, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({f"k{i}": 0 for i in range(1_000_000)}) + "\n")
+    assert "line 41" in _is_json_error(upload(api, alice, wide), 422, "file")["detail"]
     r = api.post("/datasets", json={"path": "ok\u0000/train.jsonl"}, headers=alice)
     assert r.status_code in (403, 422) and r.json()["field"] == "path"
 
