@@ -120,8 +120,14 @@ def fetch_from_hub(name: str, dest: Path, settings: Any, field: str = "hf_name")
     if total > settings.max_upload_mb * 2**20:
         raise _too_big(field, f"{name!r} holds {total / 2**20:.1f} MB of data files, over the upload cap")
     repo = private_dir(dest / "repo")
-    snapshot_download(name, repo_type="dataset", revision=info.sha, local_dir=repo, endpoint=settings.hub_endpoint,
-                      allow_patterns=[f.rfilename for f in files], etag_timeout=settings.hub_timeout_s, max_workers=2)
+    try:
+        snapshot_download(name, repo_type="dataset", revision=info.sha, local_dir=repo, endpoint=settings.hub_endpoint,
+                          allow_patterns=[f.rfilename for f in files], etag_timeout=settings.hub_timeout_s,
+                          max_workers=2)
+    except Exception as err:  # noqa: BLE001 - network, gated, vanished
+        log.warning("hub download of %r failed: %s", name, err)
+        raise ApiError(422, "invalid_dataset", f"{field}: downloading {name!r} from the hub failed "
+                       f"({type(err).__name__})", field=field) from None
     check_bounds(repo, settings.max_rows, settings.max_decoded_bytes, field)
     try:
         obj = datasets.load_dataset(str(repo), cache_dir=str(dest / "cache"))
