@@ -128,7 +128,9 @@ def fetch_from_hub(name: str, dest: Path, settings: Any, field: str = "hf_name")
         log.warning("hub download of %r failed: %s", name, err)
         raise ApiError(422, "invalid_dataset", f"{field}: downloading {name!r} from the hub failed "
                        f"({type(err).__name__})", field=field) from None
-    check_bounds(repo, settings.max_rows, settings.max_decoded_bytes, field)
+    left = settings.max_decoded_bytes
+    for path in sorted(p for p in repo.rglob("*") if p.is_file() and p.name.lower().endswith(HUB_DATA_SUFFIXES)):
+        left -= _check_file(path, settings.max_rows, left, field)   # before anything parses them
     try:
         obj = datasets.load_dataset(str(repo), cache_dir=str(dest / "cache"))
         obj.save_to_disk(str(dest / "hf"))
@@ -204,9 +206,9 @@ def _count_lines(path: Path, stop_after: int) -> int:
     return lines
 
 
-def _check_parquet(path: Path, max_rows: int, max_bytes: int, field: str) -> None:
-    """Rows from the footer; decoded size from the values themselves, read column by column as dictionary
-    arrays (so a 12 KB file of 1M repeated strings is measured without being expanded)."""
+def _check_parquet(path: Path, max_rows: int, max_bytes: int, field: str) -> int:
+    """Rows from the footer; decoded size (returned) from the values themselves, read as dictionary arrays
+    (so a 12 KB file of 1M repeated strings is measured without being expanded)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -243,18 +245,18 @@ def _check_parquet(path: Path, max_rows: int, max_bytes: int, field: str) -> Non
         raise
     except Exception:  # noqa: BLE001
         raise ApiError(422, "invalid_dataset", f"{field}: cannot read as Parquet", field=field) from None
+    return max(stored, decoded)
 
 
 def _check_file(path: Path, max_rows: int, max_bytes: int, field: str) -> int:
     """Bytes a data file decodes to (413 past ``max_rows`` rows or ``max_bytes``)."""
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        _check_parquet(path, max_rows, max_bytes, field)
-        return path.stat().st_size
+        return _check_parquet(path, max_rows, max_bytes, field)
     size = path.stat().st_size
     if size > max_bytes:
         raise _too_big(field, f"{size / 2**20:.1f} MB, over the cap of {max_bytes / 2**20:.1f} MB")
-    if _count_lines(path, max_rows + 1) > max_rows + 1:   # + a CSV header
+    if suffix != ".arrow" and _count_lines(path, max_rows + 1) > max_rows + 1:   # + a CSV header
         raise _too_big(field, f"more than {max_rows} rows (max_rows)")
     return size
 
