@@ -171,6 +171,7 @@ def _read_jsonl(path: Path, cfg: DataConfig) -> _Table:
     if lines and lines[-1] == "":
         lines.pop()
     table = _Table(str(path), "line", [], [])
+    seen_columns: set[str] = set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             table.blank_lines += 1
@@ -181,10 +182,14 @@ def _read_jsonl(path: Path, cfg: DataConfig) -> _Table:
             table.rows.append(_Row(number, None, f"not valid JSON ({err.msg} at character {err.pos + 1}); "
                                                  "expected one JSON object per line"))
             continue
+        except RecursionError:
+            table.rows.append(_Row(number, None, "JSON nested too deeply; expected one flat JSON object per line"))
+            continue
         if not isinstance(obj, dict):
             table.rows.append(_Row(number, None, f"expected a JSON object, got {type(obj).__name__}"))
             continue
-        table.columns.extend(k for k in obj if k not in table.columns)
+        table.columns.extend(k for k in obj if k not in seen_columns)   # a set: a 1M-key line stays linear
+        seen_columns.update(obj)
         table.rows.append(_Row(number, obj))
     return table
 

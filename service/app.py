@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -23,17 +25,20 @@ from autodistill.config import ConfigError, PipelineConfig
 
 from . import db
 from .auth import admin_key, current_key
-from .datasets import (check_hf_name, dataset_stats, load_validated, meta_features, remove_dataset_files,
+from .datasets import (HubWorkers, IngestWorkers, check_hf_name, fetch_from_hub, private_dir, remove_dataset_files,
                        resolve_under_roots, save_stream, upload_suffix)
 from .errors import ApiError, install_error_handlers, not_found, validation_error
+from .guard import BodyTooLarge, RequestGuard
 from .ray_backend import JobBackend, backend_from_settings
 from .recommend import RecommenderService
 from .schemas import (BestStudent, DataColumns, Dataset, DatasetPage, DatasetReference, ErrorBody, Health,
                       RecommendationRequest, RecommendationResponse, RefitResponse, Search, SearchPage,
                       SearchRequest, Trial, TrialPage, data_config)
-from .searches import TERMINAL_STATES, SearchManager, is_active
+from .searches import TERMINAL_STATES, SearchManager, check_search_request
 from .settings import ServiceSettings
 from .store import Store, new_id
+
+log = logging.getLogger("autodistill.service")
 
 MAX_PAGE = 100
 MAX_OFFSET = 2**31 - 1  # databases take a 64-bit offset at most; no listing is anywhere near this
@@ -76,6 +81,16 @@ def _canonical_hash(payload: Any) -> str:
 Handler = Callable[[], Awaitable[tuple[int, Any, str | None]]]
 
 
+def _still_there(store: Store, owner: str, location: str) -> bool:
+    """Whether the resource at ``location`` (/datasets/<id> or /searches/<id>) still exists for ``owner``."""
+    kind, _, rid = location.strip("/").partition("/")
+    if kind == "datasets":
+        return store.get_dataset(owner, rid) is not None
+    if kind == "searches":
+        return store.get_search(owner, rid) is not None
+    return True
+
+
 async def idempotent(request: Request, key: dict[str, Any], request_hash: str, handler: Handler) -> JSONResponse:
     """Run ``handler`` (-> status, body, location) once per Idempotency-Key: a retry with the same key and
     request gets the stored response; the same key with another request is a 409."""
@@ -87,7 +102,8 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
     if not 1 <= len(idem) <= 200:
         raise ApiError(422, "validation_error", f"{IDEMPOTENCY_HEADER}: 1 to 200 characters", field=IDEMPOTENCY_HEADER)
     endpoint = f"{request.method} {request.url.path}"
-    state, old = await run_in_threadpool(store.idempotency_begin, key["id"], idem, endpoint, request_hash)
+    retention = request.app.state.settings.idempotency_retention_s
+    state, old = await run_in_threadpool(store.idempotency_begin, key["id"], idem, endpoint, request_hash, retention)
     if state == "conflict":
         raise ApiError(409, "conflict", f"{IDEMPOTENCY_HEADER} {idem!r} was used for a different request",
                        field=IDEMPOTENCY_HEADER)
@@ -96,6 +112,9 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
                        field=IDEMPOTENCY_HEADER)
     if state == "replay":
         headers = {"Idempotent-Replayed": "true", **({"Location": old["location"]} if old["location"] else {})}
+        if old["location"] and not await run_in_threadpool(_still_there, store, key["id"], old["location"]):
+            raise ApiError(410, "gone", f"{IDEMPOTENCY_HEADER} {idem!r}: the resource this request created "
+                           f"({old['location']}) has since been deleted", field=IDEMPOTENCY_HEADER, headers=headers)
         return JSONResponse(old["body"], status_code=old["status_code"], headers=headers)
     try:
         status, body, location = await handler()
@@ -113,35 +132,24 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
 
 
 # --------------------------------------------------------------------------- datasets
-class _TooLarge(Exception):
-    pass
-
-
 async def _read_form(request: Request, limit: int):
-    """The multipart form, read with a byte cap on the whole body (413 past it, not after it)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"request body larger than the upload cap of "
-                       f"{limit / 2**20:.1f} MB", field="file")
-    seen = 0
-    receive = request.receive
-
-    async def counting_receive():
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise _TooLarge()
-        return message
-
-    capped = Request(request.scope, counting_receive)
+    """The multipart form; the guard cuts the body past the upload cap (and its multipart framing), and
+    ``save_stream`` holds each file to ``limit``."""
     try:
-        return await capped.form(max_files=2, max_fields=10)
-    except _TooLarge:
+        return await request.form(max_files=2, max_fields=10)
+    except BodyTooLarge:
         raise ApiError(413, "payload_too_large", f"request body larger than the upload cap of "
                        f"{limit / 2**20:.1f} MB", field="file") from None
     except Exception as err:  # noqa: BLE001 - malformed multipart
         raise ApiError(422, "validation_error", f"malformed multipart body: {err}", field="file") from None
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _columns_from_form(raw: Any) -> DataColumns:
@@ -154,16 +162,15 @@ def _columns_from_form(raw: Any) -> DataColumns:
 
 
 def _ingest(app_state: Any, owner: str, dataset_id: str, name: str, kind: str, source: str, cfg,
-            folder: Path | None, field: str) -> dict[str, Any]:
+            folder: Path | None, field: str, public_names: dict[str, str]) -> dict[str, Any]:
+    """Bound, load, describe (in an ingest worker process) and record one dataset; ``public_names`` maps
+    its server paths to what the client calls them (error messages never carry a server path)."""
     settings: ServiceSettings = app_state.settings
     try:
-        task = load_validated(cfg, field)
+        described = app_state.ingest.describe(cfg, field, public_names, settings.max_rows, settings.max_decoded_bytes,
+                                              settings.meta_features_backbone, field=field)
         row = {"id": dataset_id, "owner": owner, "name": name, "source_kind": kind, "source": source,
-               "data_config": cfg.model_dump(mode="json"), "fingerprint": task.fingerprint,
-               "stats": dataset_stats(task),
-               "meta_features": json.loads(json.dumps(meta_features(task, settings.meta_features_backbone),
-                                                      default=float)),
-               "created_at": time.time()}
+               "data_config": cfg.model_dump(mode="json"), **described, "created_at": time.time()}
         return app_state.store.add_dataset(row)
     except BaseException:
         if folder is not None:
@@ -188,6 +195,7 @@ async def _create_from_upload(request: Request, key: dict[str, Any]) -> JSONResp
     dataset_id = new_id("ds")
     folder = settings.state_dir / "datasets" / dataset_id
     try:
+        private_dir(folder)
         train = folder / f"train{upload_suffix(upload.filename, 'file')}"
         await run_in_threadpool(save_stream, upload.file, train, limit, "file")
         val_path = None
@@ -197,15 +205,18 @@ async def _create_from_upload(request: Request, key: dict[str, Any]) -> JSONResp
     except BaseException:
         remove_dataset_files(folder)
         raise
-    digest = hashlib.sha256(train.read_bytes()).hexdigest()
-    val_digest = hashlib.sha256(val_path.read_bytes()).hexdigest() if val_path else None
+    digest = await run_in_threadpool(_file_digest, train)
+    val_digest = await run_in_threadpool(_file_digest, val_path) if val_path else None
     request_hash = _canonical_hash({"file": digest, "validation": val_digest, "name": name,
                                     "columns": columns.model_dump()})
     cfg = data_config(columns, str(train), str(val_path) if val_path else None, max_file_mb=settings.max_upload_mb)
 
     async def handler():
+        names = {str(train): upload.filename or "file", str(folder): "upload"}
+        if val_path is not None:
+            names[str(val_path)] = validation.filename or "validation_file"
         row = await run_in_threadpool(_ingest, request.app.state, key["id"], dataset_id, name, "upload",
-                                      upload.filename or "upload", cfg, folder, "file")
+                                      upload.filename or "upload", cfg, folder, "file", names)
         return 201, _dataset_out(row), f"/datasets/{dataset_id}"
 
     try:
@@ -225,22 +236,37 @@ async def _create_from_reference(request: Request, key: dict[str, Any]) -> JSONR
         ref = DatasetReference.model_validate(raw)
     except ValidationError as err:
         raise validation_error(err) from None
+    dataset_id = new_id("ds")
     if ref.path is not None:
         roots = settings.allowed_roots
         train = resolve_under_roots(ref.path, roots, "path")
         val = resolve_under_roots(ref.validation_path, roots, "validation_path") if ref.validation_path else None
         cfg = data_config(ref.columns, str(train), str(val) if val else None, max_file_mb=settings.max_upload_mb)
-        kind, source = "path", str(train)
+        names = {str(train): ref.path, **({str(val): ref.validation_path} if val else {})}
+        names.update({os.path.realpath(r) + "/": "" for r in roots})
+
+        async def handler():
+            row = await run_in_threadpool(_ingest, request.app.state, key["id"], dataset_id,
+                                          ref.name or Path(ref.path).name, "path", ref.path, cfg, None, "path", names)
+            return 201, _dataset_out(row), f"/datasets/{dataset_id}"
     else:
         name = check_hf_name(ref.hf_name)
-        cfg = data_config(ref.columns, name).model_copy(update={"format": "hf"})
-        kind, source = "hf", name
-    dataset_id = new_id("ds")
+        if not settings.hub_enabled:
+            raise ApiError(403, "forbidden", "hf_name: this server does not go to the Hugging Face hub "
+                           "(AUTODISTILL_SERVICE_HUB_ENABLED is off); upload the files instead", field="hf_name")
+        folder = settings.state_dir / "datasets" / dataset_id
 
-    async def handler():
-        row = await run_in_threadpool(_ingest, request.app.state, key["id"], dataset_id, ref.name or Path(source).name,
-                                      kind, source, cfg, None, "path" if kind == "path" else "hf_name")
-        return 201, _dataset_out(row), f"/datasets/{dataset_id}"
+        async def handler():
+            try:
+                saved = await request.app.state.hub.run(fetch_from_hub, name, private_dir(folder), settings)
+            except BaseException:
+                remove_dataset_files(folder)
+                raise
+            cfg = data_config(ref.columns, str(saved), max_file_mb=settings.max_upload_mb).model_copy(
+                update={"format": "hf"})
+            row = await run_in_threadpool(_ingest, request.app.state, key["id"], dataset_id, ref.name or name, "hf",
+                                          name, cfg, folder, "hf_name", {str(saved): name, str(folder): name})
+            return 201, _dataset_out(row), f"/datasets/{dataset_id}"
 
     return await idempotent(request, key, _canonical_hash(ref.model_dump(mode="json")), handler)
 
@@ -266,7 +292,7 @@ DATASET_BODY = {
 # --------------------------------------------------------------------------- the app
 def create_app(settings: ServiceSettings | None = None, backend: JobBackend | None = None) -> FastAPI:
     settings = settings or ServiceSettings.from_env()
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir)
     engine = db.make_engine(settings.sqlalchemy_url)
     store = Store(engine)
     head = None
@@ -274,25 +300,43 @@ def create_app(settings: ServiceSettings | None = None, backend: JobBackend | No
         backend, head = backend_from_settings(settings)
     manager = SearchManager(store, backend, settings)
 
+    hub = HubWorkers(settings.hub_workers, settings.hub_timeout_s)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(db.migrate, engine)
+        make_private(settings)
         await run_in_threadpool(manager.refresh_all)   # searches in flight before a restart are found again
         manager.start_monitor()
         try:
             yield
         finally:
             manager.stop_monitor()
+            hub.shutdown()
             engine.dispose()
 
     app = FastAPI(title="AutoDistiller", version=__version__, lifespan=lifespan,
                   description="Knowledge-distillation pipelines recommended and searched for your dataset.")
     app.state.settings, app.state.store, app.state.searches = settings, store, manager
     app.state.recommender, app.state.ray_head = RecommenderService(store, settings), head
+    app.state.hub = hub
+    app.state.ingest = IngestWorkers(settings.ingest_workers, settings.ingest_timeout_s)
+    app.add_middleware(RequestGuard, state=app.state)
     install_error_handlers(app)
     _routes(app)
     _add_schemas(app)
     return app
+
+
+def make_private(settings: ServiceSettings) -> None:
+    """The state folder 0700 and an SQLite database (with its WAL files) 0600: nothing of it is readable
+    by other users of the machine."""
+    private_dir(settings.state_dir)
+    if settings.database_url is None:
+        for suffix in ("", "-wal", "-shm"):
+            path = settings.state_dir / f"service.db{suffix}"
+            if path.exists():
+                os.chmod(path, 0o600)
 
 
 def _add_schemas(app: FastAPI) -> None:
@@ -317,10 +361,10 @@ def _routes(app: FastAPI) -> None:
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz(request: Request) -> dict[str, Any]:
         try:
-            with request.app.state.store.engine.connect() as conn:
-                version = db.current_version(conn)
-        except Exception as err:  # noqa: BLE001
-            raise ApiError(503, "unavailable", f"database: {err}") from None
+            version = db.ping(request.app.state.store.engine)
+        except Exception as err:  # noqa: BLE001 - down, read-only, full: all "not healthy"
+            log.error("health check: the database failed: %s", err)
+            raise ApiError(503, "unavailable", "database: does not answer or does not take writes") from None
         return {"status": "ok", "database": "ok", "schema_version": version, "version": __version__}
 
     # ------------------------------------------------------------------ datasets
@@ -357,15 +401,18 @@ def _routes(app: FastAPI) -> None:
     @app.delete("/datasets/{dataset_id}", status_code=204, tags=["datasets"],
                 responses={**ERROR_RESPONSES, 409: {"model": ErrorBody}})
     def delete_dataset(dataset_id: str, request: Request, key: dict = Depends(current_key)) -> Response:
-        row = _own_dataset(request, key, dataset_id)
+        _own_dataset(request, key, dataset_id)
         manager: SearchManager = request.app.state.searches
-        active = [s for s in request.app.state.store.active_searches(dataset_id) if is_active(manager.refresh(s))]
-        if active:
+        for search in request.app.state.store.active_searches(dataset_id):
+            manager.refresh(search)   # a search Ray has finished is no longer "in flight"
+        outcome = request.app.state.store.delete_dataset(key["id"], dataset_id)   # check + delete: one transaction
+        if outcome == "missing":
+            raise not_found("dataset", dataset_id)
+        if outcome == "in_use":
+            active = [s["id"] for s in request.app.state.store.active_searches(dataset_id)]
             raise ApiError(409, "conflict", f"dataset {dataset_id} is used by search(es) in flight: "
-                           f"{', '.join(s['id'] for s in active)}; cancel them first")
-        request.app.state.store.delete_dataset(key["id"], dataset_id)
-        if row["source_kind"] == "upload":
-            remove_dataset_files(request.app.state.settings.state_dir / "datasets" / dataset_id)
+                           f"{', '.join(active) or 'starting'}; cancel them first")
+        remove_dataset_files(request.app.state.settings.state_dir / "datasets" / dataset_id)
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ recommendations
@@ -393,23 +440,18 @@ def _routes(app: FastAPI) -> None:
               responses={**ERROR_RESPONSES, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}})
     async def create_search(body: SearchRequest, request: Request, key: dict = Depends(current_key)) -> Response:
         """Start a search on the Ray cluster (a Ray job named by the search id); follow it at Location."""
-        settings: ServiceSettings = request.app.state.settings
-        if body.trials is not None and body.trials > settings.max_trials:
-            raise ApiError(422, "validation_error", f"trials: at most {settings.max_trials}", field="trials")
-        if body.time_budget is not None and body.time_budget > settings.max_time_budget_s:
-            raise ApiError(422, "validation_error", f"time_budget: at most {settings.max_time_budget_s:.0f} s",
-                           field="time_budget")
+        job_config = check_search_request(body, request.app.state.settings)
 
         async def handler():
-            row = await run_in_threadpool(_start_search, request, key, body)
+            row = await run_in_threadpool(_start_search, request, key, body, job_config)
             return 202, json.loads(Search.model_validate(_search_out(row)).model_dump_json()), f"/searches/{row['id']}"
 
         return await idempotent(request, key, _canonical_hash(body.model_dump(mode="json")), handler)
 
-    def _start_search(request: Request, key: dict, body: SearchRequest) -> dict[str, Any]:
+    def _start_search(request: Request, key: dict, body: SearchRequest, job_config: dict[str, Any]) -> dict[str, Any]:
         dataset = _own_dataset(request, key, body.dataset_id)
         warm = _warm_start(request, dataset, body)
-        return request.app.state.searches.create(key["id"], dataset, body.model_dump(mode="json"), warm)
+        return request.app.state.searches.create(key["id"], dataset, body.model_dump(mode="json"), warm, job_config)
 
     def _warm_start(request: Request, dataset: dict, body: SearchRequest) -> list[dict[str, Any]] | None:
         from autodistill.search.space import SearchSpace, SpaceError, encode_points, warm_start_points
@@ -467,6 +509,7 @@ def _routes(app: FastAPI) -> None:
         metrics = json.loads((best / "metrics.json").read_text(encoding="utf-8")) if (best / "metrics.json").is_file() else {}
         metrics.pop("history", None)
         config = PipelineConfig.model_validate(_load_yaml(best / "config.yaml"))
+        config.data.train, config.data.validation = f"dataset:{row['dataset_id']}", None   # not the server's path
         trial = json.loads((best / "trial.json").read_text(encoding="utf-8")) if (best / "trial.json").is_file() else {}
         return {"search_id": search_id, "trial_id": trial.get("trial_id"), "score": trial.get("score"),
                 "config": config, "metrics": metrics, "download": f"/searches/{search_id}/best/student"}

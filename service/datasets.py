@@ -1,21 +1,41 @@
 """Dataset intake: uploads streamed to disk under a size cap, references checked against the allowed
-roots, then the library's data layer (validation, labels, split, fingerprint) and meta-features."""
+roots, hub names fetched (only when the hub is on) into the state folder, every file bounded in rows and
+decoded size before it is parsed, then the library's data layer (validation, labels, split, fingerprint)
+and meta-features.
+
+A hub name is only ever a hub repository id: it is never opened as a server path (the files are fetched
+into the dataset's own folder first, and the data layer reads that folder)."""
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from autodistill.config import DataConfig
 from autodistill.data import TaskData, load_task_data
 
-from .errors import ApiError
+from .errors import ApiError, public_text
+
+log = logging.getLogger("autodistill.service")
 
 UPLOAD_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 CHUNK = 1 << 20
+QUEUE_PER_WORKER = 8   # datasets waiting for (or in) an ingest worker; 429 beyond
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` (and missing parents) created with mode 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    os.chmod(path, PRIVATE_DIR)
+    return path
 
 
 def upload_suffix(filename: str | None, field: str) -> str:
@@ -28,9 +48,9 @@ def upload_suffix(filename: str | None, field: str) -> str:
 
 def save_stream(src: BinaryIO, dest: Path, limit_bytes: int, field: str) -> int:
     """Copy ``src`` to ``dest`` in chunks; 413 (and nothing left on disk) past ``limit_bytes``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dest.parent)
     written = 0
-    with open(dest, "wb") as out:
+    with os.fdopen(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "wb") as out:
         while chunk := src.read(CHUNK):
             written += len(chunk)
             if written > limit_bytes:
@@ -50,6 +70,8 @@ def resolve_under_roots(raw: str, roots: list[Path], field: str) -> Path:
     if not roots:
         raise ApiError(403, "forbidden", f"{field}: this server allows no dataset paths (set "
                        "AUTODISTILL_SERVICE_ALLOWED_ROOTS)", field=field)
+    if "\x00" in raw:
+        raise ApiError(422, "validation_error", f"{field}: a path cannot contain a NUL character", field=field)
     candidate = Path(raw)
     bases = [candidate] if candidate.is_absolute() else [Path(r) / candidate for r in roots]
     for base in bases:
@@ -65,23 +87,201 @@ def resolve_under_roots(raw: str, roots: list[Path], field: str) -> Path:
 
 
 _HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+HUB_DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv", ".arrow")
 
 
 def check_hf_name(name: str, field: str = "hf_name") -> str:
-    if not _HF_NAME.match(name) or ".." in name:
+    if len(name) > 200 or not _HF_NAME.match(name) or ".." in name:
         raise ApiError(422, "validation_error", f"{field}: {name!r} is not a Hugging Face datasets name",
                        field=field)
     return name
 
 
-def load_validated(cfg: DataConfig, field: str) -> TaskData:
+def fetch_from_hub(name: str, dest: Path, settings: Any, field: str = "hf_name") -> Path:
+    """The hub dataset repository ``name`` fetched into ``dest`` and saved there as an HF dataset folder
+    (returned). Only the repository's data files are fetched, and only when they fit in the upload cap;
+    every network call has the hub timeout. Runs on the hub workers, never on a request thread."""
+    import datasets
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import constants as hub_constants
+    hub_constants.HF_HUB_DOWNLOAD_TIMEOUT = int(settings.hub_timeout_s)
+    hub_constants.HF_HUB_ETAG_TIMEOUT = int(settings.hub_timeout_s)
+    api = HfApi(endpoint=settings.hub_endpoint)
+    try:
+        info = api.dataset_info(name, files_metadata=True, timeout=settings.hub_timeout_s)
+    except Exception as err:  # noqa: BLE001 - not found, gated, unreachable
+        log.warning("hub lookup of %r failed: %s", name, err)
+        raise ApiError(422, "invalid_dataset", f"{field}: the hub has no readable dataset {name!r} "
+                       f"({type(err).__name__})", field=field) from None
+    files = [f for f in info.siblings or [] if f.rfilename.lower().endswith(HUB_DATA_SUFFIXES)]
+    total = sum(f.size or 0 for f in files)
+    if not files:
+        raise ApiError(422, "invalid_dataset", f"{field}: {name!r} has no data files", field=field)
+    if total > settings.max_upload_mb * 2**20:
+        raise _too_big(field, f"{name!r} holds {total / 2**20:.1f} MB of data files, over the upload cap")
+    repo = private_dir(dest / "repo")
+    try:
+        snapshot_download(name, repo_type="dataset", revision=info.sha, local_dir=repo, endpoint=settings.hub_endpoint,
+                          allow_patterns=[f.rfilename for f in files], etag_timeout=settings.hub_timeout_s,
+                          max_workers=2)
+    except Exception as err:  # noqa: BLE001 - network, gated, vanished
+        log.warning("hub download of %r failed: %s", name, err)
+        raise ApiError(422, "invalid_dataset", f"{field}: downloading {name!r} from the hub failed "
+                       f"({type(err).__name__})", field=field) from None
+    left = settings.max_decoded_bytes
+    for path in sorted(p for p in repo.rglob("*") if p.is_file() and p.name.lower().endswith(HUB_DATA_SUFFIXES)):
+        left -= _check_file(path, settings.max_rows, left, field)   # before anything parses them
+    try:
+        obj = datasets.load_dataset(str(repo), cache_dir=str(dest / "cache"))
+        obj.save_to_disk(str(dest / "hf"))
+    except Exception as err:  # noqa: BLE001
+        log.warning("hub dataset %r cannot be loaded: %s", name, err)
+        raise ApiError(422, "invalid_dataset", f"{field}: {name!r} cannot be read as a dataset "
+                       f"({type(err).__name__})", field=field) from None
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(dest / "cache", ignore_errors=True)
+    return dest / "hf"
+
+
+class HubWorkers:
+    """Hub fetches on their own few threads with a wall-clock cap: a hub that never answers holds a hub
+    worker, never a request thread; when every worker is busy the answer is 429 at once."""
+
+    def __init__(self, workers: int, timeout: float):
+        import concurrent.futures
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hub")
+        self.workers, self.timeout = workers, timeout
+        self.busy = 0
+        self._lock = threading.Lock()
+
+    def _done(self, _future) -> None:
+        with self._lock:
+            self.busy -= 1
+
+    async def run(self, fn, *args, field: str = "hf_name"):
+        import asyncio
+        with self._lock:
+            if self.busy >= self.workers:
+                raise ApiError(429, "too_many_requests", f"{field}: every hub worker is busy; retry later",
+                               field=field, headers={"Retry-After": str(int(self.timeout))})
+            self.busy += 1
+        future = self.pool.submit(fn, *args)
+        future.add_done_callback(self._done)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(422, "invalid_dataset", f"{field}: the hub did not answer within {self.timeout:.0f} s "
+                           "(hub_timeout_s)", field=field) from None
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def load_validated(cfg: DataConfig, field: str, public_names: dict[str, str]) -> TaskData:
+    """The data layer's TaskData, or a 422 naming ``field`` (server paths in the message replaced by
+    ``public_names``: server path -> what the client called it)."""
     from autodistill.data import DataError
     try:
         return load_task_data(cfg)
     except DataError as err:
-        raise ApiError(422, "invalid_dataset", str(err), field=field) from None
-    except (OSError, ValueError) as err:   # unreadable file, bad encoding, hub unavailable
-        raise ApiError(422, "invalid_dataset", f"cannot read the dataset: {err}", field=field) from None
+        raise ApiError(422, "invalid_dataset", public_text(str(err), public_names.items()), field=field) from None
+    except (OSError, ValueError, RecursionError) as err:   # unreadable file, bad encoding
+        raise ApiError(422, "invalid_dataset", public_text(f"cannot read the dataset: {err}", public_names.items()),
+                       field=field) from None
+
+
+# --------------------------------------------------------------------------- bounds before parsing
+def _too_big(field: str, what: str) -> ApiError:
+    return ApiError(413, "payload_too_large", f"{field}: {what}", field=field)
+
+
+def _count_lines(path: Path, stop_after: int) -> int:
+    lines = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            lines += chunk.count(b"\n")
+            if lines > stop_after:
+                break
+    return lines
+
+
+def _check_parquet(path: Path, max_rows: int, max_bytes: int, field: str) -> int:
+    """Rows from the footer; decoded size (returned) from the values themselves, read as dictionary arrays
+    (so a 12 KB file of 1M repeated strings is measured without being expanded)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+        raise ApiError(422, "invalid_dataset", f"{field}: cannot read as Parquet", field=field) from None
+    meta = pf.metadata
+    if meta.num_rows > max_rows:
+        raise _too_big(field, f"{meta.num_rows} rows, over the cap of {max_rows} (max_rows)")
+    stored = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if stored > max_bytes:
+        raise _too_big(field, f"{stored / 2**20:.1f} MB uncompressed, over the cap of {max_bytes / 2**20:.1f} MB")
+    schema = pf.schema_arrow
+    for f in schema:
+        if pa.types.is_nested(f.type):
+            raise ApiError(422, "invalid_dataset", f"{field}: column {f.name!r} is nested ({f.type}); "
+                           "use flat text and label columns", field=field)
+    def textual(t) -> bool:
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+            or pa.types.is_large_binary(t)
+    strings = [f.name for f in schema if textual(f.type)]
+    decoded = 0
+    try:
+        reader = pq.ParquetFile(path, read_dictionary=strings)
+        for batch in reader.iter_batches(batch_size=65_536, columns=strings):
+            for col in batch.columns:
+                lengths = pc.binary_length(col.dictionary)
+                decoded += int(pc.sum(pc.take(lengths, col.indices)).as_py() or 0)
+            if decoded > max_bytes:
+                raise _too_big(field, f"more than {max_bytes / 2**20:.1f} MB of decoded text (max_decoded_mb)")
+    except ApiError:
+        raise
+    except Exception:  # noqa: BLE001
+        raise ApiError(422, "invalid_dataset", f"{field}: cannot read as Parquet", field=field) from None
+    return max(stored, decoded)
+
+
+def _check_file(path: Path, max_rows: int, max_bytes: int, field: str) -> int:
+    """Bytes a data file decodes to (413 past ``max_rows`` rows or ``max_bytes``)."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return _check_parquet(path, max_rows, max_bytes, field)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise _too_big(field, f"{size / 2**20:.1f} MB, over the cap of {max_bytes / 2**20:.1f} MB")
+    if suffix != ".arrow" and _count_lines(path, max_rows + 1) > max_rows + 1:   # + a CSV header
+        raise _too_big(field, f"more than {max_rows} rows (max_rows)")
+    return size
+
+
+def check_bounds(spec: Path, max_rows: int, max_bytes: int, field: str) -> None:
+    """``spec`` (a data file, a folder of train/validation files, or a saved HF dataset folder) fits in
+    ``max_rows`` rows per file and ``max_bytes`` decoded bytes in all; else 413, before anything is parsed."""
+    if spec.is_file():
+        _check_file(spec, max_rows, max_bytes, field)
+        return
+    arrows = sorted(spec.rglob("*.arrow"))
+    if arrows:   # a saved HF dataset: Arrow stores values as they decode; rows from its state files
+        total = sum(p.stat().st_size for p in arrows)
+        if total > max_bytes:
+            raise _too_big(field, f"{total / 2**20:.1f} MB of Arrow data, over the cap of {max_bytes / 2**20:.1f} MB")
+        for state in spec.rglob("state.json"):
+            info = state.with_name("dataset_info.json")
+            splits = json.loads(info.read_text(encoding="utf-8")).get("splits") or {} if info.is_file() else {}
+            if any(int((v or {}).get("num_examples") or 0) > max_rows for v in splits.values()):
+                raise _too_big(field, f"a split has more than {max_rows} rows (max_rows)")
+        return
+    total = 0
+    for path in sorted(spec.iterdir()):
+        if path.is_file() and path.stem in ("train", "validation"):
+            total += _check_file(path, max_rows, max_bytes - total, field)
 
 
 def dataset_stats(task: TaskData) -> dict[str, Any]:
@@ -112,6 +312,81 @@ def meta_features(task: TaskData, backbone: str | None) -> dict[str, Any]:
     from autodistill.meta.features import compute_meta_features
     tokenizer = _tokenizer(backbone or DEFAULT_BACKBONE)
     return compute_meta_features(task, tokenizer, backbone=_backbone_model(backbone) if backbone else None)
+
+
+def describe_dataset(cfg: DataConfig, field: str, public_names: dict[str, str], max_rows: int, max_bytes: int,
+                     backbone: str | None) -> dict[str, Any]:
+    """Bounds, load and meta-features of one dataset: what ``POST /datasets`` records (fingerprint, stats,
+    meta_features), or an ApiError (413/422) naming ``field`` in the client's own names."""
+    for spec in (cfg.train, cfg.validation):
+        if spec:
+            check_bounds(Path(spec), max_rows, max_bytes, field)
+    task = load_validated(cfg, field, public_names)
+    try:
+        features = meta_features(task, backbone)
+    except (ValueError, ArithmeticError, RecursionError) as err:   # e.g. labels no statistic survives
+        raise ApiError(422, "invalid_dataset", f"{field}: its meta-features cannot be computed: "
+                       f"{public_text(str(err), public_names.items())}", field=field) from None
+    return {"fingerprint": task.fingerprint, "stats": dataset_stats(task),
+            "meta_features": json.loads(json.dumps(features, default=float))}
+
+
+class IngestWorkers:
+    """``describe_dataset`` in worker processes (spawned once per service process, shared by its apps):
+    its CPU work never holds the service's GIL (LAPACK's SVD in the meta-features holds it for seconds,
+    which stalled every other request), and a dataset that runs past ``timeout`` has its worker killed."""
+
+    _pool = None
+    _lock = threading.Lock()
+    _waiting = 0
+
+    def __init__(self, workers: int, timeout: float):
+        self.workers, self.timeout = workers, timeout
+
+    def _executor(self):
+        import concurrent.futures
+        import multiprocessing
+        with IngestWorkers._lock:
+            if IngestWorkers._pool is None:
+                IngestWorkers._pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            return IngestWorkers._pool
+
+    @classmethod
+    def _kill(cls, pool) -> None:
+        with cls._lock:
+            if cls._pool is pool:
+                cls._pool = None
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self, *args, field: str) -> dict[str, Any]:
+        """``describe_dataset(*args)`` in a worker; 429 when ``QUEUE_PER_WORKER`` datasets per worker are
+        already waiting; the timeout runs from when a worker takes it."""
+        import concurrent.futures
+        from concurrent.futures.process import BrokenProcessPool
+        with IngestWorkers._lock:
+            if IngestWorkers._waiting >= self.workers * QUEUE_PER_WORKER:
+                raise ApiError(429, "too_many_requests", "too many datasets are being read; retry later",
+                               field=field, headers={"Retry-After": "10"})
+            IngestWorkers._waiting += 1
+        pool = self._executor()
+        try:
+            future = pool.submit(describe_dataset, *args)
+            while not (future.running() or future.done()):
+                time.sleep(0.05)
+            return future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            self._kill(pool)
+            raise ApiError(422, "invalid_dataset", f"{field}: reading and describing the dataset took longer than "
+                           f"{self.timeout:.0f} s (ingest_timeout_s)", field=field) from None
+        except BrokenProcessPool:
+            self._kill(pool)
+            raise ApiError(503, "unavailable", "the dataset worker died (out of memory?); retry later") from None
+        finally:
+            with IngestWorkers._lock:
+                IngestWorkers._waiting -= 1
 
 
 def remove_dataset_files(folder: Path) -> None:

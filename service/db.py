@@ -89,6 +89,9 @@ MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+WRITE_LOCK = "autodistill_write_lock"   # execution option: this transaction checks, then writes
+
+
 class SchemaError(RuntimeError):
     pass
 
@@ -121,14 +124,27 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # concurrent readers while the monitor writes
+            dbapi_conn.isolation_level = None   # SQLAlchemy, not the driver, starts transactions (below)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            # a check-then-write transaction takes the write lock first (BEGIN IMMEDIATE), so what it
+            # checked cannot change before it writes; others start as plain deferred transactions
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_LOCK) else "BEGIN")
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
-def ping(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+def ping(engine: Engine) -> int:
+    """The schema version, after proving the database takes writes (a no-op update, rolled back): a
+    read-only or full database is not healthy even though it still answers reads."""
+    with engine.connect().execution_options(**{WRITE_LOCK: True}) as conn:   # waits its turn, never BUSY
+        with conn.begin() as tx:
+            version = current_version(conn)
+            conn.execute(schema_version.update().values(version=schema_version.c.version))
+            tx.rollback()
+    return version

@@ -47,9 +47,10 @@ class JobBackend(abc.ABC):
 
 
 class RayJobsBackend(JobBackend):
-    def __init__(self, address: str, token: str | None = None):
+    def __init__(self, address: str, token: str | None = None, entrypoint_cpus: float | None = None):
         self.address = address
         self.token = token
+        self.entrypoint_cpus = entrypoint_cpus   # Ray counts the job's driver (teacher fine-tune) too
         self._client = None
 
     @property
@@ -63,7 +64,8 @@ class RayJobsBackend(JobBackend):
     def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None:
         import shlex
         self.client.submit_job(entrypoint=shlex.join(entrypoint), submission_id=job_id,
-                               runtime_env={"env_vars": env}, metadata={"autodistill_search": job_id})
+                               runtime_env={"env_vars": env}, metadata={"autodistill_search": job_id},
+                               entrypoint_num_cpus=self.entrypoint_cpus or None)
 
     def status(self, job_id: str) -> str | None:
         try:
@@ -140,18 +142,24 @@ class LocalRayHead:
     def ensure(self, timeout: float = 120.0) -> HeadInfo:
         """The running head recorded in head.json, or a new one (one per state folder, across processes)."""
         from filelock import FileLock
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with FileLock(str(self.dir / "head.lock")):
             info = self.running()
             return info if info is not None else self.start(timeout)
 
     def start(self, timeout: float = 120.0) -> HeadInfo:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
         token = secrets.token_hex(32)
         (gcs, node_manager, object_manager, metrics, agent_grpc, agent_http, runtime_env, client, dash,
-         min_worker) = free_ports(10)
+         min_worker, dash_metrics, autoscaler_metrics) = free_ports(12)
         tag = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:8]
-        temp_dir = Path("/tmp") / f"adsvc-{tag}-{gcs}"   # Ray's socket paths must stay short
+        # Ray makes its temp folder world-writable (0777): it lives inside a folder of ours with mode 0700,
+        # so no other user reaches it; the paths stay short (Ray's socket paths have a length limit)
+        private = Path("/tmp") / f"adsvc-{tag}"
+        private.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(private, 0o700)
+        temp_dir = private / str(gcs)
         ray_bin = Path(sys.executable).with_name("ray")
         cmd = [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                "--disable-usage-stats", "--include-dashboard=true", f"--dashboard-host={self.host}",
@@ -163,8 +171,16 @@ class LocalRayHead:
                f"--temp-dir={temp_dir}"]
         if self.num_cpus:
             cmd.append(f"--num-cpus={self.num_cpus}")
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-        log = open(self.dir / "head.log", "ab")
+        # the dashboard's and the autoscaler's Prometheus servers default to fixed ports (44227, 44217),
+        # which collide with any other Ray on the host: free ports instead
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+               "DASHBOARD_METRIC_PORT": str(dash_metrics), "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics),
+               # a single-node cluster: Ray then takes 127.0.0.1 as the node's address (not the machine's
+               # interface), so what Ray binds to "the node's address" is loopback
+               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+               # no per-node metrics exporter (an unauthenticated Prometheus endpoint): the service reads none
+               "RAY_enable_metrics_collection": "0"}
+        log = os.fdopen(os.open(self.dir / "head.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         url_host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
@@ -237,16 +253,17 @@ def _reap(pid: int) -> bool:
 
 def backend_from_settings(settings: Any) -> tuple[JobBackend, LocalRayHead | None]:
     if settings.ray_address:
-        return RayJobsBackend(settings.ray_address, settings.ray_auth_token), None
+        return RayJobsBackend(settings.ray_address, settings.ray_auth_token, settings.search_entrypoint_cpus), None
     head = LocalRayHead(settings.state_dir, settings.ray_host, settings.ray_num_cpus)
-    return LazyLocalBackend(head), head
+    return LazyLocalBackend(head, settings.search_entrypoint_cpus), head
 
 
 class LazyLocalBackend(JobBackend):
     """The embedded default: the local head is started (or found) on first use, not at import."""
 
-    def __init__(self, head: LocalRayHead):
+    def __init__(self, head: LocalRayHead, entrypoint_cpus: float | None = None):
         self.head = head
+        self.entrypoint_cpus = entrypoint_cpus
         self._backend: RayJobsBackend | None = None
         self._lock = threading.Lock()   # the monitor and a request must not both start a head
 
@@ -254,7 +271,7 @@ class LazyLocalBackend(JobBackend):
         with self._lock:
             if self._backend is None or not _answers(self._backend.address, self._backend.token, timeout=2):
                 info = self.head.ensure()
-                self._backend = RayJobsBackend(info.dashboard_url, info.token)
+                self._backend = RayJobsBackend(info.dashboard_url, info.token, self.entrypoint_cpus)
             return self._backend
 
     def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None:

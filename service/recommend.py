@@ -3,6 +3,12 @@
 The model is the latest refitted one (recorded in the database) or the committed default
 (``meta_dataset/model``). Models are only ever loaded from those server-side folders (skops with a
 version check), never from anything a user sends.
+
+Tenants: a refit learns from every key's searches (their datasets are named ``svc-<dataset id>`` in the
+meta-dataset), and every key's request is ranked by that model, but a key is only ever *shown* the
+committed (public) datasets and candidates and its own: another key's dataset never appears among the
+nearest datasets, and a candidate pipeline that only another key's searches produced is never returned.
+Which datasets each candidate came from is saved next to a refitted model (``sources.json``).
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ from .settings import ServiceSettings
 from .store import Store
 
 REFIT_METHOD = "hgb"
+SERVICE_DATASET_PREFIX = "svc-"
+SOURCES_FILE = "sources.json"   # candidate -> the meta-dataset datasets it was measured on
+NEAREST_SHOWN = 3
 RANKING_CACHE_SIZE = 256
 
 
@@ -53,7 +62,7 @@ class RecommenderService:
         self.store = store
         self.settings = settings
         self._lock = threading.Lock()
-        self._loaded: tuple[str, Any, dict[str, PipelineConfig]] | None = None
+        self._loaded: tuple[str, Any, dict[str, PipelineConfig], dict[str, list[str]]] | None = None
         self._ranked: OrderedDict[tuple[str, str, str], list[Any]] = OrderedDict()
         self.meta_dir = settings.state_dir / "meta_dataset"
 
@@ -66,10 +75,11 @@ class RecommenderService:
     def model(self):
         return self._loaded_model()[1]
 
-    def _loaded_model(self) -> tuple[str, Any, dict[str, PipelineConfig]]:
-        """(folder, Recommender, validated config per candidate), loaded once per model folder."""
+    def _loaded_model(self) -> tuple[str, Any, dict[str, PipelineConfig], dict[str, list[str]]]:
+        """(folder, Recommender, validated config per candidate - server paths removed -, the datasets
+        each candidate came from), loaded once per model folder."""
         from autodistill.meta.model import ModelVersionError, Recommender
-        from autodistill.meta.portfolio import with_pipeline
+        from autodistill.meta.portfolio import current_candidate, with_pipeline
         folder = str(self.model_dir())
         with self._lock:
             if self._loaded is None or self._loaded[0] != folder:
@@ -78,8 +88,12 @@ class RecommenderService:
                 except (FileNotFoundError, ModelVersionError) as err:
                     raise ApiError(503, "unavailable", f"no usable meta-model: {err}") from None
                 # a recommendation is a KD pipeline on the default budget, never the meta-dataset's build budget
-                configs = {c["name"]: with_pipeline(PipelineConfig(), c["config"]) for c in rec.candidates}
-                self._loaded = (folder, rec, configs)
+                # (nor where its data lived on the server); renamed candidates under their current name
+                configs = {name: _without_data_paths(with_pipeline(PipelineConfig(), pipeline))
+                           for name, pipeline in (current_candidate(c["name"], c["config"]) for c in rec.candidates)}
+                sources_path = Path(folder) / SOURCES_FILE
+                sources = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
+                self._loaded = (folder, rec, configs, sources)
                 self._ranked.clear()
             return self._loaded
 
@@ -99,19 +113,52 @@ class RecommenderService:
 
     def warm_start(self, dataset: dict[str, Any], top_k: int) -> Any:
         """The pipelines a search warm-starts from: the meta-model's top-k or the best-of-k portfolio,
-        whichever the model folder's committed evaluation chose (``.source`` says which)."""
+        whichever the model folder's committed evaluation chose (``.source`` says which); only candidates
+        the dataset's owner may see."""
         from autodistill.meta.warm_start import choose_warm_start
-        folder, rec, _ = self._loaded_model()
-        return choose_warm_start(rec, folder, dataset["meta_features"], top_k)
+        folder, rec, _, sources = self._loaded_model()
+        start = choose_warm_start(rec, folder, dataset["meta_features"], len(rec.candidates))
+        shown = self._shown(dataset["owner"], sources)
+        start.recommendations = [r for r in start.recommendations if shown(r.candidate)][:top_k]
+        return start
+
+    def _visibility(self, owner: str):
+        """``visible(meta-dataset dataset name)`` for ``owner``: committed datasets and its own."""
+        seen: dict[str, bool] = {}
+
+        def visible(name: str) -> bool:
+            if not name.startswith(SERVICE_DATASET_PREFIX):
+                return True
+            if name not in seen:
+                seen[name] = self.store.get_dataset(owner, name[len(SERVICE_DATASET_PREFIX):]) is not None
+            return seen[name]
+        return visible
+
+    def _shown(self, owner: str, sources: dict[str, list[str]]):
+        """``shown(candidate)`` for ``owner``: a candidate measured on at least one dataset it may see."""
+        visible = self._visibility(owner)
+
+        def shown(candidate: str | None) -> bool:
+            return candidate is not None and (candidate not in sources or any(map(visible, sources[candidate])))
+        return shown
 
     def recommend(self, dataset: dict[str, Any], top_k: int, max_params: int | None,
                   config_constraints: dict[str, Any] | None) -> tuple[Any, list[dict[str, Any]]]:
+        """The top ``top_k`` candidates the dataset's owner may see, best first (see the module docstring)."""
         from autodistill.meta.model import matches_constraints
-        folder, rec, configs = self._loaded_model()
+        folder, rec, configs, sources = self._loaded_model()
+        visible = self._visibility(dataset["owner"])
+        shown = self._shown(dataset["owner"], sources)
+        nearest = [n for n in rec.nearest_datasets(dataset["meta_features"], k=len(rec.datasets))
+                   if visible(n["dataset"])][:NEAREST_SHOWN]
+        nearest = [{**n, "its_best_candidate": n["its_best_candidate"] if shown(n["its_best_candidate"]) else None}
+                   for n in nearest]
         num_labels = int(dataset["stats"].get("num_labels") or 1)
         out = []
         for r in self._ranking(folder, rec, dataset):
             cfg = configs[r.candidate]
+            if not shown(r.candidate):
+                continue
             if config_constraints and not matches_constraints(cfg.to_dict(), config_constraints):
                 continue
             params = student_parameters_of(cfg, num_labels)
@@ -119,7 +166,8 @@ class RecommenderService:
                 continue
             out.append({"rank": len(out) + 1, "candidate": r.candidate, "config": cfg,
                         "predicted_score": r.predicted_score, "uncertainty": r.uncertainty,
-                        "student_parameters": params, "why": json.loads(json.dumps(r.why, default=str))})
+                        "student_parameters": params,
+                        "why": json.loads(json.dumps({**r.why, "nearest_datasets": nearest}, default=str))})
             if len(out) == top_k:
                 break
         return rec, out
@@ -168,8 +216,15 @@ class RecommenderService:
         decision = Path(self.settings.model_dir or DEFAULT_MODEL_DIR) / DECISION_FILE
         if decision.is_file():
             shutil.copyfile(decision, folder / DECISION_FILE)
+        sources = {str(c): sorted(map(str, rows["dataset"].unique())) for c, rows in table.groupby("candidate")}
+        (folder / SOURCES_FILE).write_text(json.dumps(sources), encoding="utf-8")
         summary = {"searches_folded": folded, "records_added": added, "rows": int(len(table)),
                    "datasets": int(table["dataset"].nunique()), "candidates": int(table["candidate"].nunique()),
                    "method": REFIT_METHOD, "model_path": str(folder)}
         self.store.add_meta_model(str(folder), summary)
         return summary
+
+
+def _without_data_paths(config: PipelineConfig) -> PipelineConfig:
+    """A candidate's config as shown to a client: where its data lived on the server is not part of it."""
+    return config.model_copy(update={"data": config.data.model_copy(update={"train": None, "validation": None})})

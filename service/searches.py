@@ -7,9 +7,11 @@ needs shared storage mounted at the same path).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 import sys
 import tarfile
 import threading
@@ -20,16 +22,25 @@ from typing import Any
 from autodistill.search.records import RecordStore
 from autodistill.search.runner import PROGRESS_FILE
 
-from .errors import ApiError
+from .datasets import private_dir
+from .errors import ApiError, public_text
 from .ray_backend import JobBackend
 from .settings import ServiceSettings
-from .store import ACTIVE_STATES, Store, new_id
+from .store import Store, new_id
 
 log = logging.getLogger("autodistill.service")
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 MAX_SUBMISSIONS = 3
+PURGE_EVERY_S = 60.0
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b")   # how often the monitor forgets idempotency records past their retention
 ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "AUTODISTILL_CACHE", "OMP_NUM_THREADS")
+
+
+@functools.lru_cache(maxsize=8)
+def _space_time_budget(space: str) -> float | None:
+    from autodistill.search.space import SearchSpace
+    return SearchSpace.load(space).budget.time_budget_s
 
 
 def _read_json(path: Path) -> Any:
@@ -55,10 +66,10 @@ class SearchManager:
         cmd = [sys.executable, "-m", "autodistill.cli", "search", "--data", dataset["data_config"]["train"],
                "--space", req["space"], "--address", "auto", "--config", str(out / "request_config.json"),
                "--out", str(out)]
-        for flag, key in (("--trials", "trials"), ("--time-budget", "time_budget"),
-                          ("--max-concurrent", "max_concurrent_trials"), ("--seed", "seed")):
+        for flag, key in (("--trials", "trials"), ("--max-concurrent", "max_concurrent_trials"), ("--seed", "seed")):
             if req.get(key) is not None:
                 cmd += [flag, str(req[key])]
+        cmd += ["--time-budget", str(self.time_budget(search))]
         if self.settings.search_cpus_per_trial:
             cmd += ["--cpus-per-trial", str(self.settings.search_cpus_per_trial)]
         if (out / "warm_start.json").is_file():
@@ -74,12 +85,21 @@ class SearchManager:
         env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"   # the search driver adds its own runtime env
         return env
 
+    def time_budget(self, search: dict[str, Any]) -> float:
+        """The search's time budget in seconds: its own, else its space's, capped by the setting."""
+        request = search.get("request") or {}
+        asked = request.get("time_budget") or _space_time_budget(request.get("space") or "cpu-fast")
+        return min(float(asked), self.settings.max_time_budget_s) if asked else self.settings.max_time_budget_s
+
     def create(self, owner: str, dataset: dict[str, Any], request: dict[str, Any],
-               warm_start: list[dict[str, Any]] | None) -> dict[str, Any]:
+               warm_start: list[dict[str, Any]] | None, job_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record and submit a search; the job runs ``job_config`` (the request's config with its backbones
+        resolved, see ``check_search_request``), while the row keeps the request as the client sent it."""
         sid = new_id("search")
         out = (self.root / sid).resolve()
-        out.mkdir(parents=True, exist_ok=False)
-        config = dict(request.get("config") or {})
+        private_dir(self.root)
+        out.mkdir(mode=0o700)
+        config = dict((job_config if job_config is not None else request.get("config")) or {})
         config["data"] = {**{k: v for k, v in dataset["data_config"].items() if k != "train"},
                           **(config.get("data") or {})}
         (out / "request_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -89,14 +109,24 @@ class SearchManager:
         row = {"id": sid, "owner": owner, "dataset_id": dataset["id"], "state": "queued", "request": request,
                "out_dir": str(out), "progress": {}, "best": None, "error": None, "submissions": 1,
                "created_at": now, "started_at": None, "finished_at": None, "updated_at": now, "folded": False}
+        added = self.store.add_search(row, self.settings.max_searches_per_key, self.settings.max_searches_total)
+        if added != "added":
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)
+            if added == "no_dataset":
+                raise ApiError(404, "not_found", f"no dataset {dataset['id']!r} for this API key", field="dataset_id")
+            cap = (f"{self.settings.max_searches_per_key} for this API key" if added == "owner_limit"
+                   else f"{self.settings.max_searches_total} on this service")
+            raise ApiError(429, "too_many_requests", f"searches in flight are capped at {cap}; retry when one "
+                           "ends or cancel one", headers={"Retry-After": str(int(self.settings.poll_seconds * 5) + 1)})
         self._submitting.add(sid)
         try:
-            self.store.add_search(row)
             self.backend.submit(sid, self.entrypoint(row, dataset, resume=False), self._env())
         except Exception as err:  # noqa: BLE001 - the cluster refused: record why, tell the client
-            self.store.update_search(sid, state="failed", error=f"submission to Ray failed: {err}",
+            log.error("submitting %s to Ray failed: %s", sid, err)
+            self.store.update_search(sid, state="failed", error="submission to the Ray cluster failed",
                                      finished_at=time.time())
-            raise ApiError(503, "unavailable", f"the Ray cluster did not accept the search: {err}") from None
+            raise ApiError(503, "unavailable", "the Ray cluster did not accept the search; retry later") from None
         finally:
             self._submitting.discard(sid)
         return self.store.get_search(owner, sid)
@@ -120,8 +150,10 @@ class SearchManager:
             return self._lost(search, fields)
         if state == "running" and not search.get("started_at"):
             fields["started_at"] = time.time()
+        if state == "running" and self._over_time(search):
+            state = self._stop_over_time(search, fields)
         if state in TERMINAL_STATES:
-            fields.update(self._final_fields(search, state, out))
+            fields = {**self._final_fields(search, state, out, explained="error" in fields), **fields}
         if state != search["state"]:
             fields["state"] = state
         if fields:
@@ -129,18 +161,42 @@ class SearchManager:
             search = {**search, **fields}
         return search
 
-    def _final_fields(self, search: dict[str, Any], state: str, out: Path) -> dict[str, Any]:
+    def _over_time(self, search: dict[str, Any]) -> bool:
+        """Running past its budget plus the grace: the budget covers the whole job, teacher included."""
+        started = search.get("started_at") or search["created_at"]
+        return time.time() - started > self.time_budget(search) + self.settings.search_grace_s
+
+    def _stop_over_time(self, search: dict[str, Any], fields: dict[str, Any]) -> str:
+        try:
+            self.backend.stop(search["id"])
+        except Exception as err:  # noqa: BLE001 - retried on the next refresh
+            log.warning("stopping %s (over its time budget) failed: %s", search["id"], err)
+            return "running"
+        fields["error"] = (f"stopped by the service: ran longer than its time budget of "
+                           f"{self.time_budget(search):.0f} s plus {self.settings.search_grace_s:.0f} s")
+        return "failed"
+
+    def _final_fields(self, search: dict[str, Any], state: str, out: Path, explained: bool) -> dict[str, Any]:
         fields: dict[str, Any] = {"finished_at": time.time()}
         board = _read_json(out / "leaderboard.json")
         if board and board.get("best"):
             fields["best"] = board["best"]
-        if state == "failed":
-            try:
-                tail = self.backend.logs(search["id"])[-2000:]
-            except Exception:  # noqa: BLE001
-                tail = ""
-            fields["error"] = tail or "the search job failed"
+        if state == "failed" and not explained:
+            fields["error"] = self._public_failure(search)
         return fields
+
+    def _public_failure(self, search: dict[str, Any]) -> str:
+        """What the client learns of a failed job: the last error line, without server paths; the whole
+        log (command line, traceback) goes to the server log."""
+        try:
+            logs = self.backend.logs(search["id"])
+        except Exception:  # noqa: BLE001
+            logs = ""
+        log.warning("search %s failed; job log tail:\n%s", search["id"], logs[-4000:])
+        lines = [ln.strip() for ln in logs.splitlines() if ln.strip()]
+        last = next((ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln)), lines[-1] if lines else "")
+        last = public_text(last, [(search["out_dir"], "<search folder>")])[:300]
+        return f"the search job failed{': ' + last if last else ''} (details in the server log)"
 
     def _lost(self, search: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         """Ray does not know the job (e.g. the cluster was restarted): resubmit it to resume, a few times."""
@@ -172,8 +228,15 @@ class SearchManager:
     def start_monitor(self) -> None:
         """A daemon thread that keeps searches in flight up to date (also after a restart)."""
         def loop() -> None:
+            purged_at = 0.0
             while not self._stop.wait(self.settings.poll_seconds):
                 self.refresh_all()
+                if time.time() - purged_at > PURGE_EVERY_S:
+                    purged_at = time.time()
+                    try:
+                        self.store.idempotency_purge(self.settings.idempotency_retention_s)
+                    except Exception:  # noqa: BLE001 - retried on the next round
+                        log.exception("purging idempotency records failed")
         self._thread = threading.Thread(target=loop, name="search-monitor", daemon=True)
         self._thread.start()
 
@@ -224,5 +287,68 @@ class SearchManager:
         return archive
 
 
-def is_active(search: dict[str, Any]) -> bool:
-    return search["state"] in ACTIVE_STATES
+# --------------------------------------------------------------------------- what a search may ask for
+MAX_TEACHERS = 4
+
+
+def _bad(field: str, detail: str) -> ApiError:
+    return ApiError(422, "validation_error", f"{field}: {detail}", field=field)
+
+
+def allowed_backbone(value: str, settings: ServiceSettings, field: str) -> str:
+    """``value`` if it is an allowed backbone id, else the real folder it names under a backbone root.
+    Every refusal reads the same, so it tells nothing of what exists on the server."""
+    if value in settings.allowed_backbones:
+        return value
+    refusal = _bad(field, f"not an allowed backbone (allowed ids: {sorted(settings.allowed_backbones)}, or a "
+                   "folder under the server's backbone roots)")
+    if "\x00" in value or not settings.backbone_roots:
+        raise refusal
+    for root in settings.backbone_roots:
+        root_real = Path(os.path.realpath(root))
+        real = Path(os.path.realpath(root_real / value))   # an absolute value stays itself
+        if (root_real in real.parents) and (real / "config.json").is_file():
+            return str(real)
+    raise refusal
+
+
+def _cap(value: float | None, limit: float, field: str) -> None:
+    if value is not None and value > limit:
+        raise _bad(field, f"at most {limit:g} on this server")
+
+
+def check_search_request(body: Any, settings: ServiceSettings) -> dict[str, Any]:
+    """422 naming the field when ``body`` (a SearchRequest) is beyond the service's limits; else the config
+    the job runs: the request's, with its backbones resolved to allowed ids or real folders under the
+    backbone roots (kept out of what the client is shown)."""
+    from autodistill.config import PipelineConfig
+    _cap(body.trials, settings.max_trials, "trials")
+    _cap(body.time_budget, settings.max_time_budget_s, "time_budget")
+    config = json.loads(json.dumps(body.config or {}))
+    if not config:
+        return config
+    cfg = PipelineConfig.model_validate(config)
+    if len(cfg.teachers) > MAX_TEACHERS:
+        raise _bad("config.teachers", f"at most {MAX_TEACHERS} teachers")
+    for i, (raw, teacher) in enumerate(zip(config.get("teachers") or [], cfg.teachers)):
+        _cap(teacher.epochs, settings.max_epochs, f"config.teachers.{i}.epochs")
+        _cap(teacher.batch_size, settings.max_batch_size, f"config.teachers.{i}.batch_size")
+        if "backbone" in raw:
+            raw["backbone"] = allowed_backbone(teacher.backbone, settings, f"config.teachers.{i}.backbone")
+    for i, (raw, aug) in enumerate(zip((config.get("augmentation") or {}).get("augmenters") or [],
+                                       cfg.augmentation.augmenters)):
+        if aug.mlm_model is not None:
+            raw["mlm_model"] = allowed_backbone(aug.mlm_model, settings, f"config.augmentation.augmenters.{i}.mlm_model")
+        for j, model in enumerate(aug.translation_models or ()):
+            raw["translation_models"][j] = allowed_backbone(
+                model, settings, f"config.augmentation.augmenters.{i}.translation_models.{j}")
+    _cap(cfg.optim.epochs, settings.max_epochs, "config.optim.epochs")
+    _cap(cfg.optim.batch_size, settings.max_batch_size, "config.optim.batch_size")
+    _cap(cfg.optim.eval_batch_size, settings.max_batch_size, "config.optim.eval_batch_size")
+    st = cfg.student
+    _cap(st.num_layers, settings.max_student_layers, "config.student.num_layers")
+    _cap(st.hidden_size, settings.max_student_hidden_size, "config.student.hidden_size")
+    _cap(st.intermediate_size, settings.max_student_intermediate_size, "config.student.intermediate_size")
+    _cap(st.num_attention_heads, settings.max_student_heads, "config.student.num_attention_heads")
+    return config
+

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "AUTODISTILL_SERVICE_"
-LIST_SETTINGS = ("allowed_roots", "base_records")
+LIST_SETTINGS = ("allowed_roots", "base_records", "allowed_backbones", "backbone_roots")
 
 
 def default_state_dir() -> Path:
@@ -28,7 +28,24 @@ class ServiceSettings(BaseModel):
     database_url: str | None = Field(None, description="any SQLAlchemy URL; default: SQLite in state_dir")
     allowed_roots: list[Path] = Field(default_factory=list,
                                       description="server folders a dataset may be referenced from by path")
-    max_upload_mb: float = Field(100.0, gt=0)
+    max_upload_mb: float = Field(100.0, gt=0, description="cap on an upload's bytes (all files of one request)")
+    # ---- ingest: what one dataset may cost, whatever its encoding (Parquet compresses 1M rows into KBs)
+    max_rows: int = Field(300_000, ge=1, description="rows per dataset file (counted before parsing; 413 beyond)")
+    max_decoded_mb: float | None = Field(
+        None, gt=0, description="decoded text of a dataset (Parquet: uncompressed values); default: max_upload_mb")
+    ingest_workers: int = Field(1, ge=1, le=16, description="processes that read datasets and compute their "
+                                "meta-features (off the service's event loop and GIL)")
+    ingest_timeout_s: float = Field(600.0, gt=0, description="wall-clock cap on reading and describing one "
+                                    "dataset; its worker is killed beyond it (422)")
+    # ---- request bodies other than uploads
+    max_json_kb: float = Field(256.0, gt=0, description="cap on a JSON (or any non-upload) request body; 413 beyond")
+    max_json_depth: int = Field(32, ge=2, le=1000, description="nesting depth of a JSON body; 422 beyond")
+    # ---- the Hugging Face hub (hf_name datasets)
+    hub_enabled: bool = Field(False, description="allow {\"hf_name\"} datasets (the service goes to the hub); "
+                              "off by default: the service makes no outbound request")
+    hub_timeout_s: float = Field(60.0, gt=0, description="wall-clock cap on one hub dataset load")
+    hub_endpoint: str | None = Field(None, description="hub URL; default: huggingface_hub's (HF_ENDPOINT)")
+    hub_workers: int = Field(2, ge=1, le=16, description="hub loads at once (outside the request threads); 429 beyond")
     model_dir: Path | None = Field(None, description="meta-model folder; default: the committed one")
     base_records: list[Path] | None = Field(
         None, description="meta-dataset records a refit starts from; default: the committed ones")
@@ -43,7 +60,31 @@ class ServiceSettings(BaseModel):
     search_cpus_per_trial: float | None = Field(None, gt=0)
     poll_seconds: float = Field(2.0, gt=0, description="how often searches in flight are refreshed")
     max_trials: int = Field(200, ge=1)
-    max_time_budget_s: float = Field(24 * 3600.0, gt=0)
+    max_time_budget_s: float = Field(24 * 3600.0, gt=0, description="cap on a search's time_budget; also the "
+                                     "default budget of a search that gives none")
+    search_grace_s: float = Field(300.0, ge=0, description="a search running longer than its time_budget plus "
+                                  "this (teacher fine-tune included) is stopped by the service")
+    max_searches_per_key: int = Field(2, ge=1, description="searches queued or running per API key; 429 beyond")
+    max_searches_total: int = Field(8, ge=1, description="searches queued or running on this service; 429 beyond")
+    search_entrypoint_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for a search's driver "
+                                          "(teacher fine-tune, final training)")
+    max_epochs: float = Field(20.0, gt=0, description="cap on teachers[*].epochs and optim.epochs")
+    max_student_layers: int = Field(24, ge=1)
+    max_student_hidden_size: int = Field(4096, ge=8)
+    max_student_intermediate_size: int = Field(16384, ge=8)
+    max_student_heads: int = Field(64, ge=1)
+    max_batch_size: int = Field(1024, ge=1, description="cap on every batch size of a search config")
+    allowed_backbones: list[str] = Field(
+        default_factory=lambda: ["default"],
+        description="backbone ids a search may name (besides folders under backbone_roots)")
+    backbone_roots: list[Path] = Field(default_factory=list,
+                                       description="server folders holding backbones a search may name by path")
+    idempotency_retention_s: float = Field(24 * 3600.0, gt=0, description="how long an Idempotency-Key is "
+                                           "remembered; a retry after that is a new request")
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int((self.max_decoded_mb or self.max_upload_mb) * 2**20)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -11,7 +11,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from . import db
@@ -37,6 +40,23 @@ class Page:
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
+
+    @contextmanager
+    def _check_then_write(self, lock_name: str | None = None) -> Iterator[Connection]:
+        """A transaction whose checks still hold when it writes: SQLite takes its write lock first;
+        PostgreSQL takes the advisory lock ``lock_name`` (row locks are taken by the queries)."""
+        with self.engine.connect().execution_options(**{db.WRITE_LOCK: True}) as conn, conn.begin():
+            if lock_name is not None and conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": lock_name})
+            yield conn
+
+    @staticmethod
+    def _locked_dataset(conn: Connection, owner: str, dataset_id: str, exclusive: bool) -> bool:
+        """Whether the dataset exists, locking its row until the transaction ends (shared: a search
+        referencing it; exclusive: deleting it), so a delete and a new reference cannot interleave."""
+        q = select(db.datasets.c.id).where(and_(db.datasets.c.id == dataset_id, db.datasets.c.owner == owner))
+        q = q.with_for_update(read=not exclusive) if conn.dialect.name == "postgresql" else q
+        return conn.execute(q).first() is not None
 
     # ------------------------------------------------------------------ API keys
     def create_key(self, name: str, scope: str = "user") -> tuple[str, dict[str, Any]]:
@@ -95,17 +115,39 @@ class Store:
     def list_datasets(self, owner: str, limit: int, offset: int) -> Page:
         return self._page(db.datasets, owner, limit, offset)
 
-    def delete_dataset(self, owner: str, dataset_id: str) -> bool:
-        with self.engine.begin() as conn:
-            res = conn.execute(delete(db.datasets).where(
-                and_(db.datasets.c.id == dataset_id, db.datasets.c.owner == owner)))
-        return res.rowcount > 0
+    def delete_dataset(self, owner: str, dataset_id: str) -> str:
+        """"deleted", "missing", or "in_use" (a search queued or running references it): the check and
+        the delete are one transaction, so a search created meanwhile either sees no dataset or blocks it."""
+        s = db.searches.c
+        with self._check_then_write() as conn:
+            if not self._locked_dataset(conn, owner, dataset_id, exclusive=True):
+                return "missing"
+            in_use = conn.execute(select(func.count()).select_from(db.searches).where(
+                and_(s.dataset_id == dataset_id, s.state.in_(ACTIVE_STATES)))).scalar_one()
+            if in_use:
+                return "in_use"
+            conn.execute(delete(db.datasets).where(and_(db.datasets.c.id == dataset_id, db.datasets.c.owner == owner)))
+        return "deleted"
 
     # ------------------------------------------------------------------ searches
-    def add_search(self, row: dict[str, Any]) -> dict[str, Any]:
-        with self.engine.begin() as conn:
+    def add_search(self, row: dict[str, Any], max_per_owner: int | None = None,
+                   max_total: int | None = None) -> str:
+        """Record a new search if its dataset still exists and the owner's and the service's searches in
+        flight are under their caps: "added", "no_dataset", "owner_limit" or "total_limit". One
+        transaction (serialised with other creates and with dataset deletes)."""
+        s = db.searches.c
+        with self._check_then_write("autodistill-search-create") as conn:
+            if not self._locked_dataset(conn, row["owner"], row["dataset_id"], exclusive=False):
+                return "no_dataset"
+            active = s.state.in_(ACTIVE_STATES)
+            if max_per_owner is not None and conn.execute(select(func.count()).select_from(db.searches).where(
+                    and_(active, s.owner == row["owner"]))).scalar_one() >= max_per_owner:
+                return "owner_limit"
+            if max_total is not None and conn.execute(select(func.count()).select_from(db.searches).where(
+                    active)).scalar_one() >= max_total:
+                return "total_limit"
             conn.execute(insert(db.searches).values(**row))
-        return row
+        return "added"
 
     def get_search(self, owner: str | None, search_id: str) -> dict[str, Any] | None:
         return self._get(db.searches, owner, search_id)
@@ -133,10 +175,16 @@ class Store:
             conn.execute(update(db.searches).where(db.searches.c.id == search_id).values(**fields))
 
     # ------------------------------------------------------------------ idempotency
-    def idempotency_begin(self, owner: str, key: str, endpoint: str, request_hash: str
-                          ) -> tuple[str, dict[str, Any] | None]:
+    def idempotency_begin(self, owner: str, key: str, endpoint: str, request_hash: str,
+                          retention_s: float | None = None) -> tuple[str, dict[str, Any] | None]:
         """("new", None) for a first request; ("replay", row) for a finished identical one; ("conflict",
-        row) when the key was used for another request; ("in_progress", row) while the first one runs."""
+        row) when the key was used for another request; ("in_progress", row) while the first one runs.
+        A record older than ``retention_s`` is forgotten first: the key starts a new request."""
+        if retention_s is not None:
+            c = db.idempotency.c
+            with self.engine.begin() as conn:
+                conn.execute(delete(db.idempotency).where(and_(
+                    c.owner == owner, c.key == key, c.created_at < time.time() - retention_s)))
         row = {"owner": owner, "key": key, "endpoint": endpoint, "request_hash": request_hash,
                "status_code": None, "body": None, "location": None, "created_at": time.time()}
         try:
@@ -149,7 +197,7 @@ class Store:
         with self.engine.connect() as conn:
             old = conn.execute(select(db.idempotency).where(and_(c.owner == owner, c.key == key))).mappings().first()
         if old is None:   # released between our insert and read: take it now
-            return self.idempotency_begin(owner, key, endpoint, request_hash)
+            return self.idempotency_begin(owner, key, endpoint, request_hash, retention_s)
         old = dict(old)
         if old["endpoint"] != endpoint or old["request_hash"] != request_hash:
             return "conflict", old
@@ -160,6 +208,12 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(update(db.idempotency).where(and_(c.owner == owner, c.key == key))
                          .values(status_code=status_code, body=body, location=location))
+
+    def idempotency_purge(self, retention_s: float) -> int:
+        """Forget every idempotency record older than ``retention_s``; returns how many."""
+        with self.engine.begin() as conn:
+            res = conn.execute(delete(db.idempotency).where(db.idempotency.c.created_at < time.time() - retention_s))
+        return res.rowcount
 
     def idempotency_release(self, owner: str, key: str) -> None:
         """Forget a key whose request failed, so the client's retry runs it again."""

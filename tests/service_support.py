@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from autodistill.data import bundled_dataset_path
+from service.ray_backend import JobBackend
 
 CR_TRAIN = bundled_dataset_path() / "train.jsonl"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -37,3 +38,25 @@ def wait_for(get_state, timeout: float = 420.0, every: float = 2.0) -> dict:
         time.sleep(every)
         body = get_state()
     return body
+
+
+class ScriptedBackend(JobBackend):
+    """Answers status from a dict (None = the cluster does not know the job) and records submissions."""
+
+    def __init__(self):
+        self.states: dict[str, str | None] = {}
+        self.submitted: list[tuple[str, list[str]]] = []
+        self.log_text = "Traceback: boom"
+
+    def submit(self, job_id, entrypoint, env):
+        self.submitted.append((job_id, entrypoint))
+        self.states[job_id] = "queued"
+
+    def status(self, job_id):
+        return self.states.get(job_id)
+
+    def stop(self, job_id):
+        self.states[job_id] = "cancelled"
+
+    def logs(self, job_id):
+        return self.log_text

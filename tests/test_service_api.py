@@ -22,7 +22,7 @@ from service_support import CR_TRAIN, small_jsonl, tiny_search_body, wait_for
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    head = LocalRayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=2)
+    head = LocalRayHead(tmp_path_factory.mktemp("ray-head"), num_cpus=3)   # 1 for a search's driver, 2 for trials
     info = head.start()
     yield info
     head.stop()
@@ -35,9 +35,9 @@ def _app(state_dir: Path, **settings):
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory, ray_head):
+def api(tmp_path_factory, ray_head, tiny_backbone):
     app = _app(tmp_path_factory.mktemp("svc"), ray_address=ray_head.dashboard_url, ray_auth_token=ray_head.token,
-               max_upload_mb=2.0)
+               max_upload_mb=2.0, backbone_roots=[Path(tiny_backbone).parent])
     with TestClient(app) as client:
         store = app.state.store
         client.keys = {name: {"Authorization": f"Bearer {store.create_key(name, scope)[0]}"}
@@ -312,6 +312,20 @@ def test_finished_search_reports_trials_and_best(api, finished_search, tiny_back
     assert api.post(f"/searches/{sid}/cancel", headers=alice).status_code == 409   # already finished
     listed = api.get("/searches", headers=alice).json()
     assert sid in {s["id"] for s in listed["items"]}
+
+
+def test_a_search_driver_is_counted_in_rays_cpus(api, ray_head):
+    """The job's driver (where the teacher is fine-tuned) holds search_entrypoint_cpus of Ray's CPUs."""
+    import sys
+    backend = api.app.state.searches.backend
+    probe = "import ray; ray.init(address='auto'); print('FREE_CPU', ray.available_resources().get('CPU', 0.0))"
+    backend.submit("cpu-probe", [sys.executable, "-c", probe], {})
+    deadline = time.time() + 120
+    while backend.status("cpu-probe") not in ("succeeded", "failed"):
+        assert time.time() < deadline
+        time.sleep(1)
+    total = 3.0   # the module's head
+    assert f"FREE_CPU {total - api.app.state.settings.search_entrypoint_cpus}" in backend.logs("cpu-probe")
 
 
 def test_cancel_a_running_search(api, cr, tiny_backbone):

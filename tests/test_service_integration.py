@@ -24,11 +24,11 @@ AUTODISTILL = str(Path(sys.executable).with_name("autodistill"))
 class Service:
     """One `autodistill serve` process on a free loopback port, over a given state folder."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, backbone_root: Path):
         self.state_dir = state_dir
         self.env = {**os.environ, "AUTODISTILL_SERVICE_META_FEATURES_BACKBONE": "",
-                    "AUTODISTILL_SERVICE_POLL_SECONDS": "1", "AUTODISTILL_SERVICE_RAY_NUM_CPUS": "2",
-                    "RAY_USAGE_STATS_ENABLED": "0"}
+                    "AUTODISTILL_SERVICE_POLL_SECONDS": "1", "AUTODISTILL_SERVICE_RAY_NUM_CPUS": "3",
+                    "AUTODISTILL_SERVICE_BACKBONE_ROOTS": str(backbone_root), "RAY_USAGE_STATS_ENABLED": "0"}
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
@@ -93,8 +93,8 @@ def assert_loopback_only(port: int) -> None:
 
 
 @pytest.fixture
-def service(tmp_path):
-    svc = Service(tmp_path)
+def service(tmp_path, tiny_backbone):
+    svc = Service(tmp_path, Path(tiny_backbone).parent)
     yield svc
     svc.stop()
     svc.stop_ray()

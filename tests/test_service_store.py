@@ -66,13 +66,14 @@ def test_datasets_are_owned_and_paginated(store):
     assert page.total == 5 and [r["id"] for r in page.items] == ["ds4", "ds3"]   # newest first
     assert [r["id"] for r in store.list_datasets("key_a", 2, 4).items] == ["ds0"]
     assert store.get_dataset("key_a", "other") is None and store.get_dataset("key_b", "other")["stats"] == {"train_rows": 3}
-    assert not store.delete_dataset("key_a", "other")
-    assert store.delete_dataset("key_a", "ds0") and store.list_datasets("key_a", 10, 0).total == 4
+    assert store.delete_dataset("key_a", "other") == "missing"
+    assert store.delete_dataset("key_a", "ds0") == "deleted" and store.list_datasets("key_a", 10, 0).total == 4
 
 
 def test_searches_update_and_active(store):
-    store.add_search(_search("key_a", "s1"))
-    store.add_search(_search("key_a", "s2", "succeeded"))
+    store.add_dataset(_dataset("key_a", "ds1", 1000.0))
+    assert store.add_search(_search("key_a", "s1")) == "added"
+    assert store.add_search(_search("key_a", "s2", "succeeded")) == "added"
     assert [s["id"] for s in store.active_searches()] == ["s1"]
     store.update_search("s1", state="running", progress={"finished": 1})
     got = store.get_search("key_a", "s1")

@@ -20,7 +20,7 @@ Bump :data:`META_FEATURES_VERSION` whenever a definition changes; stored feature
 | `label_entropy` | entropy of the train label distribution / ln(num classes), in [0, 1]; regression: of a 10-bin equal-width histogram of the targets / ln 10 |
 | `log_imbalance` | ln(largest class count / smallest class count) on train; 0 for regression |
 | `majority_share` | share of the largest train class (the chance level of accuracy); 0 for regression |
-| `tok_len_mean`, `tok_len_std`, `tok_len_p90`, `tok_len_max` | length in teacher-tokenizer tokens of an encoded train example (pair: both segments, special tokens included, no truncation), on ≤ `max_rows` seeded rows |
+| `tok_len_mean`, `tok_len_std`, `tok_len_p90`, `tok_len_max` | length in teacher-tokenizer tokens of an encoded train example (pair: both segments, special tokens included, no token truncation; each text cut at `MAX_TEXT_CHARS` = 4,000 characters first), on ≤ `max_rows` seeded rows |
 | `share_len_over_64`, `share_len_over_128` | share of those examples longer than 64 / 128 tokens (what truncation cuts) |
 | `type_token_ratio` | distinct lower-cased words / words over the first 20,000 words of the seeded sample (words: `\\w+` runs and single punctuation marks); a fixed word budget keeps it comparable across dataset sizes |
 | `oov_split_rate` | share of word occurrences (≤ `max_rows` rows) the teacher tokenizer splits into ≥ 2 word pieces |
@@ -36,6 +36,10 @@ Bump :data:`META_FEATURES_VERSION` whenever a definition changes; stored feature
 | `has_teacher_score` | 1 when `teacher_score` was given |
 | `teacher_confidence` | mean max-softmax probability of the teacher on validation (or the float given); fill 0 |
 | `has_teacher_confidence` | 1 when `teacher_confidence` was given |
+
+Every sample is bounded in characters, whatever the rows hold: each text is cut at `MAX_TEXT_CHARS`
+and a sample stops at `MAX_SAMPLE_CHARS` (4 M characters) in total, so one huge row costs no more than
+a few thousand characters of tokenizing (a 4.6 MB line once cost 1.2 GB and 14 s).
 
 Landmarks degrade gracefully: folds = min(3, smallest class count) (at least 2, then plain k-fold);
 a training fold with a single class predicts that class; with fewer than 4 rows, or an empty TF-IDF
@@ -66,6 +70,8 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 TTR_WORDS = 20_000
+MAX_TEXT_CHARS = 4_000        # a text is cut here before any tokenizing (tok_len_* saturate near 1k tokens)
+MAX_SAMPLE_CHARS = 4_000_000  # characters of one sample; rows past this budget are left out of it
 PROBE_DIMS = 64  # the probe sees the first 64 principal components of the standardised embeddings
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -78,9 +84,21 @@ def _sample(n: int, k: int, seed: int, tag: str) -> list[int]:
     return sorted(random.Random(f"{seed}:{tag}").sample(range(n), k))
 
 
+def _within_budget(split, idx: list[int]) -> list[int]:
+    """The leading rows of ``idx`` whose (cut) texts fit in ``MAX_SAMPLE_CHARS`` (at least one row)."""
+    total = 0
+    for k, i in enumerate(idx):
+        total += min(len(split.text_a[i]), MAX_TEXT_CHARS)
+        if split.text_b is not None:
+            total += min(len(split.text_b[i]), MAX_TEXT_CHARS)
+        if total > MAX_SAMPLE_CHARS:
+            return idx[:max(1, k)]
+    return idx
+
+
 def _texts(split, idx: Sequence[int]) -> tuple[list[str], list[str] | None]:
-    a = [split.text_a[i] for i in idx]
-    b = [split.text_b[i] for i in idx] if split.text_b is not None else None
+    a = [split.text_a[i][:MAX_TEXT_CHARS] for i in idx]
+    b = [split.text_b[i][:MAX_TEXT_CHARS] for i in idx] if split.text_b is not None else None
     return a, b
 
 
@@ -89,6 +107,7 @@ def _label_stats(labels: Sequence, regression: bool, num_labels: int) -> dict[st
         return {"label_entropy": 0.0, "log_imbalance": 0.0, "majority_share": 0.0}
     if regression:
         y = np.asarray(labels, dtype=float)
+        y = y / max(1.0, float(np.abs(y).max()))   # scale-free, and hi - lo cannot overflow (±1e308)
         lo, hi = float(y.min()), float(y.max())
         counts = np.histogram(y, bins=10, range=(lo, hi if hi > lo else lo + 1.0))[0]
         p = counts[counts > 0] / counts.sum()
@@ -330,12 +349,12 @@ def compute_meta_features(task, tokenizer, backbone: Any = None, teacher_score: 
     feats.update(_label_stats(train.labels, regression, task.num_labels))
     chance = feats["majority_share"]
 
-    idx = _sample(len(train), max_rows, seed, "rows")
+    idx = _within_budget(train, _sample(len(train), max_rows, seed, "rows"))
     a, b = _texts(train, idx)
     feats.update(_token_stats(tokenizer, a, b))
     feats.update(_lexical_stats(tokenizer, a + (b or []), seed))
 
-    idx_l = _sample(len(train), landmark_rows, seed, "landmark")
+    idx_l = _within_budget(train, _sample(len(train), landmark_rows, seed, "landmark"))
     la, lb = _texts(train, idx_l)
     score = _tfidf_landmark(la, lb, y_all[idx_l], regression, seed)
     feats["landmark_tfidf"] = chance if score is None else score
@@ -345,7 +364,7 @@ def compute_meta_features(task, tokenizer, backbone: Any = None, teacher_score: 
     backbone_feats = {"landmark_probe": None, "emb_pca_evr1": 0.0, "emb_pca_evr2": 0.0, "emb_pca_evr3": 0.0,
                       "emb_mean_cosine": 0.0}
     if model is not None and len(train):
-        idx_e = _sample(len(train), embed_rows, seed, "embed")
+        idx_e = _within_budget(train, _sample(len(train), embed_rows, seed, "embed"))
         ea, eb = _texts(train, idx_e)
         emb = embed(model, tokenizer, ea, eb, max_length=embed_max_length)
         backbone_feats = _embedding_features(emb, y_all[idx_e], regression, seed)
