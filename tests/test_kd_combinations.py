@@ -175,7 +175,7 @@ def test_full_pipeline_loss_equals_hand_computation(backbones, pair_data, monkey
         "loss": {"intermediate": {"objective": "mse", "mapping": "skip", "weight": w_inter}},
         "mixup": {"enabled": True, "student_weight": w_sm, "teacher_weight": w_tm},
         "student": {"num_layers": 2},
-        "data": {"max_train_examples": 32},
+        "data": {"max_train_examples": 35},   # 32 train rows (2 full batches) beside the dev slice
     }, teachers=2)
     run_distillation(parse_config(cfg), teacher_outputs_mode="online")
     assert len(checker.pairs) == 2
@@ -229,7 +229,7 @@ def test_rwkd_with_selection_keeps_teacher_savings_and_the_step_objective(backbo
         "dynamic": {"selection": "entropy", "selection_ratio": 0.25},
         # a meta-learner that does not move (lr ~ 0): the step's λ are the look-ahead's
         "weighting": {"strategy": "rw_kd", "lambda_kd": 0.5, "meta_learning_rate": 1e-12, "meta_fraction": 0.2},
-        "data": {"max_train_examples": 40}})
+        "data": {"max_train_examples": 45}})   # dev slice, 8 meta rows, 32 train rows
     result = run_distillation(parse_config(cfg), teacher_outputs_mode="online")
     m = result.metrics
     assert m["train_examples"] == 32 and len(steps) == 2
