@@ -111,6 +111,8 @@ def fetch_from_hub(name: str, dest: Path, settings: Any, field: str = "hf_name")
         info = api.dataset_info(name, files_metadata=True, timeout=settings.hub_timeout_s)
     except Exception as err:  # noqa: BLE001 - not found, gated, unreachable
         log.warning("hub lookup of %r failed: %s", name, err)
+        if "Timeout" in type(err).__name__:   # the call's own timeout fired before the workers' wall clock
+            raise hub_timeout_error(field, settings.hub_timeout_s) from None
         raise ApiError(422, "invalid_dataset", f"{field}: the hub has no readable dataset {name!r} "
                        f"({type(err).__name__})", field=field) from None
     files = [f for f in info.siblings or [] if f.rfilename.lower().endswith(HUB_DATA_SUFFIXES)]
@@ -144,6 +146,11 @@ def fetch_from_hub(name: str, dest: Path, settings: Any, field: str = "hf_name")
     return dest / "hf"
 
 
+def hub_timeout_error(field: str, timeout: float) -> ApiError:
+    return ApiError(422, "invalid_dataset", f"{field}: the hub did not answer within {timeout:.0f} s "
+                    "(hub_timeout_s)", field=field)
+
+
 class HubWorkers:
     """Hub fetches on their own few threads with a wall-clock cap: a hub that never answers holds a hub
     worker, never a request thread; when every worker is busy the answer is 429 at once."""
@@ -171,8 +178,7 @@ class HubWorkers:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except asyncio.TimeoutError:
-            raise ApiError(422, "invalid_dataset", f"{field}: the hub did not answer within {self.timeout:.0f} s "
-                           "(hub_timeout_s)", field=field) from None
+            raise hub_timeout_error(field, self.timeout) from None
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -342,7 +342,7 @@ def test_a_read_only_database_is_unhealthy_and_writes_are_json_503(tmp_path, dat
 
 
 # --------------------------------------------------------------------------- 5. nothing of another key in recommendations
-SECRET_LAYERS = 5   # no committed candidate has a 5-layer student: this pipeline exists only in alice's search
+SECRET_TEMPERATURE = 5.5   # no committed candidate distils at τ = 5.5: this pipeline exists only in alice's search
 
 
 def _finished_search_of(client, owner_key: dict, dataset_id: str, tmp_path: Path) -> str:
@@ -355,7 +355,7 @@ def _finished_search_of(client, owner_key: dict, dataset_id: str, tmp_path: Path
     records = RecordStore(out)
     for line in (META_DATASET_DIR / "runs" / "mr.jsonl").read_text(encoding="utf-8").splitlines()[:6]:
         rec = json.loads(line)
-        rec["config"]["student"]["num_layers"] = SECRET_LAYERS
+        rec["config"]["loss"]["prediction"]["temperature"] = SECRET_TEMPERATURE
         rec["config"]["teachers"][0]["backbone"] = "/srv/alice/private-teacher"
         rec["config"]["data"]["train"] = "/srv/alice/private-data.jsonl"
         rec.update(candidate="alice-secret-pipeline", config_hash=None, status="completed")
@@ -384,11 +384,11 @@ def test_recommendations_reveal_no_other_keys_datasets_or_configs(tmp_path, data
                                                       "constraints": constraints}, headers=client.keys[who])
             assert r.status_code == 200, r.text
             return r
-        own = recommend("alice", mine, config={"student.num_layers": SECRET_LAYERS}).json()["recommendations"]
+        own = recommend("alice", mine, config={"loss.prediction.temperature": SECRET_TEMPERATURE}).json()["recommendations"]
         assert [x["candidate"] for x in own] == ["alice-secret-pipeline"]   # alice sees her own pipeline
         assert own[0]["config"]["data"]["train"] is None                    # never a server data path
         assert f"svc-{mine}" in [n["dataset"] for n in own[0]["why"]["nearest_datasets"]]
-        other = recommend("bob", theirs, config={"student.num_layers": SECRET_LAYERS})
+        other = recommend("bob", theirs, config={"loss.prediction.temperature": SECRET_TEMPERATURE})
         assert other.json()["recommendations"] == []
         everything = recommend("bob", theirs)
         assert everything.json()["recommendations"]
