@@ -14,6 +14,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer
 
 import numpy as np
 
@@ -21,6 +22,7 @@ import autodistill.pool as pool_module
 from autodistill.config import deep_merge, parse_config
 from autodistill.distill import run_distillation
 from autodistill.mappings import EMDMapping, RandomMapping
+import autodistill.objective as objective_module
 from autodistill.objective import KDObjective
 from autodistill.teacher_outputs import compute_teacher_outputs
 from autodistill.training import EncodedSplit, model_inputs
@@ -44,6 +46,26 @@ def backbones(tmp_path_factory) -> list[str]:
             model.embeddings.token_type_embeddings.weight.mul_(50.0)
         model.save_pretrained(path)
         paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def confident_backbones(backbones, tmp_path_factory) -> list[str]:
+    """The same two BERTs with a classification head 50x the default init: the tiny random models are
+    otherwise almost uniform on every input (u_i = 1 - 2e-5, equal up to a few float32 ulps, KD_i ~ 1e-8),
+    which makes the entropy selection a tie-break of rounding noise and the KD terms invisible."""
+    from transformers import BertForSequenceClassification
+
+    paths = []
+    for k, source in enumerate(backbones):
+        path = tmp_path_factory.mktemp(f"tiny-bert-confident-{k}")
+        torch.manual_seed(k)
+        model = BertForSequenceClassification.from_pretrained(source, num_labels=2)
+        with torch.no_grad():
+            model.classifier.weight.mul_(50.0)
+        model.save_pretrained(path)
+        AutoTokenizer.from_pretrained(source).save_pretrained(path)
+        paths.append(str(path))
     return paths
 
 
@@ -115,25 +137,48 @@ def token_mean(per_token, mask):
 
 
 class LossChecker:
-    """Wraps KDObjective.loss: before each real step, records what the hand computation needs."""
+    """Wraps KDObjective.loss: records the generator state before each real step and the KD subset S the
+    step selected (``self.selected``), then computes the step's loss by hand (the model is not updated
+    inside ``loss``, and the hand computation replays the generator from the recorded state)."""
 
     def __init__(self, monkeypatch, hand):
-        self.hand, self.pairs = hand, []
-        real = KDObjective.loss
+        self.hand, self.pairs, self.selected = hand, [], None
+        real, real_select = KDObjective.loss, objective_module.select_for_kd
+
+        def select_for_kd(*args, **kwargs):
+            self.selected = real_select(*args, **kwargs)
+            return self.selected
 
         def loss(obj, model, batch, state):
             snapshot = obj.generator.get_state()
+            self.selected = None
+            total, logs = real(obj, model, batch, state)
             with torch.no_grad():
                 expected = self.hand(obj, model, batch, snapshot)
-            total, logs = real(obj, model, batch, state)
             self.pairs.append((float(total.detach()), float(expected)))
             return total, logs
 
+        monkeypatch.setattr(objective_module, "select_for_kd", select_for_kd)
         monkeypatch.setattr(KDObjective, "loss", loss)
 
 
+U_NOISE = 1e-6  # float32 rounding of u between two algebraically equal entropy formulas (a few ulps)
+
+
+def check_top_k(u: torch.Tensor, selected: torch.Tensor, k: int) -> torch.Tensor:
+    """S must be the ⌊r·B⌋ most uncertain rows by the hand's u: every selected u at least every unselected
+    one (up to float32 noise, so that a tie may go either way). Returns S, sorted."""
+    assert selected is not None and selected.numel() == k
+    chosen = torch.zeros_like(u, dtype=torch.bool)
+    chosen[selected] = True
+    assert int(chosen.sum()) == k  # distinct rows
+    assert float(u[chosen].min()) >= float(u[~chosen].max()) - U_NOISE, (u, selected)
+    assert float(u.max() - u.min()) > 100 * U_NOISE  # the ranking is material, not a tie-break of noise
+    return selected.sort().values
+
+
 # --------------------------------------------------------------------------- the whole pipeline by hand
-def test_full_pipeline_loss_equals_hand_computation(backbones, pair_data, monkeypatch):
+def test_full_pipeline_loss_equals_hand_computation(confident_backbones, pair_data, monkeypatch):
     """selection (entropy, r = 0.5) + adoption (soft_instance, 2 teachers) + weighting (fixed λ = 0.7)
     + intermediate (mse, skip) + MixKD, on sentence pairs:
 
@@ -148,7 +193,7 @@ def test_full_pipeline_loss_equals_hand_computation(backbones, pair_data, monkey
         z = out.logits
         ce = F.cross_entropy(z, labels, reduction="none")
         u = normalised_entropy(z)
-        sel = u.topk(math.floor(0.5 * len(u))).indices.sort().values
+        sel = check_top_k(u, checker.selected, math.floor(0.5 * len(u)))
         inputs = {k: v[sel] for k, v in model_inputs(batch).items()}
         t0 = obj.teachers[0].model(**inputs, output_hidden_states=True)
         t1 = obj.teachers[1].model(**inputs)
@@ -166,10 +211,11 @@ def test_full_pipeline_loss_equals_hand_computation(backbones, pair_data, monkey
         y = F.one_hot(labels, 2).float()
         y_mix = mix_lam * y + (1 - mix_lam) * y[perm]
         student_mix = -(y_mix * F.log_softmax(z_mix, -1)).sum(-1)
+        assert lam_kd * kd.mean() > 1e-3  # the KD terms are material (> 100 x the comparison's tolerance)
         return total + w_sm * student_mix.mean() + w_tm * kl_tau(z_mix, zt_mix).mean()
 
     checker = LossChecker(monkeypatch, hand)
-    cfg = config(backbones, pair_data, {
+    cfg = config(confident_backbones, pair_data, {
         "dynamic": {"selection": "entropy", "selection_ratio": 0.5, "adoption": "soft_instance"},
         "weighting": {"strategy": "fixed", "lambda_kd": lam_kd},
         "loss": {"intermediate": {"objective": "mse", "mapping": "skip", "weight": w_inter}},
