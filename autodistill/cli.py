@@ -6,6 +6,9 @@ import json
 import os
 import sys
 from pathlib import Path
+from importlib.metadata import entry_points
+
+COMMAND_PLUGINS = "autodistill.commands"   # entry-point group of commands from the layers above
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -221,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("meta", help="the meta-dataset and the meta-model (recommender)")
     add_build_commands(m.add_subparsers(dest="meta_command", required=True))  # build, import-distiller
     add_meta_model_commands(sub)  # evaluate, fit (joining `meta`) and the top-level `recommend`
-    from service.cli import add_service_commands
-    add_service_commands(sub)     # serve, keys
+    for plugin in entry_points(group=COMMAND_PLUGINS):   # e.g. the REST service's serve, keys
+        plugin.load()(sub)
     return parser
 
 
