@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig
+from .config import DataConfig, pipeline_only, with_pipeline
 from .meta.warm_start import choose_warm_start
 from .progress import EventLog
 from .search.runner import SearchResult, run_search
@@ -66,19 +66,26 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
     start = choose_warm_start(rec, model_dir, feats, 4 * seeds, budget=base)
     recs, seconds = start.recommendations, time.perf_counter() - t0
     events.emit("recommend", f"warm start from the {start.source.replace('_', ' ')}: {start.reason}")
-    picked = distinct_points(sp, [r.config for r in recs], seeds)
+    top = recs[0]
+    anchor_label = f"recommendation #{top.rank}: {top.candidate}"
+    # the top pipeline is trained exactly as recommended; the search is seeded with the next ones, as
+    # far as the space can express them
+    picked = [(k + 1, point) for k, point in distinct_points(sp, [r.config for r in recs[1:]], seeds - 1)]
     points = [point for _, point in picked]
     labels = [f"recommendation #{recs[k].rank}: {recs[k].candidate}" for k, _ in picked]
-    for k, _ in picked:
-        r = recs[k]
+    approximate = {k for k, point in picked if pipeline_only(sp.to_config(sp.encode(point)))
+                   != pipeline_only(with_pipeline(base, recs[k].config))}
+    for k, r in [(0, top), *((k, recs[k]) for k, _ in picked)]:
         events.emit("recommend", f"#{r.rank} {r.candidate}: predicted student/teacher {r.predicted_score:.3f} "
-                                 f"± {r.uncertainty:.3f}")
-    events.emit("recommend", f"done in {seconds:.1f} s; {len(points)} distinct pipelines in the {sp.name} space")
+                                 f"± {r.uncertainty:.3f}" + (f" (seeds the search as near as the {sp.name} "
+                                                             "space can express it)" if k in approximate else ""))
+    events.emit("recommend", f"done in {seconds:.1f} s; #{top.rank} is trained first as recommended, "
+                             f"{len(points)} more seed the search in the {sp.name} space")
     (out / "recommendations.json").write_text(json.dumps(
         {"meta_features": feats, "seconds": seconds, "warm_start_source": start.source, "reason": start.reason,
-         "recommendations": [r.to_dict() for r in recs], "warm_start": points, "seed_labels": labels},
-        indent=2, default=str), encoding="utf-8")
+         "recommendations": [r.to_dict() for r in recs], "anchor": anchor_label, "warm_start": points,
+         "seed_labels": labels}, indent=2, default=str), encoding="utf-8")
     result = run_search(data_part, sp, out, trials=trials, time_budget=time_budget, warm_start=points or None,
-                        resume=resume, quiet=quiet, verbose=verbose, anchor=bool(points), seed_labels=labels,
-                        events=events)
-    return AutoResult([r.to_dict() for r in recs], points, result, seconds, labels)
+                        resume=resume, quiet=quiet, verbose=verbose, seed_labels=labels,
+                        anchor_pipeline=(top.config, anchor_label), events=events)
+    return AutoResult([r.to_dict() for r in recs], points, result, seconds, [anchor_label, *labels])

@@ -379,3 +379,21 @@ def check_against_task(cfg: PipelineConfig, is_regression: bool) -> None:
             raise ConfigError(f"optim.metric={cfg.optim.metric!r} is a classification metric")
     elif cfg.optim.metric in ("pearson", "spearman"):
         raise ConfigError(f"optim.metric={cfg.optim.metric!r} is a regression metric")
+
+
+#: the sections of a config that make up a KD pipeline (a recommendation); the rest (data, teachers,
+#: student, optim) is the budget it runs at, which comes from the user
+PIPELINE_SECTIONS = ("augmentation", "mixup", "loss", "weighting", "dynamic")
+
+
+def pipeline_only(config: PipelineConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The KD pipeline of a config: its :data:`PIPELINE_SECTIONS`, nothing of the budget it ran at."""
+    data = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
+    return {k: copy.deepcopy(data[k]) for k in PIPELINE_SECTIONS if k in data}
+
+
+def with_pipeline(base: PipelineConfig | Mapping[str, Any], pipeline: Mapping[str, Any]) -> PipelineConfig:
+    """``base`` (the user's config: data, teachers, student, optim) running ``pipeline``'s KD sections,
+    which replace ``base``'s whole (they are complete sections, not partial updates)."""
+    data = base.to_dict() if isinstance(base, PipelineConfig) else dict(base)
+    return parse_config({**data, **pipeline_only(pipeline)}, source="recommended pipeline")

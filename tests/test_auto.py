@@ -26,7 +26,14 @@ def test_budget_too_small_for_the_search_still_exports_the_recommended_student(t
     best = out / "best"
     assert (best / "student" / "config.json").is_file() and (best / "metrics.json").is_file()
     trial = json.loads((best / "trial.json").read_text())
-    assert trial["trial_id"] == "anchor" and trial["origin"].startswith("recommendation #")
+    assert trial["trial_id"] == "anchor" and trial["origin"].startswith("recommendation #1: ")
+    # the student is the top recommendation exactly, not its projection onto the (tiny) search space
+    import yaml
+    from autodistill.config import PipelineConfig, pipeline_only
+    top = json.loads((out / "recommendations.json").read_text())["recommendations"][0]
+    trained = PipelineConfig.model_validate(yaml.safe_load((best / "config.yaml").read_text()))
+    assert pipeline_only(trained) == pipeline_only(PipelineConfig.model_validate(top["config"]))
+    assert trial["origin"] == f"recommendation #1: {top['candidate']}"
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["student"]["path"] == str(best.resolve())
     assert verdict["student"]["score"] == json.loads((best / "metrics.json").read_text())["student_score"]

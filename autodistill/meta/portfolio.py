@@ -24,7 +24,7 @@ import copy
 import json
 from typing import Any, Mapping
 
-from ..config import PipelineConfig, deep_merge, parse_config
+from ..config import PIPELINE_SECTIONS, PipelineConfig, deep_merge, parse_config, pipeline_only, with_pipeline  # noqa: F401 (re-exported)
 
 # v3 (2026-12-02, with build 2): 27 candidates. From v1's 37: dropped aug_contextual and
 # aug_contextual_random (the contextual augmenter and the ordered pipeline stay covered by
@@ -155,22 +155,6 @@ def current_candidate(name: str, config: Mapping[str, Any]) -> tuple[str, dict[s
 
 #: the config sections that make a KD pipeline; everything else (data rows and length, teachers, student
 #: size, epochs and the rest of ``optim``) is the budget, which comes from the user's data and request
-PIPELINE_SECTIONS = ("augmentation", "mixup", "loss", "weighting", "dynamic")
-
-
-def pipeline_only(config: PipelineConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The KD pipeline of a config: its :data:`PIPELINE_SECTIONS`, nothing of the budget it ran at."""
-    data = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
-    return {k: copy.deepcopy(data[k]) for k in PIPELINE_SECTIONS if k in data}
-
-
-def with_pipeline(base: PipelineConfig | Mapping[str, Any], pipeline: Mapping[str, Any]) -> PipelineConfig:
-    """``base`` (the user's config: data, teachers, student, optim) running ``pipeline``'s KD sections,
-    which replace ``base``'s whole (they are complete sections, not partial updates)."""
-    data = base.to_dict() if isinstance(base, PipelineConfig) else dict(base)
-    return parse_config({**data, **pipeline_only(pipeline)}, source="recommended pipeline")
-
-
 def needs_classification(partial: Mapping[str, Any]) -> bool:
     dyn = partial.get("dynamic", {})
     return partial.get("weighting", {}).get("strategy") == "rw_kd" or dyn.get("selection", "none") != "none" \

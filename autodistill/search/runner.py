@@ -21,10 +21,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from ..config import DataConfig, PipelineConfig
+from ..config import DataConfig, PipelineConfig, with_pipeline
 from ..progress import EventLog, fmt_score
 from .records import RecordStore, make_record
-from .space import Budget, SearchSpace, SpaceError, encode_points, load_space, load_warm_start
+from .space import Budget, SearchSpace, SpaceError, config_hash, encode_points, load_space, load_warm_start
 
 log = logging.getLogger(__name__)
 
@@ -396,23 +396,23 @@ def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> Pre
 
 
 # --------------------------------------------------------------------------- the anchor
-def train_anchor(ctx: SearchContext, params: Mapping[str, Any], out: Path, label: str, resume: bool = False
+def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str, resume: bool = False
                  ) -> dict[str, Any]:
-    """Train one pipeline to completion in this process, outside the scheduler's reach, export it to
-    ``out`` and record it: the student the search must beat, and the one the user keeps whatever
-    the budget does to the search. Returns its leaderboard row (reused as it is on resume)."""
+    """Train one pipeline (``cfg``, whole: it need not be a point of the space) to completion in this
+    process, outside the scheduler's reach, export it to ``out`` and record it: the student the search
+    must beat, and the one the user keeps whatever the budget does to the search. Returns its
+    leaderboard row (reused as it is on resume)."""
     from ..callbacks import EventLogCallback
     from ..distill import export, run_distillation
 
     saved = out / "anchor.json"
-    decoded = ctx.space.decode(params)
+    decoded = ctx.space.params_from_config(cfg)   # the space's view, for the leaderboard
+    tag = config_hash(cfg)
     if resume and saved.is_file():
         row = json.loads(saved.read_text(encoding="utf-8"))
-        if row.get("params") == json.loads(json.dumps(decoded, default=str)) \
-                and row.get("dataset_fingerprint") == ctx.dataset_fingerprint:
+        if row.get("config_hash") == tag and row.get("dataset_fingerprint") == ctx.dataset_fingerprint:
             ctx.events.emit("anchor", f"reusing the completed {label}: validation {row['score']:.4f} ({out})")
             return row
-    cfg = ctx.space.to_config(params)
     ctx.events.emit("anchor", f"training the {label} to completion first (outside ASHA), the student to beat")
     started = time.perf_counter()
     result = run_distillation(cfg, callbacks=[EventLogCallback("anchor", ctx.metric, ctx.events)],
@@ -431,7 +431,7 @@ def train_anchor(ctx: SearchContext, params: Mapping[str, Any], out: Path, label
     row = {"trial_id": ANCHOR_ID, "status": "completed", "score": float(m["student_score"]),
            "reports": len(m.get("history", [])), "seconds": seconds, "distill_seconds": seconds,
            "params": decoded, "checkpoint": str(out), "path": str(out), "origin": label,
-           "dataset_fingerprint": m["dataset_fingerprint"]}
+           "dataset_fingerprint": m["dataset_fingerprint"], "config_hash": tag}
     saved.write_text(json.dumps(row, indent=2, default=str), encoding="utf-8")
     ctx.events.emit("anchor", f"finished in {seconds:.0f} s: validation {m['metric']} {m['student_score']:.4f} "
                               f"({100 * (m['score_ratio'] or 0):.1f} % of the teacher), exported to {out}")
@@ -508,6 +508,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
                max_failures: int | None = None, seed: int | None = None, num_cpus: int | None = None,
                records_path: str | Path | None = None, quiet: bool = False, verbose: bool = False,
                export_best: bool = True, anchor: bool = False, seed_labels: Sequence[str] | None = None,
+               anchor_pipeline: tuple[Mapping[str, Any], str] | None = None,
                events: EventLog | None = None) -> SearchResult:
     """Run (or resume) a KD search and return its leaderboard; see the module docstring.
 
@@ -521,6 +522,9 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     timed and reported apart (``teacher_seconds``). With ``anchor`` the first warm-start point is trained
     to completion before the search, outside ASHA, so that a student exists whatever the budget does
     to the search; the best *completed* student (anchor or trial) is exported to ``out_dir/best``.
+    ``anchor_pipeline`` = (a KD pipeline, its label) anchors on that pipeline exactly, run at the
+    space's budget on the user's data, even where the space cannot express it (``auto``: the top
+    recommendation); the warm-start points are then all for the search.
     """
     import optuna
     from ray import tune
@@ -555,8 +559,9 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
             else encode_points(sp, warm_start)
     labels = list(seed_labels or []) + [f"warm-start point #{k + 1}" for k in range(len(seed_labels or []),
                                                                                     len(points or []))]
-    if anchor and not points:
+    if anchor and not points and anchor_pipeline is None:
         raise SpaceError("an anchor needs a warm-start point (the pipeline to train first)")
+    anchor = anchor or anchor_pipeline is not None
 
     base_cfg = sp.to_config({})
     write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
@@ -576,14 +581,18 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     anchor_row, anchor_error, interrupted = None, None, False
     if anchor:
         write_progress(out / PROGRESS_FILE, phase="anchor", trials_total=b.trials)
+        if anchor_pipeline is not None:
+            anchor_cfg, anchor_label = with_pipeline(base_cfg, anchor_pipeline[0]), anchor_pipeline[1]
+        else:
+            anchor_cfg, anchor_label = sp.to_config(points[0]), labels[0]
+            points, ctx.seeds = points[1:], ctx.seeds[1:]
         try:
-            anchor_row = train_anchor(ctx, points[0], out / "anchor", labels[0], resume)
+            anchor_row = train_anchor(ctx, anchor_cfg, out / "anchor", anchor_label, resume)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - the search may still produce a student: say so, go on
             anchor_error = f"{type(err).__name__}: {err}"
             events.emit("anchor", f"FAILED: {anchor_error}")
-        points, ctx.seeds = points[1:], ctx.seeds[1:]
         if anchor_row:
             ctx.best_before = (anchor_row["score"], ANCHOR_ID)
             note = pace_note(anchor_row["seconds"], b, time.perf_counter() - t_students, b.trials - 1)
