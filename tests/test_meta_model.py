@@ -312,3 +312,19 @@ def test_table_extra_features_and_stated_ratio():
     assert t["candidate"].str.contains(r"^cfg-[0-9a-f]{12}\+[0-9a-f]{6}$").all()
     assert t["pf_extra.teacher=BERT_BASE"].sum() == 2 and t["pf_extra.aug_p"].eq(0.3).all()
     assert t["target"].eq(0.95).all()                                # the stated ratio wins
+
+
+def test_a_column_set_by_few_rows_survives_bootstrap_bags_that_miss_them():
+    """A rare pipeline option (set in 2 of 60 rows) is all-missing in most bootstrap samples; each bag
+    reads its own empty columns as 0 (HistGradientBoosting cannot bin an all-missing column)."""
+    rng = np.random.RandomState(0)
+    X = rng.rand(60, 3)
+    X[:, 2] = np.nan
+    X[:2, 2] = 1.0
+    y = X[:, 0] + rng.rand(60) * 0.01
+    model = PipelineScoreRegressor(method="hgb", n_bags=8, n_estimators=20, random_state=0).fit(X, y)
+    assert any(2 in empty for empty in model.bag_empty_columns_)          # the case happened
+    assert not any(2 in empty for empty in [model.empty_columns_])         # not empty over the whole table
+    mean, std = model.predict_with_uncertainty(X)
+    assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
+    assert np.corrcoef(mean, y)[0, 1] > 0.9

@@ -255,13 +255,17 @@ class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator)
             self.estimators_.append(rf.fit(X, y))
             self.feature_importances_ = rf.feature_importances_
         elif self.method == "hgb":
+            self.bag_empty_columns_ = []
             for b in range(self.n_bags):
                 idx = rng.randint(0, n, size=n) if self.n_bags > 1 else np.arange(n)
                 m = HistGradientBoostingRegressor(
                     max_iter=self.n_estimators, learning_rate=self.learning_rate,
                     max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=self.min_samples_leaf,
                     early_stopping=False, random_state=rng.randint(2**31 - 1))
-                self.estimators_.append(m.fit(X[idx], y[idx]))
+                # a bootstrap sample can miss every row that sets a rare column: empty in this bag alone
+                empty = np.flatnonzero(np.all(np.isnan(X[idx]), axis=0))
+                self.bag_empty_columns_.append(empty)
+                self.estimators_.append(m.fit(_zero_missing(X[idx], empty), y[idx]))
         else:
             for b in range(self.n_bags):
                 m = PairwiseRanker(base=self.pairwise_base, n_estimators=self.n_estimators // 2 or 1,
@@ -271,11 +275,7 @@ class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator)
         return self
 
     def _fill_empty(self, X: np.ndarray) -> np.ndarray:
-        if len(self.empty_columns_):
-            X = X.copy()
-            X[:, self.empty_columns_] = np.where(np.isnan(X[:, self.empty_columns_]), 0.0,
-                                                 X[:, self.empty_columns_])
-        return X
+        return _zero_missing(X, self.empty_columns_)
 
     def _all_predictions(self, X) -> np.ndarray:
         check_is_fitted(self, "estimators_")
@@ -283,8 +283,9 @@ class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator)
         if self.method == "rf":
             rf = self.estimators_[0]
             return np.stack([t.predict(X) for t in rf.estimators_])
+        per_bag = getattr(self, "bag_empty_columns_", None) or [np.zeros(0, dtype=int)] * len(self.estimators_)
         with _single_thread():
-            return np.stack([m.predict(X) for m in self.estimators_])
+            return np.stack([m.predict(_zero_missing(X, empty)) for m, empty in zip(self.estimators_, per_bag)])
 
     def predict(self, X) -> np.ndarray:
         if self.method == "rf":
@@ -610,3 +611,13 @@ def _importances(model: PipelineScoreRegressor, X: np.ndarray, y: np.ndarray, co
             imp[j] = np.mean((model.predict(Xp) - ys) ** 2) - base
     order = np.argsort(-imp, kind="stable")
     return [(cols[j], float(imp[j])) for j in order if imp[j] > 0]
+
+
+def _zero_missing(X: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``X`` with the missing values of ``columns`` read as 0 (columns a model saw only missing: the
+    boosted models' binning cannot handle an all-missing column)."""
+    if not len(columns):
+        return X
+    X = X.copy()
+    X[:, columns] = np.where(np.isnan(X[:, columns]), 0.0, X[:, columns])
+    return X
