@@ -85,6 +85,11 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder")
     d.set_defaults(func=_decide)
 
+    pl = meta_sub.add_parser("pilot", help="a pilot's records -> seed noise, centred means, candidates to merge")
+    pl.add_argument("--records", nargs="+", required=True, help="record JSONL files or folders")
+    pl.add_argument("--out", required=True, type=Path, help="report folder (pilot.md, pilot_runs.csv)")
+    pl.set_defaults(func=_pilot)
+
     r = subparsers.add_parser("recommend", help="recommend KD pipelines for a dataset")
     r.add_argument("--data", help="train file or dataset folder (default: bundled CR)")
     r.add_argument("--validation", help="validation file")
@@ -96,6 +101,19 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--constraint", action="append", default=[], metavar="PATH=VALUE",
                    help="keep only candidates whose config has this value, e.g. student.num_layers=2")
     r.set_defaults(func=_recommend)
+
+
+def _pilot(args: argparse.Namespace) -> int:
+    from .pilot import pilot_report, write_pilot_report
+    from .table import load_records
+
+    report = pilot_report(load_records(args.records))
+    if report.centred.empty:
+        print("error: no candidate ran on every context of these records", file=sys.stderr)
+        return 2
+    path = write_pilot_report(report, args.out)
+    print(path.read_text(encoding="utf-8"))
+    return 0
 
 
 def _load_table(args: argparse.Namespace):

@@ -305,7 +305,7 @@ def record_candidate_name(rec: Mapping[str, Any]) -> str:
     return f"cfg-{str(h)[:12]}"
 
 
-def _record_role(rec: Mapping[str, Any]) -> str | None:
+def record_role(rec: Mapping[str, Any]) -> str | None:
     for src in (rec, _sub(rec, "search"), _sub(rec, "extra")):
         if src.get("role"):
             return str(src["role"])
@@ -419,7 +419,7 @@ def records_to_table(records: Sequence[Mapping[str, Any]], *, target: str = "rat
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     features = features or {}
     records = [r for r in records
-               if r.get("status") not in SKIPPED_STATUSES and _record_role(r) not in REFERENCE_ROLES]
+               if r.get("status") not in SKIPPED_STATUSES and record_role(r) not in REFERENCE_ROLES]
     dataset_level = _dataset_level_extras(records)
     if dataset_level:  # facts about the dataset (its name, size...), not choices of the pipeline
         records = [{**r, "extra_features": {k: v for k, v in record_extra_features(r).items()

@@ -1,0 +1,146 @@
+"""The pilot of a meta-dataset build: which candidates differ beyond the seed noise.
+
+A build's portfolio should hold pipelines that *differ*: a candidate whose mean (over student seeds)
+is within the noise of another candidate's on every context computes nothing the other does not, and
+costs a run per context for no information. The pilot runs every candidate on a few contexts at ≥ 2
+seeds and this module turns its records into
+
+- the seed noise of each context: σ = sqrt(mean over candidates of d² / 2), d a candidate's difference
+  between two seeds (the std of one run's score); the difference of two candidates' 2-seed means then
+  has std σ, and a difference beyond ``2σ`` is called real;
+- each candidate's mean target per context, centred on the context's mean over candidates;
+- the merge: candidates in order of mean centred target; one within ``2σ`` of an earlier kept
+  candidate on every context joins that candidate's group (the kept one stands for the group);
+- convergence facts from the records: optimisation steps, how runs stopped (early stopping or a cap),
+  and wall seconds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .table import REFERENCE_ROLES, record_candidate_name, record_dataset_name, record_ratio, record_role
+
+#: a difference of two candidates' seed means beyond this many σ (one run's seed std) is called real
+NOISE_MULTIPLE = 2.0
+
+
+def pilot_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per completed run: context, candidate, seed, target (student/teacher ratio), steps, how
+    it stopped and its wall seconds."""
+    rows = []
+    for r in records:
+        if r.get("status", "completed") != "completed" or record_role(r) in REFERENCE_ROLES:
+            continue
+        m = r.get("metrics") or {}
+        rows.append({"context": record_dataset_name(r), "candidate": record_candidate_name(r),
+                     "seed": r.get("seed"), "target": record_ratio(r), "steps": m.get("steps"),
+                     "stop_reason": m.get("stop_reason"), "wall_seconds": r.get("wall_seconds")})
+    return pd.DataFrame(rows, columns=["context", "candidate", "seed", "target", "steps", "stop_reason",
+                                       "wall_seconds"])
+
+
+def seed_sigma(runs: pd.DataFrame) -> pd.Series:
+    """Per context: σ, the std of one run's target across student seeds, pooled over candidates."""
+    out = {}
+    for ctx, g in runs.groupby("context"):
+        by = g.pivot_table(index="candidate", columns="seed", values="target")
+        if by.shape[1] < 2:
+            continue
+        var = by.var(axis=1, ddof=1).dropna()
+        out[ctx] = float(np.sqrt(var.mean())) if len(var) else float("nan")
+    return pd.Series(out, name="sigma", dtype=float)
+
+
+def centred_means(runs: pd.DataFrame) -> pd.DataFrame:
+    """Candidates x contexts: the mean target over seeds minus the context's mean over candidates
+    (only candidates that ran on every context, so the centring is over the same set)."""
+    means = runs.pivot_table(index="candidate", columns="context", values="target", aggfunc="mean")
+    means = means.dropna()
+    return means - means.mean(axis=0)
+
+
+def merge_candidates(centred: pd.DataFrame, sigma: pd.Series, multiple: float = NOISE_MULTIPLE,
+                     keep_first: Sequence[str] = ()) -> dict[str, list[str]]:
+    """{kept candidate: the candidates it stands for (itself first)}. Candidates are visited best mean
+    first (``keep_first`` before all: references the portfolio keeps whatever); one within
+    ``multiple``·σ of a kept candidate on every context joins the first such."""
+    order = [c for c in keep_first if c in centred.index] + \
+        [c for c in centred.mean(axis=1).sort_values(ascending=False).index if c not in keep_first]
+    tol = multiple * sigma.reindex(centred.columns).to_numpy()
+    groups: dict[str, list[str]] = {}
+    for cand in order:
+        row = centred.loc[cand].to_numpy()
+        home = None if cand in keep_first else next(
+            (k for k in groups if np.all(np.abs(centred.loc[k].to_numpy() - row) <= tol)), None)
+        if home is None:
+            groups[cand] = [cand]
+        else:
+            groups[home].append(cand)
+    return groups
+
+
+@dataclass
+class PilotReport:
+    runs: pd.DataFrame
+    sigma: pd.Series
+    centred: pd.DataFrame
+    groups: dict[str, list[str]]
+
+    def beyond_noise(self) -> pd.DataFrame:
+        """Candidates x contexts: +1 / -1 where the centred mean is beyond 2σ of the context's mean
+        over candidates (σ·sqrt(1 + 1/n) ≈ σ for the difference), else 0."""
+        tol = NOISE_MULTIPLE * self.sigma.reindex(self.centred.columns)
+        return np.sign(self.centred).where(self.centred.abs() > tol, 0).astype(int)
+
+    def convergence(self) -> pd.DataFrame:
+        r = self.runs
+        return r.groupby("context").agg(runs=("target", "size"), median_steps=("steps", "median"),
+                                        max_steps=("steps", "max"),
+                                        early_stopped=("stop_reason", lambda s: float(np.mean(
+                                            [str(x).startswith("early") for x in s]))),
+                                        median_wall_s=("wall_seconds", "median"),
+                                        total_wall_h=("wall_seconds", lambda s: float(np.nansum(s)) / 3600))
+
+
+def pilot_report(records: Sequence[Mapping[str, Any]], keep_first: Sequence[str] = ("no_kd", "vanilla_kd")
+                 ) -> PilotReport:
+    runs = pilot_runs(records)
+    sigma = seed_sigma(runs)
+    centred = centred_means(runs)
+    return PilotReport(runs, sigma, centred, merge_candidates(centred, sigma, keep_first=keep_first))
+
+
+def write_pilot_report(report: PilotReport, out_dir: str | Path) -> Path:
+    """``pilot.md`` (the tables) and ``pilot_runs.csv`` in ``out_dir``."""
+    from .evaluate import markdown_table
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report.runs.to_csv(out / "pilot_runs.csv", index=False)
+    table = report.centred.copy()
+    table["mean"] = table.mean(axis=1)
+    table = table.sort_values("mean", ascending=False)
+    marks = report.beyond_noise()
+    shown = table.round(4).astype(object)
+    for c in report.centred.columns:
+        shown[c] = [f"{v:+.4f}{'*' if marks.loc[i, c] else ''}" for i, v in zip(table.index, table[c])]
+    shown["mean"] = [f"{v:+.4f}" for v in table["mean"]]
+    lines = ["# Pilot: candidates on converged students", "",
+             f"{len(report.runs)} runs, {report.runs['context'].nunique()} contexts, "
+             f"{report.runs['candidate'].nunique()} candidates, seeds {sorted(report.runs['seed'].dropna().unique())}.",
+             "", "## Seed noise per context (σ: std of one run's student/teacher ratio across seeds)", "",
+             markdown_table(report.sigma.to_frame(), "context"), "",
+             "## Convergence", "", markdown_table(report.convergence(), "context"), "",
+             "## Mean ratio over seeds, centred on the context's mean (* beyond 2σ)", "",
+             markdown_table(shown, "candidate"), "",
+             f"## Merge: candidates within {NOISE_MULTIPLE:g}σ of a kept one on every context", ""]
+    lines += [f"- **{k}**" + (f" stands for {', '.join(v[1:])}" if len(v) > 1 else "")
+              for k, v in report.groups.items()]
+    path = out / "pilot.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,70 @@
+"""The pilot's arithmetic: seed noise per context, centred means, and the merge of candidates that are
+within the noise of one another on every context (golden values on hand-made records)."""
+from __future__ import annotations
+
+import math
+
+from autodistill.meta.pilot import merge_candidates, pilot_report, seed_sigma, pilot_runs, write_pilot_report
+
+
+def _rec(ctx, cand, seed, ratio, steps=100, stop="early_stopping"):
+    return {"dataset": ctx, "candidate": cand, "seed": seed, "status": "completed",
+            "metrics": {"student_score": ratio, "teacher_score": 1.0, "steps": steps, "stop_reason": stop},
+            "teacher_score": 1.0, "wall_seconds": 10.0}
+
+
+# two contexts; seed differences give sigma = sqrt(mean(d^2 / 2)) per context
+SCORES = {  # candidate: {ctx: (seed 42, seed 43)}
+    "no_kd": {"a": (0.80, 0.82), "b": (0.60, 0.60)},
+    "vanilla_kd": {"a": (0.81, 0.81), "b": (0.61, 0.61)},
+    "aug": {"a": (0.90, 0.90), "b": (0.70, 0.72)},
+    "aug_twin": {"a": (0.91, 0.89), "b": (0.70, 0.73)},      # within noise of aug everywhere
+    "odd": {"a": (0.90, 0.90), "b": (0.50, 0.50)},           # like aug on a, far worse on b
+}
+RECORDS = [_rec(ctx, cand, seed, v) for cand, per in SCORES.items() for ctx, pair in per.items()
+           for seed, v in zip((42, 43), pair)] + [
+    {"dataset": "a", "candidate": "teacher", "role": "teacher", "status": "completed", "seed": 42,
+     "metrics": {"student_score": 1.0}, "teacher_score": 1.0}]
+
+
+def test_seed_sigma_golden():
+    sigma = seed_sigma(pilot_runs(RECORDS))
+    # ctx a: differences 0.02, 0, 0, 0.02, 0 -> variances (d^2/2) 2e-4, 0, 0, 2e-4, 0 -> mean 8e-5
+    assert math.isclose(sigma["a"], math.sqrt(8e-5), rel_tol=1e-9)
+    # ctx b: differences 0, 0, 0.02, 0.03, 0 -> variances 0, 0, 2e-4, 4.5e-4, 0 -> mean 1.3e-4
+    assert math.isclose(sigma["b"], math.sqrt(1.3e-4), rel_tol=1e-9)
+
+
+def test_teacher_records_are_not_candidates():
+    assert "teacher" not in set(pilot_runs(RECORDS)["candidate"])
+
+
+def test_merge_keeps_references_and_joins_twins_only():
+    report = pilot_report(RECORDS)
+    # visited best mean first: aug_twin (0.715 on b) is kept and stands for aug
+    assert report.groups["aug_twin"] == ["aug_twin", "aug"]
+    assert "odd" in report.groups and "no_kd" in report.groups and "vanilla_kd" in report.groups
+    # vanilla_kd is within noise of no_kd, but the references are kept whatever
+    assert report.groups["no_kd"] == ["no_kd"] and report.groups["vanilla_kd"] == ["vanilla_kd"]
+    # a tolerance of zero keeps everything apart
+    assert all(len(v) == 1 for v in merge_candidates(report.centred, report.sigma, multiple=0.0).values())
+
+
+def test_report_files(tmp_path):
+    path = write_pilot_report(pilot_report(RECORDS), tmp_path)
+    text = path.read_text()
+    assert "aug_twin** stands for aug" in text and "Seed noise" in text and "median_steps" in text
+    assert (tmp_path / "pilot_runs.csv").read_text().count("\n") == 21
+
+
+def test_cli_pilot(tmp_path, capsys):
+    import json
+
+    from autodistill.cli import main
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    assert main(["meta", "pilot", "--records", str(runs), "--out", str(tmp_path / "rep")]) == 0
+    assert "aug_twin** stands for aug" in capsys.readouterr().out
+    (runs / "records.jsonl").write_text("")
+    assert main(["meta", "pilot", "--records", str(runs), "--out", str(tmp_path / "rep2")]) == 2
