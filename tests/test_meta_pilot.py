@@ -10,7 +10,7 @@ from autodistill.meta.pilot import merge_candidates, pilot_report, seed_sigma, p
 def _rec(ctx, cand, seed, ratio, steps=100, stop="early_stopping"):
     return {"dataset": ctx, "candidate": cand, "seed": seed, "status": "completed",
             "metrics": {"student_score": ratio, "teacher_score": 1.0, "steps": steps, "stop_reason": stop},
-            "teacher_score": 1.0, "wall_seconds": 10.0}
+            "teacher_score": 1.0, "wall_seconds": 10.0, "config": {}}
 
 
 # two contexts; seed differences give sigma = sqrt(mean(d^2 / 2)) per context
@@ -24,7 +24,7 @@ SCORES = {  # candidate: {ctx: (seed 42, seed 43)}
 RECORDS = [_rec(ctx, cand, seed, v) for cand, per in SCORES.items() for ctx, pair in per.items()
            for seed, v in zip((42, 43), pair)] + [
     {"dataset": "a", "candidate": "teacher", "role": "teacher", "status": "completed", "seed": 42,
-     "metrics": {"student_score": 1.0}, "teacher_score": 1.0}]
+     "metrics": {"student_score": 1.0}, "teacher_score": 1.0, "config": {}}]
 
 
 def test_seed_sigma_golden():
