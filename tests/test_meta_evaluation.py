@@ -232,3 +232,64 @@ def test_fixed_reference_models_are_reported_and_compared():
                                   fit_predict=lambda tr, te, c, s: te["pf_oracle"].to_numpy() * (1 if c.method == "oracle" else -1))
     assert res.summary.loc["oracle_ref", "regret1"] == 0.0 and res.summary.loc[ev.META_MODEL, "regret1"] > 0
     assert res.comparisons.loc[("oracle_ref", "single_best", "regret1"), "losses"] == 0
+
+
+# --------------------------------------------------------------------------- inner CV scheme, feature sets
+def test_inner_cv_is_leave_one_group_out_by_default():
+    assert ev.inner_folds_of(["c", "a", "b"], None) == [["a"], ["b"], ["c"]]
+    assert ev.inner_folds_of(["a", "b"], 5) == [["a"], ["b"]]              # more folds than groups: LOGO
+    folds = ev.inner_folds_of([f"g{i}" for i in range(7)], 3, random_state=1)
+    assert len(folds) == 3 and sorted(g for f in folds for g in f) == [f"g{i}" for i in range(7)]
+    t = _planted_table(5)
+    inner_tests = []
+
+    def fit_predict(train, test, choice, seed):
+        assert not set(train["dataset"]) & set(test["dataset"])
+        inner_tests.append(tuple(sorted(set(test["dataset"]))))
+        return test["pf_oracle"].to_numpy()
+
+    choice, means = ev.select_choice(ev.training_table(t, "d0"), [ev.ModelChoice("oracle"), ev.ModelChoice("anti")],
+                                     fit_predict=fit_predict)
+    # d1..d4 are evaluable (u is not): 4 inner folds of one dataset each, for each of the 2 choices
+    assert sorted(inner_tests) == sorted([(f"d{i}",) for i in range(1, 5)] * 2)
+    assert choice.method == "oracle" and means["oracle()"] == 0.0
+
+
+def test_stated_feature_set_is_a_nested_choice():
+    t = _planted_table(5)
+    t["mf_ours"] = np.repeat(np.arange(len(set(t["dataset"]))), 5).astype(float)
+    t["mf_extra.n_examples"] = 100.0
+    stated = ev.ModelChoice("hgb", features="stated")
+    rows = stated.fit_rows(t)
+    assert "mf_ours" not in rows and "mf_extra.n_examples" in rows and "pf_oracle" in rows
+    assert "mf_ours" in ev.ModelChoice("hgb").fit_rows(t)
+    assert stated.label == "hgb()[stated]"
+    assert stated.applies_to(t) and not stated.applies_to(t.drop(columns=["mf_extra.n_examples"]))
+    labels = [c.label for c in ev.default_choices(["hgb"])]
+    assert "hgb(n_bags=1,n_estimators=150)" in labels and "hgb(n_bags=1,n_estimators=150)[stated]" in labels
+
+    def fit_predict(train, test, choice, seed):   # only a model that cannot see mf_ours ranks well
+        return test["pf_oracle"].to_numpy() * (-1 if "mf_ours" in train else 1)
+
+    res = ev.nested_lodo_evaluate(t, [ev.ModelChoice("hgb"), stated], fit_predict=fit_predict, portfolio_k=2,
+                                  n_boot=100, fixed={"plain_stated": ev.PLAIN_HGB_STATED})
+    assert set(res.selections["choice"]) == {"hgb()[stated]"} and res.info["inner_folds"] == "logo"
+    assert res.summary.loc[ev.META_MODEL, "regret1"] == 0.0
+    assert (ev.META_MODEL, "plain_stated", "regret1") in res.comparisons.index
+
+
+def test_stated_feature_set_fits_a_real_model():
+    t = _planted_table(4)
+    t["mf_ours"] = 1.0
+    t["mf_extra.n_examples"] = np.repeat([10.0, 20.0, 30.0, 40.0, 50.0], 5)
+    model = ev.fit_model(ev.PLAIN_HGB_STATED.fit_rows(t), "hgb", model_params={"n_bags": 1, "n_estimators": 5})
+    assert model.n_features_in_ == 2                                        # pf_oracle, mf_extra.n_examples
+
+
+def test_inner_folds_option():
+    from autodistill.meta.cli_commands import _inner_folds
+
+    assert _inner_folds("logo") is None and _inner_folds("LOGO") is None and _inner_folds("5") == 5
+    for bad in ("1", "x"):
+        with pytest.raises(Exception, match="logo"):
+            _inner_folds(bad)

@@ -22,6 +22,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _inner_folds(text: str) -> int | None:
+    """``logo`` (leave-one-dataset-group-out: None) or a number of grouped folds >= 2."""
+    if text.strip().lower() == "logo":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'logo' or a number of folds >= 2, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected 'logo' or a number of folds >= 2, got {value}")
+    return value
+
+
 def _meta_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
     meta = subparsers.choices.get("meta")
     if meta is None:
@@ -50,8 +63,10 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--repeats", type=_positive_int, default=1,
                        help="evaluate with this many model seeds (--seed, --seed+1, ...): a held-out dataset's "
                        "figures are the mean over them")
-        p.add_argument("--inner-folds", type=_positive_int, default=3,
-                       help="grouped CV folds inside each training fold that select the meta-model's choice")
+        p.add_argument("--inner-folds", type=_inner_folds, default=None, metavar="logo|K",
+                       help="the CV inside each training fold that selects the meta-model's choice: 'logo' "
+                       "(default: each training dataset group is one fold) or K grouped folds (cheaper with many "
+                       "datasets)")
         p.add_argument("--keep-uninformative", action="store_true",
                        help="always train on datasets whose teacher is no better than the majority class "
                        "(by default the nested selection decides; they are never held out: their targets are "
@@ -127,8 +142,8 @@ def _load_table(args: argparse.Namespace):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import PLAIN_HGB, nested_lodo_evaluate, seed_noise_floor, write_nested_report
-    from .table import load_records
+    from .evaluate import PLAIN_HGB, PLAIN_HGB_STATED, nested_lodo_evaluate, seed_noise_floor, write_nested_report
+    from .table import load_records, stated_meta_feature_columns
 
     t0 = time.time()
     try:
@@ -143,7 +158,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     result = nested_lodo_evaluate(table, _choices(args), seeds=range(args.seed, args.seed + args.repeats),
                                   inner_folds=args.inner_folds, portfolio_k=args.portfolio_k,
-                                  fixed={"plain_hgb": PLAIN_HGB})
+                                  fixed={"plain_hgb": PLAIN_HGB, **({"plain_hgb_stated": PLAIN_HGB_STATED}
+                                                                    if stated_meta_feature_columns(table) else {})})
     result.noise_floor = noise
     report = write_nested_report(result, args.out, note=args.note)
     print(result.summary.round(4).to_string())

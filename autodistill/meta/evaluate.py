@@ -6,10 +6,11 @@ is noise around chance, so those datasets are never scored):
 
 1. :func:`training_table` keeps only the rows of the *other* datasets (and drops any row whose dataset
    fingerprint equals one of D's, so the same data under another name cannot leak).
-2. Every modelling choice of the meta-model (:class:`ModelChoice`: family, ensemble size, whether to
-   train on the uninformative datasets) is selected by :func:`select_choice` in a grouped
-   cross-validation *inside* that training table; the chosen one is refitted there and D's candidates
-   are scored from their features alone (:func:`test_features`).
+2. Every modelling choice of the meta-model (:class:`ModelChoice`: family, ensemble size, which
+   meta-features it reads, whether to train on the uninformative datasets) is selected by
+   :func:`select_choice` in a grouped cross-validation *inside* that training table (by default
+   leave-one-dataset-group-out); the chosen one is refitted there and D's candidates are scored from
+   their features alone (:func:`test_features`).
 3. Baselines see the same training table (its informative datasets): ``single_best`` (fair: the
    best mean centred target over a complete block of contexts and candidates,
    :func:`~autodistill.meta.warm_start.candidate_effects`), ``single_best_naive`` (the old, flawed mean of raw
@@ -42,7 +43,8 @@ from scipy.stats import spearmanr
 
 from ..config import PipelineConfig
 from .model import METHODS, PipelineScoreRegressor, l1_distances, _scale_stats
-from .table import PF_PREFIX, feature_columns, meta_feature_columns, pipeline_features, uninformative_datasets
+from .table import (FEATURE_SETS, PF_PREFIX, feature_columns, meta_feature_columns, pipeline_features,
+                    restrict_features, stated_meta_feature_columns, uninformative_datasets)
 from .warm_start import candidate_effects, greedy_portfolio, portfolio_scores
 
 TOP_K = 5
@@ -223,18 +225,32 @@ def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, portfolio_k: int | 
 # --------------------------------------------------------------------------- nested LODO
 @dataclass(frozen=True)
 class ModelChoice:
-    """One modelling choice of the meta-model: family, its parameters (ensemble size...) and whether
-    datasets whose teacher is no better than the majority class are left out of its training rows."""
+    """One modelling choice of the meta-model: family, its parameters (ensemble size...), which
+    meta-features it reads (``features``: ``all``, or only those the records ``stated`` about their
+    dataset, :func:`~autodistill.meta.table.restrict_features`; the pipeline features always) and
+    whether datasets whose teacher is no better than the majority class are left out of its training
+    rows."""
     method: str
     params: tuple[tuple[str, Any], ...] = ()
     drop_uninformative: bool = True
+    features: str = "all"
 
     @property
     def label(self) -> str:
         shown = ",".join(f"{k}={v}" for k, v in self.params if k in ("n_bags", "n_estimators"))
-        return f"{self.method}({shown})" + ("" if self.drop_uninformative else "+uninformative")
+        return (f"{self.method}({shown})" + ("" if self.features == "all" else f"[{self.features}]")
+                + ("" if self.drop_uninformative else "+uninformative"))
+
+    def applies_to(self, train: pd.DataFrame) -> bool:
+        """False when the choice would be the same as another or empty on ``train``: keeping the
+        uninformative datasets where there are none, stated meta-features where the records state none."""
+        if not self.drop_uninformative and not uninformative_datasets(train):
+            return False
+        return self.features == "all" or bool(stated_meta_feature_columns(train))
 
     def fit_rows(self, train: pd.DataFrame) -> pd.DataFrame:
+        """The rows (and feature columns) this choice is fitted on."""
+        train = restrict_features(train, self.features)
         if not self.drop_uninformative:
             return train
         bad = uninformative_datasets(train)
@@ -243,16 +259,20 @@ class ModelChoice:
 
 #: the ensemble sizes the nested selection may choose from, per family
 CHOICE_PARAMS: dict[str, list[dict[str, Any]]] = {
-    "hgb": [{"n_bags": 3}, {"n_bags": 10}], "rf": [{"n_estimators": 300}], "pairwise": [{}]}
+    "hgb": [{"n_bags": 1}, {"n_bags": 3}, {"n_bags": 10}], "rf": [{"n_estimators": 300}], "pairwise": [{}]}
 
 
-def default_choices(methods: Sequence[str] = METHODS) -> list[ModelChoice]:
-    return [ModelChoice(m, tuple(sorted({**default_model_params(m), **p}.items())), drop)
-            for drop in (True, False) for m in methods for p in CHOICE_PARAMS[m]]
+def default_choices(methods: Sequence[str] = METHODS, feature_sets: Sequence[str] = FEATURE_SETS) -> list[ModelChoice]:
+    """Every family x ensemble size x feature set x leave-out rule (``all`` features and the leave-out
+    rule first: ties in the selection go to the earlier choice)."""
+    return [ModelChoice(m, tuple(sorted({**default_model_params(m), **p}.items())), drop, fs)
+            for drop in (True, False) for fs in feature_sets for m in methods for p in CHOICE_PARAMS[m]]
 
 
-#: a fixed reference model reported beside the nested meta-model: one gradient-boosting model, no bagging
+#: fixed reference models reported beside the nested meta-model: one gradient-boosting model, no
+#: bagging, on every feature / on the pipeline features and the meta-features the records state
 PLAIN_HGB = ModelChoice("hgb", tuple(sorted({**default_model_params("hgb"), "n_bags": 1}.items())))
+PLAIN_HGB_STATED = ModelChoice(PLAIN_HGB.method, PLAIN_HGB.params, features="stated")
 
 ChoiceFitPredict = Callable[[pd.DataFrame, pd.DataFrame, ModelChoice, int], np.ndarray]
 
@@ -284,19 +304,29 @@ def _hold_out(table: pd.DataFrame, groups: Sequence[str]) -> tuple[pd.DataFrame,
     return training_table(table, held), held
 
 
-def select_choice(train: pd.DataFrame, choices: Sequence[ModelChoice], *, inner_folds: int = 3,
+def inner_folds_of(groups: Sequence[str], inner_folds: int | None, random_state: int = 0) -> list[list[str]]:
+    """The inner CV's folds of dataset groups: one group each (leave-one-group-out) when ``inner_folds``
+    is None (or at least the number of groups), else ``inner_folds`` random folds of whole groups."""
+    groups = sorted(groups)
+    if inner_folds is None or inner_folds >= len(groups):
+        return [[g] for g in groups]
+    rng = np.random.RandomState(random_state)
+    return [list(f) for f in np.array_split(rng.permutation(groups), inner_folds)]
+
+
+def select_choice(train: pd.DataFrame, choices: Sequence[ModelChoice], *, inner_folds: int | None = None,
                   random_state: int = 0, metric: str = "regret1",
                   fit_predict: ChoiceFitPredict | None = None) -> tuple[ModelChoice, pd.Series]:
     """The choice with the lowest mean ``metric`` in a grouped cross-validation *inside* ``train``
-    (folds of whole dataset groups; only contexts whose teacher beats the majority class are scored),
-    and every choice's inner mean. Ties go to the earlier choice."""
-    bad = set(uninformative_datasets(train))
-    active = [c for c in choices if bad or c.drop_uninformative] or list(choices)
+    (folds of whole dataset groups, :func:`inner_folds_of`: leave-one-group-out by default; only
+    contexts whose teacher beats the majority class are scored), and every choice's inner mean. Ties go
+    to the earlier choice. Choices that do not apply to ``train`` (:meth:`ModelChoice.applies_to`) are
+    not tried."""
+    active = [c for c in choices if c.applies_to(train)] or list(choices)
     evaluable = _evaluable_contexts(train)
     if len(active) == 1 or len(evaluable) < 2:
         return active[0], pd.Series(dtype=float)
-    rng = np.random.RandomState(random_state)
-    folds = np.array_split(rng.permutation(sorted(evaluable)), min(inner_folds, len(evaluable)))
+    folds = inner_folds_of(list(evaluable), inner_folds, random_state)
     totals = {c: [] for c in active}
     for fold in folds:
         inner_train, _ = _hold_out(train, list(fold))
@@ -391,14 +421,15 @@ META_MODEL = "meta_model"
 
 
 def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | None = None, *,
-                         seeds: Sequence[int] = (0,), inner_folds: int = 3, portfolio_k: int = 4,
+                         seeds: Sequence[int] = (0,), inner_folds: int | None = None, portfolio_k: int = 4,
                          k: int = TOP_K, fit_predict: ChoiceFitPredict | None = None, min_candidates: int = 2,
                          n_boot: int = 2000, fixed: Mapping[str, ModelChoice] | None = None) -> NestedResult:
     """Leave-one-dataset-out with every modelling choice made inside the training folds.
 
     For each held-out dataset D whose teacher beats the majority class: the meta-model's choice
-    (family, ensemble size, whether to train on the uninformative datasets) is selected by
-    :func:`select_choice` on D's training table alone, refitted there and scored on D, once per model
+    (family, ensemble size, feature set, whether to train on the uninformative datasets) is selected by
+    :func:`select_choice` on D's training table alone (``inner_folds``: None = leave-one-group-out),
+    refitted there and scored on D, once per model
     seed (D's metrics are the mean over the seeds). The baselines (fair single best, the old naive one,
     the greedy best-of-``portfolio_k`` portfolio, nearest dataset, vanilla KD, random) see the
     informative training contexts. Every method's ties are scored at their expected value. ``fixed``:
@@ -450,13 +481,14 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
                         info={"n_datasets": len(evaluable), "n_contexts": int(per["dataset"].nunique()),
                               "left_out": {d: uninformative_datasets(table)[d] for d in bad},
                               "n_rows": int(len(table)), "n_candidates": int(table["candidate"].nunique()),
-                              "seeds": list(seeds), "inner_folds": inner_folds, "portfolio_k": portfolio_k,
+                              "seeds": list(seeds), "inner_folds": inner_folds or "logo", "portfolio_k": portfolio_k,
                               "choices": [c.label for c in choices], "target": table.attrs.get("target", "ratio")})
 
 
 def _comparisons(per: pd.DataFrame, portfolio_k: int, n_boot: int, fixed: Sequence[str] = ()) -> pd.DataFrame:
-    """Every method against the fair single best at top-1 and at the warm-start k, and the meta-model
-    against the portfolio at the warm-start k (the product's decision); paired over dataset groups."""
+    """Every method against the fair single best at top-1 and at the warm-start k, the meta-model
+    against the portfolio at the warm-start k (the product's decision) and against each fixed reference
+    at top-1; paired over dataset groups."""
     # the datasets are the independent units: a group's contexts (train sizes) are averaged first
     means = per.groupby(["method", "group"])[[f"regret{j}" for j in REGRET_KS]].mean().reset_index()
     wide = {m: g.set_index("group") for m, g in means.groupby("method")}
@@ -464,6 +496,7 @@ def _comparisons(per: pd.DataFrame, portfolio_k: int, n_boot: int, fixed: Sequen
              for m in (META_MODEL, *fixed, "portfolio", "nearest_dataset", "single_best_naive", "vanilla_kd",
                        "random")]
     pairs.append((META_MODEL, "portfolio", f"regret{portfolio_k}"))
+    pairs += [(META_MODEL, ref, "regret1") for ref in fixed]   # the nested model against each fixed reference
     rows = {}
     for method, ref, metric in pairs:
         if method in wide and ref in wide:
@@ -507,11 +540,14 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
     lines = [f"# {title}", ""]
     if note:
         lines += [f"**{note}**", ""]
+    inner = info.get("inner_folds")
+    inner_txt = ("leave-one-dataset-out CV" if inner in (None, "logo") else f"{inner}-fold grouped CV")
     lines += [f"{info.get('n_datasets')} held-out datasets, {info.get('n_candidates')} candidates, "
               f"{info.get('n_rows')} (dataset, candidate) rows; target `{info.get('target')}`. Each dataset is held "
-              "out in turn. The meta-model's modelling choice (family, ensemble size, whether to train on "
+              "out in turn. The meta-model's modelling choice (family, ensemble size, feature set: `all` "
+              "meta-features or only the `[stated]` ones the records give, whether to train on "
               "datasets whose teacher is no better than the majority class) is selected *inside* each training "
-              f"fold ({info.get('inner_folds')}-fold grouped CV on the training datasets only, lowest mean top-1 "
+              f"fold ({inner_txt} on the training datasets only, lowest mean top-1 "
               f"regret; choices: {', '.join(info.get('choices', []))}), refitted on the training fold and "
               f"scored on the held-out dataset, with model seeds {info.get('seeds')} (a dataset's figures are the "
               "mean over the seeds). Ties in any method's ranking are scored at their expected value "
@@ -526,7 +562,9 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
               "then the fair single-best order);",
               "- `nearest_dataset`, `vanilla_kd`, `random` (exact expectation) as before;",
               "- `plain_hgb` (when present): one HistGradientBoostingRegressor (no bagging) on (pipeline features, "
-              "meta-features), fitted in every fold with no selection: a fixed reference, not the product's model.",
+              "meta-features), fitted in every fold with no selection: a fixed reference, not the product's model;",
+              "- `plain_hgb_stated` (when present): the same on the pipeline features and only the meta-features "
+              "the records state (`mf_extra.*`; for the Distiller runs the paper's `#example` and `baseline_score`).",
               ""]
     if info.get("left_out"):
         lines += ["Never held out (teacher no better than the majority class; the ratio is noise around chance): "

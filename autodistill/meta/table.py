@@ -528,6 +528,29 @@ def meta_feature_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith(MF_PREFIX)]
 
 
+#: meta-features that the records themselves state about their dataset (``extra_features`` that are one
+#: value per dataset, e.g. the Distiller paper's ``#example`` and ``baseline_score``), not computed by us
+STATED_PREFIX = MF_PREFIX + "extra."
+#: which meta-features a model may use: ``all``, or only the ``stated`` ones (plus every pipeline feature)
+FEATURE_SETS = ("all", "stated")
+
+
+def stated_meta_feature_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith(STATED_PREFIX)]
+
+
+def restrict_features(table: pd.DataFrame, feature_set: str) -> pd.DataFrame:
+    """``table`` without the meta-feature columns outside ``feature_set`` (:data:`FEATURE_SETS`)."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"feature set must be one of {FEATURE_SETS}, got {feature_set!r}")
+    if feature_set == "all":
+        return table
+    keep = set(stated_meta_feature_columns(table))
+    out = table.drop(columns=[c for c in meta_feature_columns(table) if c not in keep])
+    out.attrs.update(table.attrs)
+    return out
+
+
 def _source_dir(path: str | Path) -> Path:
     """The meta-dataset a record file or folder belongs to: the folder itself, or the file's folder
     (``meta_dataset/runs/cr.jsonl`` -> ``meta_dataset/runs``)."""
