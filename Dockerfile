@@ -12,7 +12,7 @@
 #   BASE             any Debian/Ubuntu image; Python 3.10+ is taken from it, or installed with apt
 #                    (a Debian bookworm base gets Python 3.11). Default: python:3.11-slim-bookworm
 #   TORCH_VARIANT    cpu (default) | cu126 | cu128 | ... : which torch 2.13.0 build; the build fails if
-#                    "cpu" was asked for and a CUDA torch got in (the multi-GB accident)
+#                    "cpu" was asked for and a CUDA torch got in (the multi-GB accident), or the reverse
 #   TORCH_INDEX_URL  where that torch comes from; default https://download.pytorch.org/whl/$TORCH_VARIANT;
 #                    empty = the ordinary pip indexes below (a mirror or local wheel folder that has it)
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_CERT, PIP_CONSTRAINT
@@ -56,9 +56,11 @@ RUN set -eu; \
         eval "[ -n \"\${$v}\" ] || unset $v"; done; \
     if [ -n "$TORCH_INDEX_URL" ]; then src="--index-url $TORCH_INDEX_URL"; else src=""; fi; \
     pip install --no-cache-dir $src "torch==2.13.0"; \
-    python -c "import sys, torch; c = torch.version.cuda; print('torch', torch.__version__, 'CUDA', c); \
-sys.exit('TORCH_VARIANT=cpu but this torch is built for CUDA ' + c + ': give a TORCH_INDEX_URL or pip source with the CPU build' \
-         if '$TORCH_VARIANT' == 'cpu' and c else 0)"
+    python -c "import sys, torch; c = torch.version.cuda; v = '$TORCH_VARIANT'; \
+print('torch', torch.__version__, 'CUDA', c); \
+sys.exit('TORCH_VARIANT=cpu but this torch is built for CUDA %s: give a TORCH_INDEX_URL or pip source with the CPU build' % c \
+         if v == 'cpu' and c else 'TORCH_VARIANT=%s but this torch has no CUDA: give its TORCH_INDEX_URL' % v \
+         if v != 'cpu' and not c else 0)"
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

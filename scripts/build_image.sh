@@ -97,8 +97,13 @@ for path in sorted(mounts):
     print(f"{path}:{path}:ro")
 PY
 )
-    # torch from the same sources unless told otherwise (download.pytorch.org may be out of reach)
-    args+=(--build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL-}")
+    # with host sources found, torch comes from them unless told otherwise (download.pytorch.org may be
+    # out of reach); with none, from the Dockerfile's default (PyTorch's index for TORCH_VARIANT)
+    if [ -n "${TORCH_INDEX_URL+x}" ]; then
+        args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+    elif [ "$TORCH_VARIANT" = cpu ] && printf '%s\n' "${args[@]}" | grep -q '^PIP_\(INDEX_URL\|EXTRA_INDEX_URL\|FIND_LINKS\)='; then
+        args+=(--build-arg "TORCH_INDEX_URL=")
+    fi
 elif [ -n "${TORCH_INDEX_URL+x}" ]; then
     args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
 fi
