@@ -110,10 +110,27 @@ def test_launcher_configures_storage_state_and_token_auth():
 
 
 # ------------------------------------------------------------------ KubeRay + the service Deployment
+# field names of KubeRay's ray.io/v1 types (RayClusterSpec, HeadGroupSpec, WorkerGroupSpec, AutoscalerOptions)
+KUBERAY_FIELDS = {
+    "spec": {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling", "autoscalerOptions",
+             "headServiceAnnotations", "suspend"},
+    "head": {"serviceType", "headService", "enableIngress", "rayStartParams", "template"},
+    "worker": {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts", "rayStartParams", "template",
+               "scaleStrategy"},
+    "autoscaler": {"resources", "image", "imagePullPolicy", "env", "envFrom", "volumeMounts", "securityContext",
+                   "idleTimeoutSeconds", "upscalingMode", "version"},
+}
+
+
 def test_raycluster_has_the_fields_kuberay_needs():
     rc = raycluster()
     assert rc["apiVersion"] == "ray.io/v1"
     spec = rc["spec"]
+    assert set(spec) <= KUBERAY_FIELDS["spec"]
+    assert set(spec["headGroupSpec"]) <= KUBERAY_FIELDS["head"]
+    assert all(set(g) <= KUBERAY_FIELDS["worker"] for g in spec["workerGroupSpecs"])
+    assert set(spec["autoscalerOptions"]) <= KUBERAY_FIELDS["autoscaler"]
+    assert spec["autoscalerOptions"]["upscalingMode"] in ("Default", "Aggressive", "Conservative")
     assert spec["rayVersion"] == ray.__version__   # the image's Ray (pyproject pin) = what KubeRay expects
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         assert all(isinstance(v, str) for v in group["rayStartParams"].values()), group["rayStartParams"]
@@ -122,6 +139,10 @@ def test_raycluster_has_the_fields_kuberay_needs():
     for group in spec["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # KubeRay's autoscaler sidecar reaches the GCS as well: it needs the cluster's token
+    autoscaler_env = env_of(spec["autoscalerOptions"])
+    assert autoscaler_env["RAY_AUTH_MODE"]["value"] == "token"
+    assert autoscaler_env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "autodistill-ray"
     assert any(g["minReplicas"] >= 1 for g in spec["workerGroupSpecs"]), "a search driver needs a CPU worker"
 
 
@@ -252,3 +273,28 @@ def test_dockerfile_pins_the_torch_of_pyproject_and_refuses_a_cuda_torch_for_cpu
     pin = re.search(r'"(torch==[\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     assert text.count(f'"{pin}"') == 2   # the torch layer and the install of the package
     assert "ARG TORCH_VARIANT=cpu" in text and "TORCH_VARIANT=cpu but this torch is built for CUDA" in text
+
+
+def torch_guard() -> str:
+    """The Python the Dockerfile runs after installing torch (continuation lines joined as the builder does)."""
+    joined = dockerfile().replace("\\\n", "")
+    return re.search(r'python -c "(import sys, torch; c = torch\.version\.cuda.*?)"\n', joined).group(1)
+
+
+def test_the_torch_guard_accepts_only_the_variant_asked_for():
+    import json
+    import subprocess
+    import sys
+
+    import torch
+    # one interpreter (one torch import) runs the guard for both variants and reports how each ended
+    runner = ("import json, sys\nout = {}\nfor v in ('cpu', 'cu126'):\n"
+              "    try:\n        exec(sys.argv[1].replace('$TORCH_VARIANT', v)); out[v] = None\n"
+              "    except SystemExit as e:\n        out[v] = None if e.code in (0, None) else str(e.code)\n"
+              "print(json.dumps(out))")
+    run = subprocess.run([sys.executable, "-c", runner, torch_guard()], capture_output=True, text=True, timeout=120)
+    verdict = json.loads(run.stdout.splitlines()[-1])
+    cpu_torch = torch.version.cuda is None
+    assert (verdict["cpu"] is None) == cpu_torch and (verdict["cu126"] is None) != cpu_torch, verdict
+    refused = verdict["cu126"] if cpu_torch else verdict["cpu"]
+    assert "but this torch" in refused and "TORCH_INDEX_URL" in refused
