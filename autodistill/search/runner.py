@@ -49,7 +49,7 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
     from ..callbacks import MetricsReporterCallback
     from ..distill import export, run_distillation
     from ..shipping import materialize
-    from ..teacher import FINE_TUNES
+    from ..teacher import FINE_TUNES, cache_root
 
     started = time.perf_counter()
     fine_tunes_before = FINE_TUNES[0]
@@ -70,6 +70,7 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
     m["teacher_fine_tunes_in_trial"] = FINE_TUNES[0] - fine_tunes_before
     m["inputs_from_object_store"] = given is not None
     m["node_id"] = ray.get_runtime_context().get_node_id()
+    m["trial_cache_root"] = str(cache_root())     # the node-local cache this trial could use
     m["device"] = str(next(result.student.parameters()).device)
     m["distill_seconds"] = distill_seconds
     m["trial_seconds_in_process"] = time.perf_counter() - started
@@ -388,7 +389,7 @@ def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> Pre
     from ..training import encode_texts, split_dev
 
     from ..shipping import pack
-    from ..teacher import FINE_TUNES
+    from ..teacher import FINE_TUNES, cache_root
 
     started = time.perf_counter()
     fine_tunes_before = FINE_TUNES[0]
