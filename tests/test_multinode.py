@@ -78,5 +78,9 @@ def test_search_on_two_nodes_sharing_only_ray(tiny_backbone, tmp_path, shared_st
     best = out / "best"
     assert (best / "student" / "config.json").is_file() and (best / "student" / "model.safetensors").is_file()
     assert json.loads((best / "metrics.json").read_text())["student_score"] == pytest.approx(board["best"]["score"])
-    assert any(shared_storage.rglob("checkpoint_*"))
+    assert any((shared_storage / "search").rglob("checkpoint_*"))
+    # what another machine (the REST service) reads back from the storage: progress, records, best student
+    assert json.loads((shared_storage / "progress.json").read_text())["phase"] == "finished"
+    assert len((shared_storage / "records.jsonl").read_text().splitlines()) == 2
+    assert (shared_storage / "best" / "student" / "model.safetensors").is_file()
     assert "teacher" in run.stdout

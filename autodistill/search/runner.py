@@ -254,6 +254,10 @@ def _make_callback(ctx: SearchContext):
                            stopped_early=self.stopped, failed=self.errors, running=len(self.running),
                            best_score=self.best[0] if self.best else None,
                            best_trial=self.best[1] if self.best else None)
+            try:
+                publish(ctx.storage, ctx.progress_path.parent, (PROGRESS_FILE, "records.jsonl"))
+            except OSError as err:   # the storage is unreachable for a moment: the next event retries
+                log.warning("publishing progress to %s failed: %s", ctx.storage.root, err)
 
     return DriverCallback()
 
@@ -498,14 +502,35 @@ class Storage:
 
 
 def make_storage(out: Path, storage_path: str | None) -> Storage:
-    """The out folder (one machine), or ``<storage_path>/<out folder name>-<hash>`` on a storage URI."""
+    """The out folder (one machine), or ``storage_path``: this search's own folder on storage every node
+    reaches (one folder per search, like ``--out``)."""
     if not storage_path:
         return Storage(str(out), str(out / EXPERIMENT_NAME), False)
-    import hashlib
-    tag = f"{out.name}-{hashlib.sha256(str(out).encode()).hexdigest()[:8]}"
-    root = f"{storage_path.rstrip('/')}/{tag}"
+    root = storage_path.rstrip("/")
     scheme = storage_path.split("://", 1)[0] if "://" in storage_path else ""
     return Storage(root, f"{root}/{EXPERIMENT_NAME}", True, scheme)
+
+
+PUBLISHED = (PROGRESS_FILE, "leaderboard.json", "records.jsonl", "space.yaml")
+
+
+def publish(storage: "Storage | None", out: Path, names: Sequence[str] = PUBLISHED, best: bool = False) -> None:
+    """Copy the search's results (progress, leaderboard, records, and with ``best`` the best student)
+    from ``out`` to its storage folder, where a process on another machine (the REST service) reads them."""
+    if storage is None or not storage.remote:
+        return
+    import pyarrow.fs as pafs
+    fs, root = pafs.FileSystem.from_uri(storage.root) if "://" in storage.root \
+        else (pafs.LocalFileSystem(), storage.root)
+    fs.create_dir(root, recursive=True)
+    for name in names:
+        src = out / name
+        if src.is_file():
+            with fs.open_output_stream(f"{root}/{name}") as fh:
+                fh.write(src.read_bytes())
+    if best and (out / "best").is_dir():
+        pafs.copy_files(str(out / "best"), f"{root}/best", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
 
 
 def checkpoint_uri(ckpt) -> str:
@@ -638,6 +663,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
 
     base_cfg = sp.to_config({})
     write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
+    publish(storage, out, (PROGRESS_FILE,))
     events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
                            "counted in the time budget")
     teacher = prepare_teacher(base_cfg, events)
@@ -732,6 +758,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
                    stopped_early=sum(r["status"] == "stopped_early" for r in rows),
                    failed=sum(r["status"] == "error" for r in rows), running=0,
                    best_score=result.best_score, best_trial=result.best["trial_id"] if result.best else None)
+    publish(storage, out, best=True)
     return result
 
 
