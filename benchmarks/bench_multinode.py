@@ -9,9 +9,12 @@ no early stopping, ASHA never stops a trial) runs twice against a real local clu
 
 Trials get the dataset, teacher and logits through the object store; Tune's storage is a file:// URI
 outside /tmp. Trials/hour counts the students trained per hour of the search's student phase (the
-teacher fine-tune, done once in the driver and cached for the second run, is not counted).
+teacher fine-tune, done once in the driver and cached for later runs, is not counted). With
+``--rounds 2`` the setups run in ABBA order (1, 2, 2, 1 nodes) so that a drift in the shared machine's
+load hits both alike; the load average is printed per run (other sessions' processes count in it, and
+Ray runs trials at niceness 15).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_multinode.py [--trials 6] [--rows 1200]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_multinode.py [--trials 6] [--rows 1200] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -55,7 +58,8 @@ def space(backbone: str, trials: int, rows: int, epochs: float) -> dict:
 
 
 def run(label: str, workers: int, space_file: Path, trials: int, work: Path, storage: Path) -> dict:
-    out = work / label.replace(" ", "")
+    out = work / f"{label.replace(' ', '')}-{uuid.uuid4().hex[:6]}"
+    load = os.getloadavg()[0]
     with LocalCluster(head_cpus=1) as cluster:
         cluster.start_head()
         for _ in range(workers):
@@ -74,7 +78,7 @@ def run(label: str, workers: int, space_file: Path, trials: int, work: Path, sto
     done = sum(r["status"] == "completed" for r in board["trials"])
     student_s = board["budget"]["student_seconds"]
     secs = [r["seconds"] for r in board["trials"] if r.get("seconds")]
-    return {"setup": label, "trials": done, "student_seconds": student_s, "wall_seconds": wall,
+    return {"setup": label, "load_1min_before": load, "load_1min_after": os.getloadavg()[0], "trials": done, "student_seconds": student_s, "wall_seconds": wall,
             "trials_per_hour": 3600 * done / student_s, "mean_trial_seconds": sum(secs) / max(len(secs), 1),
             "teacher_fine_tunes": board["budget"]["teacher_fine_tunes"], "best": board["best"]["score"]}
 
@@ -84,6 +88,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--rows", type=int, default=1200, help="training rows (sets a trial's cost)")
     ap.add_argument("--epochs", type=float, default=3)
+    ap.add_argument("--rounds", type=int, default=1, help="ABBA rounds: 2 runs each setup twice (1, 2, 2, 1 nodes)")
     args = ap.parse_args()
     why = unshare_available()
     if why:
@@ -96,16 +101,26 @@ def main() -> None:
         space_file = work / "space.yaml"
         space_file.write_text(yaml.safe_dump(space(backbone, args.trials, args.rows, args.epochs)), encoding="utf-8")
         print(f"load before: {os.getloadavg()[0]:.2f} (1-min), {os.cpu_count()} cores", flush=True)
-        rows = [run("1 node x 1 CPU", 0, space_file, args.trials, work, storage),
-                run("2 nodes x 1 CPU", 1, space_file, args.trials, work, storage)]
-        print(f"load after: {os.getloadavg()[0]:.2f} (1-min)")
+        order = ([0, 1, 1, 0] * ((args.rounds + 1) // 2))[: 2 * args.rounds]
+        rows = []
+        for workers in order:
+            rows.append(run(f"{workers + 1} node{'s' if workers else ''} x 1 CPU", workers, space_file, args.trials,
+                            work, storage))
+            r = rows[-1]
+            print(f"  {r['setup']}: {r['trials']} trials in {r['student_seconds']:.1f} s -> {r['trials_per_hour']:.0f}/h "
+                  f"(load {r['load_1min_before']:.1f} -> {r['load_1min_after']:.1f})", flush=True)
         print(f"\n{'setup':<18} {'trials':>6} {'student s':>10} {'wall s':>8} {'s/trial':>8} {'trials/h':>9} "
-              f"{'teacher fits':>12} {'best':>7}")
+              f"{'teacher fits':>12} {'load':>9} {'best':>7}")
         for r in rows:
             print(f"{r['setup']:<18} {r['trials']:>6} {r['student_seconds']:>10.1f} {r['wall_seconds']:>8.1f} "
                   f"{r['mean_trial_seconds']:>8.1f} {r['trials_per_hour']:>9.0f} {r['teacher_fine_tunes']:>12} "
-                  f"{r['best']:>7.4f}")
-        print(f"\nratio (2 nodes / 1 node, trials per hour): {rows[1]['trials_per_hour'] / rows[0]['trials_per_hour']:.2f}x")
+                  f"{r['load_1min_before']:>4.1f}-{r['load_1min_after']:<4.1f} {r['best']:>7.4f}")
+        total = {s: (sum(r["trials"] for r in rows if r["setup"] == s), sum(r["student_seconds"] for r in rows
+                                                                            if r["setup"] == s))
+                 for s in ("1 node x 1 CPU", "2 nodes x 1 CPU")}
+        rate = {s: 3600 * n / secs for s, (n, secs) in total.items()}
+        print(f"\ntrials/hour over all runs: 1 node {rate['1 node x 1 CPU']:.0f}, 2 nodes {rate['2 nodes x 1 CPU']:.0f}; "
+              f"ratio (2 nodes / 1 node): {rate['2 nodes x 1 CPU'] / rate['1 node x 1 CPU']:.2f}x")
         print(json.dumps(rows))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -393,7 +393,7 @@ def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> Pre
     from ..training import encode_texts, split_dev
 
     from ..shipping import pack
-    from ..teacher import FINE_TUNES, cache_root
+    from ..teacher import FINE_TUNES
 
     started = time.perf_counter()
     fine_tunes_before = FINE_TUNES[0]
@@ -816,7 +816,7 @@ def _tune(ctx: SearchContext, sp: SearchSpace, storage: "Storage", out: Path, tr
         tuner = tune.Tuner.restore(exp_uri, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=True)
         tuner._local_tuner.get_run_config().callbacks = [callback]
-        ctx.events.emit("search", f"resuming {exp_path}")
+        ctx.events.emit("search", f"resuming {exp_uri}")
     else:
         searcher = OptunaSearch(space=sp, metric=METRIC, mode="max", points_to_evaluate=points or None,
                                 sampler=optuna.samplers.TPESampler(seed=b.seed))
