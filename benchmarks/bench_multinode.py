@@ -78,8 +78,16 @@ def run(label: str, workers: int, space_file: Path, trials: int, work: Path, sto
     done = sum(r["status"] == "completed" for r in board["trials"])
     student_s = board["budget"]["student_seconds"]
     secs = [r["seconds"] for r in board["trials"] if r.get("seconds")]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
+    distill = sum(r["metrics"].get("distill_seconds") or 0 for r in records)
+    cpu = sum(r["metrics"].get("distill_cpu_seconds") or 0 for r in records)
     return {"setup": label, "load_1min_before": load, "load_1min_after": os.getloadavg()[0], "trials": done, "student_seconds": student_s, "wall_seconds": wall,
             "trials_per_hour": 3600 * done / student_s, "mean_trial_seconds": sum(secs) / max(len(secs), 1),
+            # how busy Ray kept the nodes (trial time / (student phase x nodes)), and how many cores the
+            # trials really got (their CPU time / the student phase): on a shared machine the second
+            # node's CPU is only as free as the other sessions leave it
+            "node_busy": sum(secs) / (student_s * (1 + workers)), "cores_used": cpu / student_s,
+            "cpu_share_in_trial": cpu / distill if distill else None,
             "teacher_fine_tunes": board["budget"]["teacher_fine_tunes"], "best": board["best"]["score"]}
 
 
@@ -110,10 +118,11 @@ def main() -> None:
             print(f"  {r['setup']}: {r['trials']} trials in {r['student_seconds']:.1f} s -> {r['trials_per_hour']:.0f}/h "
                   f"(load {r['load_1min_before']:.1f} -> {r['load_1min_after']:.1f})", flush=True)
         print(f"\n{'setup':<18} {'trials':>6} {'student s':>10} {'wall s':>8} {'s/trial':>8} {'trials/h':>9} "
-              f"{'teacher fits':>12} {'load':>9} {'best':>7}")
+              f"{'teacher fits':>12} {'nodes busy':>10} {'cores used':>10} {'load':>9} {'best':>7}")
         for r in rows:
             print(f"{r['setup']:<18} {r['trials']:>6} {r['student_seconds']:>10.1f} {r['wall_seconds']:>8.1f} "
                   f"{r['mean_trial_seconds']:>8.1f} {r['trials_per_hour']:>9.0f} {r['teacher_fine_tunes']:>12} "
+                  f"{r['node_busy']:>10.2f} {r['cores_used']:>10.2f} "
                   f"{r['load_1min_before']:>4.1f}-{r['load_1min_after']:<4.1f} {r['best']:>7.4f}")
         total = {s: (sum(r["trials"] for r in rows if r["setup"] == s), sum(r["student_seconds"] for r in rows
                                                                             if r["setup"] == s))

@@ -62,11 +62,12 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
         tune.report({METRIC: float(metrics[name]), "best_score": float(metrics[f"best_{name}"]),
                      "epoch": float(metrics["epoch"]), "step": int(metrics["step"]), "final": False})
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = run_distillation(cfg, callbacks=[MetricsReporterCallback(report)], share_teacher_outputs=True,
                               given=given)
     distill_seconds = time.perf_counter() - t0
     m = result.metrics
+    m["distill_cpu_seconds"] = time.process_time() - cpu0     # CPU time this trial's process got
     m["teacher_fine_tunes_in_trial"] = FINE_TUNES[0] - fine_tunes_before
     m["inputs_from_object_store"] = given is not None
     m["node_id"] = ray.get_runtime_context().get_node_id()
