@@ -47,12 +47,41 @@ def unshare_available() -> str | None:
     return None if probe.returncode == 0 else f"unshare --mount fails here: {probe.stderr.strip()[:200]}"
 
 
+WORKER_PORTS = 40
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def _worker_port_range(taken: set[int]) -> int:
+    """The first port of a free range for a node's workers, below the kernel's ephemeral ports (where
+    free_ports draws the others), so that no other component of any node lands inside it."""
+    import random
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - WORKER_PORTS)
+        span = range(base, base + WORKER_PORTS + 1)
+        if not taken.intersection(span) and all(_bindable(p) for p in span):
+            return base
+    raise RuntimeError("no free port range for Ray's workers")
+
+
+_USED_RANGES: set[int] = set()
+
+
 def _node_ports() -> list[str]:
-    (node_manager, object_manager, metrics, agent_grpc, agent_http, runtime_env, min_worker) = free_ports(7)
+    (node_manager, object_manager, metrics, agent_grpc, agent_http, runtime_env) = free_ports(6)
+    min_worker = _worker_port_range(_USED_RANGES)
+    _USED_RANGES.update(range(min_worker, min_worker + WORKER_PORTS + 1))
     return [f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
             f"--metrics-export-port={metrics}", f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--dashboard-agent-listen-port={agent_http}", f"--runtime-env-agent-port={runtime_env}",
-            f"--min-worker-port={min_worker}", f"--max-worker-port={min_worker + 40}"]
+            f"--min-worker-port={min_worker}", f"--max-worker-port={min_worker + WORKER_PORTS}"]
 
 
 @dataclass
