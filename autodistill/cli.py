@@ -80,7 +80,8 @@ def _search(args: argparse.Namespace) -> int:
                             overrides=overrides, anchor=args.anchor,
                             address=args.address, warm_start=args.warm_start, resume=args.resume,
                             max_concurrent_trials=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                            gpus_per_trial=args.gpus_per_trial, seed=args.seed, verbose=args.verbose)
+                            gpus_per_trial=args.gpus_per_trial, seed=args.seed, verbose=args.verbose,
+                            storage_path=args.storage_path, trial_resources=args.trial_resources)
     except (ConfigError, DataError, ModelLoadError, SpaceError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -213,7 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     s.add_argument("--max-concurrent", type=int, help="trials run at once")
     s.add_argument("--cpus-per-trial", type=float)
-    s.add_argument("--gpus-per-trial", type=float)
+    s.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.5) shares one GPU "
+                   "between trials (default: 1 on a cluster with GPUs, 0 without)")
+    s.add_argument("--trial-resources", type=json.loads, help='custom Ray resources each trial needs, JSON, '
+                   'e.g. \'{"worker_only": 1}\'')
+    s.add_argument("--storage-path", default=os.environ.get("AUTODISTILL_STORAGE_PATH"), help=(
+        "where Tune keeps results and checkpoints (the best student among them): a URI every node reaches "
+        "(s3://, gs://, file:// on shared storage); default $AUTODISTILL_STORAGE_PATH, else --out (one machine)"))
     s.add_argument("--seed", type=int, help="TPE sampler seed")
     s.add_argument("--verbose", action="store_true", help="show Ray's and transformers' own logs")
     s.add_argument("--out", required=True, type=Path, help="output folder (Ray results, records, best student)")

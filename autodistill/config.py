@@ -240,6 +240,9 @@ class OptimConfig(TrainingRule):
     metric: Literal["auto", "accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman"] = "auto"
     teacher_outputs: Literal["auto", "cached", "online"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description=(
+        "autocast for training: auto = bfloat16 on GPUs that have it (compute capability 8.0+), float16 with a "
+        "gradient scaler on 7.x, full precision on CPU and older GPUs (see autodistill.resources.amp_dtype)"))
 
 
 class PipelineConfig(StrictModel):

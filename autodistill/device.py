@@ -14,9 +14,14 @@ def available_cpus() -> int:
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("optim.device='cuda' but no CUDA device is available")
-    if preference in ("auto", "cuda") and torch.cuda.is_available():
+    """CUDA when asked or present (auto; in a Ray trial, the GPU Ray granted it), else CPU.
+    The choice is :func:`autodistill.resources.driver_device`."""
+    from .resources import ResourceError, driver_device
+    try:
+        kind = driver_device(preference, torch.cuda.is_available())
+    except ResourceError as err:
+        raise RuntimeError(str(err)) from None
+    if kind == "cuda":
         return torch.device("cuda")
     # Ray and other launchers set OMP_NUM_THREADS to the CPUs they granted us; respect it.
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or available_cpus()

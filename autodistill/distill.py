@@ -6,7 +6,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 
 from . import ENGINE_VERSION
@@ -22,6 +22,9 @@ from .models import build_student, count_parameters, hidden_size, load_tokenizer
 from .objective import KDObjective, TeacherSource
 from .pool import PoolBuilder
 from .teacher import TeacherResult, get_teacher
+
+if TYPE_CHECKING:
+    from .shipping import Given
 from . import teacher_outputs_cache
 from .teacher_outputs import compute_teacher_outputs, estimate_cache_bytes
 from .trainer import TrainArgs, Trainer
@@ -60,14 +63,18 @@ def _check_shared_vocab(tokenizer, teachers: list[TeacherResult]) -> None:
 
 
 def _teacher_sources(teachers: list[TeacherResult], train: EncodedSplit, layers: set[int], feature,
-                     mode: str, share: bool, pad_id: int, device) -> list[TeacherSource]:
-    """Each teacher with its outputs on ``train``: cached (computed here, or loaded from the shared
-    disk cache) or none when the teacher runs online. Only the first teacher serves hidden features."""
+                     mode: str, share: bool, pad_id: int, device, given_outputs=None) -> list[TeacherSource]:
+    """Each teacher with its outputs on ``train``: cached (given by the search's driver, computed here,
+    or loaded from the shared disk cache) or none when the teacher runs online. Only the first teacher
+    serves hidden features."""
     sources = []
     for k, t in enumerate(teachers):
         t_layers = layers if k == 0 else set()
+        key = teacher_outputs_cache.outputs_key(t.path.name, train, t_layers, feature) if given_outputs else None
         if mode != "cached":
             cached = None
+        elif key in (given_outputs or {}):
+            cached = given_outputs[key]
         elif share:
             cached, _ = teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device,
                                                               layers=t_layers, feature=feature)
@@ -79,19 +86,26 @@ def _teacher_sources(teachers: list[TeacherResult], train: EncodedSplit, layers:
 
 def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
                      teacher_outputs_mode: str | None = None,
-                     share_teacher_outputs: bool | None = None, events: EventLog | None = None) -> DistillResult:
+                     share_teacher_outputs: bool | None = None, events: EventLog | None = None,
+                     given: "Given | None" = None) -> DistillResult:
     """Teacher and student are trained by the training rule (config.TrainingRule): early stopping on
     the dev slice of train, best checkpoint restored; the student is then scored on validation.
 
     ``share_teacher_outputs`` (default: $AUTODISTILL_SHARE_TEACHER_OUTPUTS) keeps computed teacher
     outputs in a disk cache shared by later runs (the search's trials); ``events`` gets one line per
-    evaluation of the teacher (when it is fine-tuned here) and of the student."""
+    evaluation of the teacher (when it is fine-tuned here) and of the student.
+
+    ``given`` (a search trial's :class:`~autodistill.shipping.Given`, sent by the driver through Ray)
+    replaces every read from disk: the loaded dataset, the tokenizer, the fine-tuned teachers and their
+    cached logits; nothing is read from ``data.train``, the backbone folder or ``$AUTODISTILL_CACHE``."""
     check_runnable(cfg)
-    task = load_task_data(cfg.data)
+    if given is not None:
+        given.inputs.check_matches(cfg)
+    task = given.task if given is not None else load_task_data(cfg.data)
     device = select_device(cfg.optim.device)
     metric = resolve_metric(cfg.optim.metric, task.task_type)
     check_against_task(cfg, is_regression=task.task_type == "regression")
-    tokenizer = load_tokenizer(cfg.teacher.backbone)
+    tokenizer = given.tokenizer if given is not None else load_tokenizer(cfg.teacher.backbone)
     pad_id = tokenizer.pad_token_id or 0
     max_length = cfg.data.max_length
     encoded = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, max_length,
@@ -101,10 +115,15 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     fit_rows, dev_rows = dev_indices(encoded, cfg.data, task.task_type)
     train_all, dev = encoded.take(fit_rows), encoded.take(dev_rows)
 
-    teachers = [get_teacher(t, task.fingerprint, train_all, dev, validation, task.num_labels, task.task_type,
-                            task.label_names, metric, max_length, pad_id, device,
-                            callbacks=[EventLogCallback("teacher", metric, events)] if events else ())
-                for t in cfg.teachers]
+    if given is not None:
+        teachers = [TeacherResult(t.model.to(device).eval(), t.path, t.score, t.from_cache, t.training)
+                    for t in given.teachers]
+    else:
+        teachers = [get_teacher(t, task.fingerprint, train_all, dev, validation, task.num_labels, task.task_type,
+                                task.label_names, metric, max_length, pad_id, device,
+                                callbacks=[EventLogCallback("teacher", metric, events)] if events else (),
+                                mixed_precision=cfg.optim.mixed_precision)
+                    for t in cfg.teachers]
     _check_shared_vocab(tokenizer, teachers)
     primary = teachers[0].model
     # everything initialised at random below (a fresh student, critics, projections, RW-KD's weight net)
@@ -135,7 +154,8 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     if mode == "auto":
         too_big = estimate_cache_bytes(train, len(layers), hidden_size(primary), feature) > MAX_CACHED_FEATURE_BYTES
         mode = "online" if too_big else "cached"
-    sources = _teacher_sources(teachers, train, layers, feature, mode, share_teacher_outputs, pad_id, device)
+    sources = _teacher_sources(teachers, train, layers, feature, mode, share_teacher_outputs, pad_id, device,
+                               given.outputs if given is not None else None)
     base_outputs = [source.cached for source in sources]
 
     resources = AugmentationResources(tokenizer, primary.get_input_embeddings().weight.detach().cpu(), device)
@@ -149,7 +169,7 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     args = TrainArgs.from_rule(o, learning_rate=o.learning_rate, epochs=o.epochs, batch_size=o.batch_size,
                                metric=metric, task_type=task.task_type, eval_batch_size=o.eval_batch_size,
                                warmup_ratio=o.warmup_ratio, weight_decay=o.weight_decay,
-                               max_grad_norm=o.max_grad_norm, seed=o.seed)
+                               max_grad_norm=o.max_grad_norm, seed=o.seed, mixed_precision=o.mixed_precision)
     if events:
         callbacks = [EventLogCallback("student", metric, events), *callbacks]
     result = Trainer(student, objective, dev, args, pad_id, device, callbacks, desc="student").train()

@@ -23,6 +23,7 @@ from .training import EncodedSplit, evaluate, set_seed
 # 2: the new head is initialised from the teacher's seed (version 1 teachers depended on earlier draws)
 # 3: trained by the training rule (early stopping on a dev slice of train), scored on validation after
 TEACHER_CACHE_VERSION = 3
+FINE_TUNES = [0]   # teachers fine-tuned by this process (a search asserts its trials never do)
 
 
 def cache_root() -> Path:
@@ -52,7 +53,7 @@ class TeacherResult:
 def get_teacher(cfg: TeacherConfig, fingerprint: str, train: EncodedSplit, dev: EncodedSplit,
                 validation: EncodedSplit, num_labels: int, task_type: str, label_names: list[str] | None,
                 metric: str, max_length: int, pad_id: int, device: torch.device,
-                callbacks: Sequence[Callback] = ()) -> TeacherResult:
+                callbacks: Sequence[Callback] = (), mixed_precision: str = "auto") -> TeacherResult:
     """Load the cached teacher for this key, or fine-tune it by the training rule on ``train`` (early
     stopping on ``dev``), score it on ``validation`` and store it (atomically, under a lock)."""
     key = teacher_cache_key(cfg, fingerprint, max_length, metric, dev)
@@ -65,7 +66,9 @@ def get_teacher(cfg: TeacherConfig, fingerprint: str, train: EncodedSplit, dev: 
         model = load_classifier(cfg.backbone, num_labels, task_type, label_names)
         args = TrainArgs.from_rule(cfg, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
                                    batch_size=cfg.batch_size, metric=metric, task_type=task_type,
-                                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed)
+                                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                                   mixed_precision=mixed_precision)
+        FINE_TUNES[0] += 1
         result = Trainer(model, StepObjective(train, task_type), dev, args, pad_id, device,
                          callbacks, desc="teacher").train()
         score = evaluate(model, validation, metric, task_type, args.eval_batch_size, pad_id, device)

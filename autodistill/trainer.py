@@ -48,6 +48,7 @@ class TrainArgs:
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
     max_steps: int | None = None
+    mixed_precision: str = "off"        # optim.mixed_precision (resolved per device by resources.amp_dtype)
 
     @classmethod
     def from_rule(cls, rule: TrainingRule, **kw: Any) -> "TrainArgs":
@@ -107,6 +108,21 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, task_type: str) 
     return F.cross_entropy(logits, labels, reduction="none")
 
 
+def mixed_precision(setting: str, device: torch.device):
+    """(autocast context factory, gradient scaler) for ``setting`` on ``device``; a disabled pair on CPU
+    or with ``off``. float16 needs the scaler (its gradients underflow), bfloat16 does not."""
+    import contextlib
+
+    from .resources import amp_dtype
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = amp_dtype(setting, device.type, capability, bf16)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
+    if dtype is None:
+        return contextlib.nullcontext, scaler
+    return (lambda: torch.autocast(device.type, dtype=getattr(torch, dtype))), scaler
+
+
 class Trainer:
     """Trains ``model`` on ``objective``; ``dev`` is what it evaluates on to stop and to pick the best
     checkpoint (the dev slice of train: the caller scores the scored validation split afterwards)."""
@@ -143,6 +159,7 @@ class Trainer:
             [self.model, *self.objective.trainable_modules()], args.learning_rate, args.weight_decay,
             args.warmup_ratio, state.total_steps)
         params = [p for m in [self.model, *self.objective.trainable_modules()] for p in m.parameters()]
+        autocast, scaler = mixed_precision(self.args.mixed_precision, self.device)
         self._started = time.perf_counter()
         self._emit("on_train_begin")
         examples_seen = 0
@@ -159,11 +176,14 @@ class Trainer:
                 self.model.train()
                 batch = to_device(collate(split, indices, self.pad_id), self.device)
                 self.objective.before_step(self.model, batch, state)
-                loss, logs = self.objective.loss(self.model, batch, state)
+                with autocast():
+                    loss, logs = self.objective.loss(self.model, batch, state)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 state.global_step += 1
                 examples_seen += len(indices)

@@ -33,7 +33,9 @@ class JobBackend(abc.ABC):
     """Runs one search per job, named by the search id."""
 
     @abc.abstractmethod
-    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None: ...
+    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str], files: Path | None = None) -> None:
+        """Run ``entrypoint`` as job ``job_id``; ``files`` (a folder: the dataset, the request) and the
+        autodistill package travel with the job's runtime_env (for a cluster that shares no disk)."""
 
     @abc.abstractmethod
     def status(self, job_id: str) -> str | None:
@@ -47,10 +49,12 @@ class JobBackend(abc.ABC):
 
 
 class RayJobsBackend(JobBackend):
-    def __init__(self, address: str, token: str | None = None, entrypoint_cpus: float | None = None):
+    def __init__(self, address: str, token: str | None = None, entrypoint_cpus: float | None = None,
+                 entrypoint_gpus: float | None = None):
         self.address = address
         self.token = token
         self.entrypoint_cpus = entrypoint_cpus   # Ray counts the job's driver (teacher fine-tune) too
+        self.entrypoint_gpus = entrypoint_gpus   # a GPU for the driver's teacher fine-tune, if any
         self._client = None
 
     @property
@@ -61,11 +65,12 @@ class RayJobsBackend(JobBackend):
             self._client = JobSubmissionClient(self.address, headers=headers)
         return self._client
 
-    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None:
+    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str], files: Path | None = None) -> None:
         import shlex
         self.client.submit_job(entrypoint=shlex.join(entrypoint), submission_id=job_id,
-                               runtime_env={"env_vars": env}, metadata={"autodistill_search": job_id},
-                               entrypoint_num_cpus=self.entrypoint_cpus or None)
+                               runtime_env=job_runtime_env(env, files), metadata={"autodistill_search": job_id},
+                               entrypoint_num_cpus=self.entrypoint_cpus or None,
+                               entrypoint_num_gpus=self.entrypoint_gpus or None)
 
     def status(self, job_id: str) -> str | None:
         try:
@@ -81,6 +86,20 @@ class RayJobsBackend(JobBackend):
 
     def logs(self, job_id: str) -> str:
         return self.client.get_job_logs(job_id)
+
+
+def job_runtime_env(env: dict[str, str], files: Path | None) -> dict[str, Any]:
+    """The job's runtime_env: its environment variables, and with ``files`` the folder as the job's
+    working_dir plus the autodistill package as a py_module. Ray uploads both to the cluster (GCS) and
+    unpacks them on every node that runs the driver or a trial: the cluster needs the dependencies
+    installed (torch, transformers, ray), not this machine's code or data."""
+    runtime_env: dict[str, Any] = {"env_vars": dict(env)}
+    if files is not None:
+        import autodistill
+        runtime_env["working_dir"] = str(files)
+        runtime_env["py_modules"] = [str(Path(autodistill.__file__).resolve().parent)]
+        runtime_env["excludes"] = ["__pycache__", "*.pyc"]
+    return runtime_env
 
 
 # --------------------------------------------------------------------------- the embedded local head
@@ -253,7 +272,8 @@ def _reap(pid: int) -> bool:
 
 def backend_from_settings(settings: Any) -> tuple[JobBackend, LocalRayHead | None]:
     if settings.ray_address:
-        return RayJobsBackend(settings.ray_address, settings.ray_auth_token, settings.search_entrypoint_cpus), None
+        return RayJobsBackend(settings.ray_address, settings.ray_auth_token, settings.search_entrypoint_cpus,
+                              settings.search_entrypoint_gpus), None
     head = LocalRayHead(settings.state_dir, settings.ray_host, settings.ray_num_cpus)
     return LazyLocalBackend(head, settings.search_entrypoint_cpus), head
 
@@ -274,8 +294,8 @@ class LazyLocalBackend(JobBackend):
                 self._backend = RayJobsBackend(info.dashboard_url, info.token, self.entrypoint_cpus)
             return self._backend
 
-    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str]) -> None:
-        self._get().submit(job_id, entrypoint, env)
+    def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str], files: Path | None = None) -> None:
+        self._get().submit(job_id, entrypoint, env, files)
 
     def status(self, job_id: str) -> str | None:
         return self._get().status(job_id)

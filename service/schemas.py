@@ -114,6 +114,9 @@ class SearchRequest(Strict):
         False, description="true: the recommender's top configs seed the search; or seed configs in the "
         "space's parameter names")
     max_concurrent_trials: int | None = Field(None, ge=1)
+    gpus_per_trial: float | None = Field(None, ge=0, description=(
+        "GPUs per trial; a fraction (e.g. 0.5) shares one GPU between trials; default: the space's, else one "
+        "per trial on a cluster with GPUs and none without"))
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="TPE sampler seed (numpy's range)")
     config: dict[str, Any] | None = Field(
         None, description="partial pipeline config merged over the space's base (e.g. teachers, optim)")

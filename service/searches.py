@@ -1,9 +1,12 @@
 """Searches as Ray Jobs: submit (job id = search id), follow (Ray's job state + the search's
 ``progress.json``), cancel, find again after a restart, and read trials and the best student.
 
-The job runs ``autodistill search`` with the venv's python, writing into ``<state_dir>/searches/<id>``;
-the cluster and the service must share that folder (true for the embedded local head; a remote cluster
-needs shared storage mounted at the same path).
+The job runs ``autodistill search`` with the venv's python. On the embedded local head it writes into
+``<state_dir>/searches/<id>`` (the same machine). On a remote cluster (``ray_address`` with
+``search_storage``) nothing is shared but Ray and the storage URI: the job's runtime_env carries the
+autodistill package (py_modules) and a folder with the dataset and the request (working_dir); the
+search writes its Tune results and publishes its progress, records and best student to
+``<search_storage>/<id>``, and the service pulls them from there into its own folder.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Any
 from autodistill.search.records import RecordStore
 from autodistill.search.runner import PROGRESS_FILE
 
+from . import storage
 from .datasets import private_dir
 from .errors import ApiError, public_text
 from .ray_backend import JobBackend
@@ -61,26 +65,93 @@ class SearchManager:
         self._submitting: set[str] = set()   # rows written, job not yet submitted: not "lost"
 
     # ------------------------------------------------------------------ submitting
+    @property
+    def remote(self) -> bool:
+        """A cluster that shares no disk with the service: inputs travel with the job, results come back
+        through the search storage."""
+        return bool(self.settings.ray_address and self.settings.search_storage)
+
+    def storage_uri(self, search: dict[str, Any]) -> str:
+        return storage.join(self.settings.search_storage, search["id"])
+
     def entrypoint(self, search: dict[str, Any], dataset: dict[str, Any], resume: bool) -> list[str]:
         req, out = search["request"], Path(search["out_dir"])
-        cmd = [sys.executable, "-m", "autodistill.cli", "search", "--data", dataset["data_config"]["train"],
-               "--space", req["space"], "--address", "auto", "--config", str(out / "request_config.json"),
-               "--out", str(out)]
+        if self.remote:   # paths inside the job's working_dir (see _package)
+            data, config, job_out, warm = _job_data(dataset), "request_config.json", "out", "warm_start.json"
+        else:
+            data, config, job_out = dataset["data_config"]["train"], str(out / "request_config.json"), str(out)
+            warm = str(out / "warm_start.json")
+        space = "space.yaml" if self.remote else req["space"]    # presets live outside the shipped package
+        cmd = [sys.executable, "-m", "autodistill.cli", "search", "--data", data,
+               "--space", space, "--address", "auto", "--config", config, "--out", job_out]
+        if self.remote:
+            cmd += ["--storage-path", self.storage_uri(search)]
         for flag, key in (("--trials", "trials"), ("--max-concurrent", "max_concurrent_trials"), ("--seed", "seed")):
             if req.get(key) is not None:
                 cmd += [flag, str(req[key])]
         cmd += ["--time-budget", str(self.time_budget(search))]
         if self.settings.search_cpus_per_trial:
             cmd += ["--cpus-per-trial", str(self.settings.search_cpus_per_trial)]
+        gpus = req.get("gpus_per_trial", self.settings.search_gpus_per_trial)
+        if gpus is None:
+            gpus = self.settings.search_gpus_per_trial
+        if gpus is not None:
+            cmd += ["--gpus-per-trial", str(gpus)]
         if (out / "warm_start.json").is_file():
-            cmd += ["--warm-start", str(out / "warm_start.json")]
+            cmd += ["--warm-start", warm]
         if resume:
             cmd.append("--resume")
         return cmd
 
+    def _package(self, out: Path, dataset: dict[str, Any], config: dict[str, Any], request_space: str
+                 ) -> Path | None:
+        """The folder that travels with a remote job (its working_dir): the dataset's files under data/,
+        the request's config (its validation path made relative) and the warm-start seeds."""
+        if not self.remote:
+            return None
+        import shutil
+        job = out / "job"
+        if job.is_dir():
+            return job          # built at creation; a resubmission sends the same
+        (job / "data").mkdir(parents=True)
+        config = json.loads(json.dumps(config))
+        for key in ("train", "validation"):
+            src = dataset["data_config"].get(key)
+            if not src or not Path(src).exists():
+                continue        # a hub dataset: the job loads it by name
+            dest = job / "data" / Path(src).name
+            shutil.copytree(src, dest) if Path(src).is_dir() else shutil.copy2(src, dest)
+            if key == "validation":
+                config.setdefault("data", {})["validation"] = f"data/{Path(src).name}"
+        (job / "request_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        if (out / "warm_start.json").is_file():
+            shutil.copy2(out / "warm_start.json", job / "warm_start.json")
+        from autodistill.search.space import SearchSpace
+        space = SearchSpace.load(request_space)
+        shutil.copy2(space.source, job / "space.yaml")
+        return job
+
+    def _pull(self, search: dict[str, Any], final: bool) -> None:
+        """A remote search's progress and records (and when it ended, its leaderboard and best student)
+        from the search storage into the service's folder, where the rest of the service reads them."""
+        if not self.remote:
+            return
+        out, uri = Path(search["out_dir"]), self.storage_uri(search)
+        names = (PROGRESS_FILE, "records.jsonl") + (("leaderboard.json",) if final else ())
+        try:
+            for name in names:
+                storage.fetch(storage.join(uri, name), out / name)
+            if final and not (out / "best" / "student").is_dir():
+                storage.fetch_dir(storage.join(uri, "best"), out / "best")
+        except OSError as err:   # storage unreachable for a moment: the next refresh retries
+            log.warning("reading %s from the search storage failed: %s", search["id"], err)
+
     def _env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in ENV_FORWARD if os.environ.get(k)}
-        env.setdefault("AUTODISTILL_CACHE", str((self.settings.state_dir / "cache").resolve()))
+        if self.remote:       # the cluster's own cache, not a path of this machine
+            env.pop("AUTODISTILL_CACHE", None)
+        else:
+            env.setdefault("AUTODISTILL_CACHE", str((self.settings.state_dir / "cache").resolve()))
         env["TOKENIZERS_PARALLELISM"] = "false"
         env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"   # the search driver adds its own runtime env
         return env
@@ -105,6 +176,7 @@ class SearchManager:
         (out / "request_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         if warm_start:
             (out / "warm_start.json").write_text(json.dumps(warm_start, indent=2), encoding="utf-8")
+        self._package(out, dataset, config, request.get("space") or "cpu-fast")
         now = time.time()
         row = {"id": sid, "owner": owner, "dataset_id": dataset["id"], "state": "queued", "request": request,
                "out_dir": str(out), "progress": {}, "best": None, "error": None, "submissions": 1,
@@ -121,7 +193,8 @@ class SearchManager:
                            "ends or cancel one", headers={"Retry-After": str(int(self.settings.poll_seconds * 5) + 1)})
         self._submitting.add(sid)
         try:
-            self.backend.submit(sid, self.entrypoint(row, dataset, resume=False), self._env())
+            self.backend.submit(sid, self.entrypoint(row, dataset, resume=False), self._env(), out / "job"
+                                if self.remote else None)
         except Exception as err:  # noqa: BLE001 - the cluster refused: record why, tell the client
             log.error("submitting %s to Ray failed: %s", sid, err)
             self.store.update_search(sid, state="failed", error="submission to the Ray cluster failed",
@@ -138,6 +211,7 @@ class SearchManager:
             return search
         out = Path(search["out_dir"])
         fields: dict[str, Any] = {}
+        self._pull(search, final=False)
         progress = _read_json(out / PROGRESS_FILE)
         if progress is not None and progress != search.get("progress"):
             fields["progress"] = progress
@@ -153,6 +227,10 @@ class SearchManager:
         if state == "running" and self._over_time(search):
             state = self._stop_over_time(search, fields)
         if state in TERMINAL_STATES:
+            self._pull(search, final=True)
+            progress = _read_json(out / PROGRESS_FILE)
+            if progress is not None and progress != search.get("progress"):
+                fields["progress"] = progress
             fields = {**self._final_fields(search, state, out, explained="error" in fields), **fields}
         if state != search["state"]:
             fields["state"] = state
@@ -208,9 +286,11 @@ class SearchManager:
             if dataset is None:
                 fields.update(state="failed", finished_at=time.time(), error="its dataset was deleted")
             else:
-                resume = (Path(search["out_dir"]) / "search").exists()
+                resume = storage.exists(storage.join(self.storage_uri(search), "search")) if self.remote \
+                    else (Path(search["out_dir"]) / "search").exists()
                 try:
-                    self.backend.submit(search["id"], self.entrypoint(search, dataset, resume), self._env())
+                    self.backend.submit(search["id"], self.entrypoint(search, dataset, resume), self._env(),
+                                        Path(search["out_dir"]) / "job" if self.remote else None)
                     fields.update(state="queued", submissions=search["submissions"] + 1)
                 except Exception as err:  # noqa: BLE001
                     log.warning("resubmitting %s failed: %s", search["id"], err)
@@ -285,6 +365,12 @@ class SearchManager:
                 tar.add(best, arcname=f"{search['id']}-best")
             os.replace(tmp, archive)
         return archive
+
+
+def _job_data(dataset: dict[str, Any]) -> str:
+    """``--data`` inside a remote job's working_dir: the copy under data/, or a hub dataset's name."""
+    train = dataset["data_config"]["train"]
+    return f"data/{Path(train).name}" if Path(train).exists() else train
 
 
 # --------------------------------------------------------------------------- what a search may ask for

@@ -58,6 +58,12 @@ class ServiceSettings(BaseModel):
     ray_host: str = Field("127.0.0.1", description="interface the local head's dashboard/job server binds")
     ray_num_cpus: int | None = Field(None, ge=1)
     search_cpus_per_trial: float | None = Field(None, gt=0)
+    search_gpus_per_trial: float | None = Field(None, ge=0, description="default GPUs per trial (a fraction "
+                                                "shares a GPU); unset: one per trial where the cluster has GPUs")
+    search_storage: str | None = Field(None, description=(
+        "URI of a folder both the Ray cluster and the service reach (s3://bucket/prefix, gs://..., file:///mnt/x): "
+        "with ray_address, a search ships its code and dataset with the job's runtime_env and its Tune results, "
+        "progress, trials and best student come back through <search_storage>/<search id>; no shared disk needed"))
     poll_seconds: float = Field(2.0, gt=0, description="how often searches in flight are refreshed")
     max_trials: int = Field(200, ge=1)
     max_time_budget_s: float = Field(24 * 3600.0, gt=0, description="cap on a search's time_budget; also the "
@@ -68,6 +74,8 @@ class ServiceSettings(BaseModel):
     max_searches_total: int = Field(8, ge=1, description="searches queued or running on this service; 429 beyond")
     search_entrypoint_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for a search's driver "
                                           "(teacher fine-tune, final training)")
+    search_entrypoint_gpus: float = Field(0.0, ge=0, description="GPUs Ray gives a search's driver for the "
+                                          "teacher's fine-tune (0: it runs on the driver's CPU)")
     max_epochs: float = Field(20.0, gt=0, description="cap on teachers[*].epochs and optim.epochs")
     max_student_layers: int = Field(24, ge=1)
     max_student_hidden_size: int = Field(4096, ge=8)

@@ -46,10 +46,12 @@ class ScriptedBackend(JobBackend):
     def __init__(self):
         self.states: dict[str, str | None] = {}
         self.submitted: list[tuple[str, list[str]]] = []
+        self.files: dict[str, object] = {}
         self.log_text = "Traceback: boom"
 
-    def submit(self, job_id, entrypoint, env):
+    def submit(self, job_id, entrypoint, env, files=None):
         self.submitted.append((job_id, entrypoint))
+        self.files[job_id] = files
         self.states[job_id] = "queued"
 
     def status(self, job_id):

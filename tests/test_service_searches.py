@@ -62,3 +62,38 @@ def test_a_lost_job_whose_dataset_is_gone_fails(manager, tmp_path):
         conn.execute(db.datasets.delete())
     row = manager.refresh(search)
     assert row["state"] == "failed" and "deleted" in row["error"] and not manager.backend.submitted
+
+
+def test_a_remote_search_sends_its_inputs_with_the_job_not_as_paths(tmp_path):
+    """With ray_address + search_storage: the job folder holds the dataset, config and space; the
+    entrypoint names only paths inside it and the search's storage URI; per-request GPUs pass through."""
+    import json
+    from pathlib import Path
+
+    from service_support import small_jsonl
+    engine = db.make_engine(f"sqlite:///{tmp_path / 's.db'}")
+    db.migrate(engine)
+    store = Store(engine)
+    train, val = small_jsonl(tmp_path / "train.jsonl"), small_jsonl(tmp_path / "val.jsonl", seed=1)
+    store.add_dataset({"id": "ds1", "owner": "k", "name": "d", "source_kind": "upload", "source": "x",
+                       "data_config": {"train": str(train), "validation": str(val)}, "fingerprint": "f",
+                       "stats": {}, "meta_features": {}, "created_at": time.time()})
+    settings = ServiceSettings(state_dir=tmp_path, ray_address="http://cluster:8265",
+                               search_storage="s3://bucket/searches", search_gpus_per_trial=0.5)
+    manager = SearchManager(store, ScriptedBackend(), settings)
+    search = manager.create("k", store.get_dataset(None, "ds1"), {"space": "cpu-fast", "trials": 3}, None)
+    job_id, cmd = manager.backend.submitted[-1]
+    job = manager.backend.files[job_id]
+    assert job == Path(search["out_dir"]) / "job"
+    assert (job / "data" / "train.jsonl").read_bytes() == train.read_bytes()
+    assert json.loads((job / "request_config.json").read_text())["data"]["validation"] == "data/val.jsonl"
+    assert (job / "space.yaml").is_file()
+    assert cmd[cmd.index("--data") + 1] == "data/train.jsonl" and cmd[cmd.index("--space") + 1] == "space.yaml"
+    assert cmd[cmd.index("--storage-path") + 1] == f"s3://bucket/searches/{job_id}"
+    assert cmd[cmd.index("--gpus-per-trial") + 1] == "0.5"                 # the service's default
+    assert not any(str(tmp_path) in part for part in cmd[2:])              # no path of this machine
+    assert "AUTODISTILL_CACHE" not in manager._env()
+    row = manager.store.get_search(None, job_id)
+    row = {**row, "request": {**row["request"], "gpus_per_trial": 2}}
+    cmd = manager.entrypoint(row, store.get_dataset(None, "ds1"), resume=False)
+    assert cmd[cmd.index("--gpus-per-trial") + 1] == "2"                   # the request's own

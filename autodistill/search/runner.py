@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ..config import DataConfig, PipelineConfig, with_pipeline
 from ..progress import EventLog, fmt_score
 from .records import RecordStore, make_record
+from ..shipping import SearchInputs
 from .space import Budget, SearchSpace, SpaceError, config_hash, encode_points, load_space, load_warm_start
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,23 @@ ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "OMP_NUM_THR
 
 
 # --------------------------------------------------------------------------- the trial
-def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None = None) -> None:
+def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None = None,
+                      inputs: "SearchInputs | None" = None) -> None:
     """One trial: build the config from the sampled params, distil, report each evaluation to Tune,
-    and finish with a report carrying the exported student as a checkpoint."""
+    and finish with a report carrying the exported student as a checkpoint (uploaded by Tune to the
+    run's storage_path). ``inputs`` (from the object store) holds the dataset, the teachers and their
+    logits: with it the trial reads nothing from the driver's disk."""
+    import ray
     from ray import tune
 
     from ..callbacks import MetricsReporterCallback
     from ..distill import export, run_distillation
+    from ..shipping import materialize
+    from ..teacher import FINE_TUNES, cache_root
 
     started = time.perf_counter()
+    fine_tunes_before = FINE_TUNES[0]
+    given = materialize(inputs) if inputs is not None else None
     space = SearchSpace.from_dict(space_dict, validate=False)
     cfg = space.to_config(config)
 
@@ -53,10 +62,17 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
         tune.report({METRIC: float(metrics[name]), "best_score": float(metrics[f"best_{name}"]),
                      "epoch": float(metrics["epoch"]), "step": int(metrics["step"]), "final": False})
 
-    t0 = time.perf_counter()
-    result = run_distillation(cfg, callbacks=[MetricsReporterCallback(report)], share_teacher_outputs=True)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    result = run_distillation(cfg, callbacks=[MetricsReporterCallback(report)], share_teacher_outputs=True,
+                              given=given)
     distill_seconds = time.perf_counter() - t0
     m = result.metrics
+    m["distill_cpu_seconds"] = time.process_time() - cpu0     # CPU time this trial's process got
+    m["teacher_fine_tunes_in_trial"] = FINE_TUNES[0] - fine_tunes_before
+    m["inputs_from_object_store"] = given is not None
+    m["node_id"] = ray.get_runtime_context().get_node_id()
+    m["trial_cache_root"] = str(cache_root())     # the node-local cache this trial could use
+    m["device"] = str(next(result.student.parameters()).device)
     m["distill_seconds"] = distill_seconds
     m["trial_seconds_in_process"] = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="autodistill-trial-") as tmp:
@@ -88,6 +104,8 @@ class SearchContext:
     best_before: tuple[float, str] | None = None   # the anchor's (score, id): the score to beat
     budget_note: Callable[[float], None] | None = None  # told the first completed trial's wall time
     metric: str = "score"
+    inputs: SearchInputs | None = None   # the dataset, teachers and logits the trials get through Ray
+    storage: "Storage | None" = None
 
     def origin(self, params: Mapping[str, Any]) -> str:
         """Which warm-start seed a trial's params are (e.g. a recommendation), or 'TPE'."""
@@ -237,6 +255,10 @@ def _make_callback(ctx: SearchContext):
                            stopped_early=self.stopped, failed=self.errors, running=len(self.running),
                            best_score=self.best[0] if self.best else None,
                            best_trial=self.best[1] if self.best else None)
+            try:
+                publish(ctx.storage, ctx.progress_path.parent, (PROGRESS_FILE, "records.jsonl"))
+            except OSError as err:   # the storage is unreachable for a moment: the next event retries
+                log.warning("publishing progress to %s failed: %s", ctx.storage.root, err)
 
     return DriverCallback()
 
@@ -317,7 +339,7 @@ def _leaderboard(trials: Sequence[Any], ctx: SearchContext) -> list[dict[str, An
             "seconds": last.get("time_total_s"),
             "distill_seconds": last.get("distill_seconds"),
             "params": ctx.space.decode(t.config or {}), "origin": ctx.origin(t.config or {}),
-            "checkpoint": ckpt.path if ckpt is not None and last.get("final") else None,
+            "checkpoint": checkpoint_uri(ckpt) if ckpt is not None and last.get("final") else None,
             "path": getattr(t, "path", None),
         })
     rows.sort(key=_rank, reverse=True)
@@ -355,6 +377,8 @@ class PreparedTeacher:
     training: dict[str, Any]      # its training rule's record: steps, seconds, stop reason, dev curve
     from_cache: bool
     seconds: float                # wall time of this step (fine-tune or cache load, teacher outputs, features)
+    fine_tunes: int = 0           # teachers fine-tuned by this step (0 when all came from the cache)
+    inputs: SearchInputs | None = None   # what the trials get through the object store
 
 
 def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> PreparedTeacher:
@@ -369,7 +393,11 @@ def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> Pre
     from ..teacher import get_teacher
     from ..training import encode_texts, split_dev
 
+    from ..shipping import pack
+    from ..teacher import FINE_TUNES
+
     started = time.perf_counter()
+    fine_tunes_before = FINE_TUNES[0]
     task = load_task_data(base.data)
     device = select_device(base.optim.device)
     metric = resolve_metric(base.optim.metric, task.task_type)
@@ -380,19 +408,22 @@ def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> Pre
     validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b, task.validation.labels,
                               ml, task.task_type)
     train, dev = split_dev(encoded, base.data, task.task_type)
-    first = None
+    teachers, outputs = [], {}
     for k, tcfg in enumerate(base.teachers):
         callbacks = [EventLogCallback("teacher" if k == 0 else f"teacher {k}", metric, events)] if events else ()
         t = get_teacher(tcfg, task.fingerprint, train, dev, validation, task.num_labels, task.task_type,
-                        task.label_names, metric, ml, pad_id, device, callbacks=callbacks)
-        teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device)
-        if k == 0:
-            first = t
+                        task.label_names, metric, ml, pad_id, device, callbacks=callbacks,
+                        mixed_precision=base.optim.mixed_precision)
+        out, _ = teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device)
+        outputs[teacher_outputs_cache.outputs_key(t.path.name, train, (), None)] = out
+        teachers.append(t)
+    first = teachers[0]
     from ..meta.features import compute_meta_features
     # the recommender's meta-features, so that search records can join the meta-dataset as they are
     meta = compute_meta_features(task, tokenizer, backbone=base.teacher.backbone, teacher_score=first.score)
+    inputs = pack(base, task, tokenizer, teachers, outputs)
     return PreparedTeacher(task, first.score, meta, first.path, first.training, first.from_cache,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, FINE_TUNES[0] - fine_tunes_before, inputs)
 
 
 # --------------------------------------------------------------------------- the anchor
@@ -460,10 +491,73 @@ def pace_note(first_seconds: float, budget: Budget, used: float, students_left: 
             f"{need:.0f} or fewer --trials")
 
 
+# --------------------------------------------------------------------------- storage
+@dataclass
+class Storage:
+    """Where Tune keeps the run: ``root`` is RunConfig.storage_path, ``experiment`` the run's folder."""
+
+    root: str
+    experiment: str
+    remote: bool            # a storage URI given by the user (shared by every node), not the out folder
+    scheme: str = ""        # its URI scheme ("s3", "gs", "file"), to name checkpoints by URI
+
+
+def make_storage(out: Path, storage_path: str | None) -> Storage:
+    """The out folder (one machine), or ``storage_path``: this search's own folder on storage every node
+    reaches (one folder per search, like ``--out``)."""
+    if not storage_path:
+        return Storage(str(out), str(out / EXPERIMENT_NAME), False)
+    root = storage_path.rstrip("/")
+    scheme = storage_path.split("://", 1)[0] if "://" in storage_path else ""
+    return Storage(root, f"{root}/{EXPERIMENT_NAME}", True, scheme)
+
+
+PUBLISHED = (PROGRESS_FILE, "leaderboard.json", "records.jsonl", "space.yaml")
+
+
+def publish(storage: "Storage | None", out: Path, names: Sequence[str] = PUBLISHED, best: bool = False) -> None:
+    """Copy the search's results (progress, leaderboard, records, and with ``best`` the best student)
+    from ``out`` to its storage folder, where a process on another machine (the REST service) reads them."""
+    if storage is None or not storage.remote:
+        return
+    import pyarrow.fs as pafs
+    fs, root = pafs.FileSystem.from_uri(storage.root) if "://" in storage.root \
+        else (pafs.LocalFileSystem(), storage.root)
+    fs.create_dir(root, recursive=True)
+    for name in names:
+        src = out / name
+        if src.is_file():
+            with fs.open_output_stream(f"{root}/{name}") as fh:
+                fh.write(src.read_bytes())
+    if best and (out / "best").is_dir():
+        pafs.copy_files(str(out / "best"), f"{root}/best", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+
+
+def checkpoint_uri(ckpt) -> str:
+    """A Tune checkpoint's location as a URI any process can fetch (a plain path on local storage)."""
+    kind = getattr(getattr(ckpt, "filesystem", None), "type_name", "local")
+    if kind == "local":
+        return ckpt.path
+    scheme = {"gcs": "gs"}.get(kind, kind)
+    return f"{scheme}://{ckpt.path.lstrip('/')}" if "::" not in scheme else ckpt.path
+
+
+def fetch_checkpoint(uri: str, dest: Path) -> Path:
+    """Copy a checkpoint (a local folder, or a URI on the run's storage) to ``dest``."""
+    if Path(uri).is_dir():
+        shutil.copytree(uri, dest)
+        return dest
+    from ray import tune
+    tune.Checkpoint(uri).to_directory(str(dest))
+    return dest
+
+
 # --------------------------------------------------------------------------- ray
 def _runtime_env() -> dict[str, Any]:
-    from ..teacher import cache_root
-    env = {"AUTODISTILL_CACHE": str(Path(cache_root()).resolve()), "AUTODISTILL_SHARE_TEACHER_OUTPUTS": "1",
+    # no AUTODISTILL_CACHE: a trial gets its inputs through the object store, and any cache it keeps
+    # (e.g. hidden features an objective needs) is its own node's
+    env = {"AUTODISTILL_SHARE_TEACHER_OUTPUTS": "1",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}
     for name in ENV_FORWARD:
         if os.environ.get(name):
@@ -509,7 +603,8 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
                records_path: str | Path | None = None, quiet: bool = False, verbose: bool = False,
                export_best: bool = True, anchor: bool = False, seed_labels: Sequence[str] | None = None,
                anchor_pipeline: tuple[Mapping[str, Any], str] | None = None,
-               events: EventLog | None = None) -> SearchResult:
+               events: EventLog | None = None, storage_path: str | None = None,
+               trial_resources: Mapping[str, float] | None = None) -> SearchResult:
     """Run (or resume) a KD search and return its leaderboard; see the module docstring.
 
     ``data`` is a dataset path or a (partial) DataConfig; ``overrides`` is a partial PipelineConfig merged
@@ -525,6 +620,12 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     ``anchor_pipeline`` = (a KD pipeline, its label) anchors on that pipeline exactly, run at the
     space's budget on the user's data, even where the space cannot express it (``auto``: the top
     recommendation); the warm-start points are then all for the search.
+
+    On a cluster: the trials get the dataset, the teachers and their logits through Ray's object store
+    (nothing from this machine's disk), ask for ``cpus_per_trial``, ``gpus_per_trial`` (default: one
+    GPU where the cluster has GPUs) and any custom ``trial_resources``; Tune writes results and
+    checkpoints to ``storage_path`` (a URI all nodes reach, e.g. ``s3://bucket/searches``; default
+    ``out_dir``, which serves one machine), and the best student is fetched from there.
     """
     import optuna
     from ray import tune
@@ -535,7 +636,9 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_NAME
-    if not resume and (exp_path.exists() or (out / "anchor" / "anchor.json").exists()):
+    storage = make_storage(out, storage_path)
+    if not resume and (exp_path.exists() or (out / "anchor" / "anchor.json").exists()
+                       or storage.remote and tune.Tuner.can_restore(storage.experiment)):
         raise FileExistsError(f"{out} holds a previous search: pass resume=True (--resume) to continue it, "
                               "or choose another output folder")
 
@@ -549,6 +652,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     sp = sp.with_base(merged)
     sp = sp.with_budget(trials=trials, time_budget_s=time_budget, max_concurrent_trials=max_concurrent_trials,
                         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, reuse_actors=reuse_actors,
+                        resources=dict(trial_resources) if trial_resources else None,
                         max_failures=max_failures, seed=seed)
     b = sp.budget
     (out / "space.yaml").write_text(_yaml_dump(sp.to_dict()), encoding="utf-8")
@@ -565,6 +669,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
 
     base_cfg = sp.to_config({})
     write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
+    publish(storage, out, (PROGRESS_FILE,))
     events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
                            "counted in the time budget")
     teacher = prepare_teacher(base_cfg, events)
@@ -575,7 +680,12 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     ctx = SearchContext(sp, store, teacher.task.fingerprint, teacher.meta_features, teacher.score, b.trials,
                         {"experiment": str(exp_path), "space": sp.name}, out / PROGRESS_FILE, events,
                         [(sp.decode(p), label) for p, label in zip(points or [], labels)],
-                        metric=resolve_metric(base_cfg.optim.metric, teacher.task.task_type))
+                        metric=resolve_metric(base_cfg.optim.metric, teacher.task.task_type),
+                        inputs=teacher.inputs, storage=storage)
+    if teacher.inputs is not None:
+        events.emit("teacher", f"{teacher.fine_tunes} teacher fine-tune(s) in this run; the trials get the dataset, "
+                               f"teacher(s) and logits through Ray's object store "
+                               f"({teacher.inputs.nbytes() / 1e6:.1f} MB, sent once)")
 
     t_students = time.perf_counter()
     anchor_row, anchor_error, interrupted = None, None, False
@@ -618,7 +728,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
         ctx.trials_total = search_trials
         owns_ray = _init_ray(address, num_cpus, verbose)
         try:
-            rows, interrupted = _tune(ctx, sp, exp_path, out, search_trials, remaining, points, resume, tune,
+            rows, interrupted = _tune(ctx, sp, storage, out, search_trials, remaining, points, resume, tune,
                                       OptunaSearch, optuna)
         finally:
             if owns_ray:
@@ -633,7 +743,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
         best_dir = out / "best"
         if best_dir.exists():
             shutil.rmtree(best_dir)
-        shutil.copytree(best_row["checkpoint"], best_dir)
+        fetch_checkpoint(best_row["checkpoint"], best_dir)
         (best_dir / "trial.json").write_text(json.dumps(
             {k: best_row.get(k) for k in ("trial_id", "score", "params", "path", "origin")}, indent=2, default=str),
             encoding="utf-8")
@@ -645,6 +755,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
                           best_dir, interrupted, time.perf_counter() - t_start, teacher.score,
                           teacher.task.fingerprint, teacher.seconds, teacher, anchor_row,
                           budget={"trials": b.trials, "time_budget_s": b.time_budget_s,
+                                  "teacher_fine_tunes": teacher.fine_tunes, "storage_path": storage.root,
                                   "student_seconds": student_seconds, "teacher_seconds": teacher.seconds,
                                   "search_trials": max(0, search_trials), "max_concurrent_trials": b.max_concurrent_trials})
     if best_row is None:
@@ -657,6 +768,7 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
                    stopped_early=sum(r["status"] == "stopped_early" for r in rows),
                    failed=sum(r["status"] == "error" for r in rows), running=0,
                    best_score=result.best_score, best_trial=result.best["trial_id"] if result.best else None)
+    publish(storage, out, best=True)
     return result
 
 
@@ -690,21 +802,31 @@ def _why_no_student(rows: Sequence[Mapping[str, Any]], anchor_error: str | None,
             "`autodistill auto`, which trains the recommended pipeline to completion before searching")
 
 
-def _tune(ctx: SearchContext, sp: SearchSpace, exp_path: Path, out: Path, trials: int, time_budget: float | None,
-          points: list[dict[str, Any]] | None, resume: bool, tune, OptunaSearch, optuna
+def _tune(ctx: SearchContext, sp: SearchSpace, storage: "Storage", out: Path, trials: int,
+          time_budget: float | None, points: list[dict[str, Any]] | None, resume: bool, tune, OptunaSearch, optuna
           ) -> tuple[list[dict[str, Any]], bool]:
     """The Ray Tune search proper: (leaderboard rows, interrupted)."""
+    import ray
+
+    from ..resources import concurrent_trials, trial_resources
     b = sp.budget
     started = time.perf_counter()
-    trainable = tune.with_resources(tune.with_parameters(distill_trainable, space_dict=sp.to_dict()),
-                                    {"cpu": b.cpus_per_trial, "gpu": b.gpus_per_trial})
+    cluster = ray.cluster_resources()
+    request = trial_resources(b.cpus_per_trial, b.gpus_per_trial, b.resources, cluster)
+    fits = concurrent_trials(request, cluster)
+    ctx.events.emit("search", "each trial asks Ray for " + ", ".join(f"{v:g} {k}" for k, v in request.items() if v)
+                    + f" (the cluster holds {fits} such trial{'s' if fits != 1 else ''} at a time)")
+    # the dataset, the teachers and their logits go to the trials through the object store (once)
+    trainable = tune.with_resources(
+        tune.with_parameters(distill_trainable, space_dict=sp.to_dict(), inputs=ctx.inputs), request)
     callback = _make_callback(ctx)
     interrupted = False
-    if resume and tune.Tuner.can_restore(str(exp_path)):
-        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
+    exp_uri = storage.experiment
+    if resume and tune.Tuner.can_restore(exp_uri):
+        tuner = tune.Tuner.restore(exp_uri, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=True)
         tuner._local_tuner.get_run_config().callbacks = [callback]
-        ctx.events.emit("search", f"resuming {exp_path}")
+        ctx.events.emit("search", f"resuming {exp_uri}")
     else:
         searcher = OptunaSearch(space=sp, metric=METRIC, mode="max", points_to_evaluate=points or None,
                                 sampler=optuna.samplers.TPESampler(seed=b.seed))
@@ -717,7 +839,7 @@ def _tune(ctx: SearchContext, sp: SearchSpace, exp_path: Path, out: Path, trials
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher, scheduler=scheduler,
                                         num_samples=trials, max_concurrent_trials=b.max_concurrent_trials,
                                         time_budget_s=time_budget, reuse_actors=b.reuse_actors),
-            run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(out), verbose=0,
+            run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=storage.root, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=b.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       callbacks=[callback]))
@@ -725,8 +847,8 @@ def _tune(ctx: SearchContext, sp: SearchSpace, exp_path: Path, out: Path, trials
         grid = tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
-        grid = tune.Tuner.restore(str(exp_path), trainable).get_results() \
-            if tune.Tuner.can_restore(str(exp_path)) else None
+        grid = tune.Tuner.restore(exp_uri, trainable).get_results() \
+            if tune.Tuner.can_restore(exp_uri) else None
     finally:
         ctx.events.close_bar()
     rows = _reconcile(ctx, grid) if grid is not None else []

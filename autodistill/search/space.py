@@ -49,7 +49,8 @@ class Budget:
     time_budget_s: float | None = None
     max_concurrent_trials: int = 2
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None   # None: one GPU per trial on a cluster with GPUs, none without
+    resources: dict[str, float] = field(default_factory=dict)   # custom Ray resources a trial needs
     grace_period: int = 1           # ASHA: evaluations before a trial can be stopped
     reduction_factor: float = 2.0   # ASHA
     max_t: int = 100                # ASHA: most evaluations a trial can report
@@ -64,7 +65,14 @@ class Budget:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpaceError(f"budget: unknown key(s) {unknown}; known: {sorted(known)}")
+        if not isinstance(data.get("resources", {}), Mapping):
+            raise SpaceError("budget.resources: a mapping of Ray resource name -> amount per trial")
         b = cls(**data)
+        from ..resources import ResourceError, resolve_gpus_per_trial
+        try:   # shape only (fraction or whole GPUs): whether the cluster has them is known at run time
+            resolve_gpus_per_trial(b.gpus_per_trial, {"GPU": max(1.0, float(b.gpus_per_trial or 0))})
+        except ResourceError as err:
+            raise SpaceError(f"budget: {err}") from None
         if b.trials < 1 or b.max_concurrent_trials < 1:
             raise SpaceError("budget: trials and max_concurrent_trials must be >= 1")
         if b.reduction_factor <= 1 or b.grace_period < 1 or b.max_t < b.grace_period:
