@@ -313,6 +313,7 @@ def create_app(settings: ServiceSettings | None = None, backend: JobBackend | No
         finally:
             manager.stop_monitor()
             hub.shutdown()
+            await run_in_threadpool(IngestWorkers.shutdown)   # no worker outlives the service
             engine.dispose()
 
     app = FastAPI(title="AutoDistiller", version=__version__, lifespan=lifespan,

@@ -367,6 +367,14 @@ class IngestWorkers:
             proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 
+    @classmethod
+    def shutdown(cls) -> None:
+        """Stop the worker processes (the service is stopping; a later request spawns new ones)."""
+        with cls._lock:
+            pool, cls._pool = cls._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def describe(self, *args, field: str) -> dict[str, Any]:
         """``describe_dataset(*args)`` in a worker; 429 when ``QUEUE_PER_WORKER`` datasets per worker are
         already waiting; the timeout runs from when a worker takes it."""

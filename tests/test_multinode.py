@@ -56,7 +56,9 @@ def test_search_on_two_nodes_sharing_only_ray(tiny_backbone, tmp_path, shared_st
             [str(VENV_BIN / "autodistill"), "search", "--data", str(CR), "--space", str(space_file),
              "--trials", "2", "--address", cluster.address, "--out", str(out),
              "--storage-path", f"file://{shared_storage}"],
-            env=cluster.env, capture_output=True, text=True, timeout=240)
+            # a cache of the driver's own: the teacher is fine-tuned here, not loaded from an earlier test's
+            env={**cluster.env, "AUTODISTILL_CACHE": str(tmp_path / "driver-cache")},
+            capture_output=True, text=True, timeout=240)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         worker_cache = worker_root / WORKER_CACHE.lstrip("/")
         worker_cache_teachers = sorted(p.name for p in (worker_cache / "teachers").glob("*")) \

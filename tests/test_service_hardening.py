@@ -714,3 +714,16 @@ def test_the_embedded_ray_head_listens_on_loopback_only(tmp_path):
         assert stat.S_IMODE((tmp_path / "state" / "ray" / "head.json").stat().st_mode) == 0o600
     finally:
         head.stop()
+
+
+def test_stopping_the_service_stops_its_ingest_workers(tmp_path, database_url):
+    """A dataset read spawns ingest worker processes; the service's shutdown stops them (they used to
+    outlive it, re-parented to PID 1)."""
+    from service.datasets import IngestWorkers
+    client = _client(_app(tmp_path / "svc", database_url))
+    r = upload(client, client.keys["alice"], small_jsonl(tmp_path / "d.jsonl"), name="d")
+    assert r.status_code == 201, r.text
+    workers = list(IngestWorkers._pool._processes.values())
+    assert workers and all(p.is_alive() for p in workers)
+    client.__exit__(None, None, None)
+    assert IngestWorkers._pool is None and not any(p.is_alive() for p in workers)
