@@ -20,21 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.ray_backend import free_ports
+
 VENV_BIN = Path(sys.executable).parent
 WORKER_HOME = "/tmp/home"                       # inside the worker's namespace (its own tmpfs)
 WORKER_CACHE = "/tmp/home/autodistill-cache"
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def unshare_available() -> str | None:
