@@ -115,6 +115,29 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def free_port_range(width: int, taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """The first port of ``width + 1`` free consecutive ports for a Ray node's workers, below the
+    kernel's ephemeral ports (where :func:`free_ports` draws every other component's), so that no
+    other component lands inside it (Ray refuses to start then: "trying to use a port number ... that is
+    used by other components")."""
+    import random
+
+    def bindable(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+                return True
+            except OSError:
+                return False
+
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - width)
+        span = range(base, base + width + 1)
+        if not taken.intersection(span) and all(bindable(p) for p in span):
+            return base
+    raise RuntimeError("no free port range for Ray's workers")
+
+
 def _answers(url: str, token: str | None, timeout: float = 3.0) -> bool:
     req = urllib.request.Request(f"{url}/api/version",
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -171,7 +194,8 @@ class LocalRayHead:
         os.chmod(self.dir, 0o700)
         token = secrets.token_hex(32)
         (gcs, node_manager, object_manager, metrics, agent_grpc, agent_http, runtime_env, client, dash,
-         min_worker, dash_metrics, autoscaler_metrics) = free_ports(12)
+         dash_metrics, autoscaler_metrics) = free_ports(11)
+        min_worker = free_port_range(60)
         tag = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:8]
         # Ray makes its temp folder world-writable (0777): it lives inside a folder of ours with mode 0700,
         # so no other user reaches it; the paths stay short (Ray's socket paths have a length limit)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.ray_backend import free_ports
+from service.ray_backend import free_port_range, free_ports
 
 VENV_BIN = Path(sys.executable).parent
 WORKER_HOME = "/tmp/home"                       # inside the worker's namespace (its own tmpfs)
@@ -40,38 +40,41 @@ def unshare_available() -> str | None:
 WORKER_PORTS = 40
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("0.0.0.0", port))
-            return True
-        except OSError:
-            return False
-
-
-def _worker_port_range(taken: set[int]) -> int:
-    """The first port of a free range for a node's workers, below the kernel's ephemeral ports (where
-    free_ports draws the others), so that no other component of any node lands inside it."""
-    import random
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - WORKER_PORTS)
-        span = range(base, base + WORKER_PORTS + 1)
-        if not taken.intersection(span) and all(_bindable(p) for p in span):
-            return base
-    raise RuntimeError("no free port range for Ray's workers")
-
-
 _USED_RANGES: set[int] = set()
 
 
 def _node_ports() -> list[str]:
     (node_manager, object_manager, metrics, agent_grpc, agent_http, runtime_env) = free_ports(6)
-    min_worker = _worker_port_range(_USED_RANGES)
+    min_worker = free_port_range(WORKER_PORTS, _USED_RANGES)
     _USED_RANGES.update(range(min_worker, min_worker + WORKER_PORTS + 1))
     return [f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
             f"--metrics-export-port={metrics}", f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--dashboard-agent-listen-port={agent_http}", f"--runtime-env-agent-port={runtime_env}",
             f"--min-worker-port={min_worker}", f"--max-worker-port={min_worker + WORKER_PORTS}"]
+
+
+def _code_under_tmp() -> list[Path]:
+    """The folders a node needs to run this code (the venv, the repository) that lie under /tmp (a
+    checkout cloned there, as CI may): the node's private /tmp must show them again."""
+    paths = sorted({Path(sys.prefix).resolve(), Path(__file__).resolve().parents[1]}, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for p in paths:
+        if p.is_relative_to("/tmp") and not any(p.is_relative_to(k) for k in kept):
+            kept.append(p)
+    return kept
+
+
+def _private_tmp() -> list[str]:
+    """Shell steps giving the namespace an empty /tmp of its own, with only the code folders of
+    :func:`_code_under_tmp` bound back in (through /mnt, this namespace's view of the old /tmp)."""
+    keep = _code_under_tmp()
+    if not keep:
+        return ["mount -t tmpfs tmpfs /tmp"]
+    steps = ["mount --bind /tmp /mnt", "mount -t tmpfs tmpfs /tmp"]
+    for k in keep:
+        rel = shlex.quote(str(Path("/mnt") / k.relative_to("/tmp")))
+        steps += [f"mkdir -p {shlex.quote(str(k))}", f"mount --bind {rel} {shlex.quote(str(k))}"]
+    return steps + ["umount -l /mnt"]
 
 
 @dataclass
@@ -139,7 +142,7 @@ class LocalCluster:
         if resources:
             ray_cmd.append(f"--resources={resources}")
         script = " && ".join(
-            ["mount -t tmpfs tmpfs /tmp", *(f"mount -t tmpfs tmpfs {shlex.quote(h)}" for h in hide),
+            [*_private_tmp(), *(f"mount -t tmpfs tmpfs {shlex.quote(h)}" for h in hide),
              f"mkdir -p {WORKER_CACHE}", f"exec {shlex.join(ray_cmd)}"])
         env = {**self.env, "HOME": WORKER_HOME, "AUTODISTILL_CACHE": WORKER_CACHE, "TMPDIR": "/tmp",
                **(extra_env or {})}
