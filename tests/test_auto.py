@@ -146,3 +146,14 @@ def test_ctrl_c_keeps_the_completed_student_and_says_how_to_resume(tiny_backbone
     assert main(["auto", "--data", CR, "--space", str(space), "--trials", "1", "--seeds", "2", "--resume",
                  "--out", str(out)]) == 0
     assert "reusing the completed recommendation #1" in capsys.readouterr().err
+
+
+def test_one_seed_means_the_anchor_alone(tiny_backbone, tmp_path):
+    """--seeds 1: the top recommendation trains first and nothing else seeds the search."""
+    from autodistill.auto import run_auto
+    space = write_space(tmp_path, tiny_space(tiny_backbone))
+    out = tmp_path / "auto"
+    result = run_auto(CR, out, REPO / "meta_dataset" / "model", space=str(space), trials=1, seeds=1, quiet=True)
+    saved = json.loads((out / "recommendations.json").read_text())
+    assert saved["warm_start"] == [] and saved["anchor"].startswith("recommendation #1: ")
+    assert result.search.anchor is not None and result.warm_start == []
