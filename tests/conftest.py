@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -77,3 +78,23 @@ def database_url(request, tmp_path):
     with engine.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     engine.dispose()
+
+
+# --------------------------------------------------------------------------- the exit
+# One full run in five ended "Segmentation fault" *after* the summary, all tests passed: a native thread
+# (Ray's, torch's or a tokenizer's) crashing the interpreter's finalisation. The suite's exit code is the
+# session's result, so the process leaves without finalising once pytest is done (to be root-caused;
+# AUTODISTILL_TEST_HARD_EXIT=0 restores the normal exit to investigate it).
+_SESSION: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _SESSION["exitstatus"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if "exitstatus" in _SESSION and os.environ.get("AUTODISTILL_TEST_HARD_EXIT", "1") == "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_SESSION["exitstatus"])
