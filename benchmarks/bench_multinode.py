@@ -14,7 +14,10 @@ teacher fine-tune, done once in the driver and cached for later runs, is not cou
 load hits both alike; the load average is printed per run (other sessions' processes count in it, and
 Ray runs trials at niceness 15).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_multinode.py [--trials 6] [--rows 1200] [--rounds 2]
+``--ceiling`` first measures what the machine itself allows: the same student trained by ``autodistill
+distill`` alone, then two at once (no Ray); 2 x alone / together bounds any two-node speed-up here.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_multinode.py [--trials 6] [--rows 1200] [--rounds 2] [--ceiling]
 """
 from __future__ import annotations
 
@@ -57,6 +60,37 @@ def space(backbone: str, trials: int, rows: int, epochs: float) -> dict:
     }
 
 
+def ceiling(backbone: str, rows: int, epochs: float, work: Path, repeats: int = 2) -> dict:
+    """The machine's own limit, without Ray: one student trained alone vs two trained at once.
+
+    Two CPU-bound processes on two cores rarely run as fast as one alone (shared caches, memory
+    bandwidth, a hypervisor's vCPUs); no scheduler can scale past this ratio.
+    """
+    base = space(backbone, 1, rows, epochs)["base"]
+    cfg = work / "ceiling.yaml"
+    cfg.write_text(yaml.safe_dump({**base, "optim": {**base["optim"], "learning_rate": 1e-3}}), encoding="utf-8")
+
+    def distil(tag: str) -> subprocess.Popen:
+        return subprocess.Popen([str(VENV_BIN / "autodistill"), "distill", "--data", str(bundled_dataset_path()),
+                                 "--config", str(cfg), "--out", str(work / tag)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def seconds(tag: str, proc: subprocess.Popen) -> float:
+        _, err = proc.communicate(timeout=3600)
+        if proc.returncode != 0:
+            raise SystemExit(f"ceiling run {tag} failed:\n{err[-3000:]}")
+        return json.loads((work / tag / "metrics.json").read_text())["train_seconds"]
+
+    seconds("warm", distil("warm"))                      # fine-tunes and caches the teacher
+    alone, together = [], []
+    for i in range(repeats):
+        alone.append(seconds(f"alone{i}", distil(f"alone{i}")))
+        pair = [(f"pair{i}{j}", distil(f"pair{i}{j}")) for j in range(2)]
+        together += [seconds(tag, proc) for tag, proc in pair]
+    mean_alone, mean_together = sum(alone) / len(alone), sum(together) / len(together)
+    return {"alone_s": alone, "together_s": together, "ratio": 2 * mean_alone / mean_together}
+
+
 def run(label: str, workers: int, space_file: Path, trials: int, work: Path, storage: Path) -> dict:
     out = work / f"{label.replace(' ', '')}-{uuid.uuid4().hex[:6]}"
     load = os.getloadavg()[0]
@@ -97,6 +131,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1200, help="training rows (sets a trial's cost)")
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--rounds", type=int, default=1, help="ABBA rounds: 2 runs each setup twice (1, 2, 2, 1 nodes)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="first measure the machine's own limit: a student trained alone vs two at once, no Ray")
     args = ap.parse_args()
     why = unshare_available()
     if why:
@@ -109,6 +145,11 @@ def main() -> None:
         space_file = work / "space.yaml"
         space_file.write_text(yaml.safe_dump(space(backbone, args.trials, args.rows, args.epochs)), encoding="utf-8")
         print(f"load before: {os.getloadavg()[0]:.2f} (1-min), {os.cpu_count()} cores", flush=True)
+        if args.ceiling:
+            c = ceiling(backbone, args.rows, args.epochs, work)
+            print(f"machine ceiling (no Ray): one student alone {sum(c['alone_s']) / len(c['alone_s']):.1f} s, two at "
+                  f"once {sum(c['together_s']) / len(c['together_s']):.1f} s each -> at most {c['ratio']:.2f}x "
+                  f"{json.dumps(c)}", flush=True)
         order = ([0, 1, 1, 0] * ((args.rounds + 1) // 2))[: 2 * args.rounds]
         rows = []
         for workers in order:
