@@ -78,7 +78,8 @@ def library_versions(dists: Sequence[str] = RUN_LIBRARIES) -> dict[str, str | No
     return out
 
 
-def _num(value: Any) -> float:
+def as_float(value: Any) -> float:
+    """A stated value as a float: NaN for None and for what is no number."""
     if value is None:
         return float("nan")
     try:
@@ -150,9 +151,8 @@ class RunRecord:
         """A record from its written form (schema version 1; keys no field names go to ``other``)."""
         if "config" not in data:
             raise ValueError("a run record needs its 'config'")
-        names = {f.name for f in dataclasses.fields(cls)} - {"other", "file_stem"}
-        known = {k: v for k, v in data.items() if k in names}
-        other = {k: v for k, v in data.items() if k not in names}
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        other = {k: v for k, v in data.items() if k not in _FIELDS}
         known.setdefault("dataset_fingerprint", None)
         known.setdefault("status", None)
         if known.get("schema_version") is None:
@@ -190,7 +190,7 @@ class RunRecord:
             return self.other.get("_source", self.file_stem)
         if name in self.other:
             return self.other[name]
-        return getattr(self, name, None) if name not in ("other", "file_stem") else None
+        return getattr(self, name) if name in _FIELDS else None
 
     @property
     def pipeline_config(self) -> PipelineConfig:
@@ -254,15 +254,15 @@ class RunRecord:
         """The student's score (NaN when the record states none)."""
         for key in ("student_score", "score"):
             if self.metrics.get(key) is not None:
-                return _num(self.metrics[key])
-        return _num(self._get("score"))
+                return as_float(self.metrics[key])
+        return as_float(self._get("score"))
 
     @property
     def teacher_value(self) -> float:
         """The teacher's score (NaN when the record states none)."""
         if self.teacher_score is not None:
-            return _num(self.teacher_score)
-        return _num(self.metrics.get("teacher_score"))
+            return as_float(self.teacher_score)
+        return as_float(self.metrics.get("teacher_score"))
 
     @property
     def majority_baseline(self) -> float:
@@ -270,7 +270,7 @@ class RunRecord:
         it (NaN when the record does not say)."""
         for src in (_sub(self.target), self.metrics):
             if src.get("majority_baseline") is not None:
-                return _num(src["majority_baseline"])
+                return as_float(src["majority_baseline"])
         return float("nan")
 
     @property
@@ -285,6 +285,10 @@ class RunRecord:
         if math.isfinite(s) and math.isfinite(t) and t > 0:
             return s / t
         return float("nan")
+
+
+#: the record's keys that are fields (the others are kept in ``other``)
+_FIELDS = frozenset(f.name for f in dataclasses.fields(RunRecord)) - {"other", "file_stem"}
 
 
 def _json_default(value: Any) -> Any:
