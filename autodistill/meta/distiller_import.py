@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..config import parse_config
+from ..config import DataConfig, parse_config
+from ..data import load_task_data
 from ..records import RunRecord, canonical_config_hash, library_versions
 from .features import META_FEATURES_VERSION, compute_meta_features, resolve_backbone_model
 
@@ -137,8 +138,6 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
                      backbone: Any = "default", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write ``<out>/records.jsonl`` (rewritten each time: the import is idempotent) and
     ``<out>/features/<task>.json``; returns a summary."""
-    from ..config import DataConfig
-    from ..data import load_task_data
     from ..models import load_tokenizer
 
     anchors, root, out = Path(anchors), Path(datasets_root), Path(out)

@@ -56,6 +56,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import DEFAULT_BACKBONE
+from ..data import load_task_data
+
 META_FEATURES_VERSION = 1
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -399,8 +402,6 @@ def meta_features_for(data, backbone: Any = "default", *, tokenizer=None, teache
     subsample, so ``log_n_train`` is the size of what is trained on. ``backbone``: a backbone name
     (its tokenizer is used unless ``tokenizer`` is given), a loaded model, or None (no embedding
     features; the tokenizer then defaults to the default backbone's)."""
-    from ..config import DEFAULT_BACKBONE
-    from ..data import load_task_data
     from ..models import load_tokenizer
 
     task = load_task_data(data)

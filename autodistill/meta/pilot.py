@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..records import RunRecord
+from .evaluate import markdown_table
 from .table import REFERENCE_ROLES
 
 #: a difference of two candidates' seed means beyond this many σ (one run's seed std) is called real
@@ -118,7 +119,6 @@ def pilot_report(records: Sequence[Mapping[str, Any]], keep_first: Sequence[str]
 
 def write_pilot_report(report: PilotReport, out_dir: str | Path) -> Path:
     """``pilot.md`` (the tables) and ``pilot_runs.csv`` in ``out_dir``."""
-    from .evaluate import markdown_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from ..callbacks import EventLogCallback
 from ..config import DataConfig, PipelineConfig, deep_merge, with_pipeline
 from ..data import TaskData
 from ..metrics import resolve_metric
@@ -440,7 +441,6 @@ def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str,
     process, outside the scheduler's reach, export it to ``out`` and record it: the student the search
     must beat, and the one the user keeps whatever the budget does to the search. Returns its
     leaderboard row (reused as it is on resume)."""
-    from ..callbacks import EventLogCallback
     from ..distill import export, run_distillation
 
     saved = out / "anchor.json"

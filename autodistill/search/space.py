@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from ..config import ConfigError, PipelineConfig, deep_merge, parse_config
 from ..records import canonical_json, config_hash
+from ..resources import ResourceError, resolve_gpus_per_trial
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 PRIMITIVES = (str, int, float, bool, type(None))
@@ -68,7 +69,6 @@ class Budget:
         if not isinstance(data.get("resources", {}), Mapping):
             raise SpaceError("budget.resources: a mapping of Ray resource name -> amount per trial")
         b = cls(**data)
-        from ..resources import ResourceError, resolve_gpus_per_trial
         try:   # shape only (fraction or whole GPUs): whether the cluster has them is known at run time
             resolve_gpus_per_trial(b.gpus_per_trial, {"GPU": max(1.0, float(b.gpus_per_trial or 0))})
         except ResourceError as err:
