@@ -17,11 +17,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from ..config import PIPELINE_SECTIONS
 from .columns import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns, numeric_meta_features, pipeline_features
 from .distances import l1_distances, scale_stats
 from .model import PipelineScoreRegressor
 from .model_files import load_model, save_model
-from .portfolio import PIPELINE_SECTIONS, current_candidate
+from .portfolio import current_candidate
 
 _PIPELINE_PREFIXES = tuple(f"{PF_PREFIX}{section}." for section in PIPELINE_SECTIONS)
 

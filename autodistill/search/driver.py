@@ -45,7 +45,7 @@ ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "OMP_NUM_THR
 #: ``(the search's base config, its task data, the teacher's validation score) -> the dataset's
 #: meta-features``, stored in every record of the search (the interfaces pass
 #: :func:`autodistill.meta.features.search_meta_features`)
-MetaFeatures = Callable[[PipelineConfig, TaskData, "float | None"], Mapping[str, Any]]
+MetaFeatures = Callable[[PipelineConfig, TaskData, float | None], Mapping[str, Any]]
 
 
 # --------------------------------------------------------------------------- the request
@@ -126,7 +126,7 @@ class SearchContext:
     budget_note: Callable[[float], None] | None = None  # told the first completed trial's wall time
     metric: str = "score"
     inputs: SearchInputs | None = None   # the dataset, teachers and logits the trials get through Ray
-    storage: "Storage | None" = None
+    storage: Storage | None = None
 
     def origin(self, params: Mapping[str, Any]) -> str:
         """Which warm-start seed a trial's params are (e.g. a recommendation), or 'TPE'."""
@@ -305,6 +305,7 @@ class _NullCallback:
 
 _fmt = fmt_score
 
+
 # --------------------------------------------------------------------------- results
 @dataclass
 class SearchResult:
@@ -379,16 +380,17 @@ def _short(v: Any) -> str:
     text = json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v
     return text if len(text) <= 40 else text[:37] + "..."
 
+
 # --------------------------------------------------------------------------- preparing the teacher
 @dataclass
 class PreparedTeacher:
     task: Any                     # TaskData
     score: float | None           # the first teacher's validation score
-    meta_features: dict[str, Any]   # the dataset's, by SearchRequest.meta_features (filled by the driver)
     path: Path | None             # the first teacher's cache folder
     training: dict[str, Any]      # its training rule's record: steps, seconds, stop reason, dev curve
     from_cache: bool
-    seconds: float                # wall time of this step (fine-tune or cache load, teacher outputs, features)
+    seconds: float                # wall time of this step (fine-tune or cache load, teacher outputs; the
+                                  # driver adds the meta-features' time)
     fine_tunes: int = 0           # teachers fine-tuned by this step (0 when all came from the cache)
     inputs: SearchInputs | None = None   # what the trials get through the object store
 
@@ -431,8 +433,9 @@ def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> Pre
         teachers.append(t)
     first = teachers[0]
     inputs = pack(base, task, tokenizer, teachers, outputs)
-    return PreparedTeacher(task, first.score, {}, first.path, first.training, first.from_cache,
+    return PreparedTeacher(task, first.score, first.path, first.training, first.from_cache,
                            time.perf_counter() - started, FINE_TUNES[0] - fine_tunes_before, inputs)
+
 
 # --------------------------------------------------------------------------- the anchor
 def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str, resume: bool = False
@@ -498,6 +501,7 @@ def pace_note(first_seconds: float, budget: Budget, used: float, students_left: 
             f"{fit} of the {students_left} other students fit. For all of them give --time-budget "
             f"{need:.0f} or fewer --trials")
 
+
 # --------------------------------------------------------------------------- ray
 def _runtime_env() -> dict[str, Any]:
     # no AUTODISTILL_CACHE: a trial gets its inputs through the object store, and any cache it keeps
@@ -535,6 +539,7 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> bool:
         ray.init(num_cpus=num_cpus or available_cpus(), include_dashboard=False,
                  _node_ip_address="127.0.0.1", **common)
     return True
+
 
 # --------------------------------------------------------------------------- the search
 def run_search(request: SearchRequest, events: EventLog | None = None) -> SearchResult:
@@ -586,16 +591,16 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
                            "counted in the time budget")
     teacher = prepare_teacher(base_cfg, events)
+    meta: dict[str, Any] = {}
     if r.meta_features is not None:
         # the dataset's meta-features, so that search records can join the meta-dataset as they are
         t_features = time.perf_counter()
         meta = dict(r.meta_features(base_cfg, teacher.task, teacher.score))
-        teacher = dataclasses.replace(teacher, meta_features=meta,
-                                      seconds=teacher.seconds + time.perf_counter() - t_features)
+        teacher = dataclasses.replace(teacher, seconds=teacher.seconds + time.perf_counter() - t_features)
     events.emit("teacher", f"ready in {teacher.seconds:.0f} s{' (from the cache)' if teacher.from_cache else ''}: "
                            f"validation {fmt_score(teacher.score)}")
     store = RecordStore(r.records_path or out)
-    ctx = SearchContext(sp, store, teacher.task.fingerprint, teacher.meta_features, teacher.score, b.trials,
+    ctx = SearchContext(sp, store, teacher.task.fingerprint, meta, teacher.score, b.trials,
                         {"experiment": str(exp_path), "space": sp.name}, out / PROGRESS_FILE, events,
                         [(sp.decode(p), label) for p, label in zip(points or [], labels)],
                         metric=resolve_metric(base_cfg.optim.metric, teacher.task.task_type),
