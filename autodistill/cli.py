@@ -74,14 +74,17 @@ def _search(args: argparse.Namespace) -> int:
         data = {"train": data, "max_train_examples": args.max_train_examples}
     try:
         from .config import load_config_dict
-        from .search.runner import run_search
+        from .meta.features import search_meta_features
+        from .search.driver import SearchRequest, run_search
         overrides = load_config_dict(args.config) if args.config else None
-        result = run_search(data, args.space, args.out, trials=args.trials, time_budget=args.time_budget,
-                            overrides=overrides, anchor=args.anchor,
-                            address=args.address, warm_start=args.warm_start, resume=args.resume,
-                            max_concurrent_trials=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                            gpus_per_trial=args.gpus_per_trial, seed=args.seed, verbose=args.verbose,
-                            storage_path=args.storage_path, trial_resources=args.trial_resources)
+        result = run_search(SearchRequest(
+            data, args.space, args.out, trials=args.trials, time_budget=args.time_budget,
+            overrides=overrides, anchor=args.anchor,
+            address=args.address, warm_start=args.warm_start, resume=args.resume,
+            max_concurrent_trials=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, seed=args.seed, verbose=args.verbose,
+            storage_path=args.storage_path, trial_resources=args.trial_resources,
+            meta_features=search_meta_features))
     except (ConfigError, DataError, ModelLoadError, SpaceError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -104,7 +107,7 @@ def _interrupted_before_a_student(out: Path, command: str) -> int:
 def _report_search(result, out: Path, command: str) -> int:
     """Leaderboard and verdict; exit 0 with a student, 130 when interrupted (the best completed
     student kept), 3 when no student exists (the message names the cause and what to change)."""
-    from .search.runner import format_leaderboard
+    from .search.driver import format_leaderboard
     from .search.verdict import build_verdict, format_verdict
     print(format_leaderboard(result.trials))
     print(f"\nrecords: {result.records_path}")
@@ -126,7 +129,7 @@ def _auto(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .data import DataError, bundled_dataset_path
     from .meta.cli_commands import DEFAULT_MODEL_DIR
-    from .meta.model import ModelVersionError
+    from .meta.model_files import ModelVersionError
     from .models import ModelLoadError
     from .search.space import SpaceError
 

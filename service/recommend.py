@@ -25,7 +25,7 @@ from autodistill.config import PipelineConfig
 from autodistill.meta import META_DATASET_DIR
 from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
 from autodistill.meta.warm_start import DECISION_FILE
-from autodistill.search.records import RecordStore
+from autodistill.records import RecordStore
 
 from .errors import ApiError
 from .settings import ServiceSettings
@@ -78,8 +78,10 @@ class RecommenderService:
     def _loaded_model(self) -> tuple[str, Any, dict[str, PipelineConfig], dict[str, list[str]]]:
         """(folder, Recommender, validated config per candidate - server paths removed -, the datasets
         each candidate came from), loaded once per model folder."""
-        from autodistill.meta.model import ModelVersionError, Recommender
-        from autodistill.meta.portfolio import current_candidate, with_pipeline
+        from autodistill.config import with_pipeline
+        from autodistill.meta.model_files import ModelVersionError
+        from autodistill.meta.portfolio import current_candidate
+        from autodistill.meta.recommender import Recommender
         folder = str(self.model_dir())
         with self._lock:
             if self._loaded is None or self._loaded[0] != folder:
@@ -145,7 +147,7 @@ class RecommenderService:
     def recommend(self, dataset: dict[str, Any], top_k: int, max_params: int | None,
                   config_constraints: dict[str, Any] | None) -> tuple[Any, list[dict[str, Any]]]:
         """The top ``top_k`` candidates the dataset's owner may see, best first (see the module docstring)."""
-        from autodistill.meta.model import matches_constraints
+        from autodistill.meta.recommender import matches_constraints
         folder, rec, configs, sources = self._loaded_model()
         visible = self._visibility(dataset["owner"])
         shown = self._shown(dataset["owner"], sources)
@@ -186,13 +188,13 @@ class RecommenderService:
         target = RecordStore(records_dir / f"{name}.jsonl")
         added = 0
         for rec in RecordStore(Path(search["out_dir"])).read():
-            if rec.get("status") == "completed":
-                added += bool(target.append({**rec, "dataset": name}))
+            if rec.status == "completed":
+                added += bool(target.append(rec.replace(dataset=name)))
         return added
 
     def refit(self) -> dict[str, Any]:
         from autodistill.meta.evaluate import default_model_params, drop_meta_features
-        from autodistill.meta.model import Recommender
+        from autodistill.meta.recommender import Recommender
         from autodistill.meta.table import table_from_paths
 
         folded, added = 0, 0

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autodistill.search.records import RecordStore
-from autodistill.search.runner import PROGRESS_FILE
+from autodistill.records import RecordStore
+from autodistill.search.export import PROGRESS_FILE
 
 from . import storage
 from .datasets import private_dir
@@ -342,10 +342,10 @@ class SearchManager:
         """Finished trials (completed or stopped early), oldest first."""
         rows = []
         for r in RecordStore(Path(search["out_dir"])).read():
-            info = r.get("search") or {}
-            rows.append({"trial_id": info.get("trial_id", "?"), "status": r.get("status", "?"),
-                         "score": (r.get("metrics") or {}).get("student_score"), "params": r.get("params") or {},
-                         "wall_seconds": r.get("wall_seconds"), "student_parameters": r.get("student_parameters"),
+            info = r.search or {}
+            rows.append({"trial_id": info.get("trial_id", "?"), "status": r.status or "?",
+                         "score": r.metrics.get("student_score"), "params": dict(r.params or {}),
+                         "wall_seconds": r.wall_seconds, "student_parameters": r.student_parameters,
                          "finished_at": info.get("finished_at")})
         rows.sort(key=lambda row: row["finished_at"] or 0)
         return rows

@@ -119,8 +119,8 @@ def add_meta_model_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pilot(args: argparse.Namespace) -> int:
+    from ..records import load_records
     from .pilot import pilot_report, write_pilot_report
-    from .table import load_records
 
     report = pilot_report(load_records(args.records))
     if report.centred.empty:
@@ -143,7 +143,8 @@ def _load_table(args: argparse.Namespace):
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import PLAIN_HGB, PLAIN_HGB_STATED, nested_lodo_evaluate, seed_noise_floor, write_nested_report
-    from .table import load_records, stated_meta_feature_columns
+    from ..records import load_records
+    from .columns import stated_meta_feature_columns
 
     t0 = time.time()
     try:
@@ -176,7 +177,7 @@ def _choices(args: argparse.Namespace):
 
 def _fit(args: argparse.Namespace) -> int:
     from .evaluate import ModelChoice, default_model_params, select_choice
-    from .model import Recommender
+    from .recommender import Recommender
 
     try:
         table = _load_table(args)
@@ -239,12 +240,11 @@ def _parse_constraints(items: list[str]) -> dict:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from ..auto import recommend_for
-    from ..config import ConfigError, PipelineConfig, load_config
+    from ..config import ConfigError, PipelineConfig, load_config, with_pipeline
     from ..data import DataError, bundled_dataset_path
     from ..models import ModelLoadError
-    from .model import ModelVersionError
-    from .portfolio import with_pipeline
+    from .model_files import ModelVersionError
+    from .recommend import recommend_for
     from .warm_start import read_decision
 
     t0 = time.time()
