@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from autodistill import teacher as teacher_mod
+from autodistill.teacher import fine_tuned as teacher_mod
 from autodistill.cli import main
 from autodistill.config import ConfigError, StudentConfig, parse_config
 from autodistill.data import bundled_dataset_path
