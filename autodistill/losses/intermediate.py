@@ -17,10 +17,10 @@ from torch import nn
 
 from autodistill.config import ConfigError, IntermediateConfig
 from autodistill.losses import mi_bounds
-from autodistill.losses.critics import CosineCritic, LogBaseline, MLPCritic, TransformerCritic
+from autodistill.losses.critics import CosineCritic
 from autodistill.mappings import EMDMapping, LayerMapping, build_mapping
 from autodistill.pooling import Feature, cls_vector, masked_mean, pool_hidden
-from autodistill.registry import INTERMEDIATE_OBJECTIVES
+from autodistill.registry import CRITICS, INTERMEDIATE_OBJECTIVES
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -201,10 +201,10 @@ class _CriticObjective(IntermediateObjective):
             self.baselines = nn.ModuleDict({k: self.make_baseline() for k in self.pair_keys()})
 
     def make_critic(self) -> nn.Module:
-        return MLPCritic(self.student_dim, self.teacher_dim, self.cfg.critic_hidden, self.cfg.critic_dim)
+        return CRITICS.get("mlp").critic(self.student_dim, self.teacher_dim, self.cfg)
 
     def make_baseline(self) -> nn.Module:
-        return LogBaseline(self.teacher_dim, "mlp", hidden=self.cfg.critic_hidden)
+        return CRITICS.get("mlp").baseline(self.teacher_dim, self.cfg)
 
     def bound_per_sample(self, scores, log_baseline):
         raise NotImplementedError
@@ -254,9 +254,9 @@ class TUBAObjective(_CriticObjective):
 
 @INTERMEDIATE_OBJECTIVES.register("mi_alpha")
 class MIAlphaObjective(_CriticObjective):
-    """MI-alpha (He et al. 2021, Distiller) = -I_alpha (Poole et al. 2019) with critic cfg.critic
-    (mlp on [CLS] or transformer over tokens) and learned log q(y) of the same family; alpha = cfg.alpha
-    is the true mixture weight (1: leave-one-out InfoNCE-type, 0: TUBA)."""
+    """MI-alpha (He et al. 2021, Distiller) = -I_alpha (Poole et al. 2019) with the critic family cfg.critic
+    (registry ``CRITICS``: mlp on [CLS] or transformer over tokens) and learned log q(y) of the same family;
+    alpha = cfg.alpha is the true mixture weight (1: leave-one-out InfoNCE-type, 0: TUBA)."""
 
     uses_baseline = True
 
@@ -264,19 +264,15 @@ class MIAlphaObjective(_CriticObjective):
         self.alpha = 0.9 if cfg.alpha is None else float(cfg.alpha)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError("loss.intermediate.alpha must lie in [0, 1] (the true mixture weight)")
+        self.critic_family = CRITICS.get(cfg.critic)
         super().__init__(cfg, *args, **kwargs)
-        if cfg.critic == "transformer":
-            self.teacher_feature = "tokens"
+        self.teacher_feature = self.critic_family.teacher_feature
 
     def make_critic(self):
-        if self.cfg.critic == "transformer":
-            return TransformerCritic(self.student_dim, self.teacher_dim, out_dim=self.cfg.critic_dim)
-        return super().make_critic()
+        return self.critic_family.critic(self.student_dim, self.teacher_dim, self.cfg)
 
     def make_baseline(self):
-        if self.cfg.critic == "transformer":
-            return LogBaseline(self.teacher_dim, "transformer")
-        return super().make_baseline()
+        return self.critic_family.baseline(self.teacher_dim, self.cfg)
 
     def bound_per_sample(self, scores, log_baseline):
         return mi_bounds.interpolated_per_sample(scores, log_baseline, self.alpha)
