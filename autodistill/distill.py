@@ -21,11 +21,11 @@ from .losses import build_intermediate, build_representation
 from .metrics import majority_baseline
 from .models import build_student, count_parameters, hidden_size, num_layers
 from .objective import KDObjective
-from .prepare import prepare_task, prepare_teachers
+from .prepare import prepare_task, prepare_teachers, teacher_outputs
 from .progress import EventLog
 from .teacher import outputs_cache
 from .teacher.fine_tuned import TeacherResult
-from .teacher.outputs import compute_teacher_outputs, estimate_cache_bytes
+from .teacher.outputs import estimate_cache_bytes
 from .teacher.source import TeacherSource
 from .trainer import TrainArgs, Trainer, set_seed
 
@@ -66,22 +66,14 @@ def _check_shared_vocab(tokenizer, teachers: list[TeacherResult]) -> None:
 
 def _teacher_sources(teachers: list[TeacherResult], train: EncodedSplit, layers: set[int], feature,
                      mode: str, share: bool, pad_id: int, device, given_outputs=None) -> list[TeacherSource]:
-    """Each teacher with its outputs on ``train``: cached (given by the search's driver, computed here,
-    or loaded from the shared disk cache) or none when the teacher runs online. Only the first teacher
-    serves hidden features."""
+    """Each teacher with its outputs on ``train`` (:func:`~autodistill.prepare.teacher_outputs`: given by
+    the search's driver, loaded from the shared disk cache or computed here), or none when the teacher
+    runs online. Only the first teacher serves hidden features."""
     sources = []
     for k, t in enumerate(teachers):
         t_layers = layers if k == 0 else set()
-        key = outputs_cache.outputs_key(t.path.name, train, t_layers, feature) if given_outputs else None
-        if mode != "cached":
-            cached = None
-        elif key in (given_outputs or {}):
-            cached = given_outputs[key]
-        elif share:
-            cached, _ = outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device,
-                                                              layers=t_layers, feature=feature)
-        else:
-            cached = compute_teacher_outputs(t.model, train, pad_id, device, layers=t_layers, feature=feature)
+        cached = None if mode != "cached" else teacher_outputs(
+            t, train, pad_id=pad_id, device=device, layers=t_layers, feature=feature, share=share, given=given_outputs)
         sources.append(TeacherSource(t.model, cached, t_layers, feature))
     return sources
 

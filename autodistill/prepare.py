@@ -1,17 +1,17 @@
 """What every run starts from, built in one place: the prepared task and its fine-tuned teacher(s).
 
     load the task -> the teacher's tokenizer -> encode train and validation -> hold the dev slice out
-    of train -> fine-tune (or load from the cache) every teacher -> their logits on train (optional)
+    of train -> fine-tune (or load from the cache) every teacher -> their outputs on train
 
 :func:`prepare` does it all (the search's driver, the meta-dataset build); ``run_distillation`` runs
-the two stages, :func:`prepare_task` and :func:`prepare_teachers`, with its task checks in between.
-A search trial's :class:`~autodistill.shipping.Given` replaces every read from disk (task, tokenizer,
-teachers).
+the stages, :func:`prepare_task` and :func:`prepare_teachers`, with its task checks in between, and
+asks :func:`teacher_outputs` for the outputs its objective needs. A search trial's
+:class:`~autodistill.shipping.Given` replaces every read from disk (task, tokenizer, teachers, outputs).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 
@@ -22,10 +22,11 @@ from .data import TaskData, load_task_data
 from .device import select_device
 from .metrics import resolve_metric
 from .models import load_tokenizer
+from .pooling import Feature
 from .progress import EventLog
 from .teacher import outputs_cache
 from .teacher.fine_tuned import TeacherResult, get_teacher
-from .teacher.outputs import TeacherOutputs
+from .teacher.outputs import TeacherOutputs, compute_teacher_outputs
 
 if TYPE_CHECKING:
     from .shipping import Given
@@ -97,16 +98,29 @@ def prepare_teachers(cfg: PipelineConfig, prepared: PreparedTask, *, given: "Giv
     return teachers
 
 
+def teacher_outputs(teacher: TeacherResult, split: EncodedSplit, *, pad_id: int, device: torch.device,
+                    layers: Iterable[int] = (), feature: Feature | None = None, share: bool = False,
+                    given: Mapping[str, TeacherOutputs] | None = None) -> TeacherOutputs:
+    """``teacher``'s outputs on ``split`` (logits, and ``layers`` pooled to ``feature``): ``given``'s when
+    it holds them (keyed by :func:`~autodistill.teacher.outputs_cache.outputs_key`), else from the disk
+    cache shared by later runs when ``share``, else computed here."""
+    if given:
+        key = outputs_cache.outputs_key(teacher.path.name, split, layers, feature)
+        if key in given:
+            return given[key]
+    if share:
+        return outputs_cache.load_or_compute(teacher.model, teacher.path.name, split, pad_id, device,
+                                             layers=layers, feature=feature)[0]
+    return compute_teacher_outputs(teacher.model, split, pad_id, device, layers=layers, feature=feature)
+
+
 def share_teacher_logits(prepared: PreparedTask) -> dict[str, TeacherOutputs]:
     """Every teacher's logits on ``prepared.train``, through the disk cache shared by a search's trials,
-    keyed as ``run_distillation`` looks them up. Sets ``prepared.outputs``."""
+    keyed as ``run_distillation`` looks them up (what a search ships to its trials). Sets ``prepared.outputs``."""
     p = prepared
-    outputs = {}
-    for t in p.teachers:
-        out, _ = outputs_cache.load_or_compute(t.model, t.path.name, p.train, p.pad_id, p.device)
-        outputs[outputs_cache.outputs_key(t.path.name, p.train, (), None)] = out
-    p.outputs = outputs
-    return outputs
+    p.outputs = {outputs_cache.outputs_key(t.path.name, p.train, (), None):
+                 teacher_outputs(t, p.train, pad_id=p.pad_id, device=p.device, share=True) for t in p.teachers}
+    return p.outputs
 
 
 def prepare(cfg: PipelineConfig, *, given: "Given | None" = None, task: TaskData | None = None,
