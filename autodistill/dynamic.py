@@ -83,7 +83,7 @@ class LeastConfidenceSelection(KDSelection):
 
 @KD_SELECTIONS.register("random")
 class RandomSelection(KDSelection):
-    """s_i ~ U(0, 1): a random subset of ⌊r·B⌋ samples (the paper's control)."""
+    """s_i = ξ_i with ξ_i ~ U(0, 1): a random subset of ⌊r·B⌋ samples (the paper's control)."""
 
     def score(self, logits, generator=None):
         return torch.rand(logits.shape[0], generator=generator).to(logits.device)
