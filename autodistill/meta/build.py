@@ -219,24 +219,16 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
 def _teacher(cfg, task) -> tuple[Any, str, bool, float, Any]:
     """The dataset's teacher (from the cache when it is there): tokenizer, metric, whether it came
     from the cache, its validation score and its validation logits (None on regression)."""
-    from ..device import select_device
-    from ..metrics import resolve_metric
-    from ..models import load_tokenizer
-    from ..teacher import get_teacher
-    from ..training import compute_metric, encode_texts, predict_logits, split_dev
+    from ..evaluation import predict_logits
+    from ..metrics import compute_metric
+    from ..prepare import prepare
 
-    device = select_device(cfg.optim.device)
-    metric = resolve_metric(cfg.optim.metric, task.task_type)
-    tokenizer = load_tokenizer(cfg.teacher.backbone)
-    pad_id = tokenizer.pad_token_id or 0
-    enc = lambda s: encode_texts(tokenizer, s.text_a, s.text_b, s.labels, cfg.data.max_length,  # noqa: E731
-                                 task.task_type)
-    (train, dev), validation = split_dev(enc(task.train), cfg.data, task.task_type), enc(task.validation)
-    teacher = get_teacher(cfg.teacher, task.fingerprint, train, dev, validation, task.num_labels, task.task_type,
-                          task.label_names, metric, cfg.data.max_length, pad_id, device)
-    logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, pad_id, device)
-    score = float(compute_metric(metric, logits, validation.labels.numpy(), task.task_type))
-    return tokenizer, metric, bool(teacher.from_cache), score, logits if task.task_type == "classification" else None
+    prepared = prepare(cfg, task=task)
+    teacher, validation = prepared.teachers[0], prepared.validation
+    logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, prepared.pad_id, prepared.device)
+    score = float(compute_metric(prepared.metric, logits, validation.labels.numpy(), task.task_type))
+    return (prepared.tokenizer, prepared.metric, bool(teacher.from_cache), score,
+            logits if task.task_type == "classification" else None)
 
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:

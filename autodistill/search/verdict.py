@@ -39,7 +39,8 @@ def measure_latency(result: SearchResult, n: int = 32) -> dict[str, float] | Non
     first ``n`` validation examples."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..training import cpu_latency_ms, encode_texts
+    from ..batching import encode_texts
+    from ..evaluation import cpu_latency_ms
 
     if result.best_dir is None or result.teacher is None or result.teacher.path is None:
         return None
