@@ -28,10 +28,12 @@ from ..callbacks import EventLogCallback
 from ..config import DataConfig, PipelineConfig, deep_merge, with_pipeline
 from ..data import TaskData
 from ..metrics import resolve_metric
+from ..prepare import prepare
 from ..progress import EventLog, fmt_score
 from ..records import RecordStore, RunRecord, config_hash
 from ..resources import concurrent_trials, trial_resources
-from ..shipping import SearchInputs
+from ..shipping import SearchInputs, pack
+from ..teacher.fine_tuned import FINE_TUNES
 from .export import (EXPERIMENT_NAME, PROGRESS_FILE, Storage, checkpoint_uri, export_best, make_storage, publish,
                      write_progress)
 from .space import Budget, SearchSpace, SpaceError, encode_points, load_space, load_warm_start
@@ -397,43 +399,13 @@ class PreparedTeacher:
 
 def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> PreparedTeacher:
     """Fine-tune (or load) the base config's teachers once, by the training rule, and cache the
-    teacher's logits on the training rows (the dev slice held out)."""
-    from .. import teacher_outputs_cache
-    from ..callbacks import EventLogCallback
-    from ..data import load_task_data
-    from ..device import select_device
-    from ..metrics import resolve_metric
-    from ..models import load_tokenizer
-    from ..teacher import get_teacher
-    from ..training import encode_texts, split_dev
-
-    from ..shipping import pack
-    from ..teacher import FINE_TUNES
-
+    teacher's logits on the training rows (the dev slice held out): the one builder of every run."""
     started = time.perf_counter()
     fine_tunes_before = FINE_TUNES[0]
-    task = load_task_data(base.data)
-    device = select_device(base.optim.device)
-    metric = resolve_metric(base.optim.metric, task.task_type)
-    tokenizer = load_tokenizer(base.teacher.backbone)
-    pad_id = tokenizer.pad_token_id or 0
-    ml = base.data.max_length
-    encoded = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, ml, task.task_type)
-    validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b, task.validation.labels,
-                              ml, task.task_type)
-    train, dev = split_dev(encoded, base.data, task.task_type)
-    teachers, outputs = [], {}
-    for k, tcfg in enumerate(base.teachers):
-        callbacks = [EventLogCallback("teacher" if k == 0 else f"teacher {k}", metric, events)] if events else ()
-        t = get_teacher(tcfg, task.fingerprint, train, dev, validation, task.num_labels, task.task_type,
-                        task.label_names, metric, ml, pad_id, device, callbacks=callbacks,
-                        mixed_precision=base.optim.mixed_precision)
-        out, _ = teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device)
-        outputs[teacher_outputs_cache.outputs_key(t.path.name, train, (), None)] = out
-        teachers.append(t)
-    first = teachers[0]
-    inputs = pack(base, task, tokenizer, teachers, outputs)
-    return PreparedTeacher(task, first.score, first.path, first.training, first.from_cache,
+    prepared = prepare(base, events=events, teacher_logits=True)
+    first = prepared.teachers[0]
+    inputs = pack(base, prepared.task, prepared.tokenizer, prepared.teachers, prepared.outputs)
+    return PreparedTeacher(prepared.task, first.score, first.path, first.training, first.from_cache,
                            time.perf_counter() - started, FINE_TUNES[0] - fine_tunes_before, inputs)
 
 

@@ -28,7 +28,8 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
     from ray import tune
 
     from ..distill import export, run_distillation
-    from ..teacher import FINE_TUNES, cache_root
+    from ..teacher.cache import cache_root
+    from ..teacher.fine_tuned import FINE_TUNES
 
     started = time.perf_counter()
     fine_tunes_before = FINE_TUNES[0]
