@@ -23,7 +23,7 @@ from typing import Any
 
 from autodistill.config import PipelineConfig
 from autodistill.meta import META_DATASET_DIR
-from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
+from autodistill.meta.fitting import DEFAULT_MODEL_DIR
 from autodistill.meta.warm_start import DECISION_FILE
 from autodistill.search.records import RecordStore
 

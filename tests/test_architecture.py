@@ -39,8 +39,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "pipeline": ("autodistill.distill", "autodistill.prepare", "autodistill.shipping"),
     "search": ("autodistill.search",),
     "meta": ("autodistill.meta",),
-    "interfaces": ("autodistill.cli", "autodistill.auto", "autodistill.meta.cli", "autodistill.meta.cli_commands",
-                   "service"),
+    "interfaces": ("autodistill.cli", "autodistill.auto", "service"),
 }
 ORDER = list(FLOORS)
 SERVICE_ONLY_DEPENDENCIES = ("fastapi", "uvicorn", "sqlalchemy", "psycopg", "python-multipart")
@@ -60,7 +59,7 @@ MODULES = module_files()
 
 
 def floor_of(module: str) -> str:
-    """The floor whose longest prefix names the module (``autodistill.meta.cli`` is an interface)."""
+    """The floor whose longest prefix names the module (``autodistill.cli.meta`` is an interface)."""
     best, floor = "", None
     for name, prefixes in FLOORS.items():
         for prefix in prefixes:
