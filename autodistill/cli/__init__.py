@@ -11,8 +11,9 @@
                    (the REST service's ``serve`` and ``keys``, with ``pip install autodistill[service]``)
 =================  ===============================================================================
 
-:mod:`.common` holds what they share. A command module imports the library's heavy parts (torch, Ray,
-scikit-learn) in its handler, so ``--help`` and every other command start at once.
+:mod:`.common` holds what they share. Imports are at module level, but for the engine's (torch,
+seconds to import): a handler that trains imports it, so ``--help`` and the commands that train nothing
+(``meta evaluate``, ``keys``...) do without it.
 """
 from __future__ import annotations
 

@@ -6,8 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..auto import run_auto
 from ..config import ConfigError
 from ..data import DataError
+from ..meta.fitting import DEFAULT_MODEL_DIR
+from ..meta.model import ModelVersionError
 from ..search.space import SpaceError
 from .common import BUDGET_HELP, Commands, data_or_bundled, interrupted_before_a_student, quiet_libraries, report_search
 
@@ -38,11 +41,7 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Ray, torch, transformers and scikit-learn (~6 s): only when `auto` runs, never for --help
-    from ..auto import run_auto
-    from ..meta.fitting import DEFAULT_MODEL_DIR
-    from ..meta.model import ModelVersionError
-    from ..models import ModelLoadError
+    from ..models import ModelLoadError  # torch (~4 s): only when `auto` runs, not for --help or the others
 
     quiet_libraries(args.verbose)
     data = data_or_bundled(args.data)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..data import bundled_dataset_path
+from ..search.runner import format_leaderboard
+from ..search.verdict import build_verdict, format_verdict
 
 NO_STUDENT_EXIT = 3
 INTERRUPTED_EXIT = 130
@@ -41,7 +43,7 @@ def quiet_libraries(verbose: bool) -> None:
     """Keep transformers' and Ray's own chatter out of the user's output unless --verbose."""
     if verbose:
         return
-    import transformers  # heavy (torch, ~4 s): only for the commands that train, never for --help
+    import transformers  # torch (~4 s): only for the commands that train, not for --help or the others
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()   # "Writing model shards" bars on every export
@@ -59,10 +61,6 @@ def interrupted_before_a_student(out: Path, command: str) -> int:
 def report_search(result: Any, out: Path, command: str) -> int:
     """Leaderboard and verdict; exit 0 with a student, 130 when interrupted (the best completed
     student kept), 3 when no student exists (the message names the cause and what to change)."""
-    # Ray (~1 s), already imported by the search that made ``result``
-    from ..search.runner import format_leaderboard
-    from ..search.verdict import build_verdict, format_verdict
-
     print(format_leaderboard(result.trials))
     print(f"\nrecords: {result.records_path}")
     verdict = build_verdict(result)

@@ -22,7 +22,7 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # the engine (torch + transformers, ~4 s): only when a student is distilled, never for --help
+    # the engine (torch, ~4 s): only when a student is distilled, not for --help or the other commands
     from ..distill import add_latency, export, format_report, run_distillation
     from ..models import ModelLoadError
 

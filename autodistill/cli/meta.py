@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 from ..meta import DATASETS_DIR, META_DATASET_DIR
+from ..meta.build import build, status
+from ..meta.distiller_import import import_distiller
+from ..meta.evaluate import PLAIN_HGB, PLAIN_HGB_STATED, nested_lodo_evaluate, seed_noise_floor, write_nested_report
+from ..meta.fitting import DEFAULT_MODEL_DIR, fit_meta_model, meta_model_table, model_choices
+from ..meta.pilot import pilot_report, write_pilot_report
 from ..meta.portfolio import STUDENT_PRESETS
+from ..meta.table import load_records, stated_meta_feature_columns
+from ..meta.warm_start import write_decision
 from .common import Commands
 
 #: where a new build writes: the v1 records (meta_dataset/runs, the old preset) are no longer the default
@@ -46,7 +53,7 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     b.add_argument("--workers", type=int, default=1,
                    help="single-threaded build processes sharing the datasets, one dataset each at a time "
                         "(--limit is per worker); 2 on a 2-core machine")
-    b.set_defaults(func=build)
+    b.set_defaults(func=run_build)
 
     s = meta_commands.add_parser("status", help="progress of the build: runs recorded and missing, compute spent, ETA")
     s.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
@@ -56,7 +63,7 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     s.add_argument("--student", choices=sorted(STUDENT_PRESETS), help="the student preset of the contexts")
     s.add_argument("--processes", type=int, default=2, help="build processes running in parallel (for the ETA)")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.set_defaults(func=status)
+    s.set_defaults(func=run_status)
 
     d = meta_commands.add_parser("import-distiller", help="import the Distiller paper's released runs")
     d.add_argument("--anchors", default=META_DATASET_DIR / "distiller" / "source", type=Path,
@@ -65,7 +72,7 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
                    help="folder of dataset folders (default: meta_dataset/datasets)")
     d.add_argument("--out", default=META_DATASET_DIR / "distiller", type=Path)
     d.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
-    d.set_defaults(func=import_distiller)
+    d.set_defaults(func=run_import_distiller)
 
 
 def _dataset_names(args: argparse.Namespace) -> list[str] | None:
@@ -101,14 +108,12 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
     return argv + (["--no-backbone"] if args.no_backbone else [])
 
 
-def build(args: argparse.Namespace) -> int:
+def run_build(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
     if args.workers > 1:
         return _build_in_workers(args, _worker_argv(args))
-    from ..meta.build import build as build_meta_dataset  # the engine (torch, transformers): only when it runs
-
     try:
         override = json.loads(args.preset_override) if args.preset_override else None
         if override is not None and not isinstance(override, dict):
@@ -116,10 +121,10 @@ def build(args: argparse.Namespace) -> int:
         datasets = _dataset_names(args)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else [None]
-        summaries = [build_meta_dataset(args.datasets_root, datasets=datasets, portfolio=args.portfolio,
-                                        out=args.out, limit=args.limit, preset_override=override, seeds=seeds,
-                                        backbone=None if args.no_backbone else "default", train_size=size,
-                                        student=args.student) for size in sizes]
+        summaries = [build(args.datasets_root, datasets=datasets, portfolio=args.portfolio, out=args.out,
+                           limit=args.limit, preset_override=override, seeds=seeds,
+                           backbone=None if args.no_backbone else "default", train_size=size,
+                           student=args.student) for size in sizes]
     except (ValueError, KeyError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -130,13 +135,10 @@ def build(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def status(args: argparse.Namespace) -> int:
-    from ..meta.build import status as build_status  # the build's module loads the engine (torch, transformers)
-
+def run_status(args: argparse.Namespace) -> int:
     datasets = _dataset_names(args)
     try:
-        st = build_status(args.out, datasets=datasets, portfolio=args.portfolio, train_size=args.size,
-                          student=args.student)
+        st = status(args.out, datasets=datasets, portfolio=args.portfolio, train_size=args.size, student=args.student)
     except KeyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -159,13 +161,10 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-def import_distiller(args: argparse.Namespace) -> int:
-    # meta-features of the datasets (transformers, pandas): only when it runs
-    from ..meta.distiller_import import import_distiller as import_runs
-
+def run_import_distiller(args: argparse.Namespace) -> int:
     try:
-        result = import_runs(args.anchors, args.datasets_root, args.out,
-                             backbone=None if args.no_backbone else "default")
+        result = import_distiller(args.anchors, args.datasets_root, args.out,
+                                  backbone=None if args.no_backbone else "default")
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -229,7 +228,7 @@ def add_meta_model_commands(meta_commands: Commands) -> None:
                    help="record files/folders with other student seeds of the same datasets, for the noise floor "
                    "(seeds within --records count too)")
     e.add_argument("--note", default="", help="a line the report starts with (e.g. which preset the records are)")
-    e.set_defaults(func=evaluate)
+    e.set_defaults(func=run_evaluate)
 
     f = meta_commands.add_parser("fit", help="fit the meta-model on all records (choice selected as in the nested "
                                  "evaluation)")
@@ -241,26 +240,21 @@ def add_meta_model_commands(meta_commands: Commands) -> None:
                    help="a `meta evaluate` report folder: its decision.json (meta-model or portfolio warm start) "
                    "is stored with the model")
     f.add_argument("--out", required=True, type=Path, help="model folder")
-    f.set_defaults(func=fit)
+    f.set_defaults(func=run_fit)
 
     d = meta_commands.add_parser("decide", help="store an evaluation's warm-start decision (meta-model or "
                                  "portfolio) with a model")
     d.add_argument("--evaluation", required=True, type=Path, help="a `meta evaluate` report folder (decision.json)")
-    d.add_argument("--model", type=Path, default=None, help="model folder (default: meta_dataset/model, the "
-                   "committed one)")
-    d.set_defaults(func=decide)
+    d.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder")
+    d.set_defaults(func=run_decide)
 
     pl = meta_commands.add_parser("pilot", help="a pilot's records -> seed noise, centred means, candidates to merge")
     pl.add_argument("--records", nargs="+", required=True, help="record JSONL files or folders")
     pl.add_argument("--out", required=True, type=Path, help="report folder (pilot.md, pilot_runs.csv)")
-    pl.set_defaults(func=pilot)
+    pl.set_defaults(func=run_pilot)
 
 
-def pilot(args: argparse.Namespace) -> int:
-    # pandas and the meta-model's modules (scikit-learn, ~2 s): only when it runs
-    from ..meta.pilot import pilot_report, write_pilot_report
-    from ..meta.table import load_records
-
+def run_pilot(args: argparse.Namespace) -> int:
     report = pilot_report(load_records(args.records))
     if report.centred.empty:
         print("error: no candidate ran on every context of these records", file=sys.stderr)
@@ -270,12 +264,7 @@ def pilot(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    # pandas and scikit-learn (~2 s): only when it runs
-    from ..meta.evaluate import PLAIN_HGB, PLAIN_HGB_STATED, nested_lodo_evaluate, seed_noise_floor, write_nested_report
-    from ..meta.fitting import meta_model_table, model_choices
-    from ..meta.table import load_records, stated_meta_feature_columns
-
+def run_evaluate(args: argparse.Namespace) -> int:
     t0 = time.time()
     try:
         table = meta_model_table(args.records, target=args.target, features_dir=args.features,
@@ -300,10 +289,7 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def fit(args: argparse.Namespace) -> int:
-    # pandas and scikit-learn (~2 s): only when it runs
-    from ..meta.fitting import fit_meta_model, meta_model_table
-
+def run_fit(args: argparse.Namespace) -> int:
     try:
         table = meta_model_table(args.records, target=args.target, features_dir=args.features,
                                  teacher_features=args.teacher_features)
@@ -328,18 +314,14 @@ def fit(args: argparse.Namespace) -> int:
 
 
 def _store_decision(evaluation: Path, model_dir: Path) -> Path:
-    from ..meta.warm_start import write_decision  # pandas (~0.3 s): only when a decision is stored
-
     decision = json.loads((Path(evaluation) / "decision.json").read_text(encoding="utf-8"))
     return write_decision(model_dir, decision["portfolio"], decision["k"], decision["comparison"],
                           decision.get("note", ""))
 
 
-def decide(args: argparse.Namespace) -> int:
-    from ..meta.fitting import DEFAULT_MODEL_DIR  # with the meta-model's modules (scikit-learn, ~2 s)
-
+def run_decide(args: argparse.Namespace) -> int:
     try:
-        path = _store_decision(args.evaluation, args.model or DEFAULT_MODEL_DIR)
+        path = _store_decision(args.evaluation, args.model)
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,9 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+from ..auto import recommend_for
 from ..config import ConfigError, PipelineConfig, load_config
 from ..data import DataError, bundled_dataset_path
+from ..meta.fitting import DEFAULT_MODEL_DIR
+from ..meta.model import ModelVersionError
 from ..meta.portfolio import with_pipeline
+from ..meta.warm_start import read_decision
 from .common import Commands
 
 
@@ -20,8 +24,7 @@ def register(commands: Commands) -> None:
     r.add_argument("--config", help="pipeline config (YAML/JSON) for the data columns and teacher backbone")
     r.add_argument("--top-k", type=int, default=5)
     r.add_argument("--json", action="store_true", help="print JSON")
-    r.add_argument("--model", type=Path, default=None, help="meta-model folder (default: meta_dataset/model, "
-                   "the committed one)")
+    r.add_argument("--model", type=Path, default=None, help=f"meta-model folder (default: {DEFAULT_MODEL_DIR})")
     r.add_argument("--no-backbone", action="store_true", help="skip the embedding meta-features (faster)")
     r.add_argument("--constraint", action="append", default=[], metavar="PATH=VALUE",
                    help="keep only candidates whose config has this value, e.g. student.num_layers=2")
@@ -44,12 +47,7 @@ def parse_constraints(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    # the meta-model and the meta-features (scikit-learn, torch, transformers): only when it runs
-    from ..auto import recommend_for
-    from ..meta.fitting import DEFAULT_MODEL_DIR
-    from ..meta.model import ModelVersionError
-    from ..meta.warm_start import read_decision
-    from ..models import ModelLoadError
+    from ..models import ModelLoadError  # torch (~4 s): only when it runs, not for --help or the others
 
     t0 = time.time()
     model_dir = args.model or DEFAULT_MODEL_DIR

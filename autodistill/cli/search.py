@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_config_dict
 from ..data import DataError
+from ..search.runner import run_search
 from ..search.space import SpaceError
 from .common import BUDGET_HELP, Commands, data_or_bundled, interrupted_before_a_student, quiet_libraries, report_search
 
@@ -47,9 +48,7 @@ def register(commands: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Ray, torch and transformers (~5 s): only when a search runs, never for --help
-    from ..models import ModelLoadError
-    from ..search.runner import run_search
+    from ..models import ModelLoadError  # torch (~4 s): only when a search runs, not for --help or the others
 
     quiet_libraries(args.verbose)
     data = data_or_bundled(args.data)
