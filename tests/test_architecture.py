@@ -40,8 +40,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "pipeline": ("autodistill.distill", "autodistill.prepare", "autodistill.shipping"),
     "search": ("autodistill.search",),
     "meta": ("autodistill.meta",),
-    "interfaces": ("autodistill.cli", "autodistill.auto", "autodistill.meta.cli", "autodistill.meta.cli_commands",
-                   "service"),
+    "interfaces": ("autodistill.cli", "autodistill.auto", "service"),
 }
 ORDER = list(FLOORS)
 SERVICE_ONLY_DEPENDENCIES = ("fastapi", "uvicorn", "sqlalchemy", "psycopg", "python-multipart")
@@ -61,12 +60,12 @@ MODULES = module_files()
 
 
 def floor_of(module: str) -> str:
-    """The floor whose longest prefix names the module (``autodistill.meta.cli`` is an interface)."""
+    """The floor whose longest prefix names the module (``autodistill.cli.meta`` is an interface)."""
     best, floor = "", None
     for name, prefixes in FLOORS.items():
         for prefix in prefixes:
-            # a package root ("autodistill") names its __init__ only
-            covers = module == prefix or (prefix not in PACKAGES and module.startswith(prefix + "."))
+            # the library's root ("autodistill") names its __init__ only; "service" names the whole package
+            covers = module == prefix or (prefix != "autodistill" and module.startswith(prefix + "."))
             if covers and len(prefix) > len(best):
                 best, floor = prefix, name
     if floor is None:

@@ -287,7 +287,7 @@ def test_stated_feature_set_fits_a_real_model():
 
 
 def test_inner_folds_option():
-    from autodistill.meta.cli_commands import _inner_folds
+    from autodistill.cli.meta import _inner_folds
 
     assert _inner_folds("logo") is None and _inner_folds("LOGO") is None and _inner_folds("5") == 5
     for bad in ("1", "x"):

@@ -344,7 +344,7 @@ def test_full_configs_project_onto_a_space_as_distinct_points(tiny_backbone):
 
 def test_auto_recommends_then_searches_seeded(tiny_backbone, tmp_path):
     from autodistill.auto import run_auto
-    from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
+    from autodistill.meta.fitting import DEFAULT_MODEL_DIR
     space = SearchSpace.from_dict(tiny_space(tiny_backbone, trials=2))
     result = run_auto(CR, tmp_path / "auto", DEFAULT_MODEL_DIR, space=space, trials=2, time_budget=None,
                       seeds=2, quiet=True)
