@@ -221,3 +221,15 @@ def test_the_cli_runs_without_the_service(argv):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage" in proc.stdout.lower()
+
+
+def test_the_readme_layout_lists_every_module_once():
+    """README's layout table has one line per module of the tree, and nothing the tree lacks."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):]
+    layout = layout[: layout.index("\n## ", 1)]
+    listed = [line.split("`")[1] for line in layout.splitlines() if line.startswith("| `") and line.split("`")[1].endswith(".py")]
+    tree = sorted(str(path.relative_to(ROOT)) for path in MODULES.values())
+    assert len(listed) == len(set(listed)), "listed twice: " + str(sorted({p for p in listed if listed.count(p) > 1}))
+    assert sorted(listed) == tree, (f"in the tree, not in README: {sorted(set(tree) - set(listed))}; "
+                                    f"in README, not in the tree: {sorted(set(listed) - set(tree))}")
