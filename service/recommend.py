@@ -218,7 +218,8 @@ class RecommenderService:
         (folder / SOURCES_FILE).write_text(json.dumps(sources), encoding="utf-8")
         summary = {"searches_folded": folded, "records_added": added, "rows": int(len(rows)),
                    "datasets": int(rows["dataset"].nunique()), "candidates": int(rows["candidate"].nunique()),
-                   "method": REFIT_METHOD, "model_path": str(folder)}
+                   "method": REFIT_METHOD, "model_path": str(folder),
+                   "left_out_uninformative": sorted(fitted.left_out_uninformative)}
         self.store.add_meta_model(str(folder), summary)
         return summary
 

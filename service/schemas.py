@@ -225,6 +225,9 @@ class RefitResponse(Strict):
     candidates: int
     method: str
     model_path: str
+    # datasets whose teacher scores no better than the majority class carry no signal for the meta-model
+    # and are left out by the one fitting rule (`autodistill meta fit` does the same); named, not hidden
+    left_out_uninformative: list[str] = []
 
 
 class Health(Strict):
