@@ -72,13 +72,13 @@ COPY meta_dataset/runs ./meta_dataset/runs
 COPY meta_dataset/features ./meta_dataset/features
 COPY meta_dataset/distiller/records.jsonl ./meta_dataset/distiller/records.jsonl
 COPY meta_dataset/distiller/features ./meta_dataset/distiller/features
-# editable install: the package finds search_spaces/ and meta_dataset/ next to itself (in /app), as in a
-# checkout; torch==2.13.0 in the same call keeps the torch installed above
+# editable install with the REST service's extra: the package finds search_spaces/ and meta_dataset/ next
+# to itself (in /app), as in a checkout; torch==2.13.0 in the same call keeps the torch installed above
 ARG EXTRA_PACKAGES=boto3
 RUN set -eu; \
     for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CERT PIP_CONSTRAINT; do \
         eval "[ -n \"\${$v}\" ] || unset $v"; done; \
-    pip install --no-cache-dir "torch==2.13.0" -e . $EXTRA_PACKAGES; \
+    pip install --no-cache-dir "torch==2.13.0" -e ".[service]" $EXTRA_PACKAGES; \
     python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"; \
     autodistill --help >/dev/null; \
     python -c "from autodistill.search.space import PRESET_DIR; assert (PRESET_DIR / 'cpu-fast.yaml').is_file(), PRESET_DIR"

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig, pipeline_only, with_pipeline
+from .config import pipeline_only, with_pipeline
+from .meta.features import search_meta_features
+from .meta.recommend import recommend_for
 from .meta.warm_start import choose_warm_start
 from .progress import EventLog
-from .search.runner import SearchResult, run_search
+from .search.driver import SearchRequest, SearchResult, run_search
 from .search.space import SearchSpace, distinct_points, load_space
 
 
@@ -24,21 +26,6 @@ class AutoResult:
     search: SearchResult
     recommend_seconds: float
     seed_labels: list[str]
-
-
-def recommend_for(data: DataConfig, model_dir: str | Path, top_k: int, backbone: str = "default",
-                  embeddings: bool = True, constraints: Any = None, budget: Any = None
-                  ) -> tuple[Any, list[Any], dict[str, float]]:
-    """(the recommender, its ``top_k`` pipelines for a dataset, the dataset's meta-features): the
-    embedding meta-features come from ``backbone`` unless ``embeddings`` is False; ``budget`` (the
-    user's config) supplies the student / data / optimisation inputs of the model."""
-    from .meta.features import meta_features_for
-    from .meta.model import Recommender
-    from .models import load_tokenizer
-
-    rec = Recommender.load(model_dir)
-    _, feats = meta_features_for(data, backbone if embeddings else None, tokenizer=load_tokenizer(backbone))
-    return rec, rec.recommend(feats, top_k=top_k, constraints=constraints, budget=budget), feats
 
 
 def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space: str | SearchSpace = "cpu-fast",
@@ -86,7 +73,8 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
         {"meta_features": feats, "seconds": seconds, "warm_start_source": start.source, "reason": start.reason,
          "recommendations": [r.to_dict() for r in recs], "anchor": anchor_label, "warm_start": points,
          "seed_labels": labels}, indent=2, default=str), encoding="utf-8")
-    result = run_search(data_part, sp, out, trials=trials, time_budget=time_budget, warm_start=points or None,
-                        resume=resume, quiet=quiet, verbose=verbose, seed_labels=labels,
-                        anchor_pipeline=(top.config, anchor_label), events=events)
+    result = run_search(SearchRequest(data_part, sp, out, trials=trials, time_budget=time_budget,
+                                      warm_start=points or None, resume=resume, quiet=quiet, verbose=verbose,
+                                      seed_labels=labels, anchor_pipeline=(top.config, anchor_label),
+                                      meta_features=search_meta_features), events=events)
     return AutoResult([r.to_dict() for r in recs], points, result, seconds, [anchor_label, *labels])

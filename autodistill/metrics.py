@@ -1,15 +1,11 @@
 """Task metrics: accuracy, F1, Matthews correlation, Pearson/Spearman."""
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from .registry import Registry
-
-METRICS: Registry[Callable[[np.ndarray, np.ndarray], float]] = Registry("metric")
+from .registry import METRICS
 
 
 @METRICS.register("accuracy")

@@ -16,61 +16,22 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .augmentation import mix_targets, mixed_inputs, mixup_permutation, sample_mixup_lambda
 from .augmentation import soft_target_cross_entropy
+from .augmented_pool import PoolBuilder, TrainingPool
+from .batching import EncodedSplit, collate, model_inputs, to_device
 from .callbacks import TrainerState
 from .config import PipelineConfig
-from .dynamic import adoption_weights, select_for_kd, uncertainty
+from .dynamic import build_adoption, build_selection, uncertainty
 from .losses import build_prediction_loss
-from .pool import TrainingPool
-from .teacher_outputs import TeacherOutputs, pool_states
+from .teacher.source import TeacherSource
 from .trainer import StepObjective, supervised_loss
-from .training import EncodedSplit, collate, model_inputs, to_device
 from .weighting import StepTerms, build_weighting, kd_objective
-
-
-class TeacherSource:
-    """Teacher logits (and hidden features) for rows of a batch, from a cache or computed on the fly."""
-
-    def __init__(self, model: nn.Module, cached: TeacherOutputs | None, layers: Sequence[int] = (),
-                 feature: str | None = None):
-        self.model = model
-        self.cached = cached
-        self.layers = sorted(set(layers))
-        self.feature = feature
-        self.forward_examples = 0
-
-    @property
-    def online(self) -> bool:
-        return self.cached is None
-
-    def outputs(self, batch: dict[str, torch.Tensor], rows: torch.Tensor, with_hidden: bool
-                ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        device = batch["input_ids"].device
-        if not self.online:
-            indices = batch["indices"][rows]
-            hidden = self.cached.batch_hidden(indices, batch["input_ids"].shape[1], device) if with_hidden else {}
-            return self.cached.batch_logits(indices).to(device), hidden
-        sub = {k: v[rows] for k, v in model_inputs(batch).items()}
-        self.forward_examples += int(rows.numel())
-        with torch.no_grad():
-            out = self.model(**sub, output_hidden_states=with_hidden and bool(self.layers))
-        hidden = {}
-        if with_hidden:
-            for layer in self.layers:
-                hidden[layer] = pool_states(out.hidden_states[layer].float(), sub["attention_mask"], self.feature)
-        return out.logits.float(), hidden
-
-    def logits_for_inputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits for ready-made model inputs (MixKD's mixed embeddings)."""
-        self.forward_examples += inputs["attention_mask"].shape[0]
-        with torch.no_grad():
-            return self.model(**inputs).logits.float()
 
 
 @dataclass
@@ -82,9 +43,13 @@ class TeacherStep:
 
 
 class KDObjective(StepObjective):
-    def __init__(self, cfg: PipelineConfig, pool_builder, teachers: list[TeacherSource], task_type: str,
-                 intermediate: nn.Module | None, representation: nn.Module | None, num_labels: int,
-                 meta_split: EncodedSplit | None, pad_id: int):
+    """The KD step of one pipeline ``cfg``: trains on ``pool_builder``'s pool, distils from ``teachers``
+    (the first serves hidden features to ``intermediate`` or to Dynamic KD's ``representation``);
+    ``meta_split`` is RW-KD's held-out meta set."""
+
+    def __init__(self, cfg: PipelineConfig, *, pool_builder: PoolBuilder, teachers: list[TeacherSource],
+                 task_type: str, intermediate: nn.Module | None, representation: nn.Module | None,
+                 num_labels: int, meta_split: EncodedSplit | None, pad_id: int):
         self.cfg = cfg
         self.pool_builder = pool_builder
         self.pool: TrainingPool = pool_builder.initial()
@@ -95,6 +60,8 @@ class KDObjective(StepObjective):
         self.intermediate = intermediate
         self.representation = representation  # Dynamic KD's REP: mapping + per-pair REP loss
         self.weighting = build_weighting(cfg.weighting)
+        self.selection = build_selection(cfg.dynamic)     # Dynamic KD data selection (the KD subset S)
+        self.adoption = build_adoption(cfg.dynamic)       # Dynamic KD teacher adoption (KD over teachers)
         self.meta_split = meta_split
         self.pad_id = pad_id
         self.generator = torch.Generator().manual_seed(cfg.optim.seed)
@@ -203,8 +170,7 @@ class KDObjective(StepObjective):
     def _teacher_step_outputs(self, batch, z_s) -> list[tuple[torch.Tensor, dict[int, torch.Tensor]]]:
         """S and the teachers' outputs on it, once per step: RW-KD's look-ahead and the step share them."""
         if self._teacher_step is None:
-            cfg = self.cfg
-            sel = select_for_kd(z_s, cfg.dynamic.selection, cfg.dynamic.selection_ratio, self.generator)
+            sel = self.selection.select(z_s, self.generator)
             need_hidden = self.intermediate is not None or self.representation is not None
             outputs = [t.outputs(batch, sel, with_hidden=(k == 0 and need_hidden)) if sel.numel() else
                        (z_s.new_zeros(0, z_s.shape[-1]), {}) for k, t in enumerate(self.teachers)]
@@ -224,11 +190,7 @@ class KDObjective(StepObjective):
         if sel.numel():
             z_sel = z_s[sel]
             kd_per_teacher = torch.stack([self.prediction.per_sample(z_sel, logits) for logits, _ in outputs], -1)
-            if cfg.dynamic.adoption != "none":
-                weights = adoption_weights(uncertainty(z_sel.detach()), cfg.dynamic.adoption, len(self.teachers))
-                kd = (weights * kd_per_teacher).sum(-1)
-            else:
-                kd = kd_per_teacher[:, 0]
+            kd = self.adoption.combine(kd_per_teacher, z_sel)
             if self.representation is not None:
                 u = uncertainty(z_sel.detach())
                 student_hidden = [h[sel] for h in out.hidden_states]

@@ -102,7 +102,7 @@ def materialize(inputs: SearchInputs) -> Given:
     """The trial's side: models and tokenizer rebuilt in a private temp folder (once per process)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .teacher import TeacherResult
+    from .teacher.fine_tuned import TeacherResult
     if inputs.token in _MATERIALIZED:
         return _MATERIALIZED[inputs.token]
     for token, old in list(_MATERIALIZED.items()):   # a new search in a reused process: drop the old one

@@ -1,4 +1,4 @@
-"""The training loop: one loop for fine-tuning and for every KD pipeline.
+"""The training loop: one loop for fine-tuning and for every KD pipeline, with its optimiser and seeding.
 
 What is optimised is a :class:`StepObjective`; progress, logging, early stopping and reporting are
 callbacks. The loop follows the :class:`~autodistill.config.TrainingRule`: it evaluates on the dev
@@ -15,15 +15,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import get_linear_schedule_with_warmup
 
 from .callbacks import Callback, EarlyStoppingCallback, ProgressCallback, TrainerControl, TrainerState
 from .config import TrainingRule
-from .training import (
-    EncodedSplit, build_optimizer, collate, evaluate, model_inputs, set_seed, shuffled_batches, to_device,
-)
+from .batching import EncodedSplit, collate, model_inputs, shuffled_batches, to_device
+from .evaluation import evaluate
 
 
 # what a run records about its training (metrics.json, the run record): budget used and the learning curve
@@ -99,6 +100,26 @@ class StepObjective:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+
+def build_optimizer(named_modules: Sequence[nn.Module], learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int):
+    """AdamW (no decay on biases and LayerNorm) with linear warm-up and decay."""
+    decay, no_decay = [], []
+    for module in named_modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, task_type: str) -> torch.Tensor:

@@ -21,9 +21,8 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import WeightingConfig
-from .registry import Registry
+from .registry import WEIGHTINGS
 
-WEIGHTINGS: Registry = Registry("weighting strategy")
 
 Weight = float | torch.Tensor
 

@@ -23,8 +23,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from autodistill.data import bundled_dataset_path  # noqa: E402
 from autodistill.meta import DATASETS_DIR  # noqa: E402
-from autodistill.search.records import RecordStore  # noqa: E402
-from autodistill.search.runner import run_search  # noqa: E402
+from autodistill.meta.features import search_meta_features  # noqa: E402
+from autodistill.records import RecordStore  # noqa: E402
+from autodistill.search.driver import SearchRequest, run_search  # noqa: E402
 from autodistill.search.space import SearchSpace  # noqa: E402
 
 # Seed configs in cpu-fast's parameter names: settings that usually work for small truncated students.
@@ -62,22 +63,23 @@ def tiny_backbone(folder: Path) -> str:
 def curve(out: Path, t0: float) -> list[tuple[float, float]]:
     """(seconds since the search started, best score so far) at each finished trial."""
     points, best = [], None
-    for r in sorted(RecordStore(out).read(), key=lambda r: r["search"]["finished_at"]):
-        s = r["metrics"].get("student_score")
+    for r in sorted(RecordStore(out).read(), key=lambda r: r.search["finished_at"]):
+        s = r.metrics.get("student_score")
         if s is not None and (best is None or s > best):
             best = s
-        points.append((r["search"]["finished_at"] - t0, best))
+        points.append((r.search["finished_at"] - t0, best))
     return points
 
 
 def overheads(out: Path) -> list[float]:
-    return [r["wall_seconds"] - r["metrics"]["distill_seconds"] for r in RecordStore(out).read()
-            if r["status"] == "completed" and r.get("wall_seconds") and r["metrics"].get("distill_seconds")]
+    return [r.wall_seconds - r.metrics["distill_seconds"] for r in RecordStore(out).read()
+            if r.status == "completed" and r.wall_seconds and r.metrics.get("distill_seconds")]
 
 
 def one(data: str, space: SearchSpace, out: Path, warm: list | None, overrides: dict, reuse: bool = True) -> dict:
     t0 = time.time()
-    result = run_search(data, space, out, warm_start=warm, overrides=overrides, reuse_actors=reuse, quiet=True)
+    result = run_search(SearchRequest(data, space, out, warm_start=warm, overrides=overrides, reuse_actors=reuse,
+                                      quiet=True, meta_features=search_meta_features))
     ov = overheads(out)
     return {"best": result.best_score, "wall_s": time.time() - t0, "teacher_s": result.teacher_seconds,
             "teacher_score": result.teacher_score, "curve": curve(out, t0),

@@ -1,12 +1,27 @@
-"""`autodistill serve` and `autodistill keys create|list|revoke`."""
+"""`autodistill serve` and `autodistill keys create|list|revoke`: they join the library's CLI through the
+``autodistill.commands`` entry point (pyproject.toml), so the library never imports the service.
+
+What they need is imported here, at module level: when a package of the `service` extra is missing,
+loading the entry point fails and the CLI leaves these commands out, with the hint
+``pip install autodistill[service]``."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
+import uvicorn
 
-def add_service_commands(sub: argparse._SubParsersAction) -> None:
+from autodistill.cli.common import Commands
+
+from . import db
+from .app import create_app
+from .ray_backend import LocalRayHead
+from .settings import ServiceSettings
+from .store import Store
+
+
+def add_service_commands(sub: Commands) -> None:
     s = sub.add_parser("serve", help="run the REST service (uvicorn)")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     s.add_argument("--port", type=int, default=8000)
@@ -32,15 +47,12 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_keys_revoke)
 
 
-def _settings(args: argparse.Namespace, **extra):
-    from .settings import ServiceSettings
+def _settings(args: argparse.Namespace, **extra) -> ServiceSettings:
     return ServiceSettings.from_env(state_dir=getattr(args, "state_dir", None),
                                     database_url=getattr(args, "database_url", None), **extra)
 
 
-def _store(args: argparse.Namespace):
-    from . import db
-    from .store import Store
+def _store(args: argparse.Namespace) -> Store:
     settings = _settings(args)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     engine = db.make_engine(settings.sqlalchemy_url)
@@ -49,10 +61,6 @@ def _store(args: argparse.Namespace):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app
-    from .ray_backend import LocalRayHead
     try:
         settings = _settings(args, ray_address=args.ray_address)
     except ValueError as err:

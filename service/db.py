@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from sqlalchemy import (JSON, Boolean, Column, Connection, Engine, Float, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, event, inspect, select, text)
+                        UniqueConstraint, create_engine, event, inspect, select)
 
 metadata = MetaData()
 

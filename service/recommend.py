@@ -16,22 +16,26 @@ import functools
 import json
 import shutil
 import threading
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from autodistill.config import PipelineConfig
+from autodistill.config import PipelineConfig, StudentConfig
 from autodistill.meta import META_DATASET_DIR
-from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
-from autodistill.meta.warm_start import DECISION_FILE
-from autodistill.search.records import RecordStore
+from autodistill.config import with_pipeline
+from autodistill.meta.fitting import DEFAULT_MODEL_DIR, fit_meta_model, meta_model_table
+from autodistill.meta.model_files import ModelVersionError
+from autodistill.meta.portfolio import current_candidate
+from autodistill.meta.recommender import Recommender, matches_constraints
+from autodistill.meta.warm_start import DECISION_FILE, choose_warm_start
+from autodistill.records import RecordStore
 
 from .errors import ApiError
 from .settings import ServiceSettings
 from .store import Store
 
-REFIT_METHOD = "hgb"
+REFIT_METHOD = "hgb"   # the committed model's family; "auto" (the nested selection) takes minutes, not seconds
 SERVICE_DATASET_PREFIX = "svc-"
 SOURCES_FILE = "sources.json"   # candidate -> the meta-dataset datasets it was measured on
 NEAREST_SHOWN = 3
@@ -45,8 +49,7 @@ def base_record_paths() -> list[Path]:
 
 @functools.lru_cache(maxsize=256)
 def _student_parameters(backbone: str, student_json: str, num_labels: int) -> int | None:
-    from autodistill.config import StudentConfig
-    from autodistill.models import ModelLoadError, student_parameters
+    from autodistill.models import ModelLoadError, student_parameters  # torch (~3 s): at the first recommendation
     try:
         return student_parameters(backbone, StudentConfig.model_validate_json(student_json), num_labels)
     except (ModelLoadError, ValueError):
@@ -78,8 +81,6 @@ class RecommenderService:
     def _loaded_model(self) -> tuple[str, Any, dict[str, PipelineConfig], dict[str, list[str]]]:
         """(folder, Recommender, validated config per candidate - server paths removed -, the datasets
         each candidate came from), loaded once per model folder."""
-        from autodistill.meta.model import ModelVersionError, Recommender
-        from autodistill.meta.portfolio import current_candidate, with_pipeline
         folder = str(self.model_dir())
         with self._lock:
             if self._loaded is None or self._loaded[0] != folder:
@@ -115,7 +116,6 @@ class RecommenderService:
         """The pipelines a search warm-starts from: the meta-model's top-k or the best-of-k portfolio,
         whichever the model folder's committed evaluation chose (``.source`` says which); only candidates
         the dataset's owner may see."""
-        from autodistill.meta.warm_start import choose_warm_start
         folder, rec, _, sources = self._loaded_model()
         start = choose_warm_start(rec, folder, dataset["meta_features"], len(rec.candidates))
         shown = self._shown(dataset["owner"], sources)
@@ -145,7 +145,6 @@ class RecommenderService:
     def recommend(self, dataset: dict[str, Any], top_k: int, max_params: int | None,
                   config_constraints: dict[str, Any] | None) -> tuple[Any, list[dict[str, Any]]]:
         """The top ``top_k`` candidates the dataset's owner may see, best first (see the module docstring)."""
-        from autodistill.meta.model import matches_constraints
         folder, rec, configs, sources = self._loaded_model()
         visible = self._visibility(dataset["owner"])
         shown = self._shown(dataset["owner"], sources)
@@ -186,15 +185,14 @@ class RecommenderService:
         target = RecordStore(records_dir / f"{name}.jsonl")
         added = 0
         for rec in RecordStore(Path(search["out_dir"])).read():
-            if rec.get("status") == "completed":
-                added += bool(target.append({**rec, "dataset": name}))
+            if rec.status == "completed":
+                added += bool(target.append(rec.replace(dataset=name)))
         return added
 
     def refit(self) -> dict[str, Any]:
-        from autodistill.meta.evaluate import default_model_params, drop_meta_features
-        from autodistill.meta.model import Recommender
-        from autodistill.meta.table import table_from_paths
-
+        """Fold the finished searches into the service's meta-dataset and refit the meta-model on it and
+        the committed records: ``autodistill meta fit --method hgb`` on the same records gives the same
+        model (one fitting function, :func:`~autodistill.meta.fitting.fit_meta_model`)."""
         folded, added = 0, 0
         for search in self.store.finished_unfolded_searches():
             added += self.fold_search(search, self.store.get_dataset(None, search["dataset_id"]))
@@ -204,23 +202,24 @@ class RecommenderService:
         paths = base + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
         if not paths:
             raise ApiError(409, "conflict", "no meta-dataset records to fit on")
-        table = drop_meta_features(table_from_paths(paths, target="ratio"))
-        if table.empty:
-            raise ApiError(409, "conflict", "no usable meta-dataset records to fit on")
-        rec = Recommender.fit(table, method=REFIT_METHOD, model_params=default_model_params(REFIT_METHOD),
-                              info={"target": "ratio", "records": [str(p) for p in paths], "refit_by": "service"},
-                              target="ratio")
+        try:
+            fitted = fit_meta_model(meta_model_table(paths), method=REFIT_METHOD,
+                                    info={"records": [str(p) for p in paths], "refit_by": "service"})
+        except ValueError as err:
+            raise ApiError(409, "conflict", f"cannot refit the meta-model: {err}") from None
+        rec, rows = fitted.recommender, fitted.rows
         folder = self.settings.state_dir / "models" / time.strftime("%Y%m%dT%H%M%S") / str(time.time_ns())
         rec.save(folder)
         # the committed evaluation's warm-start decision (meta-model or portfolio) carries over to the refit
         decision = Path(self.settings.model_dir or DEFAULT_MODEL_DIR) / DECISION_FILE
         if decision.is_file():
             shutil.copyfile(decision, folder / DECISION_FILE)
-        sources = {str(c): sorted(map(str, rows["dataset"].unique())) for c, rows in table.groupby("candidate")}
+        sources = {str(c): sorted(map(str, group["dataset"].unique())) for c, group in rows.groupby("candidate")}
         (folder / SOURCES_FILE).write_text(json.dumps(sources), encoding="utf-8")
-        summary = {"searches_folded": folded, "records_added": added, "rows": int(len(table)),
-                   "datasets": int(table["dataset"].nunique()), "candidates": int(table["candidate"].nunique()),
-                   "method": REFIT_METHOD, "model_path": str(folder)}
+        summary = {"searches_folded": folded, "records_added": added, "rows": int(len(rows)),
+                   "datasets": int(rows["dataset"].nunique()), "candidates": int(rows["candidate"].nunique()),
+                   "method": REFIT_METHOD, "model_path": str(folder),
+                   "left_out_uninformative": sorted(fitted.left_out_uninformative)}
         self.store.add_meta_model(str(folder), summary)
         return summary
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, create_model, model_validator
+from pydantic_core import core_schema
 
 from autodistill.config import DataConfig, PipelineConfig
 
@@ -105,6 +106,43 @@ class RecommendationResponse(Strict):
     recommendations: list[RecommendedPipeline]
 
 
+SEARCH_DATA_KEYS = {"max_train_examples", "max_length"}
+
+
+class PipelineOverrides:
+    """A search request's partial pipeline config, merged over the search space's base. Parsed once, at
+    the edge, into what the rest of the service uses: ``overrides``, the keys as the client sent them
+    (merged over the space's base, and what the job is given), and ``pipeline``, the typed
+    :class:`PipelineConfig` they make with the defaults (what the service's limits are checked on). In
+    the OpenAPI schema and in a dumped request it is the JSON object the client sent."""
+
+    __slots__ = ("overrides", "pipeline")
+
+    def __init__(self, overrides: dict[str, Any], pipeline: PipelineConfig):
+        self.overrides = overrides
+        self.pipeline = pipeline
+
+    @classmethod
+    def parse(cls, overrides: dict[str, Any]) -> "PipelineOverrides":
+        data = overrides.get("data") or {}
+        if not isinstance(data, dict) or set(data) - SEARCH_DATA_KEYS:
+            raise ValueError(f"data: only {sorted(SEARCH_DATA_KEYS)} may be set here; the dataset's "
+                             "location and columns are fixed when it is created")
+        try:
+            pipeline = PipelineConfig.model_validate(overrides)
+        except ValidationError as err:
+            e = err.errors()[0]
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            raise ValueError(f"{'.'.join(map(str, e['loc']))}: {msg}") from None
+        return cls(overrides, pipeline)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            cls.parse, handler(dict[str, Any]),
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda value: value.overrides))
+
+
 class SearchRequest(Strict):
     dataset_id: str
     space: Literal["cpu-fast", "distiller", "full"] = "cpu-fast"
@@ -118,28 +156,13 @@ class SearchRequest(Strict):
         "GPUs per trial; a fraction (e.g. 0.5) shares one GPU between trials; default: the space's, else one "
         "per trial on a cluster with GPUs and none without"))
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="TPE sampler seed (numpy's range)")
-    config: dict[str, Any] | None = Field(
+    config: PipelineOverrides | None = Field(
         None, description="partial pipeline config merged over the space's base (e.g. teachers, optim)")
 
-    @field_validator("config")
-    @classmethod
-    def _config_is_a_pipeline_config(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
-        if config is None:
-            return None
-        data = config.get("data") or {}
-        if not isinstance(data, dict) or set(data) - SEARCH_DATA_KEYS:
-            raise ValueError(f"data: only {sorted(SEARCH_DATA_KEYS)} may be set here; the dataset's "
-                             "location and columns are fixed when it is created")
-        try:
-            PipelineConfig.model_validate(config)
-        except ValidationError as err:
-            e = err.errors()[0]
-            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            raise ValueError(f"{'.'.join(map(str, e['loc']))}: {msg}") from None
-        return config
-
-
-SEARCH_DATA_KEYS = {"max_train_examples", "max_length"}
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The request's partial config (empty without one)."""
+        return self.config.overrides if self.config is not None else {}
 
 
 class SearchProgress(Strict):
@@ -202,6 +225,9 @@ class RefitResponse(Strict):
     candidates: int
     method: str
     model_path: str
+    # datasets whose teacher scores no better than the majority class carry no signal for the meta-model
+    # and are left out by the one fitting rule (`autodistill meta fit` does the same); named, not hidden
+    left_out_uninformative: list[str] = []
 
 
 class Health(Strict):

@@ -10,11 +10,13 @@ search writes its Tune results and publishes its progress, records and best stud
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tarfile
 import threading
@@ -22,13 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autodistill.search.records import RecordStore
-from autodistill.search.runner import PROGRESS_FILE
+from autodistill.config import ConfigError
+from autodistill.records import RecordStore
+from autodistill.search.export import PROGRESS_FILE
+from autodistill.search.space import SearchSpace, SpaceError
 
 from . import storage
 from .datasets import private_dir
 from .errors import ApiError, public_text
 from .ray_backend import JobBackend
+from .schemas import SearchRequest
 from .settings import ServiceSettings
 from .store import Store, new_id
 
@@ -43,7 +48,6 @@ ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "AUTODISTILL
 
 @functools.lru_cache(maxsize=8)
 def _space_time_budget(space: str) -> float | None:
-    from autodistill.search.space import SearchSpace
     return SearchSpace.load(space).budget.time_budget_s
 
 
@@ -109,7 +113,6 @@ class SearchManager:
         the request's config (its validation path made relative) and the warm-start seeds."""
         if not self.remote:
             return None
-        import shutil
         job = out / "job"
         if job.is_dir():
             return job          # built at creation; a resubmission sends the same
@@ -126,7 +129,6 @@ class SearchManager:
         (job / "request_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         if (out / "warm_start.json").is_file():
             shutil.copy2(out / "warm_start.json", job / "warm_start.json")
-        from autodistill.search.space import SearchSpace
         space = SearchSpace.load(request_space)
         shutil.copy2(space.source, job / "space.yaml")
         return job
@@ -183,7 +185,6 @@ class SearchManager:
                "created_at": now, "started_at": None, "finished_at": None, "updated_at": now, "folded": False}
         added = self.store.add_search(row, self.settings.max_searches_per_key, self.settings.max_searches_total)
         if added != "added":
-            import shutil
             shutil.rmtree(out, ignore_errors=True)
             if added == "no_dataset":
                 raise ApiError(404, "not_found", f"no dataset {dataset['id']!r} for this API key", field="dataset_id")
@@ -342,10 +343,10 @@ class SearchManager:
         """Finished trials (completed or stopped early), oldest first."""
         rows = []
         for r in RecordStore(Path(search["out_dir"])).read():
-            info = r.get("search") or {}
-            rows.append({"trial_id": info.get("trial_id", "?"), "status": r.get("status", "?"),
-                         "score": (r.get("metrics") or {}).get("student_score"), "params": r.get("params") or {},
-                         "wall_seconds": r.get("wall_seconds"), "student_parameters": r.get("student_parameters"),
+            info = r.search or {}
+            rows.append({"trial_id": info.get("trial_id", "?"), "status": r.status or "?",
+                         "score": r.metrics.get("student_score"), "params": dict(r.params or {}),
+                         "wall_seconds": r.wall_seconds, "student_parameters": r.student_parameters,
                          "finished_at": info.get("finished_at")})
         rows.sort(key=lambda row: row["finished_at"] or 0)
         return rows
@@ -403,17 +404,17 @@ def _cap(value: float | None, limit: float, field: str) -> None:
         raise _bad(field, f"at most {limit:g} on this server")
 
 
-def check_search_request(body: Any, settings: ServiceSettings) -> dict[str, Any]:
-    """422 naming the field when ``body`` (a SearchRequest) is beyond the service's limits; else the config
-    the job runs: the request's, with its backbones resolved to allowed ids or real folders under the
-    backbone roots (kept out of what the client is shown)."""
-    from autodistill.config import PipelineConfig
+def check_search_request(body: SearchRequest, settings: ServiceSettings) -> dict[str, Any]:
+    """422 naming the field when ``body`` is beyond the service's limits (checked on the typed config the
+    request parsed once, ``body.config.pipeline``); else the config the job runs: the request's, with its
+    backbones resolved to allowed ids or real folders under the backbone roots (kept out of what the
+    client is shown)."""
     _cap(body.trials, settings.max_trials, "trials")
     _cap(body.time_budget, settings.max_time_budget_s, "time_budget")
-    config = json.loads(json.dumps(body.config or {}))
+    config = copy.deepcopy(body.overrides)
     if not config:
         return config
-    cfg = PipelineConfig.model_validate(config)
+    cfg = body.config.pipeline
     if len(cfg.teachers) > MAX_TEACHERS:
         raise _bad("config.teachers", f"at most {MAX_TEACHERS} teachers")
     for i, (raw, teacher) in enumerate(zip(config.get("teachers") or [], cfg.teachers)):
@@ -438,3 +439,14 @@ def check_search_request(body: Any, settings: ServiceSettings) -> dict[str, Any]
     _cap(st.num_attention_heads, settings.max_student_heads, "config.student.num_attention_heads")
     return config
 
+
+def search_space(body: SearchRequest) -> SearchSpace:
+    """The request's search space: its preset with the request's config merged into the base, validated
+    once (a 422 naming ``config`` when the two do not make valid configs together)."""
+    space = SearchSpace.load(body.space)
+    if not body.overrides:
+        return space
+    try:
+        return space.with_base(body.overrides)
+    except (SpaceError, ConfigError) as err:
+        raise _bad("config", public_text(str(err), [(space.source, f"search space {body.space!r}")])) from None

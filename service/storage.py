@@ -1,7 +1,7 @@
 """The search storage (``search_storage``): a URI the Ray cluster and the service both reach.
 
 A search submitted to a remote cluster writes its Tune results there (storage_path) and publishes its
-progress, records, leaderboard and best student next to them (``autodistill.search.runner.publish``);
+progress, records, leaderboard and best student next to them (``autodistill.search.export.publish``);
 the service reads them back through pyarrow's filesystems (s3://, gs://, file://, ...), never
 through a path the cluster must share.
 """

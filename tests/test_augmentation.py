@@ -14,7 +14,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from autodistill.augmentation import (  # noqa: E402
-    AUGMENTERS,
     AugmentationError,
     AugmentationResources,
     build_augmentation_pipeline,
@@ -26,6 +25,7 @@ from autodistill.augmentation import (  # noqa: E402
     soft_target_cross_entropy,
 )
 from autodistill.config import AugmentationConfig, AugmenterConfig  # noqa: E402
+from autodistill.registry import AUGMENTERS  # noqa: E402
 
 SENT = "the quick brown fox jumps over the lazy dog near the river bank"
 

@@ -83,7 +83,7 @@ def test_progress_reaches_a_pipe_one_line_per_event_as_it_happens(tiny_backbone,
 
 
 def test_slow_machine_is_flagged_early_with_what_fits():
-    from autodistill.search.runner import pace_note
+    from autodistill.search.driver import pace_note
     from autodistill.search.space import Budget
     budget = Budget(trials=8, time_budget_s=600, max_concurrent_trials=2)   # 150 s per student
     assert pace_note(120, budget, used=120, students_left=7) is None
@@ -93,7 +93,8 @@ def test_slow_machine_is_flagged_early_with_what_fits():
 
 def test_warm_start_points_give_distinct_trial_configs(tiny_backbone):
     from autodistill.config import PipelineConfig
-    from autodistill.search.space import SearchSpace, config_hash, warm_start_points
+    from autodistill.records import config_hash
+    from autodistill.search.space import SearchSpace, warm_start_points
     space = SearchSpace.from_dict(tiny_space(tiny_backbone))
     # an objective the space lacks (pkd) resolves to the space's default, as the empty config does:
     # two seeds would train one student twice

@@ -79,3 +79,68 @@ def test_adoption_needs_two_teachers():
 def test_repeated_augmentation_needs_augmenters():
     with pytest.raises(ConfigError, match="repeated_aug"):
         parse_config({"augmentation": {"repeated_aug": 2}})
+
+
+# --------------------------------------------------------------------------- component names: the registries'
+REGISTRY_FIELDS = [  # (registry, the config field that names one of its components)
+    ("PREDICTION_LOSSES", ("loss", "prediction", "type")),
+    ("INTERMEDIATE_OBJECTIVES", ("loss", "intermediate", "objective")),
+    ("LAYER_MAPPINGS", ("loss", "intermediate", "mapping")),
+    ("CRITICS", ("loss", "intermediate", "critic")),
+    ("WEIGHTINGS", ("weighting", "strategy")),
+    ("KD_SELECTIONS", ("dynamic", "selection")),
+    ("TEACHER_ADOPTIONS", ("dynamic", "adoption")),
+    ("METRICS", ("optim", "metric")),
+]
+
+
+def _field_choices(path: tuple[str, ...]) -> tuple:
+    import typing
+    model = PipelineConfig
+    for name in path[:-1]:
+        model = model.model_fields[name].annotation
+    return typing.get_args(model.model_fields[path[-1]].annotation)
+
+
+@pytest.mark.parametrize("registry_name,path", REGISTRY_FIELDS)
+def test_config_choices_are_the_registrys_names(registry_name, path):
+    """A config field naming a component accepts exactly its registry's names (and its 'off' value)."""
+    from autodistill import registry
+    reg = getattr(registry, registry_name)
+    assert _field_choices(path) == reg.choices()
+    section = {}
+    node = section
+    for name in path[:-1]:
+        node = node.setdefault(name, {})
+    node[path[-1]] = "no_such_component"
+    with pytest.raises(ConfigError) as err:
+        parse_config(section)
+    assert all(repr(name) in str(err.value) for name in reg.names())   # the message lists the registered names
+
+
+def test_augmenter_names_are_the_registrys():
+    import typing
+
+    from autodistill.config import AugmenterConfig
+    from autodistill.registry import AUGMENTERS
+    assert typing.get_args(AugmenterConfig.model_fields["name"].annotation) == AUGMENTERS.choices()
+
+
+def test_every_registered_name_has_an_implementation():
+    """Importing the engine registers a component for every name the registries declare."""
+    import autodistill.augmentation  # noqa: F401
+    import autodistill.dynamic  # noqa: F401
+    import autodistill.losses  # noqa: F401
+    import autodistill.mappings  # noqa: F401
+    import autodistill.metrics  # noqa: F401
+    import autodistill.weighting  # noqa: F401
+    from autodistill.registry import ALL
+    assert {r.kind: r.unimplemented() for r in ALL} == {r.kind: [] for r in ALL}
+
+
+def test_registering_an_undeclared_name_fails_and_unknown_names_are_listed():
+    from autodistill.registry import KD_SELECTIONS, UnknownComponent
+    with pytest.raises(UnknownComponent, match="not declared"):
+        KD_SELECTIONS.register("bogus")
+    with pytest.raises(UnknownComponent, match=r"known: \['entropy', 'least_confidence', 'margin', 'none', 'random'\]"):
+        KD_SELECTIONS.get("bogus")

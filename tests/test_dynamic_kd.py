@@ -238,3 +238,29 @@ def test_cached_teacher_counts_no_forward_examples(tiny_backbone):
     m = run_distillation(cfg, teacher_outputs_mode="cached").metrics
     assert m["teacher_outputs"] == "cached"
     assert m["teacher_forward_examples"] == 0
+
+
+# --------------------------------------------------------------------------- registered components
+def test_selection_and_adoption_are_registered_components_built_once():
+    """Selection and adoption are built by name from the registries (not dispatched as strings every
+    step), each documenting its equation; an unknown name lists the registered ones."""
+    from autodistill.config import DynamicKDConfig
+    from autodistill.dynamic import KDSelection, TeacherAdoption, build_adoption, build_selection
+    from autodistill.registry import KD_SELECTIONS, TEACHER_ADOPTIONS
+
+    logits = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    for name in KD_SELECTIONS.names():
+        selection = build_selection(DynamicKDConfig(selection=name, selection_ratio=0.5))
+        assert isinstance(selection, KDSelection) and type(selection) is KD_SELECTIONS.get(name)
+        assert "=" in type(selection).__doc__
+        expected = select_for_kd(logits, name, 0.5, torch.Generator().manual_seed(2))
+        assert selection.select(logits, torch.Generator().manual_seed(2)).tolist() == expected.tolist()
+    kd = torch.rand(8, 2, generator=torch.Generator().manual_seed(1))
+    for name in TEACHER_ADOPTIONS.names():
+        adoption = build_adoption(DynamicKDConfig(adoption=name))
+        assert isinstance(adoption, TeacherAdoption) and "=" in type(adoption).__doc__
+        weights = adoption_weights(uncertainty(logits), name, 2)
+        assert torch.allclose(adoption.combine(kd, logits), (weights * kd).sum(-1))
+    assert torch.equal(build_adoption(DynamicKDConfig()).combine(kd, logits), kd[:, 0])   # none: the first teacher
+    with pytest.raises(ValueError, match=r"known: \['hard', 'none', 'soft', 'soft_instance'\]"):
+        adoption_weights(torch.tensor([0.5]), "bogus", 2)

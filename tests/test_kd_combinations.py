@@ -18,14 +18,14 @@ from transformers import AutoTokenizer
 
 import numpy as np
 
-import autodistill.pool as pool_module
+import autodistill.augmented_pool as pool_module
 from autodistill.config import deep_merge, parse_config
 from autodistill.distill import run_distillation
 from autodistill.mappings import EMDMapping, RandomMapping
-import autodistill.objective as objective_module
+from autodistill.batching import EncodedSplit, model_inputs
+from autodistill.dynamic import KDSelection
 from autodistill.objective import KDObjective
-from autodistill.teacher_outputs import compute_teacher_outputs
-from autodistill.training import EncodedSplit, model_inputs
+from autodistill.teacher.outputs import compute_teacher_outputs
 from tests.conftest import make_tiny_backbone
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -143,10 +143,10 @@ class LossChecker:
 
     def __init__(self, monkeypatch, hand):
         self.hand, self.pairs, self.selected = hand, [], None
-        real, real_select = KDObjective.loss, objective_module.select_for_kd
+        real, real_select = KDObjective.loss, KDSelection.select
 
-        def select_for_kd(*args, **kwargs):
-            self.selected = real_select(*args, **kwargs)
+        def select(selection, *args, **kwargs):
+            self.selected = real_select(selection, *args, **kwargs)
             return self.selected
 
         def loss(obj, model, batch, state):
@@ -158,7 +158,7 @@ class LossChecker:
             self.pairs.append((float(total.detach()), float(expected)))
             return total, logs
 
-        monkeypatch.setattr(objective_module, "select_for_kd", select_for_kd)
+        monkeypatch.setattr(KDSelection, "select", select)
         monkeypatch.setattr(KDObjective, "loss", loss)
 
 

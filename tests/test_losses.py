@@ -6,16 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from autodistill.config import ConfigError, IntermediateConfig, PredictionLossConfig, parse_config
-from autodistill.losses import (
-    INTERMEDIATE_OBJECTIVES,
-    PREDICTION_LOSSES,
-    build_intermediate,
-    build_prediction_loss,
-    normalized_rep_mse,
-)
+from autodistill.losses import build_intermediate, build_prediction_loss, normalized_rep_mse
 from autodistill.losses import mi_bounds
 from autodistill.losses.critics import LogBaseline, MLPCritic, TransformerCritic
 from autodistill.losses.intermediate import MIAlphaObjective
+from autodistill.registry import INTERMEDIATE_OBJECTIVES, PREDICTION_LOSSES
 
 torch.manual_seed(0)
 

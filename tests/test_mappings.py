@@ -4,7 +4,8 @@ import torch
 
 from autodistill.config import ConfigError, IntermediateConfig
 from autodistill.losses import build_intermediate
-from autodistill.mappings import MAPPINGS, build_mapping, emd_flow
+from autodistill.mappings import build_mapping, emd_flow
+from autodistill.registry import LAYER_MAPPINGS
 
 
 def _pairs(mapping, ls, lt, **kw):
@@ -13,7 +14,7 @@ def _pairs(mapping, ls, lt, **kw):
 
 
 def test_registered_names():
-    assert MAPPINGS.names() == ["custom", "emd", "last", "random", "skip", "uniform"]
+    assert LAYER_MAPPINGS.names() == ["custom", "emd", "last", "random", "skip", "uniform"]
 
 
 @pytest.mark.parametrize("mapping,ls,lt,expected", [

@@ -12,9 +12,9 @@ import pytest
 from autodistill.config import PipelineConfig
 from autodistill.meta import evaluate as ev
 from autodistill.meta import warm_start as ws
-from autodistill.meta.model import Recommender
+from autodistill.meta.recommender import Recommender
 from autodistill.meta.table import records_to_table
-from autodistill.search.records import make_record
+from autodistill.records import RunRecord
 
 
 def _table(cells: dict[str, dict[str, float]], **extra_cols) -> pd.DataFrame:
@@ -117,10 +117,10 @@ def test_seed_noise_floor_golden():
     for seed, ys in ((42, [0.9, 0.8, 0.7]), (43, [0.7, 0.8, 0.9])):
         for name, y in zip(("a", "b", "c"), ys):
             cfg = {"a": {}, "b": {"mixup": {"enabled": True}}, "c": {"loss": {"prediction": {"temperature": 4.0}}}}[name]
-            r = make_record(dataset_fingerprint="fp", meta_features={}, config=PipelineConfig.model_validate(cfg),
-                            metrics={"student_score": y}, teacher_score=1.0, wall_seconds=1.0, student_parameters=1,
-                            status="completed", search={"dataset": "d", "candidate": name})
-            recs.append({**r, "seed": seed})
+            r = RunRecord.create(dataset_fingerprint="fp", meta_features={}, config=PipelineConfig.model_validate(cfg),
+                                 metrics={"student_score": y}, teacher_score=1.0, wall_seconds=1.0,
+                                 student_parameters=1, status="completed", search={"dataset": "d", "candidate": name})
+            recs.append(r.replace(seed=seed))
     floor = ev.seed_noise_floor(recs).set_index("dataset")
     row = floor.loc["d"]
     assert (row["n_seeds"], row["n_candidates"]) == (2, 3)
@@ -188,11 +188,11 @@ def test_choose_warm_start_follows_the_committed_decision(tmp_path):
     for d in range(3):
         for name, cfg in {"vanilla_kd": {}, "mixup": {"mixup": {"enabled": True}},
                           "t4": {"loss": {"prediction": {"temperature": 4.0}}}}.items():
-            recs.append(make_record(dataset_fingerprint=f"fp{d}", meta_features={"log_n_train": 6 + d},
-                                    config=PipelineConfig.model_validate(cfg),
-                                    metrics={"student_score": 0.8 + 0.05 * (name == "mixup") + 0.01 * d},
-                                    teacher_score=0.9, wall_seconds=1.0, student_parameters=1, status="completed",
-                                    search={"dataset": f"ds{d}", "candidate": name}))
+            recs.append(RunRecord.create(dataset_fingerprint=f"fp{d}", meta_features={"log_n_train": 6 + d},
+                                         config=PipelineConfig.model_validate(cfg),
+                                         metrics={"student_score": 0.8 + 0.05 * (name == "mixup") + 0.01 * d},
+                                         teacher_score=0.9, wall_seconds=1.0, student_parameters=1, status="completed",
+                                         search={"dataset": f"ds{d}", "candidate": name}))
     rec = Recommender.fit(records_to_table(recs), method="rf", model_params={"n_estimators": 20})
     rec.save(tmp_path)
     plain = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2)
@@ -287,7 +287,7 @@ def test_stated_feature_set_fits_a_real_model():
 
 
 def test_inner_folds_option():
-    from autodistill.meta.cli_commands import _inner_folds
+    from autodistill.cli.meta import _inner_folds
 
     assert _inner_folds("logo") is None and _inner_folds("LOGO") is None and _inner_folds("5") == 5
     for bad in ("1", "x"):

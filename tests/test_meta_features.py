@@ -197,7 +197,7 @@ def test_records_of_candidates_changed_by_the_engine_are_not_current():
 # --------------------------------------------------------------------------- build loop (no training)
 def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     from autodistill.meta import build as B
-    from autodistill.search.records import RecordStore
+    from autodistill.records import RecordStore
 
     root = tmp_path / "datasets"
     for d in ("d1", "d2"):
@@ -294,7 +294,7 @@ def test_build_refuses_a_run_whose_teacher_changed(tmp_path, monkeypatch):
 
     from autodistill import distill
     from autodistill.meta import build as B
-    from autodistill.search.records import RecordStore
+    from autodistill.records import RecordStore
 
     ctx = B.DatasetContext("d1", str(tmp_path), None, "fp-d1", "classification", {"log_n_train": 1.0}, 0.9, None)
     metrics = {"teacher_score": 0.8, "student_score": 0.7, "metric": "accuracy", "dataset_fingerprint": "fp-d1"}
@@ -305,7 +305,7 @@ def test_build_refuses_a_run_whose_teacher_changed(tmp_path, monkeypatch):
     assert store.read() == []
     metrics["teacher_score"] = 0.9
     B._run_one(ctx, "vanilla_kd", 42, B.META_PRESET, None, store)
-    assert [r["candidate"] for r in store.read()] == ["vanilla_kd"]
+    assert [r.candidate for r in store.read()] == ["vanilla_kd"]
 
 
 
@@ -374,11 +374,16 @@ def test_distiller_rows_map_onto_our_config():
     feats = {t: {"fingerprint": f"fp-{t}", "meta_features": {"teacher_score": 0.0, "has_teacher_score": 0.0}}
              for t in ("mnli", "mrpc", "sst2")}
     recs = to_records(rows, read_teacher_scores(TEACHERS_CSV), feats)
-    assert [r["dataset"] for r in recs] == ["mnli", "mrpc", "sst2"]
-    assert recs[1]["target"]["ratio"] == 0.93 and recs[1]["teacher_score"] == pytest.approx(0.913)
-    assert recs[1]["meta_features"]["teacher_score"] == pytest.approx(0.913)
-    assert recs[1]["extra_features"]["teacher"] == "Roberta-large"
-    assert len({r["key"] for r in recs}) == 3
+    assert [r.dataset for r in recs] == ["mnli", "mrpc", "sst2"]
+    assert recs[1].target["ratio"] == 0.93 and recs[1].teacher_score == pytest.approx(0.913)
+    assert recs[1].meta_features["teacher_score"] == pytest.approx(0.913)
+    assert recs[1].extra_features["teacher"] == "Roberta-large"
+    assert len({r.key for r in recs}) == 3
+    assert recs[1].ratio == 0.93 and recs[1].candidate_name.startswith("cfg-") and "+" in recs[1].candidate_name
+    assert set(recs[0].to_dict()) == {"schema_version", "key", "source", "row_index", "dataset", "dataset_fingerprint",
+                                      "meta_features", "config", "config_hash", "extra_features", "target", "metrics",
+                                      "teacher_score", "wall_seconds", "student_parameters", "seed", "status",
+                                      "versions", "provenance"}     # the import's written form, as committed
 
 
 def test_build_workers_run_as_processes(tmp_path, capfd):
@@ -402,7 +407,7 @@ def test_build_contexts_at_train_sizes_and_students_carry_their_dataset(tmp_path
     from autodistill import distill
     from autodistill.meta import build as B
     from autodistill.meta.table import records_to_table
-    from autodistill.search.records import RecordStore
+    from autodistill.records import RecordStore
 
     root = tmp_path / "datasets"
     (root / "d1").mkdir(parents=True)
@@ -424,9 +429,10 @@ def test_build_contexts_at_train_sizes_and_students_carry_their_dataset(tmp_path
                 log=lambda *_: None, train_size=size, student="fresh4x128")
     assert seen == [("d1@n50@fresh4x128", 50, "fresh"), ("d1@n400@fresh4x128", 400, "fresh")]
     recs = [r for f in ("d1@n50@fresh4x128", "d1@n400@fresh4x128") for r in RecordStore(tmp_path / "runs" / f"{f}.jsonl").read()]
-    assert [(r["dataset_group"], r["train_size"]) for r in recs] == [("d1", 50), ("d1", 400)]
-    assert all(r["provenance"]["git"]["commit"] for r in recs) and recs[0]["metrics"]["history"]
-    assert recs[1]["config"]["student"]["hidden_size"] == 128
+    assert [(r.dataset_group, r.train_size) for r in recs] == [("d1", 50), ("d1", 400)]
+    assert all(r.provenance["git"]["commit"] for r in recs) and recs[0].metrics["history"]
+    assert recs[1].config["student"]["hidden_size"] == 128
+    assert [r.group for r in recs] == ["d1", "d1"] and recs[0].dataset_name == "d1@n50@fresh4x128"
     table = records_to_table(recs)
     assert sorted(table["dataset"]) == ["d1@n400@fresh4x128", "d1@n50@fresh4x128"] and set(table["group"]) == {"d1"}
     st = B.status(tmp_path / "runs", datasets=["d1"], portfolio="vanilla_kd", train_size=400, student="fresh4x128")

@@ -11,10 +11,12 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from autodistill.config import PipelineConfig
 from autodistill.meta import evaluate as ev
-from autodistill.meta.model import (ModelVersionError, PairwiseRanker, PipelineScoreRegressor, Recommender,
-                                    SIDECAR_FILE)
-from autodistill.meta.table import pipeline_feature_columns, records_to_table, table_from_paths
-from autodistill.search.records import RecordStore, make_record
+from autodistill.meta.columns import pipeline_feature_columns
+from autodistill.meta.model import PairwiseRanker, PipelineScoreRegressor
+from autodistill.meta.model_files import SIDECAR_FILE, ModelVersionError
+from autodistill.meta.recommender import Recommender
+from autodistill.meta.table import records_to_table, table_from_paths
+from autodistill.records import RecordStore, RunRecord
 
 
 # --------------------------------------------------------------------------- scikit-learn checks
@@ -42,7 +44,7 @@ CANDIDATES = {
 }
 
 
-def _records(n_datasets: int = 6, seed: int = 0) -> list[dict]:
+def _records(n_datasets: int = 6, seed: int = 0) -> list[RunRecord]:
     """Pair datasets favour MI-alpha, single-sentence ones mixup (plus noise)."""
     rng = np.random.RandomState(seed)
     recs = []
@@ -51,7 +53,7 @@ def _records(n_datasets: int = 6, seed: int = 0) -> list[dict]:
         mf = {"log_n_train": 6 + d * 0.5, "is_pair": pair, "num_labels": 2 + d % 3}
         for name, cfg in CANDIDATES.items():
             eff = {"mi_alpha": 0.06 * pair, "mixup": 0.06 * (1 - pair)}.get(name, 0.0) + rng.normal(0, 0.004)
-            recs.append(make_record(
+            recs.append(RunRecord.create(
                 dataset_fingerprint=f"fp{d}", meta_features=mf, config=PipelineConfig.model_validate(cfg),
                 metrics={"student_score": 0.8 + eff}, teacher_score=0.9, wall_seconds=1.0,
                 student_parameters=10, status="completed", search={"dataset": f"ds{d}", "candidate": name}))
@@ -83,8 +85,8 @@ def test_table_rows_features_and_targets(table, tmp_path):
     runs, feats = tmp_path / "runs", tmp_path / "features"
     feats.mkdir()
     for r in _records(2):
-        r = dict(r, search={})
-        RecordStore(runs / f"{'alpha' if r['dataset_fingerprint'] == 'fp0' else 'beta'}.jsonl").append(r)
+        r = r.replace(search={})
+        RecordStore(runs / f"{'alpha' if r.dataset_fingerprint == 'fp0' else 'beta'}.jsonl").append(r)
     (feats / "alpha.json").write_text(json.dumps({"version": 1, "features": {"log_n_train": 42.0}}))
     t = table_from_paths(runs)
     assert set(t["dataset"]) == {"alpha", "beta"}
@@ -94,8 +96,8 @@ def test_table_rows_features_and_targets(table, tmp_path):
     other = tmp_path / "other"
     (other / "features").mkdir(parents=True)
     for r in _records(2):
-        if r["dataset_fingerprint"] == "fp0":
-            RecordStore(other / "records.jsonl").append(dict(r, search={}, dataset="alpha"))
+        if r.dataset_fingerprint == "fp0":
+            RecordStore(other / "records.jsonl").append(r.replace(search={}, dataset="alpha"))
     (other / "features" / "alpha.json").write_text(json.dumps({"features": {"log_n_train": 7.0}}))
     both = table_from_paths([runs, other / "records.jsonl"], target="best")
     assert set(both["dataset"]) == {"alpha@runs", "alpha@other", "beta"}
@@ -241,7 +243,7 @@ def test_cli_evaluate_fit_recommend(tmp_path, monkeypatch, capsys):
 
     runs = tmp_path / "runs"
     for r in _records(4):
-        RecordStore(runs / f"{r['search']['dataset']}.jsonl").append(r)
+        RecordStore(runs / f"{r.search['dataset']}.jsonl").append(r)
     assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "rep"),
                      "--methods", "rf"]) == 0
     assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "decision.json").is_file()
@@ -268,8 +270,8 @@ def test_datasets_whose_teacher_is_no_better_than_majority_are_left_out(tmp_path
     baselines = {"ds0": 0.5, "ds1": 0.95, "ds2": None, "ds3": 0.9, "ds4": 0.5}  # teacher 0.9 everywhere
     runs = tmp_path / "runs"
     for r in _records(5):
-        r["metrics"]["majority_baseline"] = baselines[r["search"]["dataset"]]
-        RecordStore(runs / f"{r['search']['dataset']}.jsonl").append(r)
+        r = r.replace(metrics={**r.metrics, "majority_baseline": baselines[r.search["dataset"]]})
+        RecordStore(runs / f"{r.search['dataset']}.jsonl").append(r)
     table = table_from_paths(runs)
     assert uninformative_datasets(table) == {"ds1": (0.9, 0.95), "ds3": (0.9, 0.9)}
     kept, dropped = drop_uninformative(table)
@@ -304,8 +306,8 @@ def test_table_extra_features_and_stated_ratio():
     recs = []
     for teacher in ("BERT_BASE", "ELECTRA_BASE"):
         for r in base:
-            r = {**r, "search": {"dataset": "rte"}, "extra_features": {"teacher": teacher, "aug_p": 0.3},
-                 "metrics": {"score": 0.7, "ratio": 0.95}}
+            r = r.replace(search={"dataset": "rte"}, extra_features={"teacher": teacher, "aug_p": 0.3},
+                          metrics={"score": 0.7, "ratio": 0.95})
             recs.append(r)
     t = records_to_table(recs)
     assert len(t) == 4 and t["candidate"].nunique() == 4            # the teacher is part of the identity

@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from autodistill.config import DataConfig, PipelineConfig, deep_merge
-from autodistill.meta.model import Recommender
-from autodistill.meta.portfolio import META_PRESET, PIPELINE_SECTIONS, candidate_config, with_pipeline
+from autodistill.config import PIPELINE_SECTIONS, DataConfig, PipelineConfig, deep_merge, with_pipeline
+from autodistill.meta.portfolio import META_PRESET, candidate_config
+from autodistill.meta.recommender import Recommender
 from autodistill.meta.table import records_to_table
-from autodistill.search.records import make_record
+from autodistill.records import RunRecord
 
 BUDGET_KEYS = ("data", "optim", "student", "teachers")
 
@@ -23,10 +23,10 @@ def _recommender_at_build_budget() -> Recommender:
         for name, y in (("vanilla_kd", 0.80), ("mixup", 0.85), ("kd_kl_t4", 0.82)):
             cfg = candidate_config(name)
             assert cfg.data.max_train_examples == 1000 and cfg.optim.epochs == 2.0 and cfg.data.max_length == 64
-            recs.append(make_record(dataset_fingerprint=f"fp{d}", meta_features={"log_n_train": 6.0 + d},
-                                    config=cfg, metrics={"student_score": y + 0.01 * d}, teacher_score=0.9,
-                                    wall_seconds=1.0, student_parameters=1, status="completed",
-                                    search={"dataset": f"ds{d}", "candidate": name}))
+            recs.append(RunRecord.create(dataset_fingerprint=f"fp{d}", meta_features={"log_n_train": 6.0 + d},
+                                         config=cfg, metrics={"student_score": y + 0.01 * d}, teacher_score=0.9,
+                                         wall_seconds=1.0, student_parameters=1, status="completed",
+                                         search={"dataset": f"ds{d}", "candidate": name}))
     return Recommender.fit(records_to_table(recs), method="rf", model_params={"n_estimators": 20})
 
 
@@ -63,9 +63,9 @@ def test_cli_recommend_keeps_the_users_rows_and_budget(tmp_path, capsys):
 def test_build_and_recommend_compute_the_same_features_on_the_same_rows(tmp_path, monkeypatch):
     """The build's features file and `recommend` on the data config the build trains with are equal,
     and log_n_train is the number of rows trained on (not a constant)."""
-    from autodistill.auto import recommend_for
     from autodistill.data import load_task_data
     from autodistill.meta import build as B
+    from autodistill.meta.recommend import recommend_for
     from autodistill.models import load_tokenizer
 
     folder = tmp_path / "d1"
@@ -101,7 +101,7 @@ def test_the_users_budget_not_the_candidates_enters_the_model():
             preset = {**META_PRESET, "student": STUDENT_PRESETS[student]}
             for name in ("vanilla_kd", "mixup"):
                 good = (name == "vanilla_kd") == (student == "cut2")
-                recs.append(make_record(
+                recs.append(RunRecord.create(
                     dataset_fingerprint=f"fp{d}-{student}", meta_features={"log_n_train": 6.0 + d},
                     config=candidate_config(name, "classification", preset),
                     metrics={"student_score": 0.8 + 0.05 * good}, teacher_score=0.9, wall_seconds=1.0,

@@ -2,9 +2,9 @@
 ``contextual`` without a masked LM is ``embedding_neighbour``): what it recommends must run today."""
 from pathlib import Path
 
-from autodistill.config import check_runnable
-from autodistill.meta.model import Recommender
-from autodistill.meta.portfolio import RENAMED_CANDIDATES, with_pipeline
+from autodistill.config import check_runnable, with_pipeline
+from autodistill.meta.portfolio import RENAMED_CANDIDATES
+from autodistill.meta.recommender import Recommender
 from autodistill.meta.warm_start import choose_warm_start
 
 MODEL = Path(__file__).resolve().parents[1] / "meta_dataset" / "model"

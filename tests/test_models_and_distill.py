@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from autodistill import teacher as teacher_mod
+from autodistill.teacher import fine_tuned as teacher_mod
 from autodistill.cli import main
 from autodistill.config import ConfigError, StudentConfig, parse_config
 from autodistill.data import bundled_dataset_path
@@ -90,6 +90,31 @@ def test_cached_teacher_outputs_are_not_recomputed_per_step(tiny_backbone):
         "teachers": [{"backbone": tiny_backbone, "epochs": 1}], "optim": {"epochs": 2}}))
     assert result.metrics["teacher_outputs"] == "cached"
     assert result.metrics["teacher_forward_examples"] == 0
+
+
+def test_prepared_teachers_and_logits_are_what_a_trial_uses(tiny_backbone, monkeypatch):
+    """The one builder (autodistill.prepare): a search's driver prepares the task, its teacher and the
+    teacher's logits on train; shipped to a trial, run_distillation fine-tunes nothing and computes no
+    teacher output, and scores the same teacher."""
+    from autodistill import prepare as prepare_module
+    from autodistill.prepare import prepare
+    from autodistill.shipping import materialize, pack
+
+    cfg = parse_config({"data": {"train": str(bundled_dataset_path()), "max_train_examples": 100, "max_length": 32},
+                        "teachers": [{"backbone": tiny_backbone, "epochs": 1}], "optim": {"epochs": 1}})
+    prepared = prepare(cfg, teacher_logits=True)
+    assert len(prepared.teachers) == 1 and len(prepared.outputs) == 1
+    assert len(prepared.train) + len(prepared.dev) == len(prepared.task.train)
+    assert next(iter(prepared.outputs.values())).logits.shape == (len(prepared.train), prepared.task.num_labels)
+    given = materialize(pack(cfg, prepared.task, prepared.tokenizer, prepared.teachers, prepared.outputs))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a trial given the prepared teacher and logits must not recompute them")
+    monkeypatch.setattr(teacher_mod, "Trainer", no_work)
+    monkeypatch.setattr(prepare_module, "compute_teacher_outputs", no_work)
+    result = run_distillation(cfg, given=given)
+    assert result.metrics["teacher_outputs"] == "cached" and result.metrics["teacher_forward_examples"] == 0
+    assert result.metrics["teacher_score"] == prepared.teachers[0].score
 
 
 def test_distil_cli_beats_majority_and_exports(tiny_backbone, tmp_path, capsys):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from autodistill.data import bundled_dataset_path
-from autodistill.search.records import RecordStore
+from autodistill.records import RecordStore
 from ray_cluster_support import VENV_BIN, WORKER_CACHE, LocalCluster, unshare_available
 from test_search import tiny_space
 
@@ -65,14 +65,14 @@ def test_search_on_two_nodes_sharing_only_ray(tiny_backbone, tmp_path, shared_st
             if (worker_cache / "teachers").exists() else []
 
     records = RecordStore(out).read()
-    assert len(records) == 2 and {r["status"] for r in records} <= {"completed", "stopped_early"}
+    assert len(records) == 2 and {r.status for r in records} <= {"completed", "stopped_early"}
     board = json.loads((out / "leaderboard.json").read_text())
     assert board["budget"]["teacher_fine_tunes"] == 1               # once, in the driver
     assert board["budget"]["storage_path"].startswith(f"file://{shared_storage}")
-    done = [r for r in records if r["status"] == "completed"]
+    done = [r for r in records if r.status == "completed"]
     assert done, "no trial completed"
     for r in done:
-        m = r["metrics"]
+        m = r.metrics
         assert m["teacher_fine_tunes_in_trial"] == 0 and m["inputs_from_object_store"] is True
         assert m["trial_cache_root"] == WORKER_CACHE                  # ran on the isolated node
     assert worker_cache_teachers == []                                 # no teacher was fine-tuned or stored there

@@ -17,7 +17,8 @@ import yaml
 
 from autodistill.config import PipelineConfig
 from autodistill.data import bundled_dataset_path
-from autodistill.search.records import RecordStore, make_record
+from autodistill.meta import META_DATASET_DIR
+from autodistill.records import RecordStore, RunRecord, load_records
 from service.ray_backend import free_ports
 from autodistill.search.space import SearchSpace, SpaceError, encode_points, preset_names
 
@@ -151,41 +152,71 @@ def test_records_dedup_and_meta_features(tmp_path):
     meta = {"num_labels": task.num_labels, "n_train": len(task.train)}
     store = RecordStore(tmp_path)
     cfg = PipelineConfig()
-    rec = make_record(dataset_fingerprint="fp", meta_features=meta, config=cfg, metrics={"student_score": 0.5},
-                      teacher_score=0.9, wall_seconds=1.0, student_parameters=10, status="completed")
-    assert store.append(rec) and not store.append(dict(rec, wall_seconds=2.0))
+    rec = RunRecord.create(dataset_fingerprint="fp", meta_features=meta, config=cfg, metrics={"student_score": 0.5},
+                           teacher_score=0.9, wall_seconds=1.0, student_parameters=10, status="completed")
+    assert store.append(rec) and not store.append(rec.replace(wall_seconds=2.0))
+    assert not store.append(rec.to_dict())                       # the written form is the same record
     moved = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": "/elsewhere"})})
-    assert not store.append(make_record(dataset_fingerprint="fp", meta_features=meta, config=moved, metrics={},
-                                        teacher_score=None, wall_seconds=None, student_parameters=None,
-                                        status="completed"))
+    assert not store.append(RunRecord.create(dataset_fingerprint="fp", meta_features=meta, config=moved, metrics={},
+                                             teacher_score=None, wall_seconds=None, student_parameters=None,
+                                             status="completed"))
     other_seed = PipelineConfig.model_validate({"optim": {"seed": 7}})
-    assert store.append(make_record(dataset_fingerprint="fp", meta_features=meta, config=other_seed, metrics={},
-                                    teacher_score=None, wall_seconds=None, student_parameters=None,
-                                    status="completed"))
+    assert store.append(RunRecord.create(dataset_fingerprint="fp", meta_features=meta, config=other_seed, metrics={},
+                                         teacher_score=None, wall_seconds=None, student_parameters=None,
+                                         status="completed"))
     rows = store.read()
-    assert len(rows) == 2 and all(r["schema_version"] == 1 for r in rows)
-    assert set(rows[0]["versions"]) == {"torch", "transformers", "ray", "optuna", "autodistill"}
+    assert len(rows) == 2 and all(r.schema_version == 1 and r.created_at for r in rows)
+    assert set(rows[0].versions) == {"torch", "transformers", "ray", "optuna", "autodistill"}
+    assert rows[0].student_value == 0.5 and rows[0].teacher_value == 0.9 and rows[0].ratio == pytest.approx(0.5 / 0.9)
+    assert rows[0].candidate_name == f"cfg-{rows[0].config_hash[:12]}" and rows[1].seed == 7
+    line = json.loads(store.path.read_text().splitlines()[0])
+    assert set(line) == {"schema_version", "key", "dataset_fingerprint", "meta_features", "config", "config_hash",
+                         "params", "metrics", "teacher_score", "wall_seconds", "student_parameters", "seed", "status",
+                         "search", "versions", "created_at"}          # the v1 written form
+
+
+def test_every_committed_record_reads_and_writes_back_unchanged():
+    """The committed meta-dataset (schema version 1: search, build and Distiller-import records) reads
+    into typed records whose written form is the line as it was."""
+    def parsed(line: str):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:   # a line the pilot's background job is writing right now
+            return None
+
+    lines = [parsed(line) for path in sorted(META_DATASET_DIR.rglob("*.jsonl")) if "datasets" not in path.parts
+             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [d for d in lines if isinstance(d, dict) and "config" in d]
+    assert len(lines) > 1000 and {d.get("schema_version") for d in lines} == {1}
+    for d in lines:
+        assert RunRecord.from_dict(d).to_dict() == d
+    records = load_records([META_DATASET_DIR / "runs", META_DATASET_DIR / "v2_pilot" / "runs",
+                            META_DATASET_DIR / "distiller"])
+    assert {r.source for r in records} >= {"autodistill-meta-build", "distiller"}
+    assert all(r.dataset_name and r.candidate_name for r in records)
 
 
 # --------------------------------------------------------------------------- searches
 def test_four_trial_search_in_process(tiny_backbone, tmp_path):
-    from autodistill.search.runner import format_leaderboard, run_search
-    result = run_search(CR, tiny_space(tiny_backbone), tmp_path / "out", trials=4, quiet=True)
+    from autodistill.meta.features import search_meta_features
+    from autodistill.search.driver import SearchRequest, format_leaderboard, run_search
+    result = run_search(SearchRequest(CR, tiny_space(tiny_backbone), tmp_path / "out", trials=4, quiet=True,
+                                      meta_features=search_meta_features))
     assert not result.interrupted
     records = RecordStore(tmp_path / "out").read()
     assert len(records) == 4
-    assert len({r["search"]["trial_id"] for r in records}) == 4
+    assert len({r.search["trial_id"] for r in records}) == 4
     for r in records:
-        assert r["dataset_fingerprint"] == result.dataset_fingerprint
-        assert r["meta_features"]["log_n_train"] == pytest.approx(math.log1p(400)) and r["teacher_score"] is not None
-        assert r["meta_features"]["teacher_score"] == pytest.approx(r["teacher_score"])   # the recommender's
-        assert PipelineConfig.model_validate(r["config"]).data.max_length == 32
-        assert r["status"] in ("completed", "stopped_early")
-        assert r["versions"]["ray"] and r["seed"] == 42
-    done = [r for r in records if r["status"] == "completed"]
-    assert done and all(r["student_parameters"] > 0 and r["metrics"]["teacher_outputs"] == "cached" for r in done)
+        assert r.dataset_fingerprint == result.dataset_fingerprint
+        assert r.meta_features["log_n_train"] == pytest.approx(math.log1p(400)) and r.teacher_score is not None
+        assert r.meta_features["teacher_score"] == pytest.approx(r.teacher_score)   # the recommender's
+        assert r.pipeline_config.data.max_length == 32
+        assert r.status in ("completed", "stopped_early")
+        assert r.versions["ray"] and r.seed == 42
+    done = [r for r in records if r.status == "completed"]
+    assert done and all(r.student_parameters > 0 and r.metrics["teacher_outputs"] == "cached" for r in done)
     # the teacher was trained once, in the driver; trials found it (and its logits) in the caches
-    assert all(r["metrics"]["teacher_from_cache"] == [True] for r in done)
+    assert all(r.metrics["teacher_from_cache"] == [True] for r in done)
     best = result.best_dir
     assert (best / "student" / "config.json").is_file() and (best / "config.yaml").is_file()
     assert json.loads((best / "metrics.json").read_text())["student_score"] == pytest.approx(result.best_score)
@@ -193,22 +224,22 @@ def test_four_trial_search_in_process(tiny_backbone, tmp_path):
 
 
 def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):
-    from autodistill.search.runner import run_search
+    from autodistill.search.driver import SearchRequest, run_search
     space = tiny_space(tiny_backbone, max_concurrent_trials=1)
     space["base"]["optim"]["evals_per_epoch"] = 4
     space["params"] = [{"name": "optim.learning_rate", "float": [1e-4, 50.0], "log": True}]
     seeds = [{"optim.learning_rate": 1e-3}, {"optim.learning_rate": 40.0}]
-    result = run_search(CR, space, tmp_path / "out", trials=3, warm_start=seeds, seed=0, quiet=True)
+    result = run_search(SearchRequest(CR, space, tmp_path / "out", trials=3, warm_start=seeds, seed=0, quiet=True))
     statuses = [r["status"] for r in result.trials]
     assert "stopped_early" in statuses, result.trials
     stopped = [r for r in result.trials if r["status"] == "stopped_early"]
     assert all(r["reports"] < 4 for r in stopped)
     records = RecordStore(tmp_path / "out").read()
-    assert len(records) == 3 and any(r["status"] == "stopped_early" for r in records)
+    assert len(records) == 3 and any(r.status == "stopped_early" for r in records)
 
 
 def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
-    from autodistill.search.runner import run_search
+    from autodistill.search.driver import SearchRequest, run_search
     space_file = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
     out = tmp_path / "out"
     cmd = [str(VENV_BIN / "autodistill"), "search", "--data", CR, "--space", str(space_file), "--trials", "4",
@@ -233,13 +264,13 @@ def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
     before = RecordStore(out).read()
     assert 1 <= len(before) < 4, output
     assert proc.returncode != 0, output
-    kept = {r["search"]["trial_id"] for r in before}
+    kept = {r.search["trial_id"] for r in before}
 
-    result = run_search(CR, space_file, out, trials=4, resume=True, quiet=True)
+    result = run_search(SearchRequest(CR, space_file, out, trials=4, resume=True, quiet=True))
     after = RecordStore(out).read()
     assert len(after) == 4
-    assert len({r["key"] for r in after}) == 4 and len({r["search"]["trial_id"] for r in after}) == 4
-    assert kept <= {r["search"]["trial_id"] for r in after}        # finished trials were kept, not re-run
+    assert len({r.key for r in after}) == 4 and len({r.search["trial_id"] for r in after}) == 4
+    assert kept <= {r.search["trial_id"] for r in after}        # finished trials were kept, not re-run
     assert sum(r["status"] in ("completed", "stopped_early") for r in result.trials) == 4
     assert not result.interrupted
 
@@ -313,7 +344,7 @@ def test_full_configs_project_onto_a_space_as_distinct_points(tiny_backbone):
 
 def test_auto_recommends_then_searches_seeded(tiny_backbone, tmp_path):
     from autodistill.auto import run_auto
-    from autodistill.meta.cli_commands import DEFAULT_MODEL_DIR
+    from autodistill.meta.fitting import DEFAULT_MODEL_DIR
     space = SearchSpace.from_dict(tiny_space(tiny_backbone, trials=2))
     result = run_auto(CR, tmp_path / "auto", DEFAULT_MODEL_DIR, space=space, trials=2, time_budget=None,
                       seeds=2, quiet=True)
@@ -324,6 +355,6 @@ def test_auto_recommends_then_searches_seeded(tiny_backbone, tmp_path):
     assert all(set(r["config"]) <= {"augmentation", "mixup", "loss", "weighting", "dynamic"}
                for r in saved["recommendations"])                # pipelines only: the budget is the space's
     assert len(result.search.trials) == 2 and result.search.best_dir is not None
-    trial_params = [r["params"] for r in RecordStore(tmp_path / "auto").read()]
+    trial_params = [r.params for r in RecordStore(tmp_path / "auto").read()]
     assert any(all(p.get(k) == v for k, v in space.decode(space.encode(result.warm_start[0])).items())
                for p in trial_params)                            # the first seed was evaluated

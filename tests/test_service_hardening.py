@@ -348,7 +348,7 @@ SECRET_TEMPERATURE = 5.5   # no committed candidate distils at τ = 5.5: this pi
 def _finished_search_of(client, owner_key: dict, dataset_id: str, tmp_path: Path) -> str:
     """A succeeded search of ``dataset_id`` whose trial records are real committed records re-dressed as a
     pipeline only this search ran (its own teacher path and data path on the server)."""
-    from autodistill.search.records import RecordStore
+    from autodistill.records import RecordStore
     store = client.app.state.store
     owner = store.key_for_secret(owner_key["Authorization"].split()[1])["id"]
     out = tmp_path / "alice-search"

@@ -10,7 +10,8 @@ from autodistill.config import parse_config
 from autodistill.data import bundled_dataset_path, holdout_indices, load_task_data
 from autodistill.distill import export, format_report, run_distillation
 from autodistill.models import load_tokenizer
-from autodistill.training import encode_texts, evaluate, split_dev
+from autodistill.batching import encode_texts, split_dev
+from autodistill.evaluation import evaluate
 
 
 def tiny_cfg(backbone, **optim):

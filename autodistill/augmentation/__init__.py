@@ -8,7 +8,6 @@ from autodistill.augmentation.mixup import (
     soft_target_cross_entropy,
 )
 from autodistill.augmentation.text import (
-    AUGMENTERS,
     AugmentationError,
     AugmentationPipeline,
     AugmentationResources,
@@ -23,7 +22,6 @@ from autodistill.augmentation.text import (
 )
 
 __all__ = [
-    "AUGMENTERS",
     "AugmentationError",
     "AugmentationPipeline",
     "AugmentationResources",

@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from autodistill.config import CONTEXTUAL_NEEDS_MLM, AugmentationConfig, AugmenterConfig
-from autodistill.registry import Registry
+from autodistill.registry import AUGMENTERS
 
 
 class AugmentationError(RuntimeError):
@@ -54,8 +53,6 @@ class AugmentationResources:
     input_embeddings: torch.Tensor | None = None  # teacher's word-embedding matrix (V, d)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-
-AUGMENTERS: Registry[Callable[..., "Augmenter"]] = Registry("augmenter")
 
 _BATCH = 32          # model batch size for MLM / translation
 _MAX_LENGTH = 256    # truncation for model inputs

@@ -13,21 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-# ----------------------------------------------------------------------------- pooling helpers
-def pool_cls(h: torch.Tensor) -> torch.Tensor:
-    """[CLS] (token 0) of (B, T, d); a (B, d) tensor is returned unchanged."""
-    return h[:, 0] if h.dim() == 3 else h
-
-
-def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention-masked mean over tokens of (B, T, d); a (B, d) tensor is returned unchanged."""
-    if h.dim() == 2:
-        return h
-    if mask is None:
-        return h.mean(dim=1)
-    m = mask.to(h.dtype).unsqueeze(-1)
-    return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+from autodistill.pooling import cls_vector, masked_mean
+from autodistill.registry import CRITICS
 
 
 def sinusoidal_positions(length: int, dim: int, device=None, dtype=None) -> torch.Tensor:
@@ -64,8 +51,8 @@ class MLPCritic(nn.Module):
         self.teacher_net = _mlp(teacher_dim, hidden, out_dim)
 
     def forward(self, h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        g = self.student_net(pool_cls(h_s))
-        h = self.teacher_net(pool_cls(h_t))
+        g = self.student_net(cls_vector(h_s))
+        h = self.teacher_net(cls_vector(h_t))
         return g @ h.T
 
 
@@ -79,8 +66,8 @@ class CosineCritic(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, h_s, h_t, mask=None):
-        g = F.normalize(self.student_head(pool_cls(h_s)), dim=-1)
-        h = F.normalize(self.teacher_head(pool_cls(h_t)), dim=-1)
+        g = F.normalize(self.student_head(cls_vector(h_s)), dim=-1)
+        h = F.normalize(self.teacher_head(cls_vector(h_t)), dim=-1)
         return (g @ h.T) / self.temperature
 
 
@@ -150,5 +137,37 @@ class LogBaseline(nn.Module):
 
     def forward(self, h_t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "mlp":
-            return self.net(pool_cls(h_t)).squeeze(-1)
+            return self.net(cls_vector(h_t)).squeeze(-1)
         return self.head(self.encoder(h_t, mask)).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- critic families (config: critic)
+@CRITICS.register("mlp")
+class MLPCritics:
+    """On [CLS] vectors: the separable :class:`MLPCritic` f(x, y) = g(x_cls)·h(y_cls) and log q(y) = MLP(y_cls)."""
+
+    teacher_feature = "cls"
+
+    @staticmethod
+    def critic(student_dim: int, teacher_dim: int, cfg) -> nn.Module:
+        return MLPCritic(student_dim, teacher_dim, cfg.critic_hidden, cfg.critic_dim)
+
+    @staticmethod
+    def baseline(teacher_dim: int, cfg) -> nn.Module:
+        return LogBaseline(teacher_dim, "mlp", hidden=cfg.critic_hidden)
+
+
+@CRITICS.register("transformer")
+class TransformerCritics:
+    """Over token sequences: the :class:`TransformerCritic` f(x, y) = normalize(W_s meanpool(Enc_s(x + PE)))
+    · normalize(W_t meanpool(Enc_t(y + PE))) and log q(y) = Linear(meanpool(Enc(y + PE)))."""
+
+    teacher_feature = "tokens"
+
+    @staticmethod
+    def critic(student_dim: int, teacher_dim: int, cfg) -> nn.Module:
+        return TransformerCritic(student_dim, teacher_dim, out_dim=cfg.critic_dim)
+
+    @staticmethod
+    def baseline(teacher_dim: int, cfg) -> nn.Module:
+        return LogBaseline(teacher_dim, "transformer")

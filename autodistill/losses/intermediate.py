@@ -9,7 +9,7 @@ Objectives also accept full (B, T, d_T) teacher states and pool them themselves.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +17,10 @@ from torch import nn
 
 from autodistill.config import ConfigError, IntermediateConfig
 from autodistill.losses import mi_bounds
-from autodistill.losses.critics import CosineCritic, LogBaseline, MLPCritic, TransformerCritic, masked_mean, pool_cls
+from autodistill.losses.critics import CosineCritic
 from autodistill.mappings import EMDMapping, LayerMapping, build_mapping
-from autodistill.registry import Registry
-
-INTERMEDIATE_OBJECTIVES: Registry[type["IntermediateObjective"]] = Registry("intermediate objective")
-
-TeacherFeature = Literal["tokens", "cls", "mean"]
+from autodistill.pooling import Feature, cls_vector, masked_mean, pool_hidden
+from autodistill.registry import CRITICS, INTERMEDIATE_OBJECTIVES
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -37,17 +34,6 @@ def _masked_token_mean(per_token: torch.Tensor, mask: torch.Tensor | None) -> to
     """(B, T) per-token values -> (B,) mean over unmasked tokens."""
     m = _mask_like(per_token, mask)
     return (per_token * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
-
-
-def pool_teacher(h: torch.Tensor, mask: torch.Tensor | None, feature: TeacherFeature) -> torch.Tensor:
-    """Reduce a teacher state (B, T, d_T) to what an objective with ``teacher_feature`` needs."""
-    if feature == "tokens" or h.dim() == 2:
-        return h
-    if feature == "cls":
-        return pool_cls(h)
-    if feature == "mean":
-        return masked_mean(h, mask)
-    raise ValueError(f"unknown teacher feature {feature!r}")
 
 
 def _projection(in_dim: int, out_dim: int) -> nn.Module:
@@ -81,7 +67,7 @@ class IntermediateObjective(nn.Module):
     or "mean" (RAIL-KD's 1/m).
     """
 
-    teacher_feature: ClassVar[TeacherFeature] = "tokens"
+    teacher_feature: ClassVar[Feature] = "tokens"
     pairwise: ClassVar[bool] = True
     reduction: ClassVar[str] = "sum"
 
@@ -179,8 +165,8 @@ class PatientKD(_ProjectedObjective):
     teacher_feature = "cls"
 
     def pair_loss(self, s_layer, t_layer, h_s, h_t, mask):
-        s = F.normalize(self.project(s_layer, pool_cls(h_s)), dim=-1)
-        t = F.normalize(pool_cls(h_t), dim=-1)
+        s = F.normalize(self.project(s_layer, cls_vector(h_s)), dim=-1)
+        t = F.normalize(cls_vector(h_t), dim=-1)
         return (s - t).pow(2).sum(dim=-1)
 
 
@@ -215,10 +201,10 @@ class _CriticObjective(IntermediateObjective):
             self.baselines = nn.ModuleDict({k: self.make_baseline() for k in self.pair_keys()})
 
     def make_critic(self) -> nn.Module:
-        return MLPCritic(self.student_dim, self.teacher_dim, self.cfg.critic_hidden, self.cfg.critic_dim)
+        return CRITICS.get("mlp").critic(self.student_dim, self.teacher_dim, self.cfg)
 
     def make_baseline(self) -> nn.Module:
-        return LogBaseline(self.teacher_dim, "mlp", hidden=self.cfg.critic_hidden)
+        return CRITICS.get("mlp").baseline(self.teacher_dim, self.cfg)
 
     def bound_per_sample(self, scores, log_baseline):
         raise NotImplementedError
@@ -268,9 +254,9 @@ class TUBAObjective(_CriticObjective):
 
 @INTERMEDIATE_OBJECTIVES.register("mi_alpha")
 class MIAlphaObjective(_CriticObjective):
-    """MI-alpha (He et al. 2021, Distiller) = -I_alpha (Poole et al. 2019) with critic cfg.critic
-    (mlp on [CLS] or transformer over tokens) and learned log q(y) of the same family; alpha = cfg.alpha
-    is the true mixture weight (1: leave-one-out InfoNCE-type, 0: TUBA)."""
+    """MI-alpha (He et al. 2021, Distiller) = -I_alpha (Poole et al. 2019) with the critic family cfg.critic
+    (registry ``CRITICS``: mlp on [CLS] or transformer over tokens) and learned log q(y) of the same family;
+    alpha = cfg.alpha is the true mixture weight (1: leave-one-out InfoNCE-type, 0: TUBA)."""
 
     uses_baseline = True
 
@@ -278,19 +264,15 @@ class MIAlphaObjective(_CriticObjective):
         self.alpha = 0.9 if cfg.alpha is None else float(cfg.alpha)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError("loss.intermediate.alpha must lie in [0, 1] (the true mixture weight)")
+        self.critic_family = CRITICS.get(cfg.critic)
         super().__init__(cfg, *args, **kwargs)
-        if cfg.critic == "transformer":
-            self.teacher_feature = "tokens"
+        self.teacher_feature = self.critic_family.teacher_feature
 
     def make_critic(self):
-        if self.cfg.critic == "transformer":
-            return TransformerCritic(self.student_dim, self.teacher_dim, out_dim=self.cfg.critic_dim)
-        return super().make_critic()
+        return self.critic_family.critic(self.student_dim, self.teacher_dim, self.cfg)
 
     def make_baseline(self):
-        if self.cfg.critic == "transformer":
-            return LogBaseline(self.teacher_dim, "transformer")
-        return super().make_baseline()
+        return self.critic_family.baseline(self.teacher_dim, self.cfg)
 
     def bound_per_sample(self, scores, log_baseline):
         return mi_bounds.interpolated_per_sample(scores, log_baseline, self.alpha)
@@ -359,7 +341,7 @@ class IntermediateDistillation(nn.Module):
         self.objective = objective
 
     @property
-    def teacher_feature(self) -> TeacherFeature:
+    def teacher_feature(self) -> Feature:
         return self.objective.teacher_feature
 
     def teacher_layers_needed(self) -> set[int]:
@@ -367,7 +349,7 @@ class IntermediateDistillation(nn.Module):
 
     def teacher_features(self, teacher_hidden: Sequence[torch.Tensor], attention_mask) -> dict[int, torch.Tensor]:
         """From a full HF teacher ``hidden_states`` tuple, the dict the trainer should cache/pass."""
-        return {t: pool_teacher(teacher_hidden[t], attention_mask, self.teacher_feature)
+        return {t: pool_hidden(teacher_hidden[t], attention_mask, self.teacher_feature)
                 for t in sorted(self.teacher_layers_needed())}
 
     def on_epoch_start(self, epoch: int) -> None:

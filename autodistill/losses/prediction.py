@@ -10,9 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autodistill.config import PredictionLossConfig
-from autodistill.registry import Registry
-
-PREDICTION_LOSSES: Registry[type["PredictionLoss"]] = Registry("prediction loss")
+from autodistill.registry import PREDICTION_LOSSES
 
 
 class PredictionLoss(nn.Module):

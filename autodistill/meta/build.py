@@ -1,7 +1,7 @@
 """`autodistill meta build`: the project's own meta-dataset (portfolio x datasets at one CPU preset).
 
 Resumable and append-only: each finished run appends one record to ``<out>/<dataset>.jsonl``
-(:class:`~autodistill.search.records.RecordStore` format plus ``dataset``, ``candidate``, ``target``
+(:class:`~autodistill.records.RunRecord` with ``dataset``, ``candidate``, ``target``
 and ``provenance``); a run whose (dataset, candidate, seed, preset hash) is already recorded is
 skipped. Runs go dataset-major (every candidate on ``cr``, then every candidate on ``mrpc``, ...): a
 fresh machine fine-tunes a teacher only for the datasets it still has runs for, and a partial build
@@ -25,10 +25,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from filelock import FileLock, Timeout
 
-from ..search.records import RecordStore, canonical_config_hash, library_versions, make_record
-from .features import META_FEATURES_VERSION, meta_features_for
-from ..config import deep_merge
 from .. import ENGINE_VERSION
+from ..config import deep_merge
+from ..records import RecordStore, RunRecord
+from .features import META_FEATURES_VERSION, meta_features_for, resolve_backbone_model
 from .portfolio import (META_PRESET, PORTFOLIO_VERSION, STUDENT_PRESETS, candidate_config, duplicate_of,
                         record_is_current, resolve_names)
 
@@ -136,17 +136,16 @@ class TeacherMismatch(RuntimeError):
     """A run's teacher is not the one the dataset's records and meta-features were made with."""
 
 
-def _current_records(out: Path, dataset: str) -> list[dict[str, Any]]:
+def _current_records(out: Path, dataset: str) -> list[RunRecord]:
     """The dataset's records of this build version (older builds' records never count as done), without
     the records of a candidate that an engine change made compute something else since."""
     return [r for r in RecordStore(out / f"{dataset}.jsonl").read()
-            if r.get("provenance", {}).get("build_version") == BUILD_VERSION
-            and record_is_current(r.get("candidate"), r.get("provenance", {}).get("engine_version"))]
+            if (r.provenance or {}).get("build_version") == BUILD_VERSION
+            and record_is_current(r.candidate, (r.provenance or {}).get("engine_version"))]
 
 
 def _done(out: Path, dataset: str) -> set[tuple[str, int, str]]:
-    return {(r.get("candidate"), r.get("seed"), r["provenance"].get("preset_hash"))
-            for r in _current_records(out, dataset)}
+    return {(r.candidate, r.seed, r.provenance.get("preset_hash")) for r in _current_records(out, dataset)}
 
 
 def _skip_reason(candidate: str, task_type: str, preset: Mapping[str, Any]) -> str | None:
@@ -220,24 +219,16 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
 def _teacher(cfg, task) -> tuple[Any, str, bool, float, Any]:
     """The dataset's teacher (from the cache when it is there): tokenizer, metric, whether it came
     from the cache, its validation score and its validation logits (None on regression)."""
-    from ..device import select_device
-    from ..metrics import resolve_metric
-    from ..models import load_tokenizer
-    from ..teacher import get_teacher
-    from ..training import compute_metric, encode_texts, predict_logits, split_dev
+    from ..evaluation import predict_logits
+    from ..metrics import compute_metric
+    from ..prepare import prepare
 
-    device = select_device(cfg.optim.device)
-    metric = resolve_metric(cfg.optim.metric, task.task_type)
-    tokenizer = load_tokenizer(cfg.teacher.backbone)
-    pad_id = tokenizer.pad_token_id or 0
-    enc = lambda s: encode_texts(tokenizer, s.text_a, s.text_b, s.labels, cfg.data.max_length,  # noqa: E731
-                                 task.task_type)
-    (train, dev), validation = split_dev(enc(task.train), cfg.data, task.task_type), enc(task.validation)
-    teacher = get_teacher(cfg.teacher, task.fingerprint, train, dev, validation, task.num_labels, task.task_type,
-                          task.label_names, metric, cfg.data.max_length, pad_id, device)
-    logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, pad_id, device)
-    score = float(compute_metric(metric, logits, validation.labels.numpy(), task.task_type))
-    return tokenizer, metric, bool(teacher.from_cache), score, logits if task.task_type == "classification" else None
+    prepared = prepare(cfg, task=task)
+    teacher, validation = prepared.teachers[0], prepared.validation
+    logits = predict_logits(teacher.model, validation, cfg.optim.eval_batch_size, prepared.pad_id, prepared.device)
+    score = float(compute_metric(prepared.metric, logits, validation.labels.numpy(), task.task_type))
+    return (prepared.tokenizer, prepared.metric, bool(teacher.from_cache), score,
+            logits if task.task_type == "classification" else None)
 
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
@@ -261,23 +252,21 @@ def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str
         raise TeacherMismatch(f"{ctx.name}: this run's teacher scores {m['teacher_score']:.6f}, the dataset's "
                               f"features file {ctx.teacher_score:.6f}; not recorded (a teacher changed: clear "
                               f"the teacher cache or the features file and rebuild the dataset)")
-    record = make_record(dataset_fingerprint=m["dataset_fingerprint"], meta_features=ctx.meta_features,
-                         config=cfg, metrics=m, teacher_score=m["teacher_score"], wall_seconds=wall,
-                         student_parameters=m.get("student_parameters"), status="ok",
-                         params={"candidate": candidate})
-    record.update({
-        "source": "autodistill-meta-build", "dataset": ctx.name, "candidate": candidate,
-        "dataset_group": dataset_of_context(ctx.name), "train_size": m.get("train_examples"),
-        "target": {"score": m["student_score"], "ratio": m.get("score_ratio"), "metric": m["metric"],
-                   "majority_baseline": m.get("majority_baseline")},
-        "provenance": {
+    record = RunRecord.create(
+        dataset_fingerprint=m["dataset_fingerprint"], meta_features=ctx.meta_features,
+        config=cfg, metrics=m, teacher_score=m["teacher_score"], wall_seconds=wall,
+        student_parameters=m.get("student_parameters"), status="ok", params={"candidate": candidate},
+        source="autodistill-meta-build", dataset=ctx.name, candidate=candidate,
+        dataset_group=dataset_of_context(ctx.name), train_size=m.get("train_examples"),
+        target={"score": m["student_score"], "ratio": m.get("score_ratio"), "metric": m["metric"],
+                "majority_baseline": m.get("majority_baseline")},
+        provenance={
             "build_version": BUILD_VERSION, "portfolio_version": PORTFOLIO_VERSION, "engine_version": ENGINE_VERSION,
             "meta_features_version": META_FEATURES_VERSION, "preset": preset, "preset_hash": preset_hash(preset),
             "preset_override": dict(override or {}), "seed": seed, "machine": machine_info(),
             "wall_seconds": round(wall, 2), "candidate": candidate,
             "regression_adapted": ctx.task_type == "regression", "git": git_commit(),
-        },
-    })
+        })
     if not store.append(record):
         raise RuntimeError(f"{ctx.name}: {candidate}'s record has the key of an existing record (same config)")
     return wall
@@ -332,8 +321,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
 
     @functools.cache
     def backbone_model():  # loaded on the first dataset that needs it
-        from .features import _resolve_backbone_model
-        return None if backbone is None else _resolve_backbone_model(backbone)
+        return None if backbone is None else resolve_backbone_model(backbone)
 
     def context(name: str) -> DatasetContext:
         return _teacher_and_features(context_name(name, train_size, student), str(root / name), preset,
@@ -432,8 +420,8 @@ class BuildStatus:
         return total / max(1, processes)
 
 
-def _teacher_was_cached(record: Mapping[str, Any]) -> bool:
-    cached = (record.get("metrics") or {}).get("teacher_from_cache", True)
+def _teacher_was_cached(record: RunRecord) -> bool:
+    cached = (record.metrics or {}).get("teacher_from_cache", True)
     return all(cached) if isinstance(cached, list) else bool(cached)
 
 
@@ -448,8 +436,8 @@ def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | N
     phash, seed = preset_hash(preset), int(preset["optim"]["seed"])
     names = [context_name(d, train_size, student) for d in datasets or DEFAULT_DATASETS]
     candidates = resolve_names(portfolio)
-    recorded = {d: {r["candidate"]: r for r in _current_records(out, d)
-                    if r.get("seed") == seed and r["provenance"].get("preset_hash") == phash}
+    recorded = {d: {r.candidate: r for r in _current_records(out, d)
+                    if r.seed == seed and r.provenance.get("preset_hash") == phash}
                 for d in names}
     task_types, teacher_seconds = {}, 0.0
     for d in names:
@@ -464,7 +452,7 @@ def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | N
         done[c] = [d for d in names if c in recorded[d]]
         missing[c] = [d for d in names if c not in recorded[d]
                       and not _skip_reason(c, task_types.get(d) or "classification", preset)]
-        walls = [float(recorded[d][c].get("wall_seconds") or 0) for d in done[c]]
+        walls = [float(recorded[d][c].wall_seconds or 0) for d in done[c]]
         run_seconds += sum(walls)
         # the mean leaves out runs that fine-tuned their teacher first (before teachers were made
         # apart from the runs, the first run on a dataset in a new session did)
@@ -475,4 +463,4 @@ def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | N
 
 
 __all__ = ["BUILD_VERSION", "DEFAULT_DATASETS", "BuildStatus", "BuildSummary", "build", "status", "preset_hash",
-           "machine_info", "canonical_config_hash", "library_versions"]
+           "machine_info"]

@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..config import parse_config
-from ..search.records import canonical_config_hash, library_versions
-from .features import META_FEATURES_VERSION, compute_meta_features
+from ..config import DataConfig, parse_config
+from ..data import load_task_data
+from ..records import RunRecord, canonical_config_hash, library_versions
+from .features import META_FEATURES_VERSION, compute_meta_features, resolve_backbone_model
 
 IMPORT_VERSION = 1
 RUNS_CSV = "auto_distiller_tabular_data.csv"
@@ -107,7 +108,7 @@ def read_teacher_scores(text: str) -> dict[tuple[str, str], float]:
 
 
 def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[str, str], float],
-               task_features: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+               task_features: Mapping[str, Mapping[str, Any]]) -> list[RunRecord]:
     """Records for the rows; ``task_features[our task] = {"fingerprint", "meta_features"}``."""
     versions = library_versions()
     out = []
@@ -121,16 +122,15 @@ def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[
         if t_score is not None:
             feats["teacher_score"], feats["has_teacher_score"] = round(t_score, 6), 1.0
         ratio, score = float(row["ratio"]), float(row["score"])
-        out.append({
-            "schema_version": 1, "key": f"distiller:{i}", "source": "distiller", "row_index": i,
-            "dataset": task, "dataset_fingerprint": info["fingerprint"], "meta_features": feats,
-            "config": cfg.to_dict(), "config_hash": canonical_config_hash(cfg), "extra_features": extra,
-            "target": {"ratio": ratio, "score": score}, "metrics": {"score": score, "ratio": ratio},
-            "teacher_score": t_score, "wall_seconds": None, "student_parameters": None, "seed": None,
-            "status": "ok", "versions": versions,
-            "provenance": {"import_version": IMPORT_VERSION, "meta_features_version": META_FEATURES_VERSION,
-                           "csv": RUNS_CSV},
-        })
+        out.append(RunRecord(
+            key=f"distiller:{i}", source="distiller", row_index=i,
+            dataset=task, dataset_fingerprint=info["fingerprint"], meta_features=feats,
+            config=cfg.to_dict(), config_hash=canonical_config_hash(cfg), extra_features=extra,
+            target={"ratio": ratio, "score": score}, metrics={"score": score, "ratio": ratio},
+            teacher_score=t_score, wall_seconds=None, student_parameters=None, seed=None,
+            status="ok", versions=versions,
+            provenance={"import_version": IMPORT_VERSION, "meta_features_version": META_FEATURES_VERSION,
+                        "csv": RUNS_CSV}))
     return out
 
 
@@ -138,17 +138,14 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
                      backbone: Any = "default", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write ``<out>/records.jsonl`` (rewritten each time: the import is idempotent) and
     ``<out>/features/<task>.json``; returns a summary."""
-    from ..config import DataConfig
-    from ..data import load_task_data
     from ..models import load_tokenizer
-    from .features import _resolve_backbone_model
 
     anchors, root, out = Path(anchors), Path(datasets_root), Path(out)
     rows = read_rows((anchors / RUNS_CSV).read_text(encoding="utf-8"))
     teacher_scores = read_teacher_scores((anchors / TEACHERS_CSV).read_text(encoding="utf-8"))
     tasks = sorted({_lookup(TASK_MAP, r["task"], "task", i) for i, r in enumerate(rows)})
     tokenizer = load_tokenizer("default")
-    model = _resolve_backbone_model(backbone)
+    model = resolve_backbone_model(backbone)
     (out / "features").mkdir(parents=True, exist_ok=True)
     task_features: dict[str, dict[str, Any]] = {}
     for task in tasks:
@@ -167,6 +164,6 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
     tmp = out / "records.jsonl.tmp"
     with tmp.open("w", encoding="utf-8") as fh:
         for r in records:
-            fh.write(json.dumps(r, sort_keys=True) + "\n")
+            fh.write(json.dumps(r.to_dict(), sort_keys=True) + "\n")
     tmp.replace(out / "records.jsonl")
     return {"records": len(records), "tasks": tasks, "out": str(out)}

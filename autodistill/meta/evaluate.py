@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import combinations, permutations
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,10 +43,13 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from ..config import PipelineConfig
-from .model import METHODS, PipelineScoreRegressor, l1_distances, _scale_stats
-from .table import (FEATURE_SETS, PF_PREFIX, feature_columns, meta_feature_columns, pipeline_features,
-                    restrict_features, stated_meta_feature_columns, uninformative_datasets)
-from .warm_start import candidate_effects, greedy_portfolio, portfolio_scores
+from ..records import RunRecord
+from .columns import (FEATURE_SETS, PF_PREFIX, feature_columns, meta_feature_columns, pipeline_features,
+                      restrict_features, stated_meta_feature_columns)
+from .distances import l1_distances, scale_stats
+from .model import METHODS, PipelineScoreRegressor
+from .table import records_to_table, uninformative_datasets
+from .warm_start import candidate_effects, decide, greedy_portfolio, portfolio_scores
 
 TOP_K = 5
 #: best-of-k regrets in every per-dataset table (the product warm-starts its search from a few pipelines)
@@ -209,7 +213,7 @@ def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, portfolio_k: int | 
     mf = per_ds[mf_cols].first() if mf_cols else pd.DataFrame(index=names)
     near = sb_filled - 10.0  # fallback order: single best, below every observed value
     if mf_cols and len(names):
-        center, scale = _scale_stats(mf)
+        center, scale = scale_stats(mf)
         q = test[mf_cols].iloc[0].to_numpy(dtype=float)
         d = l1_distances(q, mf.to_numpy(dtype=float), center, scale)
         nearest = names[int(np.argsort(d, kind="stable")[0])]
@@ -227,7 +231,7 @@ def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, portfolio_k: int | 
 class ModelChoice:
     """One modelling choice of the meta-model: family, its parameters (ensemble size...), which
     meta-features it reads (``features``: ``all``, or only those the records ``stated`` about their
-    dataset, :func:`~autodistill.meta.table.restrict_features`; the pipeline features always) and
+    dataset, :func:`~autodistill.meta.columns.restrict_features`; the pipeline features always) and
     whether datasets whose teacher is no better than the majority class are left out of its training
     rows."""
     method: str
@@ -367,19 +371,15 @@ def paired_comparison(method_regret: Sequence[float], reference_regret: Sequence
             "ci_low": float(low), "ci_high": float(high)}
 
 
-def seed_noise_floor(records: Sequence[Mapping[str, Any]], target: str = "ratio") -> pd.DataFrame:
+def seed_noise_floor(records: Sequence[RunRecord | Mapping[str, Any]], target: str = "ratio") -> pd.DataFrame:
     """Per context with ≥ 2 student seeds: the candidates in common, the mean (over candidates) std of
     a candidate's target across seeds, the Spearman correlation of the candidates' targets between
     two seeds (mean over seed pairs), and ``cross_seed_regret1``: the top-1 regret at one seed of
     the candidate that was best at another (mean over ordered seed pairs): what even an oracle of one
     seed loses to seed noise."""
-    from itertools import combinations, permutations
-
-    from .table import records_to_table
-
-    by_seed: dict[Any, list[Mapping[str, Any]]] = {}
-    for r in records:
-        seed = r.get("seed", (r.get("provenance") or {}).get("seed"))
+    by_seed: dict[Any, list[RunRecord]] = {}
+    for r in map(RunRecord.of, records):
+        seed = r.seed if r.seed is not None else (r.provenance or {}).get("seed")
         by_seed.setdefault(seed, []).append(r)
     per_seed = {s: records_to_table(rs, target=target).pivot_table(index="candidate", columns="dataset",
                                                                     values="target")
@@ -475,7 +475,6 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
     portfolio = greedy_portfolio(informative_all, portfolio_k)
     key = (META_MODEL, "portfolio", f"regret{portfolio_k}")
     decision = {"k": portfolio_k, "comparison": comparisons.loc[key].to_dict() if key in comparisons.index else {}}
-    from .warm_start import decide
     decision["source"] = decide(decision["comparison"])
     return NestedResult(per, summary, comparisons, pd.DataFrame(selections), portfolio, decision,
                         info={"n_datasets": len(evaluable), "n_contexts": int(per["dataset"].nunique()),

@@ -56,6 +56,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import DEFAULT_BACKBONE
+from ..data import load_task_data
+
 META_FEATURES_VERSION = 1
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -232,7 +235,9 @@ def _tfidf_landmark(a: list[str], b: list[str] | None, y: np.ndarray, regression
         return None
 
 
-def _resolve_backbone_model(backbone):
+def resolve_backbone_model(backbone):
+    """A loaded model for ``backbone``: a backbone name is loaded (frozen use: embeddings); a model or
+    None is returned as it is."""
     if backbone is None or not isinstance(backbone, str):
         return backbone
     from transformers import AutoModel
@@ -360,7 +365,7 @@ def compute_meta_features(task, tokenizer, backbone: Any = None, teacher_score: 
     feats["landmark_tfidf"] = chance if score is None else score
     feats["landmark_tfidf_gain"] = 0.0 if score is None else _gain(score, chance, regression)
 
-    model = _resolve_backbone_model(backbone)
+    model = resolve_backbone_model(backbone)
     backbone_feats = {"landmark_probe": None, "emb_pca_evr1": 0.0, "emb_pca_evr2": 0.0, "emb_pca_evr3": 0.0,
                       "emb_mean_cosine": 0.0}
     if model is not None and len(train):
@@ -397,8 +402,6 @@ def meta_features_for(data, backbone: Any = "default", *, tokenizer=None, teache
     subsample, so ``log_n_train`` is the size of what is trained on. ``backbone``: a backbone name
     (its tokenizer is used unless ``tokenizer`` is given), a loaded model, or None (no embedding
     features; the tokenizer then defaults to the default backbone's)."""
-    from ..config import DEFAULT_BACKBONE
-    from ..data import load_task_data
     from ..models import load_tokenizer
 
     task = load_task_data(data)
@@ -406,3 +409,13 @@ def meta_features_for(data, backbone: Any = "default", *, tokenizer=None, teache
         tokenizer = load_tokenizer(backbone if isinstance(backbone, str) else DEFAULT_BACKBONE)
     return task, compute_meta_features(task, tokenizer, backbone=backbone, teacher_score=teacher_score,
                                        teacher_confidence=teacher_confidence, seed=0)
+
+
+def search_meta_features(base, task, teacher_score: float | None) -> dict[str, float]:
+    """The meta-features a search stores in its records (``SearchRequest.meta_features``): those of
+    the rows it trains on (``task``), with the embeddings of the base config's teacher backbone and the
+    score of the teacher it fine-tuned, so that its records join the meta-dataset as they are."""
+    from ..models import load_tokenizer
+
+    tokenizer = load_tokenizer(base.teacher.backbone)
+    return compute_meta_features(task, tokenizer, backbone=base.teacher.backbone, teacher_score=teacher_score)

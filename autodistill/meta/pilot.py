@@ -23,23 +23,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .table import REFERENCE_ROLES, record_candidate_name, record_dataset_name, record_ratio, record_role
+from ..records import RunRecord
+from .evaluate import markdown_table
+from .table import REFERENCE_ROLES
 
 #: a difference of two candidates' seed means beyond this many σ (one run's seed std) is called real
 NOISE_MULTIPLE = 2.0
 
 
-def pilot_runs(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]]) -> pd.DataFrame:
     """One row per completed run: context, candidate, seed, target (student/teacher ratio), steps, how
     it stopped and its wall seconds."""
     rows = []
-    for r in records:
-        if r.get("status", "completed") != "completed" or record_role(r) in REFERENCE_ROLES:
+    for r in map(RunRecord.of, records):
+        if (r.status or "completed") != "completed" or r.role in REFERENCE_ROLES:
             continue
-        m = r.get("metrics") or {}
-        rows.append({"context": record_dataset_name(r), "candidate": record_candidate_name(r),
-                     "seed": r.get("seed"), "target": record_ratio(r), "steps": m.get("steps"),
-                     "stop_reason": m.get("stop_reason"), "wall_seconds": r.get("wall_seconds")})
+        m = r.metrics or {}
+        rows.append({"context": r.dataset_name, "candidate": r.candidate_name,
+                     "seed": r.seed, "target": r.ratio, "steps": m.get("steps"),
+                     "stop_reason": m.get("stop_reason"), "wall_seconds": r.wall_seconds})
     return pd.DataFrame(rows, columns=["context", "candidate", "seed", "target", "steps", "stop_reason",
                                        "wall_seconds"])
 
@@ -117,7 +119,6 @@ def pilot_report(records: Sequence[Mapping[str, Any]], keep_first: Sequence[str]
 
 def write_pilot_report(report: PilotReport, out_dir: str | Path) -> Path:
     """``pilot.md`` (the tables) and ``pilot_runs.csv`` in ``out_dir``."""
-    from .evaluate import markdown_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

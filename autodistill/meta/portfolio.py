@@ -24,7 +24,8 @@ import copy
 import json
 from typing import Any, Mapping
 
-from ..config import PIPELINE_SECTIONS, PipelineConfig, deep_merge, parse_config, pipeline_only, with_pipeline  # noqa: F401 (re-exported)
+from ..config import PipelineConfig, deep_merge, parse_config, pipeline_only
+from ..records import canonical_config_hash
 
 # v3 (2026-12-02, with build 2): 27 candidates. From v1's 37: dropped aug_contextual and
 # aug_contextual_random (the contextual augmenter and the ordered pipeline stay covered by
@@ -178,8 +179,6 @@ def duplicate_of(name: str, task_type: str = "classification",
                  preset: Mapping[str, Any] | None = None) -> str | None:
     """The earlier candidate whose config on this task type is the same as ``name``'s (on regression,
     ``kd_mse_logits`` is ``vanilla_kd`` once kl becomes mse): it is run once, under the first name."""
-    from ..search.records import canonical_config_hash
-
     cfg = candidate_config(name, task_type, preset)
     if cfg is None:
         return None

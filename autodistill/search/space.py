@@ -22,7 +22,6 @@ loaded; an invalid space raises :class:`SpaceError` naming the entry (index and 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ import yaml
 from pydantic import BaseModel
 
 from ..config import ConfigError, PipelineConfig, deep_merge, parse_config
+from ..records import canonical_json, config_hash
+from ..resources import ResourceError, resolve_gpus_per_trial
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 PRIMITIVES = (str, int, float, bool, type(None))
@@ -68,7 +69,6 @@ class Budget:
         if not isinstance(data.get("resources", {}), Mapping):
             raise SpaceError("budget.resources: a mapping of Ray resource name -> amount per trial")
         b = cls(**data)
-        from ..resources import ResourceError, resolve_gpus_per_trial
         try:   # shape only (fraction or whole GPUs): whether the cluster has them is known at run time
             resolve_gpus_per_trial(b.gpus_per_trial, {"GPU": max(1.0, float(b.gpus_per_trial or 0))})
         except ResourceError as err:
@@ -81,10 +81,6 @@ class Budget:
 
 
 # --------------------------------------------------------------------------- params
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
 @dataclass
 class Param:
     index: int
@@ -110,7 +106,7 @@ class Param:
             return value
         if isinstance(value, str) and value in self._encoded_choices():
             return value
-        return _canonical(value)
+        return canonical_json(value)
 
     def decode(self, value: Any) -> Any:
         if self.encoded and isinstance(value, str):
@@ -118,11 +114,11 @@ class Param:
         return value
 
     def _encoded_choices(self) -> list[str]:
-        return [_canonical(c) for c in self.choices]
+        return [canonical_json(c) for c in self.choices]
 
     def contains(self, value: Any) -> bool:
         if self.kind == "choices":
-            return _canonical(self.decode(value)) in self._encoded_choices()
+            return canonical_json(self.decode(value)) in self._encoded_choices()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         if self.kind == "int" and int(value) != value:
@@ -362,8 +358,8 @@ class SearchSpace:
         for dep, allowed in p.when.items():
             if dep not in values:
                 return False
-            got = _canonical(self._by_name[dep].decode(values[dep]))
-            if got not in [_canonical(a) for a in allowed]:
+            got = canonical_json(self._by_name[dep].decode(values[dep]))
+            if got not in [canonical_json(a) for a in allowed]:
                 return False
         return True
 
@@ -420,13 +416,13 @@ class SearchSpace:
         are filled with the config's defaults, or None."""
         if p.contains(value):
             return value
-        target = _canonical(value)
+        target = canonical_json(value)
         for choice in p.choices:
             try:
                 cfg = parse_config(deep_merge(self.base, _dotted_updates({p.name: choice})))
             except ConfigError:
                 continue
-            if _canonical(get_path(cfg.to_dict(), p.name)[1]) == target:
+            if canonical_json(get_path(cfg.to_dict(), p.name)[1]) == target:
                 return choice
         return None
 
@@ -437,11 +433,6 @@ class SearchSpace:
 
     def config_hash(self, cfg: PipelineConfig) -> str:
         return config_hash(cfg)
-
-
-def config_hash(cfg: PipelineConfig | Mapping[str, Any]) -> str:
-    data = cfg.to_dict() if isinstance(cfg, PipelineConfig) else cfg
-    return hashlib.sha256(_canonical(data).encode()).hexdigest()[:20]
 
 
 def _parse_param(i: int, entry: Any, earlier: dict[str, Param], source: str) -> Param:
@@ -468,7 +459,7 @@ def _parse_param(i: int, entry: Any, earlier: dict[str, Param], source: str) -> 
         choices = entry["choices"]
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{source}: {label}: choices must be a non-empty list")
-        if len({_canonical(c) for c in choices}) != len(choices):
+        if len({canonical_json(c) for c in choices}) != len(choices):
             raise SpaceError(f"{source}: {label}: duplicate choices")
         p.choices = choices
         if p.log:

@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 from ..config import PipelineConfig
 from ..progress import clock
-from .records import RecordStore
-from .runner import ANCHOR_ID, SearchResult
+from ..records import RecordStore, RunRecord
+from .driver import ANCHOR_ID, SearchResult
 
 
 def uses_kd(cfg: PipelineConfig) -> bool:
@@ -20,18 +20,18 @@ def uses_kd(cfg: PipelineConfig) -> bool:
                 and not cfg.dynamic.objective_adaptation)
 
 
-def _completed_records(result: SearchResult) -> list[dict[str, Any]]:
+def _completed_records(result: SearchResult) -> list[RunRecord]:
     return [r for r in RecordStore(result.records_path).read()
-            if r.get("status") == "completed" and r.get("search", {}).get("experiment") == str(result.experiment_path)]
+            if r.status == "completed" and (r.search or {}).get("experiment") == str(result.experiment_path)]
 
 
 def no_kd_reference(result: SearchResult) -> dict[str, Any] | None:
     """The best completed student trained without KD in this search, if one was."""
-    refs = [r for r in _completed_records(result) if not uses_kd(PipelineConfig.model_validate(r["config"]))]
+    refs = [r for r in _completed_records(result) if not uses_kd(r.pipeline_config)]
     if not refs:
         return None
-    best = max(refs, key=lambda r: r["metrics"]["student_score"])
-    return {"trial_id": best["search"].get("trial_id"), "score": best["metrics"]["student_score"]}
+    best = max(refs, key=lambda r: r.metrics["student_score"])
+    return {"trial_id": best.search.get("trial_id"), "score": best.metrics["student_score"]}
 
 
 def measure_latency(result: SearchResult, n: int = 32) -> dict[str, float] | None:
@@ -39,7 +39,8 @@ def measure_latency(result: SearchResult, n: int = 32) -> dict[str, float] | Non
     first ``n`` validation examples."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..training import cpu_latency_ms, encode_texts
+    from ..batching import encode_texts
+    from ..evaluation import cpu_latency_ms
 
     if result.best_dir is None or result.teacher is None or result.teacher.path is None:
         return None

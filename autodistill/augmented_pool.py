@@ -1,4 +1,4 @@
-"""The training pool: original examples plus augmented copies, relabelled by the teacher.
+"""The augmented training pool: original examples plus augmented copies, relabelled by the teacher.
 
 Layout is copy-major: rows [0, N) are the originals, rows [N + c·N, N + (c+1)·N) copy c.
 Copies are made at epoch 0 and again every ``reaugment_every`` epochs.
@@ -6,15 +6,13 @@ Copies are made at epoch 0 and again every ``reaugment_every`` epochs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Sequence
 
 import torch
 
-from .teacher_outputs import TeacherOutputs, compute_teacher_outputs
-from .training import EncodedSplit, encode_texts
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .objective import TeacherSource
+from .batching import EncodedSplit, encode_texts
+from .teacher.outputs import TeacherOutputs, compute_teacher_outputs
+from .teacher.source import TeacherSource
 
 
 @dataclass
@@ -32,9 +30,14 @@ def concat_splits(a: EncodedSplit, b: EncodedSplit) -> EncodedSplit:
 
 
 class PoolBuilder:
-    def __init__(self, original: EncodedSplit, text_a: list[str], text_b: list[str] | None, augmenter,
+    """Builds the :class:`TrainingPool` of each epoch: ``original`` (whose texts are ``text_a``/``text_b``)
+    plus ``copies`` augmented copies, made at epoch 0 and every ``reaugment_every`` epochs, labelled by
+    the first teacher; cached teachers (``base_outputs``: their outputs on ``original``, None when online)
+    get their outputs on the copies appended."""
+
+    def __init__(self, *, original: EncodedSplit, text_a: list[str], text_b: list[str] | None, augmenter,
                  copies: int, reaugment_every: int, tokenizer, max_length: int, task_type: str,
-                 teachers: list["TeacherSource"], base_outputs: list[TeacherOutputs | None], pad_id: int,
+                 teachers: Sequence[TeacherSource], base_outputs: Sequence[TeacherOutputs | None], pad_id: int,
                  device: torch.device, seed: int):
         self.original = original
         self.text_a, self.text_b = text_a, text_b

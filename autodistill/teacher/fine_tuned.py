@@ -14,11 +14,13 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from .callbacks import Callback
-from .config import TeacherConfig
-from .models import backbone_identity, load_classifier
-from .trainer import TRAINING_KEYS, StepObjective, TrainArgs, Trainer
-from .training import EncodedSplit, evaluate, set_seed
+from ..batching import EncodedSplit
+from ..callbacks import Callback
+from ..config import TeacherConfig
+from ..evaluation import evaluate
+from ..models import backbone_identity, load_classifier
+from ..trainer import TRAINING_KEYS, StepObjective, TrainArgs, Trainer, set_seed
+from .cache import cache_root, split_hash
 
 # 2: the new head is initialised from the teacher's seed (version 1 teachers depended on earlier draws)
 # 3: trained by the training rule (early stopping on a dev slice of train), scored on validation after
@@ -26,13 +28,8 @@ TEACHER_CACHE_VERSION = 3
 FINE_TUNES = [0]   # teachers fine-tuned by this process (a search asserts its trials never do)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("AUTODISTILL_CACHE", Path.home() / ".cache" / "autodistill"))
-
-
 def teacher_cache_key(cfg: TeacherConfig, fingerprint: str, max_length: int, metric: str, dev: EncodedSplit
                       ) -> str:
-    from .teacher_outputs_cache import split_hash
     payload = {
         "version": TEACHER_CACHE_VERSION, "backbone": backbone_identity(cfg.backbone),
         "dataset": fingerprint, "training": cfg.model_dump(mode="json", exclude={"backbone"}),
@@ -50,7 +47,7 @@ class TeacherResult:
     training: dict[str, Any] = field(default_factory=dict)   # steps, seconds, stop reason, dev learning curve
 
 
-def get_teacher(cfg: TeacherConfig, fingerprint: str, train: EncodedSplit, dev: EncodedSplit,
+def get_teacher(cfg: TeacherConfig, *, fingerprint: str, train: EncodedSplit, dev: EncodedSplit,
                 validation: EncodedSplit, num_labels: int, task_type: str, label_names: list[str] | None,
                 metric: str, max_length: int, pad_id: int, device: torch.device,
                 callbacks: Sequence[Callback] = (), mixed_precision: str = "auto") -> TeacherResult:

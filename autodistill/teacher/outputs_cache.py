@@ -17,9 +17,10 @@ from typing import Iterable
 import torch
 from filelock import FileLock
 
-from .teacher import cache_root
-from .teacher_outputs import Feature, TeacherOutputs, compute_teacher_outputs
-from .training import EncodedSplit
+from ..batching import EncodedSplit
+from ..pooling import Feature
+from .cache import cache_root, split_hash
+from .outputs import TeacherOutputs, compute_teacher_outputs
 
 CACHE_VERSION = 1
 ENV_FLAG = "AUTODISTILL_SHARE_TEACHER_OUTPUTS"
@@ -27,15 +28,6 @@ ENV_FLAG = "AUTODISTILL_SHARE_TEACHER_OUTPUTS"
 
 def enabled_by_env() -> bool:
     return os.environ.get(ENV_FLAG, "").lower() in ("1", "true", "yes")
-
-
-def split_hash(split: EncodedSplit) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(split.input_ids, separators=(",", ":")).encode())
-    if split.token_type_ids is not None:
-        h.update(json.dumps(split.token_type_ids, separators=(",", ":")).encode())
-    h.update(split.labels.numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 def outputs_key(teacher_key: str, split: EncodedSplit, layers: Iterable[int], feature: Feature | None) -> str:

@@ -1,19 +1,14 @@
-"""Shared training pieces: tokenisation, length-padded batches, evaluation, optimiser, latency."""
+"""Tokenised splits and their batches: encoding, the dev slice of train, padding, batch orders."""
 from __future__ import annotations
 
-import math
 import random
-import time
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
-from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
 from .config import DataConfig
-from .metrics import compute_metric
+from .data import DataError, holdout_indices
 
 
 @dataclass
@@ -36,8 +31,6 @@ def dev_indices(train: EncodedSplit, data: DataConfig, task_type: str) -> tuple[
     """(fit rows, dev rows) of train: the dev slice that early stopping watches (seeded with
     data.split_seed, stratified for classification, data.dev_fraction of the rows up to
     data.dev_max_examples). Teacher and student share it; neither trains on it."""
-    from .data import DataError, holdout_indices
-
     fit, dev = holdout_indices(train.labels.tolist(), data.dev_fraction, f"{data.split_seed}:dev",
                                task_type == "classification", data.dev_max_examples)
     if not dev:
@@ -97,52 +90,3 @@ def length_sorted_batches(split: EncodedSplit, batch_size: int) -> list[list[int
     """Batches of similar length for inference (less padding); order restored by the caller."""
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, split: EncodedSplit, batch_size: int, pad_id: int,
-                   device: torch.device) -> np.ndarray:
-    model.eval()
-    out = np.zeros((len(split), model.config.num_labels), dtype=np.float32)
-    for idx in length_sorted_batches(split, batch_size):
-        batch = to_device(collate(split, idx, pad_id), device)
-        out[idx] = model(**model_inputs(batch)).logits.float().cpu().numpy()
-    return out
-
-
-def evaluate(model: nn.Module, split: EncodedSplit, metric: str, task_type: str, batch_size: int,
-             pad_id: int, device: torch.device) -> float:
-    logits = predict_logits(model, split, batch_size, pad_id, device)
-    return compute_metric(metric, logits, split.labels.numpy(), task_type)
-
-
-def build_optimizer(named_modules: Sequence[nn.Module], learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int):
-    """AdamW (no decay on biases and LayerNorm) with linear warm-up and decay."""
-    decay, no_decay = [], []
-    for module in named_modules:
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(warmup_ratio * total_steps), total_steps)
-    return optimizer, scheduler
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def cpu_latency_ms(model: nn.Module, split: EncodedSplit, pad_id: int, n: int = 32) -> float:
-    """Mean CPU latency per example (batch size 1) over the first ``n`` validation examples."""
-    model = model.to("cpu").eval()
-    indices = list(range(min(n, len(split))))
-    model(**model_inputs(collate(split, indices[:1], pad_id)))  # warm-up
-    start = time.perf_counter()
-    for i in indices:
-        model(**model_inputs(collate(split, [i], pad_id)))
-    return 1000.0 * (time.perf_counter() - start) / max(1, len(indices))

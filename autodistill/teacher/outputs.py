@@ -6,26 +6,15 @@ Logits always; hidden-state features only for the layers an objective needs, red
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .callbacks import progress_enabled
-
-from .training import EncodedSplit, collate, length_sorted_batches, model_inputs, to_device
-
-Feature = Literal["tokens", "cls", "mean"]
-
-
-def pool_states(h: torch.Tensor, mask: torch.Tensor, feature: Feature) -> torch.Tensor:
-    if feature == "cls":
-        return h[:, 0]
-    if feature == "mean":
-        m = mask.unsqueeze(-1).to(h.dtype)
-        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-    return h
+from ..batching import EncodedSplit, collate, length_sorted_batches, model_inputs, to_device
+from ..callbacks import progress_enabled
+from ..pooling import Feature, pool_hidden
 
 
 @dataclass
@@ -89,7 +78,7 @@ def _store_layer(stores: dict, layer: int, h: torch.Tensor, mask: torch.Tensor, 
         for row, i in enumerate(idx):
             store[i] = h[row, : lengths[row]].to(torch.float16).cpu()
         return
-    pooled = pool_states(h, mask, feature).to(torch.float16).cpu()
+    pooled = pool_hidden(h, mask, feature).to(torch.float16).cpu()
     if layer not in stores:
         stores[layer] = torch.zeros(n, pooled.shape[-1], dtype=torch.float16)
     stores[layer][idx] = pooled

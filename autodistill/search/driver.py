@@ -1,19 +1,22 @@
-"""The search runner: Ray Tune + Optuna (TPE, define-by-run) + ASHA over a :class:`SearchSpace`.
+"""The search driver: Ray Tune + Optuna (TPE, define-by-run) + ASHA over a :class:`SearchSpace`.
 
 The driver fine-tunes the teacher once (the on-disk teacher cache makes every trial load it) and
-computes its logits once into the shared teacher-outputs cache; trials only train students. Ray runs
-in-process by default (loopback, no dashboard, no usage stats) or connects to a cluster (``address``).
-Each finished trial appends one record to the meta-dataset store (driver side); the best student is
-exported to ``out_dir/best``. An interrupted search resumes with ``Tuner.restore`` (``resume=True``).
+computes its logits once into the shared teacher-outputs cache; trials (:mod:`.trial`) only train
+students. Ray runs in-process by default (loopback, no dashboard, no usage stats) or connects to a
+cluster (``address``). Each finished trial appends one :class:`~autodistill.records.RunRecord` to the
+meta-dataset store (driver side), with the dataset's meta-features the caller's
+``SearchRequest.meta_features`` computes (the search itself knows nothing of the meta-model); the
+best student is exported to ``out_dir/best`` (:mod:`.export`). An interrupted search resumes with
+``Tuner.restore`` (``resume=True``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,69 +24,89 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from ..config import DataConfig, PipelineConfig, with_pipeline
+from ..callbacks import EventLogCallback
+from ..config import DataConfig, PipelineConfig, deep_merge, with_pipeline
+from ..data import TaskData
+from ..metrics import resolve_metric
+from ..prepare import prepare
 from ..progress import EventLog, fmt_score
-from .records import RecordStore, make_record
-from ..shipping import SearchInputs
-from .space import Budget, SearchSpace, SpaceError, config_hash, encode_points, load_space, load_warm_start
+from ..records import RecordStore, RunRecord, config_hash
+from ..resources import concurrent_trials, trial_resources
+from ..shipping import SearchInputs, pack
+from ..teacher.fine_tuned import FINE_TUNES
+from .export import (EXPERIMENT_NAME, PROGRESS_FILE, Storage, checkpoint_uri, export_best, make_storage, publish,
+                     write_progress)
+from .space import Budget, SearchSpace, SpaceError, encode_points, load_space, load_warm_start
+from .trial import METRIC, distill_trainable
 
 log = logging.getLogger(__name__)
 
-METRIC = "score"
-EXPERIMENT_NAME = "search"
-PROGRESS_FILE = "progress.json"
 ANCHOR_ID = "anchor"          # the trial id of the pipeline trained to completion before the search
 ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "OMP_NUM_THREADS_PER_TRIAL")
 
+#: ``(the search's base config, its task data, the teacher's validation score) -> the dataset's
+#: meta-features``, stored in every record of the search (the interfaces pass
+#: :func:`autodistill.meta.features.search_meta_features`)
+MetaFeatures = Callable[[PipelineConfig, TaskData, float | None], Mapping[str, Any]]
 
-# --------------------------------------------------------------------------- the trial
-def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None = None,
-                      inputs: "SearchInputs | None" = None) -> None:
-    """One trial: build the config from the sampled params, distil, report each evaluation to Tune,
-    and finish with a report carrying the exported student as a checkpoint (uploaded by Tune to the
-    run's storage_path). ``inputs`` (from the object store) holds the dataset, the teachers and their
-    logits: with it the trial reads nothing from the driver's disk."""
-    import ray
-    from ray import tune
 
-    from ..callbacks import MetricsReporterCallback
-    from ..distill import export, run_distillation
-    from ..shipping import materialize
-    from ..teacher import FINE_TUNES, cache_root
+# --------------------------------------------------------------------------- the request
+@dataclass(frozen=True)
+class SearchRequest:
+    """What to search, with which budget, where the results go and where the trials run.
 
-    started = time.perf_counter()
-    fine_tunes_before = FINE_TUNES[0]
-    given = materialize(inputs) if inputs is not None else None
-    space = SearchSpace.from_dict(space_dict, validate=False)
-    cfg = space.to_config(config)
+    ``data`` is a dataset path or a (partial) DataConfig; ``overrides`` is a partial PipelineConfig merged
+    into the space's base (e.g. a different teacher backbone); ``warm_start`` is a YAML/JSON file or a
+    list of param dicts in the space's names (entering the search as ``points_to_evaluate``), and
+    ``seed_labels`` says where each came from (e.g. "recommendation #1: vanilla_kd").
 
-    def report(metrics: dict[str, Any]) -> None:
-        name = next(k for k in metrics if k not in ("epoch", "step") and not k.startswith("best_"))
-        tune.report({METRIC: float(metrics[name]), "best_score": float(metrics[f"best_{name}"]),
-                     "epoch": float(metrics["epoch"]), "step": int(metrics["step"]), "final": False})
+    Budgets: ``trials`` counts students (the anchor included); ``time_budget`` is wall-clock seconds for
+    training students (the anchor, then the search); the teacher's fine-tune is not counted - it is
+    timed and reported apart (``teacher_seconds``). With ``anchor`` the first warm-start point is trained
+    to completion before the search, outside ASHA, so that a student exists whatever the budget does
+    to the search; the best *completed* student (anchor or trial) is exported to ``out_dir/best``.
+    ``anchor_pipeline`` = (a KD pipeline, its label) anchors on that pipeline exactly, run at the
+    space's budget on the user's data, even where the space cannot express it (``auto``: the top
+    recommendation); the warm-start points are then all for the search. ``meta_features`` computes the
+    dataset's meta-features the records carry (none without it).
 
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    result = run_distillation(cfg, callbacks=[MetricsReporterCallback(report)], share_teacher_outputs=True,
-                              given=given)
-    distill_seconds = time.perf_counter() - t0
-    m = result.metrics
-    m["distill_cpu_seconds"] = time.process_time() - cpu0     # CPU time this trial's process got
-    m["teacher_fine_tunes_in_trial"] = FINE_TUNES[0] - fine_tunes_before
-    m["inputs_from_object_store"] = given is not None
-    m["node_id"] = ray.get_runtime_context().get_node_id()
-    m["trial_cache_root"] = str(cache_root())     # the node-local cache this trial could use
-    m["device"] = str(next(result.student.parameters()).device)
-    m["distill_seconds"] = distill_seconds
-    m["trial_seconds_in_process"] = time.perf_counter() - started
-    with tempfile.TemporaryDirectory(prefix="autodistill-trial-") as tmp:
-        export(result, tmp)
-        tune.report({METRIC: float(m["student_score"]), "best_score": float(m["student_score"]),
-                     "final": True, "distill_seconds": distill_seconds,
-                     "student_parameters": int(m["student_parameters"]),
-                     "teacher_score": float(m["teacher_score"]),
-                     "dataset_fingerprint": m["dataset_fingerprint"],
-                     "metrics_json": json.dumps(m, default=float)},
-                    checkpoint=tune.Checkpoint.from_directory(tmp))
+    On a cluster: the trials get the dataset, the teachers and their logits through Ray's object store
+    (nothing from this machine's disk), ask for ``cpus_per_trial``, ``gpus_per_trial`` (default: one
+    GPU where the cluster has GPUs) and any custom ``trial_resources``; Tune writes results and
+    checkpoints to ``storage_path`` (a URI all nodes reach, e.g. ``s3://bucket/searches``; default
+    ``out_dir``, which serves one machine), and the best student is fetched from there.
+    """
+
+    data: str | Path | Mapping[str, Any] | DataConfig
+    space: str | Path | SearchSpace | Mapping
+    out_dir: str | Path
+    # what is searched, and for how long
+    trials: int | None = None
+    time_budget: float | None = None
+    overrides: Mapping[str, Any] | None = None
+    warm_start: str | Path | Sequence[Mapping[str, Any]] | None = None
+    seed_labels: Sequence[str] | None = None
+    anchor: bool = False
+    anchor_pipeline: tuple[Mapping[str, Any], str] | None = None
+    seed: int | None = None
+    resume: bool = False
+    meta_features: MetaFeatures | None = None
+    # where the results go
+    records_path: str | Path | None = None
+    export_best: bool = True
+    storage_path: str | None = None
+    # where and how the trials run
+    address: str | None = None
+    num_cpus: int | None = None
+    max_concurrent_trials: int | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    trial_resources: Mapping[str, float] | None = None
+    reuse_actors: bool | None = None
+    max_failures: int | None = None
+    # what it says
+    quiet: bool = False
+    verbose: bool = False
 
 
 # --------------------------------------------------------------------------- driver-side bookkeeping
@@ -105,7 +128,7 @@ class SearchContext:
     budget_note: Callable[[float], None] | None = None  # told the first completed trial's wall time
     metric: str = "score"
     inputs: SearchInputs | None = None   # the dataset, teachers and logits the trials get through Ray
-    storage: "Storage | None" = None
+    storage: Storage | None = None
 
     def origin(self, params: Mapping[str, Any]) -> str:
         """Which warm-start seed a trial's params are (e.g. a recommendation), or 'TPE'."""
@@ -137,7 +160,7 @@ def _trial_status(last: Mapping[str, Any] | None, stopped_early: bool) -> str | 
 
 def record_for(ctx: SearchContext, trial_id: str, params: Mapping[str, Any], last: Mapping[str, Any] | None,
                wall_seconds: float | None, iterations: int | None, stopped_early: bool
-               ) -> dict[str, Any] | None:
+               ) -> RunRecord | None:
     last = dict(last or {})
     status = _trial_status(last, stopped_early)
     if METRIC not in last or status is None:
@@ -150,7 +173,7 @@ def record_for(ctx: SearchContext, trial_id: str, params: Mapping[str, Any], las
         metrics = {"student_score": last.get("best_score"), "last_score": last.get(METRIC),
                    "epochs": last.get("epoch"), "steps": last.get("step")}
     metrics["evaluations_reported"] = iterations
-    return make_record(
+    return RunRecord.create(
         dataset_fingerprint=last.get("dataset_fingerprint") or ctx.dataset_fingerprint,
         meta_features=ctx.meta_features, config=cfg, metrics=metrics,
         teacher_score=last.get("teacher_score", ctx.teacher_score), wall_seconds=wall_seconds,
@@ -173,14 +196,14 @@ def _make_callback(ctx: SearchContext):
             self.errors = 0
             self.best: tuple[float, str] | None = ctx.best_before
             recorded = [r for r in ctx.store.read()
-                        if r.get("search", {}).get("experiment") == ctx.search_info.get("experiment")
-                        and r.get("search", {}).get("trial_id") != ANCHOR_ID]
-            self.done = sum(r.get("status") == "completed" for r in recorded)
-            self.stopped = sum(r.get("status") == "stopped_early" for r in recorded)
+                        if (r.search or {}).get("experiment") == ctx.search_info.get("experiment")
+                        and (r.search or {}).get("trial_id") != ANCHOR_ID]
+            self.done = sum(r.status == "completed" for r in recorded)
+            self.stopped = sum(r.status == "stopped_early" for r in recorded)
             for r in recorded:
-                s = r.get("metrics", {}).get("student_score")
-                if r.get("status") == "completed" and s is not None and (self.best is None or s > self.best[0]):
-                    self.best = (float(s), r["search"].get("trial_id", "?"))
+                s = r.metrics.get("student_score")
+                if r.status == "completed" and s is not None and (self.best is None or s > self.best[0]):
+                    self.best = (float(s), r.search.get("trial_id", "?"))
             self.events = ctx.events
             self.events.open_bar(ctx.trials_total, "search")
             self.timed = False
@@ -271,13 +294,6 @@ def _first_error_line(trial) -> str:
         if lines:
             return lines[-1][:300]
     return "an error"
-
-
-def write_progress(path: Path, **progress: Any) -> None:
-    """Atomically replace ``path`` with the search's progress (read by `GET /searches/{id}`)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**progress, "updated_at": time.time()}), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _NullCallback:
@@ -372,57 +388,24 @@ def _short(v: Any) -> str:
 class PreparedTeacher:
     task: Any                     # TaskData
     score: float | None           # the first teacher's validation score
-    meta_features: dict[str, Any]
     path: Path | None             # the first teacher's cache folder
     training: dict[str, Any]      # its training rule's record: steps, seconds, stop reason, dev curve
     from_cache: bool
-    seconds: float                # wall time of this step (fine-tune or cache load, teacher outputs, features)
+    seconds: float                # wall time of this step (fine-tune or cache load, teacher outputs; the
+                                  # driver adds the meta-features' time)
     fine_tunes: int = 0           # teachers fine-tuned by this step (0 when all came from the cache)
     inputs: SearchInputs | None = None   # what the trials get through the object store
 
 
 def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> PreparedTeacher:
     """Fine-tune (or load) the base config's teachers once, by the training rule, and cache the
-    teacher's logits on the training rows (the dev slice held out)."""
-    from .. import teacher_outputs_cache
-    from ..callbacks import EventLogCallback
-    from ..data import load_task_data
-    from ..device import select_device
-    from ..metrics import resolve_metric
-    from ..models import load_tokenizer
-    from ..teacher import get_teacher
-    from ..training import encode_texts, split_dev
-
-    from ..shipping import pack
-    from ..teacher import FINE_TUNES
-
+    teacher's logits on the training rows (the dev slice held out): the one builder of every run."""
     started = time.perf_counter()
     fine_tunes_before = FINE_TUNES[0]
-    task = load_task_data(base.data)
-    device = select_device(base.optim.device)
-    metric = resolve_metric(base.optim.metric, task.task_type)
-    tokenizer = load_tokenizer(base.teacher.backbone)
-    pad_id = tokenizer.pad_token_id or 0
-    ml = base.data.max_length
-    encoded = encode_texts(tokenizer, task.train.text_a, task.train.text_b, task.train.labels, ml, task.task_type)
-    validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b, task.validation.labels,
-                              ml, task.task_type)
-    train, dev = split_dev(encoded, base.data, task.task_type)
-    teachers, outputs = [], {}
-    for k, tcfg in enumerate(base.teachers):
-        callbacks = [EventLogCallback("teacher" if k == 0 else f"teacher {k}", metric, events)] if events else ()
-        t = get_teacher(tcfg, task.fingerprint, train, dev, validation, task.num_labels, task.task_type,
-                        task.label_names, metric, ml, pad_id, device, callbacks=callbacks,
-                        mixed_precision=base.optim.mixed_precision)
-        out, _ = teacher_outputs_cache.load_or_compute(t.model, t.path.name, train, pad_id, device)
-        outputs[teacher_outputs_cache.outputs_key(t.path.name, train, (), None)] = out
-        teachers.append(t)
-    first = teachers[0]
-    from ..meta.features import compute_meta_features
-    # the recommender's meta-features, so that search records can join the meta-dataset as they are
-    meta = compute_meta_features(task, tokenizer, backbone=base.teacher.backbone, teacher_score=first.score)
-    inputs = pack(base, task, tokenizer, teachers, outputs)
-    return PreparedTeacher(task, first.score, meta, first.path, first.training, first.from_cache,
+    prepared = prepare(base, events=events, teacher_logits=True)
+    first = prepared.teachers[0]
+    inputs = pack(base, prepared.task, prepared.tokenizer, prepared.teachers, prepared.outputs)
+    return PreparedTeacher(prepared.task, first.score, first.path, first.training, first.from_cache,
                            time.perf_counter() - started, FINE_TUNES[0] - fine_tunes_before, inputs)
 
 
@@ -433,7 +416,6 @@ def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str,
     process, outside the scheduler's reach, export it to ``out`` and record it: the student the search
     must beat, and the one the user keeps whatever the budget does to the search. Returns its
     leaderboard row (reused as it is on resume)."""
-    from ..callbacks import EventLogCallback
     from ..distill import export, run_distillation
 
     saved = out / "anchor.json"
@@ -453,11 +435,12 @@ def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str,
     if out.exists():
         shutil.rmtree(out)
     export(result, out)
-    rec = make_record(dataset_fingerprint=m["dataset_fingerprint"], meta_features=ctx.meta_features, config=cfg,
-                      metrics=m, teacher_score=m["teacher_score"], wall_seconds=seconds,
-                      student_parameters=m["student_parameters"], status="completed",
-                      search={**ctx.search_info, "trial_id": ANCHOR_ID, "origin": label, "finished_at": time.time()},
-                      params=decoded)
+    rec = RunRecord.create(dataset_fingerprint=m["dataset_fingerprint"], meta_features=ctx.meta_features,
+                           config=cfg, metrics=m, teacher_score=m["teacher_score"], wall_seconds=seconds,
+                           student_parameters=m["student_parameters"], status="completed",
+                           search={**ctx.search_info, "trial_id": ANCHOR_ID, "origin": label,
+                                   "finished_at": time.time()},
+                           params=decoded)
     ctx.store.append(rec)
     row = {"trial_id": ANCHOR_ID, "status": "completed", "score": float(m["student_score"]),
            "reports": len(m.get("history", [])), "seconds": seconds, "distill_seconds": seconds,
@@ -489,68 +472,6 @@ def pace_note(first_seconds: float, budget: Budget, used: float, students_left: 
             f"--trials {budget.trials} ({budget.max_concurrent_trials} at a time) allows; at this pace about "
             f"{fit} of the {students_left} other students fit. For all of them give --time-budget "
             f"{need:.0f} or fewer --trials")
-
-
-# --------------------------------------------------------------------------- storage
-@dataclass
-class Storage:
-    """Where Tune keeps the run: ``root`` is RunConfig.storage_path, ``experiment`` the run's folder."""
-
-    root: str
-    experiment: str
-    remote: bool            # a storage URI given by the user (shared by every node), not the out folder
-    scheme: str = ""        # its URI scheme ("s3", "gs", "file"), to name checkpoints by URI
-
-
-def make_storage(out: Path, storage_path: str | None) -> Storage:
-    """The out folder (one machine), or ``storage_path``: this search's own folder on storage every node
-    reaches (one folder per search, like ``--out``)."""
-    if not storage_path:
-        return Storage(str(out), str(out / EXPERIMENT_NAME), False)
-    root = storage_path.rstrip("/")
-    scheme = storage_path.split("://", 1)[0] if "://" in storage_path else ""
-    return Storage(root, f"{root}/{EXPERIMENT_NAME}", True, scheme)
-
-
-PUBLISHED = (PROGRESS_FILE, "leaderboard.json", "records.jsonl", "space.yaml")
-
-
-def publish(storage: "Storage | None", out: Path, names: Sequence[str] = PUBLISHED, best: bool = False) -> None:
-    """Copy the search's results (progress, leaderboard, records, and with ``best`` the best student)
-    from ``out`` to its storage folder, where a process on another machine (the REST service) reads them."""
-    if storage is None or not storage.remote:
-        return
-    import pyarrow.fs as pafs
-    fs, root = pafs.FileSystem.from_uri(storage.root) if "://" in storage.root \
-        else (pafs.LocalFileSystem(), storage.root)
-    fs.create_dir(root, recursive=True)
-    for name in names:
-        src = out / name
-        if src.is_file():
-            with fs.open_output_stream(f"{root}/{name}") as fh:
-                fh.write(src.read_bytes())
-    if best and (out / "best").is_dir():
-        pafs.copy_files(str(out / "best"), f"{root}/best", source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=fs)
-
-
-def checkpoint_uri(ckpt) -> str:
-    """A Tune checkpoint's location as a URI any process can fetch (a plain path on local storage)."""
-    kind = getattr(getattr(ckpt, "filesystem", None), "type_name", "local")
-    if kind == "local":
-        return ckpt.path
-    scheme = {"gcs": "gs"}.get(kind, kind)
-    return f"{scheme}://{ckpt.path.lstrip('/')}" if "::" not in scheme else ckpt.path
-
-
-def fetch_checkpoint(uri: str, dest: Path) -> Path:
-    """Copy a checkpoint (a local folder, or a URI on the run's storage) to ``dest``."""
-    if Path(uri).is_dir():
-        shutil.copytree(uri, dest)
-        return dest
-    from ray import tune
-    tune.Checkpoint(uri).to_directory(str(dest))
-    return dest
 
 
 # --------------------------------------------------------------------------- ray
@@ -593,79 +514,48 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> bool:
 
 
 # --------------------------------------------------------------------------- the search
-def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | Path | SearchSpace | Mapping,
-               out_dir: str | Path, trials: int | None = None, time_budget: float | None = None,
-               address: str | None = None, warm_start: str | Path | Sequence[Mapping[str, Any]] | None = None,
-               resume: bool = False, overrides: Mapping[str, Any] | None = None,
-               max_concurrent_trials: int | None = None, cpus_per_trial: float | None = None,
-               gpus_per_trial: float | None = None, reuse_actors: bool | None = None,
-               max_failures: int | None = None, seed: int | None = None, num_cpus: int | None = None,
-               records_path: str | Path | None = None, quiet: bool = False, verbose: bool = False,
-               export_best: bool = True, anchor: bool = False, seed_labels: Sequence[str] | None = None,
-               anchor_pipeline: tuple[Mapping[str, Any], str] | None = None,
-               events: EventLog | None = None, storage_path: str | None = None,
-               trial_resources: Mapping[str, float] | None = None) -> SearchResult:
-    """Run (or resume) a KD search and return its leaderboard; see the module docstring.
-
-    ``data`` is a dataset path or a (partial) DataConfig; ``overrides`` is a partial PipelineConfig merged
-    into the space's base (e.g. a different teacher backbone); ``warm_start`` is a YAML/JSON file or a
-    list of param dicts in the space's names (entering the search as ``points_to_evaluate``), and
-    ``seed_labels`` says where each came from (e.g. "recommendation #1: vanilla_kd").
-
-    Budgets: ``trials`` counts students (the anchor included); ``time_budget`` is wall-clock seconds for
-    training students (the anchor, then the search); the teacher's fine-tune is not counted - it is
-    timed and reported apart (``teacher_seconds``). With ``anchor`` the first warm-start point is trained
-    to completion before the search, outside ASHA, so that a student exists whatever the budget does
-    to the search; the best *completed* student (anchor or trial) is exported to ``out_dir/best``.
-    ``anchor_pipeline`` = (a KD pipeline, its label) anchors on that pipeline exactly, run at the
-    space's budget on the user's data, even where the space cannot express it (``auto``: the top
-    recommendation); the warm-start points are then all for the search.
-
-    On a cluster: the trials get the dataset, the teachers and their logits through Ray's object store
-    (nothing from this machine's disk), ask for ``cpus_per_trial``, ``gpus_per_trial`` (default: one
-    GPU where the cluster has GPUs) and any custom ``trial_resources``; Tune writes results and
-    checkpoints to ``storage_path`` (a URI all nodes reach, e.g. ``s3://bucket/searches``; default
-    ``out_dir``, which serves one machine), and the best student is fetched from there.
-    """
+def run_search(request: SearchRequest, events: EventLog | None = None) -> SearchResult:
+    """Run (or resume) a KD search and return its leaderboard; see :class:`SearchRequest` and the module
+    docstring. ``events`` receives what the search says (a quiet or verbose log of its own by default)."""
     import optuna
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    r = request
     t_start = time.perf_counter()
-    events = events or EventLog(quiet=quiet)
-    out = Path(out_dir).resolve()
+    events = events or EventLog(quiet=r.quiet)
+    out = Path(r.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_NAME
-    storage = make_storage(out, storage_path)
-    if not resume and (exp_path.exists() or (out / "anchor" / "anchor.json").exists()
+    storage = make_storage(out, r.storage_path)
+    if not r.resume and (exp_path.exists() or (out / "anchor" / "anchor.json").exists()
                        or storage.remote and tune.Tuner.can_restore(storage.experiment)):
         raise FileExistsError(f"{out} holds a previous search: pass resume=True (--resume) to continue it, "
                               "or choose another output folder")
 
-    sp = load_space(space)
-    data_part = data.model_dump(mode="json", exclude_unset=True) if isinstance(data, DataConfig) \
-        else dict(data) if isinstance(data, Mapping) else {"train": str(data)}
+    sp = load_space(r.space)
+    data_part = r.data.model_dump(mode="json", exclude_unset=True) if isinstance(r.data, DataConfig) \
+        else dict(r.data) if isinstance(r.data, Mapping) else {"train": str(r.data)}
     merged = {"data": data_part}
-    if overrides:
-        from .space import deep_merge
-        merged = deep_merge(dict(overrides), merged)
+    if r.overrides:
+        merged = deep_merge(dict(r.overrides), merged)
     sp = sp.with_base(merged)
-    sp = sp.with_budget(trials=trials, time_budget_s=time_budget, max_concurrent_trials=max_concurrent_trials,
-                        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, reuse_actors=reuse_actors,
-                        resources=dict(trial_resources) if trial_resources else None,
-                        max_failures=max_failures, seed=seed)
+    sp = sp.with_budget(trials=r.trials, time_budget_s=r.time_budget, max_concurrent_trials=r.max_concurrent_trials,
+                        cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
+                        reuse_actors=r.reuse_actors, resources=dict(r.trial_resources) if r.trial_resources else None,
+                        max_failures=r.max_failures, seed=r.seed)
     b = sp.budget
     (out / "space.yaml").write_text(_yaml_dump(sp.to_dict()), encoding="utf-8")
 
     points = None
-    if warm_start is not None:
-        points = load_warm_start(warm_start, sp) if isinstance(warm_start, (str, Path)) \
-            else encode_points(sp, warm_start)
-    labels = list(seed_labels or []) + [f"warm-start point #{k + 1}" for k in range(len(seed_labels or []),
-                                                                                    len(points or []))]
-    if anchor and not points and anchor_pipeline is None:
+    if r.warm_start is not None:
+        points = load_warm_start(r.warm_start, sp) if isinstance(r.warm_start, (str, Path)) \
+            else encode_points(sp, r.warm_start)
+    labels = list(r.seed_labels or []) + [f"warm-start point #{k + 1}" for k in range(len(r.seed_labels or []),
+                                                                                      len(points or []))]
+    if r.anchor and not points and r.anchor_pipeline is None:
         raise SpaceError("an anchor needs a warm-start point (the pipeline to train first)")
-    anchor = anchor or anchor_pipeline is not None
+    anchor = r.anchor or r.anchor_pipeline is not None
 
     base_cfg = sp.to_config({})
     write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
@@ -673,11 +563,16 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
                            "counted in the time budget")
     teacher = prepare_teacher(base_cfg, events)
+    meta: dict[str, Any] = {}
+    if r.meta_features is not None:
+        # the dataset's meta-features, so that search records can join the meta-dataset as they are
+        t_features = time.perf_counter()
+        meta = dict(r.meta_features(base_cfg, teacher.task, teacher.score))
+        teacher = dataclasses.replace(teacher, seconds=teacher.seconds + time.perf_counter() - t_features)
     events.emit("teacher", f"ready in {teacher.seconds:.0f} s{' (from the cache)' if teacher.from_cache else ''}: "
                            f"validation {fmt_score(teacher.score)}")
-    from ..metrics import resolve_metric
-    store = RecordStore(records_path or out)
-    ctx = SearchContext(sp, store, teacher.task.fingerprint, teacher.meta_features, teacher.score, b.trials,
+    store = RecordStore(r.records_path or out)
+    ctx = SearchContext(sp, store, teacher.task.fingerprint, meta, teacher.score, b.trials,
                         {"experiment": str(exp_path), "space": sp.name}, out / PROGRESS_FILE, events,
                         [(sp.decode(p), label) for p, label in zip(points or [], labels)],
                         metric=resolve_metric(base_cfg.optim.metric, teacher.task.task_type),
@@ -691,13 +586,13 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     anchor_row, anchor_error, interrupted = None, None, False
     if anchor:
         write_progress(out / PROGRESS_FILE, phase="anchor", trials_total=b.trials)
-        if anchor_pipeline is not None:
-            anchor_cfg, anchor_label = with_pipeline(base_cfg, anchor_pipeline[0]), anchor_pipeline[1]
+        if r.anchor_pipeline is not None:
+            anchor_cfg, anchor_label = with_pipeline(base_cfg, r.anchor_pipeline[0]), r.anchor_pipeline[1]
         else:
             anchor_cfg, anchor_label = sp.to_config(points[0]), labels[0]
             points, ctx.seeds = points[1:], ctx.seeds[1:]
         try:
-            anchor_row = train_anchor(ctx, anchor_cfg, out / "anchor", anchor_label, resume)
+            anchor_row = train_anchor(ctx, anchor_cfg, out / "anchor", anchor_label, r.resume)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - the search may still produce a student: say so, go on
@@ -726,9 +621,9 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
             "no time budget left"))
     else:
         ctx.trials_total = search_trials
-        owns_ray = _init_ray(address, num_cpus, verbose)
+        owns_ray = _init_ray(r.address, r.num_cpus, r.verbose)
         try:
-            rows, interrupted = _tune(ctx, sp, storage, out, search_trials, remaining, points, resume, tune,
+            rows, interrupted = _tune(ctx, sp, storage, search_trials, remaining, points, r.resume, tune,
                                       OptunaSearch, optuna)
         finally:
             if owns_ray:
@@ -737,16 +632,8 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
     if anchor_row:
         rows = sorted([anchor_row, *rows], key=_rank, reverse=True)
 
-    best_row = next((r for r in rows if r["status"] == "completed" and r["checkpoint"]), None)
-    best_dir = None
-    if best_row and export_best:
-        best_dir = out / "best"
-        if best_dir.exists():
-            shutil.rmtree(best_dir)
-        fetch_checkpoint(best_row["checkpoint"], best_dir)
-        (best_dir / "trial.json").write_text(json.dumps(
-            {k: best_row.get(k) for k in ("trial_id", "score", "params", "path", "origin")}, indent=2, default=str),
-            encoding="utf-8")
+    best_row = next((row for row in rows if row["status"] == "completed" and row["checkpoint"]), None)
+    best_dir = export_best(best_row, out) if best_row and r.export_best else None
     student_seconds = time.perf_counter() - t_students
     result = SearchResult(out, exp_path, store.path, rows,
                           {"trial_id": best_row["trial_id"], "score": best_row["score"], "params": best_row["params"],
@@ -764,9 +651,9 @@ def run_search(data: str | Path | Mapping[str, Any] | DataConfig, space: str | P
         {"interrupted": interrupted, "teacher_score": teacher.score, "best": result.best, "failure": result.failure,
          "budget": result.budget, "trials": rows}, indent=2, default=str), encoding="utf-8")
     write_progress(out / PROGRESS_FILE, phase="interrupted" if interrupted else "finished", trials_total=b.trials,
-                   finished=sum(r["status"] == "completed" for r in rows),
-                   stopped_early=sum(r["status"] == "stopped_early" for r in rows),
-                   failed=sum(r["status"] == "error" for r in rows), running=0,
+                   finished=sum(row["status"] == "completed" for row in rows),
+                   stopped_early=sum(row["status"] == "stopped_early" for row in rows),
+                   failed=sum(row["status"] == "error" for row in rows), running=0,
                    best_score=result.best_score, best_trial=result.best["trial_id"] if result.best else None)
     publish(storage, out, best=True)
     return result
@@ -802,13 +689,12 @@ def _why_no_student(rows: Sequence[Mapping[str, Any]], anchor_error: str | None,
             "`autodistill auto`, which trains the recommended pipeline to completion before searching")
 
 
-def _tune(ctx: SearchContext, sp: SearchSpace, storage: "Storage", out: Path, trials: int,
+def _tune(ctx: SearchContext, sp: SearchSpace, storage: Storage, trials: int,
           time_budget: float | None, points: list[dict[str, Any]] | None, resume: bool, tune, OptunaSearch, optuna
           ) -> tuple[list[dict[str, Any]], bool]:
     """The Ray Tune search proper: (leaderboard rows, interrupted)."""
     import ray
 
-    from ..resources import concurrent_trials, trial_resources
     b = sp.budget
     started = time.perf_counter()
     cluster = ray.cluster_resources()
@@ -861,7 +747,7 @@ def _tune(ctx: SearchContext, sp: SearchSpace, storage: "Storage", out: Path, tr
 def _reconcile(ctx: SearchContext, grid) -> list[dict[str, Any]]:
     """Records for finished trials the callback did not write (e.g. after a crash); the leaderboard."""
     trials = _grid_trials(grid)
-    recorded = {r.get("search", {}).get("trial_id") for r in ctx.store.read()}
+    recorded = {(r.search or {}).get("trial_id") for r in ctx.store.read()}
     for t in trials:
         last = t.last_result or {}
         if t.status != "TERMINATED" or t.trial_id in recorded or METRIC not in last:

@@ -1,0 +1,84 @@
+"""`autodistill recommend`: the meta-model's KD pipelines for a dataset."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..config import ConfigError, PipelineConfig, load_config, with_pipeline
+from ..data import DataError, bundled_dataset_path
+from ..meta.fitting import DEFAULT_MODEL_DIR
+from ..meta.model_files import ModelVersionError
+from ..meta.recommend import recommend_for
+from ..meta.warm_start import read_decision
+from .common import Commands
+
+
+def register(commands: Commands) -> None:
+    r = commands.add_parser("recommend", help="recommend KD pipelines for a dataset")
+    r.add_argument("--data", help="train file or dataset folder (default: bundled CR)")
+    r.add_argument("--validation", help="validation file")
+    r.add_argument("--config", help="pipeline config (YAML/JSON) for the data columns and teacher backbone")
+    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.add_argument("--model", type=Path, default=None, help=f"meta-model folder (default: {DEFAULT_MODEL_DIR})")
+    r.add_argument("--no-backbone", action="store_true", help="skip the embedding meta-features (faster)")
+    r.add_argument("--constraint", action="append", default=[], metavar="PATH=VALUE",
+                   help="keep only candidates whose config has this value, e.g. student.num_layers=2")
+    r.set_defaults(func=run)
+
+
+def parse_constraints(items: list[str]) -> dict:
+    """``--constraint PATH=VALUE`` options as ``{path: [values]}`` (a value is JSON, else the text)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--constraint {item!r}: expected PATH=VALUE")
+        path, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(path.strip(), []).append(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import ModelLoadError  # torch (~4 s): only when it runs, not for --help or the others
+
+    t0 = time.time()
+    model_dir = args.model or DEFAULT_MODEL_DIR
+    try:
+        constraints = parse_constraints(args.constraint) or None
+        cfg = load_config(args.config) if args.config else PipelineConfig()
+        data = args.data or str(bundled_dataset_path())
+        updates = {"train": data, **({"validation": args.validation} if args.validation else {})}
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
+        rec, recs, feats = recommend_for(cfg.data, model_dir, args.top_k, backbone=cfg.teacher.backbone,
+                                         embeddings=not args.no_backbone, constraints=constraints, budget=cfg)
+    except (FileNotFoundError, ModelVersionError, ConfigError, DataError, ModelLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    seconds = time.time() - t0
+    if args.json:
+        print(json.dumps({"dataset": data, "meta_features": feats, "seconds": round(seconds, 2),
+                          "recommendations": [r.to_dict() for r in recs],
+                          "top_config": with_pipeline(cfg, recs[0].config).to_dict() if recs else None},
+                         indent=2, default=str))
+        return 0
+    decision = read_decision(model_dir)
+    if decision and decision.get("source") == "portfolio":
+        print(f"note: the evaluation did not find this ranking better than the best-of-{decision['k']} portfolio; "
+              f"`auto` and the service warm-start from {', '.join(decision['portfolio'])}\n")
+    print(f"top {len(recs)} pipelines for {data} (predicted {rec.target}; {seconds:.1f} s):")
+    for r in recs:
+        print(f"{r.rank:>2}. {r.candidate:<32} predicted {r.predicted_score:.4f} ± {r.uncertainty:.4f}")
+    if recs:
+        near = ", ".join(f"{n['dataset']} ({n['distance']:.2f})" for n in recs[0].why["nearest_datasets"])
+        feats_txt = ", ".join(f["feature"] for f in recs[0].why["top_features"])
+        print(f"\nnearest datasets in the meta-dataset: {near}\nfeatures that mattered most: {feats_txt}")
+        print("\nthe top pipeline on your data and budget (use it with `autodistill distill --config`):")
+        print(json.dumps(with_pipeline(cfg, recs[0].config).to_dict(), indent=1))
+    return 0

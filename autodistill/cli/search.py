@@ -1,0 +1,77 @@
+"""`autodistill search`: search the KD pipeline space with Ray Tune + Optuna (TPE) + ASHA."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..config import ConfigError, load_config_dict
+from ..data import DataError
+from ..meta.features import search_meta_features
+from ..search.driver import SearchRequest, run_search
+from ..search.space import SpaceError
+from .common import BUDGET_HELP, Commands, data_or_bundled, interrupted_before_a_student, quiet_libraries, report_search
+
+
+def register(commands: Commands) -> None:
+    s = commands.add_parser("search", help="search the KD pipeline space with Ray Tune + Optuna (TPE) + ASHA",
+                            description="Search a KD pipeline space; the best completed student goes to OUT/best. "
+                            + BUDGET_HELP)
+    s.add_argument("--data", help="train file or dataset folder (default: bundled CR)")
+    s.add_argument("--space", default="cpu-fast", help="preset name (full, distiller, cpu-fast) or YAML path")
+    s.add_argument("--trials", type=int, help="students to train (default: the space's budget)")
+    s.add_argument("--time-budget", type=float, help="wall-clock seconds for training students, the teacher's "
+                   "fine-tune not included (default: the space's)")
+    s.add_argument("--max-train-examples", type=int, help="train on a seeded, stratified subsample of this many "
+                   "rows (default: all rows)")
+    s.add_argument("--address", help="Ray cluster address (default: start Ray in this process)")
+    s.add_argument("--config", help="partial pipeline config (YAML/JSON) merged over the space's base, "
+                   "e.g. another teacher backbone")
+    s.add_argument("--warm-start", help="YAML/JSON list of seed configs in the space's parameter names")
+    s.add_argument("--anchor", action="store_true", help="train the first --warm-start config to completion "
+                   "before the search, outside ASHA, so a student exists whatever the budget does")
+    s.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    s.add_argument("--max-concurrent", type=int, help="trials run at once")
+    s.add_argument("--cpus-per-trial", type=float)
+    s.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.5) shares one GPU "
+                   "between trials (default: 1 on a cluster with GPUs, 0 without)")
+    s.add_argument("--trial-resources", type=json.loads, help='custom Ray resources each trial needs, JSON, '
+                   'e.g. \'{"worker_only": 1}\'')
+    s.add_argument("--storage-path", default=os.environ.get("AUTODISTILL_STORAGE_PATH"), help=(
+        "where Tune keeps results and checkpoints (the best student among them): a URI every node reaches "
+        "(s3://, gs://, file:// on shared storage); default $AUTODISTILL_STORAGE_PATH, else --out (one machine)"))
+    s.add_argument("--seed", type=int, help="TPE sampler seed")
+    s.add_argument("--verbose", action="store_true", help="show Ray's and transformers' own logs")
+    s.add_argument("--out", required=True, type=Path, help="output folder (Ray results, records, best student)")
+    s.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import ModelLoadError  # torch (~4 s): only when a search runs, not for --help or the others
+
+    quiet_libraries(args.verbose)
+    data = data_or_bundled(args.data)
+    if args.max_train_examples:
+        data = {"train": data, "max_train_examples": args.max_train_examples}
+    try:
+        overrides = load_config_dict(args.config) if args.config else None
+        result = run_search(SearchRequest(
+            data, args.space, args.out, trials=args.trials, time_budget=args.time_budget,
+            overrides=overrides, anchor=args.anchor,
+            address=args.address, warm_start=args.warm_start, resume=args.resume,
+            max_concurrent_trials=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, seed=args.seed, verbose=args.verbose,
+            storage_path=args.storage_path, trial_resources=args.trial_resources,
+            meta_features=search_meta_features))
+    except (ConfigError, DataError, ModelLoadError, SpaceError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ConnectionError as err:
+        print(f"error: {err}. Is the cluster running? Ray 2.60 clusters use token authentication: "
+              "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return interrupted_before_a_student(args.out, "search")
+    return report_search(result, args.out, "search")

@@ -1,0 +1,40 @@
+"""A model scored on a split: its logits, its metric and its CPU latency per example."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .batching import EncodedSplit, collate, length_sorted_batches, model_inputs, to_device
+from .metrics import compute_metric
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, split: EncodedSplit, batch_size: int, pad_id: int,
+                   device: torch.device) -> np.ndarray:
+    model.eval()
+    out = np.zeros((len(split), model.config.num_labels), dtype=np.float32)
+    for idx in length_sorted_batches(split, batch_size):
+        batch = to_device(collate(split, idx, pad_id), device)
+        out[idx] = model(**model_inputs(batch)).logits.float().cpu().numpy()
+    return out
+
+
+def evaluate(model: nn.Module, split: EncodedSplit, metric: str, task_type: str, batch_size: int,
+             pad_id: int, device: torch.device) -> float:
+    logits = predict_logits(model, split, batch_size, pad_id, device)
+    return compute_metric(metric, logits, split.labels.numpy(), task_type)
+
+
+@torch.no_grad()
+def cpu_latency_ms(model: nn.Module, split: EncodedSplit, pad_id: int, n: int = 32) -> float:
+    """Mean CPU latency per example (batch size 1) over the first ``n`` validation examples."""
+    model = model.to("cpu").eval()
+    indices = list(range(min(n, len(split))))
+    model(**model_inputs(collate(split, indices[:1], pad_id)))  # warm-up
+    start = time.perf_counter()
+    for i in indices:
+        model(**model_inputs(collate(split, [i], pad_id)))
+    return 1000.0 * (time.perf_counter() - start) / max(1, len(indices))

@@ -1,0 +1,230 @@
+"""The recommender: a fitted meta-model + the candidate portfolio + the training datasets' meta-features.
+
+:class:`Recommender` ``.fit(table)`` fits a :class:`~autodistill.meta.model.PipelineScoreRegressor` on a
+meta-dataset table; ``recommend(meta_features, top_k, constraints, budget)`` ranks every candidate
+(:class:`Recommendation`, best first, with why: the nearest training datasets and the most important
+features); ``save`` / ``load`` go through :mod:`autodistill.meta.model_files`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..config import PIPELINE_SECTIONS
+from .columns import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns, numeric_meta_features, pipeline_features
+from .distances import l1_distances, scale_stats
+from .model import PipelineScoreRegressor
+from .model_files import load_model, save_model
+from .portfolio import current_candidate
+
+_PIPELINE_PREFIXES = tuple(f"{PF_PREFIX}{section}." for section in PIPELINE_SECTIONS)
+
+
+@dataclass
+class Recommendation:
+    """A recommended KD pipeline: ``config`` holds only its :data:`~autodistill.meta.portfolio.PIPELINE_SECTIONS`,
+    never the budget the meta-dataset ran it at; :func:`~autodistill.meta.portfolio.with_pipeline` puts
+    it on the user's own config (their rows, length, teacher, student and epochs)."""
+    rank: int
+    candidate: str
+    config: dict[str, Any]
+    predicted_score: float
+    uncertainty: float
+    why: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _normalise_query(meta_features: Mapping[str, Any]) -> dict[str, float]:
+    if meta_features and all(str(k).startswith(MF_PREFIX) for k in meta_features):
+        return {k: float(v) if v is not None else float("nan") for k, v in meta_features.items()}
+    return numeric_meta_features(meta_features)
+
+
+def matches_constraints(config: Mapping[str, Any], constraints) -> bool:
+    if constraints is None:
+        return True
+    if callable(constraints):
+        return bool(constraints(config))
+    for path, allowed in constraints.items():
+        cur: Any = config
+        for part in path.split("."):
+            cur = cur.get(part) if isinstance(cur, Mapping) else None
+        allowed = allowed if isinstance(allowed, (list, tuple, set, frozenset)) else [allowed]
+        if cur not in allowed:
+            return False
+    return True
+
+
+class Recommender:
+    """A fitted meta-model + candidate portfolio + training datasets' meta-features."""
+
+    def __init__(self, model: PipelineScoreRegressor, feature_columns: list[str],
+                 candidates: list[dict[str, Any]], datasets: dict[str, dict[str, float]],
+                 importances: list[tuple[str, float]], target: str = "ratio",
+                 best_by_dataset: dict[str, dict[str, Any]] | None = None, info: dict[str, Any] | None = None):
+        self.model = model
+        self.feature_columns = list(feature_columns)
+        self.candidates = candidates  # [{"name", "config", "features": {pf_*: value}}]
+        self.datasets = datasets      # {dataset: {mf_*: value}}
+        self.importances = importances
+        self.target = target
+        self.best_by_dataset = best_by_dataset or {}
+        self.info = info or {}
+        self.mf_columns = [c for c in self.feature_columns if c.startswith(MF_PREFIX)]
+        mf = pd.DataFrame([{c: v.get(c, np.nan) for c in self.mf_columns} for v in datasets.values()],
+                          columns=self.mf_columns)
+        self._center, self._scale = scale_stats(mf)
+        self._mf_matrix = mf.to_numpy(dtype=float)
+        self._dataset_names = list(datasets)
+        self._pf_matrix: np.ndarray | None = None
+        self._mf_index: list[int] = []
+
+    # ---------------------------------------------------------------- fitting
+    @classmethod
+    def fit(cls, table: pd.DataFrame, method: str = "hgb", random_state: int = 0,
+            model_params: Mapping[str, Any] | None = None, importance_rows: int = 400,
+            info: Mapping[str, Any] | None = None, target: str | None = None) -> "Recommender":
+        cols = feature_columns(table)
+        mf_cols = meta_feature_columns(table)
+        X = table[cols].to_numpy(dtype=float)
+        y = table["target"].to_numpy(dtype=float)
+        params = dict(model_params or {})
+        if method == "pairwise":
+            params.setdefault("context_columns", [cols.index(c) for c in mf_cols])
+        model = PipelineScoreRegressor(method=method, random_state=random_state, **params)
+        model.fit(X, y, groups=table["dataset"].to_numpy())
+        importances = _importances(model, X, y, cols, importance_rows, random_state)
+        candidates = []
+        for name, rows in table.groupby("candidate", sort=True):
+            first = rows.iloc[0]
+            extra = first.get("extra", "") if hasattr(first, "get") else ""
+            candidates.append({"name": str(name), "config": json.loads(first["config"]),
+                               **({"extra": json.loads(extra)} if isinstance(extra, str) and extra else {}),
+                               "features": {c: float(first[c]) for c in cols if c.startswith(PF_PREFIX)}})
+        datasets, best = {}, {}
+        for name, rows in table.groupby("dataset", sort=True):
+            datasets[str(name)] = {c: float(rows.iloc[0][c]) for c in mf_cols}
+            top = rows.loc[rows["target"].idxmax()]
+            best[str(name)] = {"candidate": str(top["candidate"]), "target": float(top["target"])}
+        target = target or table.attrs.get("target", "ratio")
+        return cls(model, cols, candidates, datasets, importances, target=target, best_by_dataset=best,
+                   info={"method": method, "n_rows": int(len(table)), "n_datasets": len(datasets),
+                         "n_candidates": len(candidates), **(dict(info) if info else {})})
+
+    # ---------------------------------------------------------------- recommending
+    def nearest_datasets(self, meta_features: Mapping[str, Any], k: int = 3) -> list[dict[str, Any]]:
+        q = _normalise_query(meta_features)
+        qv = np.array([q.get(c, np.nan) for c in self.mf_columns], dtype=float)
+        if not self._dataset_names:
+            return []
+        d = l1_distances(qv, self._mf_matrix, self._center, self._scale)
+        order = np.argsort(d, kind="stable")[:k]
+        return [{"dataset": self._dataset_names[i], "distance": round(float(d[i]), 4),
+                 "its_best_candidate": self.best_by_dataset.get(self._dataset_names[i], {}).get("candidate")}
+                for i in order]
+
+    def candidate_matrix(self, meta_features: Mapping[str, Any], budget: Any = None) -> np.ndarray:
+        """One row per candidate: its pipeline features, then the query dataset's meta-features. With
+        ``budget`` (the user's config), the columns of the budget sections (data, teachers, student,
+        optim) are the user's, for every candidate: a candidate is a pipeline, the budget is the
+        request's (a meta-dataset built at several students learns how the budget changes the ranking)."""
+        if self._pf_matrix is None:   # built once: the candidates' columns never change
+            self._pf_matrix = np.array(
+                [[cand["features"].get(c, np.nan) if c.startswith(PF_PREFIX) else np.nan
+                  for c in self.feature_columns] for cand in self.candidates],
+                dtype=float).reshape(len(self.candidates), len(self.feature_columns))
+            self._mf_index = [i for i, c in enumerate(self.feature_columns) if not c.startswith(PF_PREFIX)]
+        q = _normalise_query(meta_features)
+        X = self._pf_matrix.copy()
+        X[:, self._mf_index] = [q.get(self.feature_columns[i], np.nan) for i in self._mf_index]
+        if budget is not None:
+            theirs = pipeline_features(budget)
+            for i, c in enumerate(self.feature_columns):
+                if c in theirs and not c.startswith(_PIPELINE_PREFIXES):
+                    X[:, i] = theirs[c]
+        return X
+
+    def recommend(self, meta_features: Mapping[str, Any], top_k: int = 5,
+                  constraints: Mapping[str, Any] | Callable[[Mapping[str, Any]], bool] | None = None,
+                  budget: Any = None) -> list[Recommendation]:
+        """The ``top_k`` candidates by predicted score (best first).
+
+        ``meta_features``: the dataset's meta-features (raw names, or ``mf_``-prefixed).
+        ``budget``: the user's config (a :class:`~autodistill.config.PipelineConfig` or dict): its
+        student, data and optimisation settings replace the meta-dataset's in the model's inputs.
+        ``constraints``: a callable on the config dict, or ``{dotted.config.path: value or [values]}``
+        (e.g. ``{"student.num_layers": 2}``); candidates that fail it are left out.
+        """
+        keep = [i for i, c in enumerate(self.candidates) if matches_constraints(c["config"], constraints)]
+        if not keep:
+            return []
+        X = self.candidate_matrix(meta_features, budget)[keep]
+        mean, std = self.model.predict_with_uncertainty(X)
+        order = np.argsort(-mean, kind="stable")[:max(0, int(top_k))]
+        nearest = self.nearest_datasets(meta_features, k=3)
+        top_feats = self.importances[:5]
+        out = []
+        for rank, j in enumerate(order, start=1):
+            cand = self.candidates[keep[j]]
+            row = X[j]
+            why = {
+                "nearest_datasets": nearest,
+                "top_features": [{"feature": f, "importance": round(float(imp), 5),
+                                  "value": (None if not math.isfinite(row[self.feature_columns.index(f)])
+                                            else float(row[self.feature_columns.index(f)]))}
+                                 for f, imp in top_feats],
+            }
+            if cand.get("extra"):
+                why["outside_the_config"] = cand["extra"]
+            name, pipeline = current_candidate(cand["name"], cand["config"])
+            out.append(Recommendation(rank=rank, candidate=name, config=pipeline,
+                                      predicted_score=float(mean[j]), uncertainty=float(std[j]), why=why))
+        return out
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, folder: str | Path) -> Path:
+        return save_model(folder, self.model, {
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "target": self.target, "info": self.info, "feature_columns": self.feature_columns,
+            "importances": [[f, float(v)] for f, v in self.importances],
+            "candidates": self.candidates, "datasets": self.datasets, "best_by_dataset": self.best_by_dataset,
+        })
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Recommender":
+        model, side = load_model(folder)
+        return cls(model, side["feature_columns"], side["candidates"], side["datasets"],
+                   [(f, float(v)) for f, v in side["importances"]], target=side.get("target", "ratio"),
+                   best_by_dataset=side.get("best_by_dataset"), info=side.get("info"))
+
+
+def _importances(model: PipelineScoreRegressor, X: np.ndarray, y: np.ndarray, cols: list[str],
+                 max_rows: int, random_state: int) -> list[tuple[str, float]]:
+    """The forest's impurity importances for ``rf``; permutation importance (on up to ``max_rows``
+    training rows, non-constant columns only) otherwise. Sorted, largest first."""
+    if model.method == "rf":
+        imp = np.asarray(model.feature_importances_, dtype=float)
+    else:
+        rng = np.random.RandomState(random_state)
+        idx = rng.choice(len(X), size=min(len(X), max_rows), replace=False)
+        Xs, ys = X[idx], y[idx]
+        base = np.mean((model.predict(Xs) - ys) ** 2)
+        imp = np.zeros(X.shape[1])
+        for j in range(X.shape[1]):
+            col = Xs[:, j]
+            if np.all(col == col[0]) or np.all(~np.isfinite(col)):
+                continue
+            Xp = Xs.copy()
+            Xp[:, j] = col[rng.permutation(len(col))]
+            imp[j] = np.mean((model.predict(Xp) - ys) ** 2) - base
+    order = np.argsort(-imp, kind="stable")
+    return [(cols[j], float(imp[j])) for j in order if imp[j] > 0]

@@ -1,0 +1,99 @@
+"""What a search hands out: the best student (``out_dir/best``), its progress, leaderboard and records.
+
+On one machine they stay in the out folder; with a storage URI (``--storage-path``, shared by every
+node) Tune keeps the run there, the trials' checkpoints are fetched from there and the driver
+publishes its progress and results there for a process on another machine (the REST service).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+EXPERIMENT_NAME = "search"
+PROGRESS_FILE = "progress.json"
+
+
+def write_progress(path: Path, **progress: Any) -> None:
+    """Atomically replace ``path`` with the search's progress (read by `GET /searches/{id}`)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**progress, "updated_at": time.time()}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Storage:
+    """Where Tune keeps the run: ``root`` is RunConfig.storage_path, ``experiment`` the run's folder."""
+
+    root: str
+    experiment: str
+    remote: bool            # a storage URI given by the user (shared by every node), not the out folder
+    scheme: str = ""        # its URI scheme ("s3", "gs", "file"), to name checkpoints by URI
+
+
+def make_storage(out: Path, storage_path: str | None) -> Storage:
+    """The out folder (one machine), or ``storage_path``: this search's own folder on storage every node
+    reaches (one folder per search, like ``--out``)."""
+    if not storage_path:
+        return Storage(str(out), str(out / EXPERIMENT_NAME), False)
+    root = storage_path.rstrip("/")
+    scheme = storage_path.split("://", 1)[0] if "://" in storage_path else ""
+    return Storage(root, f"{root}/{EXPERIMENT_NAME}", True, scheme)
+
+
+PUBLISHED = (PROGRESS_FILE, "leaderboard.json", "records.jsonl", "space.yaml")
+
+
+def publish(storage: "Storage | None", out: Path, names: Sequence[str] = PUBLISHED, best: bool = False) -> None:
+    """Copy the search's results (progress, leaderboard, records, and with ``best`` the best student)
+    from ``out`` to its storage folder, where a process on another machine (the REST service) reads them."""
+    if storage is None or not storage.remote:
+        return
+    import pyarrow.fs as pafs
+    fs, root = pafs.FileSystem.from_uri(storage.root) if "://" in storage.root \
+        else (pafs.LocalFileSystem(), storage.root)
+    fs.create_dir(root, recursive=True)
+    for name in names:
+        src = out / name
+        if src.is_file():
+            with fs.open_output_stream(f"{root}/{name}") as fh:
+                fh.write(src.read_bytes())
+    if best and (out / "best").is_dir():
+        pafs.copy_files(str(out / "best"), f"{root}/best", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+
+
+def checkpoint_uri(ckpt) -> str:
+    """A Tune checkpoint's location as a URI any process can fetch (a plain path on local storage)."""
+    kind = getattr(getattr(ckpt, "filesystem", None), "type_name", "local")
+    if kind == "local":
+        return ckpt.path
+    scheme = {"gcs": "gs"}.get(kind, kind)
+    return f"{scheme}://{ckpt.path.lstrip('/')}" if "::" not in scheme else ckpt.path
+
+
+def fetch_checkpoint(uri: str, dest: Path) -> Path:
+    """Copy a checkpoint (a local folder, or a URI on the run's storage) to ``dest``."""
+    if Path(uri).is_dir():
+        shutil.copytree(uri, dest)
+        return dest
+    from ray import tune
+    tune.Checkpoint(uri).to_directory(str(dest))
+    return dest
+
+
+def export_best(best_row: Mapping[str, Any], out: Path) -> Path:
+    """Copy the best completed student (a leaderboard row with its checkpoint) to ``out/best``, with
+    ``trial.json`` saying which trial it is."""
+    best_dir = out / "best"
+    if best_dir.exists():
+        shutil.rmtree(best_dir)
+    fetch_checkpoint(best_row["checkpoint"], best_dir)
+    (best_dir / "trial.json").write_text(json.dumps(
+        {k: best_row.get(k) for k in ("trial_id", "score", "params", "path", "origin")}, indent=2, default=str),
+        encoding="utf-8")
+    return best_dir

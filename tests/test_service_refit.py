@@ -1,0 +1,44 @@
+"""The service's refit and `autodistill meta fit` are one fitting function (autodistill/meta/fitting.py):
+on the same records they give the same meta-model - the same datasets left out, the same rows, the
+same rankings and predictions."""
+from __future__ import annotations
+
+import pytest
+
+from autodistill.cli import main
+from autodistill.meta import META_DATASET_DIR
+from autodistill.meta.recommender import Recommender
+from autodistill.meta.table import load_feature_dir
+from service import db
+from service.recommend import REFIT_METHOD, RecommenderService
+from service.settings import ServiceSettings
+from service.store import Store
+
+# cola's teacher and students all predict the majority class: an uninformative dataset both leave out
+RECORDS = [META_DATASET_DIR / "runs" / f"{name}.jsonl" for name in ("cola", "cr", "mr")]
+
+
+def test_the_services_refit_gives_the_model_meta_fit_gives(tmp_path):
+    assert main(["meta", "fit", "--records", *map(str, RECORDS), "--method", REFIT_METHOD,
+                 "--out", str(tmp_path / "cli")]) == 0
+    settings = ServiceSettings(state_dir=tmp_path / "svc", base_records=RECORDS, meta_features_backbone=None)
+    settings.state_dir.mkdir()
+    engine = db.make_engine(settings.sqlalchemy_url)
+    db.migrate(engine)
+    try:
+        summary = RecommenderService(Store(engine), settings).refit()
+    finally:
+        engine.dispose()
+    cli, svc = Recommender.load(tmp_path / "cli"), Recommender.load(summary["model_path"])
+
+    assert sorted(cli.datasets) == sorted(svc.datasets) == ["cr", "mr"]
+    assert cli.info["left_out_uninformative"] == svc.info["left_out_uninformative"] == ["cola"]
+    assert cli.info["choice"] == svc.info["choice"]
+    assert summary["rows"] == cli.info["n_rows"] == svc.info["n_rows"]
+    assert [c["name"] for c in cli.candidates] == [c["name"] for c in svc.candidates]
+    features = load_feature_dir(META_DATASET_DIR / "features")
+    for name in ("cola", "cr", "mr"):   # every dataset's ranking, the left-out one's too
+        a, b = (rec.recommend(features[name], top_k=len(rec.candidates)) for rec in (cli, svc))
+        assert [r.candidate for r in a] == [r.candidate for r in b]
+        assert [r.predicted_score for r in a] == pytest.approx([r.predicted_score for r in b], abs=1e-12)
+
