@@ -5,6 +5,7 @@ import json
 import math
 import random
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -424,9 +425,8 @@ def test_build_contexts_at_train_sizes_and_students_carry_their_dataset(tmp_path
 
     monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
     monkeypatch.setattr(distill, "run_distillation", fake_distill)
-    for size in (50, 400):
-        B.build(root, datasets=["d1"], portfolio="vanilla_kd", out=tmp_path / "runs", backbone=None,
-                log=lambda *_: None, train_size=size, student="fresh4x128")
+    B.build(root, datasets=["d1"], portfolio="vanilla_kd", out=tmp_path / "runs", backbone=None,
+            log=lambda *_: None, train_sizes=(50, 400), student="fresh4x128")
     assert seen == [("d1@n50@fresh4x128", 50, "fresh"), ("d1@n400@fresh4x128", 400, "fresh")]
     recs = [r for f in ("d1@n50@fresh4x128", "d1@n400@fresh4x128") for r in RecordStore(tmp_path / "runs" / f"{f}.jsonl").read()]
     assert [(r.dataset_group, r.train_size) for r in recs] == [("d1", 50), ("d1", 400)]
@@ -435,5 +435,62 @@ def test_build_contexts_at_train_sizes_and_students_carry_their_dataset(tmp_path
     assert [r.group for r in recs] == ["d1", "d1"] and recs[0].dataset_name == "d1@n50@fresh4x128"
     table = records_to_table(recs)
     assert sorted(table["dataset"]) == ["d1@n400@fresh4x128", "d1@n50@fresh4x128"] and set(table["group"]) == {"d1"}
-    st = B.status(tmp_path / "runs", datasets=["d1"], portfolio="vanilla_kd", train_size=400, student="fresh4x128")
+    st = B.status(tmp_path / "runs", datasets=["d1"], portfolio="vanilla_kd", train_sizes=(400,), student="fresh4x128")
     assert st.done == {"vanilla_kd": ["d1@n400@fresh4x128"]} and st.n_missing == 0
+    st = B.status(tmp_path / "runs", datasets=["d1"], portfolio="vanilla_kd", train_sizes=(50, 400),
+                  student="fresh4x128", seeds=(42, 43))
+    assert st.done == {"vanilla_kd": ["d1@n50@fresh4x128#42", "d1@n400@fresh4x128#42"]}
+    assert st.missing == {"vanilla_kd": ["d1@n50@fresh4x128#43", "d1@n400@fresh4x128#43"]}
+
+
+def test_build_is_context_major_every_seed_of_a_context_before_the_next(tmp_path, monkeypatch):
+    """A session that ends mid-build leaves whole contexts: the next fresh machine re-fine-tunes the
+    teacher of one context only."""
+    from autodistill.meta import build as B
+
+    root = tmp_path / "datasets"
+    for d in ("d1", "d2"):
+        (root / d).mkdir(parents=True)
+    calls, teachers = [], []
+
+    def fake_ctx(name, path, preset, features_dir, model, log):
+        teachers.append(name)
+        return B.DatasetContext(name, path, None, f"fp-{name}", "classification", {}, 0.9, None)
+
+    def fake_run(ctx, candidate, seed, preset, override, store):
+        calls.append((ctx.name, seed, candidate))
+        store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
+                      "dataset": ctx.name, "candidate": candidate,
+                      "provenance": {"preset_hash": B.preset_hash(preset), "build_version": B.BUILD_VERSION,
+                                     "engine_version": B.ENGINE_VERSION}})
+        return 1.0
+
+    monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
+    monkeypatch.setattr(B, "_run_one", fake_run)
+    kw = dict(datasets=["d1", "d2"], portfolio="no_kd,vanilla_kd", out=tmp_path / "runs", backbone=None,
+              log=lambda *_: None, train_sizes=(50, 400), student="fresh4x128", seeds=(42, 43))
+    assert B.build(root, limit=5, **kw).ran == 5
+    assert calls == [("d1@n50@fresh4x128", s, c) for s in (42, 43) for c in ("no_kd", "vanilla_kd")] + \
+        [("d1@n400@fresh4x128", 42, "no_kd")]
+    assert teachers == ["d1@n50@fresh4x128", "d1@n400@fresh4x128"]
+    assert B.build(root, **kw).ran == 11   # resumed: the rest of d1@n400 (its teacher again), then d2's two
+    assert teachers[2:] == ["d1@n400@fresh4x128", "d2@n50@fresh4x128", "d2@n400@fresh4x128"]
+    assert [c[0] for c in calls[5:]] == ["d1@n400@fresh4x128"] * 3 + ["d2@n50@fresh4x128"] * 4 + \
+        ["d2@n400@fresh4x128"] * 4
+
+
+def test_the_v2_preset_is_the_pilots_converged_rule():
+    """A v2 context (a student preset) trains under CONVERGED_RULE with the student's learning rate: the
+    same preset (hash) as the pilot, which passed the rule as an override; without a student, the
+    OLD PRESET of the v1 records is unchanged."""
+    from autodistill.meta import build as B
+    from autodistill.meta.portfolio import META_PRESET
+
+    pilot = json.loads((Path(__file__).parents[1] / "meta_dataset/v2_pilot/rule_fresh4x128.json").read_text())
+    assert B.preset_hash(B.build_preset(None, 1000, "fresh4x128")) == B.preset_hash(B.build_preset(pilot, 1000, "fresh4x128"))
+    assert B.preset_hash(B.build_preset(None, 1000, "fresh4x128")) == "548c81482707c05f"   # the pilot records'
+    preset = B.build_preset(None, 500, "fresh4x128")
+    assert preset["optim"]["early_stopping_patience"] == 3 and preset["optim"]["max_steps"] == 3000
+    assert preset["teachers"][0]["early_stopping_patience"] == 2 and preset["data"]["max_train_examples"] == 500
+    assert B.build_preset(None, 500, "cut2")["optim"]["learning_rate"] == 1e-4
+    assert B.build_preset() == META_PRESET

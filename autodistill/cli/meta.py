@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..meta import DATASETS_DIR, META_DATASET_DIR
-from ..meta.build import build, status
+from ..meta.build import V2_SEEDS, V2_STUDENT, V2_TRAIN_SIZES, build, status
 from ..meta.distiller_import import import_distiller
 from ..meta.evaluate import PLAIN_HGB, PLAIN_HGB_STATED, nested_lodo_evaluate, seed_noise_floor, write_nested_report
 from ..meta.fitting import DEFAULT_MODEL_DIR, fit_meta_model, meta_model_table, model_choices
@@ -43,14 +43,11 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     b.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (default: meta_dataset/v2/runs; "
                    "meta_dataset/runs holds the old v1 preset's records)")
     b.add_argument("--limit", type=int, help="run at most N runs in this invocation")
-    b.add_argument("--seeds", help="comma-separated student seeds (default: the preset's)")
-    b.add_argument("--preset-override", help="JSON merged over META_PRESET, e.g. "
+    b.add_argument("--seeds", help="comma-separated student seeds (default: 42,43; --old-preset: 42)")
+    b.add_argument("--preset-override", help="JSON merged over the preset, e.g. "
                    "'{\"data\": {\"max_train_examples\": 200}}'")
     b.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
-    b.add_argument("--sizes", help="comma-separated train sizes (rows, a seeded subsample; the whole train when "
-                   "smaller): each dataset becomes one context per size, '<dataset>@n<size>'")
-    b.add_argument("--student", choices=sorted(STUDENT_PRESETS), help="student preset (a context dimension, "
-                   "'<context>@<student>'); default: the preset's")
+    _add_context_options(b)
     b.add_argument("--workers", type=int, default=1,
                    help="single-threaded build processes sharing the datasets, one dataset each at a time "
                         "(--limit is per worker); 2 on a 2-core machine")
@@ -60,8 +57,8 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     s.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
     s.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
     s.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (v1: meta_dataset/runs)")
-    s.add_argument("--size", type=int, help="the train size of the contexts to report on")
-    s.add_argument("--student", choices=sorted(STUDENT_PRESETS), help="the student preset of the contexts")
+    s.add_argument("--seeds", help="comma-separated student seeds (default: 42,43; --old-preset: 42)")
+    _add_context_options(s)
     s.add_argument("--processes", type=int, default=2, help="build processes running in parallel (for the ETA)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=run_status)
@@ -74,6 +71,25 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     d.add_argument("--out", default=META_DATASET_DIR / "distiller", type=Path)
     d.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
     d.set_defaults(func=run_import_distiller)
+
+
+def _add_context_options(p: argparse.ArgumentParser) -> None:
+    sizes = ",".join(map(str, V2_TRAIN_SIZES))
+    p.add_argument("--sizes", default=sizes, help="comma-separated train sizes (rows, a seeded subsample; the "
+                   f"whole train when smaller): each dataset is one context per size, '<dataset>@n<size>' (default: {sizes})")
+    p.add_argument("--student", default=V2_STUDENT, choices=sorted(STUDENT_PRESETS),
+                   help=f"student preset, under the converged training rule (default: {V2_STUDENT})")
+    p.add_argument("--old-preset", action="store_true", help="the v1 records' OLD PRESET (1,000 rows, 2 epochs, "
+                   "the cut 2-layer student; use with --out meta_dataset/runs): no sizes, no student preset")
+
+
+def _context_plan(args: argparse.Namespace) -> dict:
+    """``build``/``status`` keyword arguments for the contexts and seeds the options name."""
+    if args.old_preset:
+        return {"train_sizes": [None], "student": None,
+                "seeds": [int(x) for x in args.seeds.split(",")] if args.seeds else None}
+    return {"train_sizes": [int(n) for n in args.sizes.split(",")], "student": args.student,
+            "seeds": [int(x) for x in (args.seeds or ",".join(map(str, V2_SEEDS))).split(",")]}
 
 
 def _dataset_names(args: argparse.Namespace) -> list[str] | None:
@@ -106,7 +122,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
                         ("--sizes", args.sizes), ("--student", args.student)):
         if value is not None:
             argv += [flag, str(value)]
-    return argv + (["--no-backbone"] if args.no_backbone else [])
+    return argv + (["--no-backbone"] if args.no_backbone else []) + (["--old-preset"] if args.old_preset else [])
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -119,17 +135,12 @@ def run_build(args: argparse.Namespace) -> int:
         override = json.loads(args.preset_override) if args.preset_override else None
         if override is not None and not isinstance(override, dict):
             raise ValueError("--preset-override must be a JSON object")
-        datasets = _dataset_names(args)
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-        sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else [None]
-        summaries = [build(args.datasets_root, datasets=datasets, portfolio=args.portfolio, out=args.out,
-                           limit=args.limit, preset_override=override, seeds=seeds,
-                           backbone=None if args.no_backbone else "default", train_size=size,
-                           student=args.student) for size in sizes]
+        summary = build(args.datasets_root, datasets=_dataset_names(args), portfolio=args.portfolio, out=args.out,
+                        limit=args.limit, preset_override=override,
+                        backbone=None if args.no_backbone else "default", **_context_plan(args))
     except (ValueError, KeyError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = sum(summaries[1:], summaries[0])
     per_run = (sum(summary.run_seconds) / len(summary.run_seconds)) if summary.run_seconds else 0.0
     print(f"ran {summary.ran} runs ({summary.failed} failed, {summary.skipped_done} already done, "
           f"{summary.not_applicable} not applicable) in {summary.seconds:.0f} s; mean {per_run:.0f} s per run")
@@ -139,8 +150,8 @@ def run_build(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     datasets = _dataset_names(args)
     try:
-        st = status(args.out, datasets=datasets, portfolio=args.portfolio, train_size=args.size, student=args.student)
-    except KeyError as err:
+        st = status(args.out, datasets=datasets, portfolio=args.portfolio, **_context_plan(args))
+    except (KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

@@ -3,11 +3,11 @@
 Resumable and append-only: each finished run appends one record to ``<out>/<dataset>.jsonl``
 (:class:`~autodistill.records.RunRecord` with ``dataset``, ``candidate``, ``target``
 and ``provenance``); a run whose (dataset, candidate, seed, preset hash) is already recorded is
-skipped. Runs go dataset-major (every candidate on ``cr``, then every candidate on ``mrpc``, ...): a
-fresh machine fine-tunes a teacher only for the datasets it still has runs for, and a partial build
-holds whole datasets, which is what leave-one-dataset-out needs. Meta-features (with the teacher's
-validation score and confidence) are computed once per dataset into
-``<out>/../features/<dataset>.json``. A failed run is logged to ``<out>/failures.jsonl`` and retried
+skipped. Runs go context-major (every seed and candidate on ``cr@n500``, then on ``cr@n2000``, then
+``mrpc@n500``, ...): a fresh machine fine-tunes a teacher only for the contexts it still has runs for,
+and a partial build holds whole contexts and whole datasets, which is what leave-one-dataset-out needs.
+Meta-features (with the teacher's validation score and confidence) are computed once per context into
+``<out>/../features/<context>.json``. A failed run is logged to ``<out>/failures.jsonl`` and retried
 by the next invocation.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from .. import ENGINE_VERSION
 from ..config import deep_merge
 from ..records import RecordStore, RunRecord
 from .features import META_FEATURES_VERSION, meta_features_for, resolve_backbone_model
-from .portfolio import (META_PRESET, PORTFOLIO_VERSION, STUDENT_PRESETS, candidate_config, duplicate_of,
-                        record_is_current, resolve_names)
+from .portfolio import (CONVERGED_RULE, META_PRESET, PORTFOLIO_VERSION, STUDENT_LEARNING_RATES, STUDENT_PRESETS,
+                        candidate_config, duplicate_of, record_is_current, resolve_names)
 
 # 2 (2026-12-02): teachers and students seeded from their config alone (build 1's teachers depended on
 # what the process had run before, so a resumed build could fine-tune a different teacher); a run whose
@@ -47,6 +47,12 @@ DEFAULT_DATASETS: tuple[str, ...] = (
     "yahoo_answers_small", "tweet_eval_irony", "qqp", "mr", "snli", "mdsd_books", "sst2", "mdsd_kitchen",
 )
 
+#: the v2 build's contexts and seeds (issue 16): the 4.7x smaller fresh student, where pipelines differ,
+#: at two train sizes, two student seeds each (arithmetic in meta_dataset/README.md section 4)
+V2_STUDENT = "fresh4x128"
+V2_TRAIN_SIZES: tuple[int, ...] = (500, 2000)
+V2_SEEDS: tuple[int, ...] = (42, 43)
+
 
 def context_name(dataset: str, train_size: int | None = None, student: str | None = None) -> str:
     """The name of one context of the meta-dataset: a dataset, optionally at a train size and with a
@@ -61,8 +67,14 @@ def dataset_of_context(name: str) -> str:
 
 def build_preset(preset_override: Mapping[str, Any] | None = None, train_size: int | None = None,
                  student: str | None = None) -> dict[str, Any]:
-    """:data:`META_PRESET` with the override, the train-size cap and the student preset of a context."""
-    preset = deep_merge(META_PRESET, preset_override or {})
+    """The preset of one context: :data:`META_PRESET`; with a ``student`` preset (a v2 context) the
+    :data:`CONVERGED_RULE` and that student's learning rate; then the override and the train-size cap.
+    Without a student it is the OLD PRESET of the v1 records (their hashes unchanged)."""
+    preset = dict(META_PRESET)
+    if student:
+        preset = deep_merge(preset, CONVERGED_RULE)
+        preset = deep_merge(preset, {"optim": {"learning_rate": STUDENT_LEARNING_RATES[student]}})
+    preset = deep_merge(preset, preset_override or {})
     if train_size:
         preset = deep_merge(preset, {"data": {"max_train_examples": int(train_size)}})
     if student:
@@ -297,13 +309,17 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
           out: str | Path = "meta_dataset/v2/runs", limit: int | None = None,
           preset_override: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
           features_dir: str | Path | None = None, backbone: Any = "default",
-          log: Callable[[str], None] = print, train_size: int | None = None,
+          log: Callable[[str], None] = print, train_sizes: Sequence[int | None] = (None,),
           student: str | None = None) -> BuildSummary:
-    """Run the missing (dataset, candidate, seed) runs, dataset-major; at most ``limit`` runs. A
-    dataset another build process has claimed is skipped and tried again after the pass; one that
-    stays claimed is left to that process. ``train_size`` (rows, a seeded subsample) and ``student`` (a
-    :data:`~autodistill.meta.portfolio.STUDENT_PRESETS` name) make each dataset the context
-    :func:`context_name`; its records carry the dataset as ``dataset_group``."""
+    """Run the missing (context, candidate, seed) runs, context-major; at most ``limit`` runs.
+
+    A context is a dataset at one of ``train_sizes`` (rows, a seeded subsample; None: the whole train)
+    with the ``student`` preset (:func:`context_name`); its records carry the dataset as
+    ``dataset_group``. Contexts go dataset by dataset, size by size, and every seed of a context runs
+    before the next context: a session that ends mid-build leaves whole contexts, and the next (on a
+    fresh machine, without the teacher cache) fine-tunes only the teacher of the context it resumes.
+    A context another build process has claimed is skipped and tried again after the pass; one that
+    stays claimed is left to that process."""
     started = time.perf_counter()
     root, out = Path(datasets_root), Path(out)
     features_dir = Path(features_dir) if features_dir else out.parent / "features"
@@ -312,46 +328,43 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
     if missing:
         raise FileNotFoundError(f"datasets not found under {root}: {missing}")
     candidates = resolve_names(portfolio)
-    preset = build_preset(preset_override, train_size, student)
-    candidate_config("vanilla_kd", "classification", preset)  # validate the override early
-    seeds = list(seeds or [int(preset["optim"]["seed"])])
+    presets = {size: build_preset(preset_override, size, student) for size in train_sizes}
+    for preset in presets.values():
+        candidate_config("vanilla_kd", "classification", preset)  # validate the override early
+    seeds = list(seeds or [int(next(iter(presets.values()))["optim"]["seed"])])
     out.mkdir(parents=True, exist_ok=True)
     summary = BuildSummary()
-    phash = preset_hash(preset)
 
     @functools.cache
-    def backbone_model():  # loaded on the first dataset that needs it
+    def backbone_model():  # loaded on the first context that needs it
         return None if backbone is None else resolve_backbone_model(backbone)
-
-    def context(name: str) -> DatasetContext:
-        return _teacher_and_features(context_name(name, train_size, student), str(root / name), preset,
-                                     features_dir, backbone_model(), log)
 
     def limit_reached() -> bool:
         return limit is not None and summary.ran + summary.failed >= limit
 
-    def run_dataset(dataset: str, seed: int) -> None:
-        """Every missing candidate on one claimed dataset."""
-        name = context_name(dataset, train_size, student)
+    def run_context(dataset: str, size: int | None) -> None:
+        """Every missing (candidate, seed) of one claimed context."""
+        name, preset = context_name(dataset, size, student), presets[size]
+        phash = preset_hash(preset)
         done = _done(out, name)  # read under the claim: another process may have added runs
-        todo = [c for c in candidates if (c, seed, phash) not in done]
-        summary.skipped_done += len(candidates) - len(todo)
+        todo = [(s, c) for s in seeds for c in candidates if (c, s, phash) not in done]
+        summary.skipped_done += len(seeds) * len(candidates) - len(todo)
         known_type = _recorded_task_type(features_dir / f"{name}.json")
         if known_type:  # no teacher is fine-tuned just to skip what does not apply to the task
-            applicable = [c for c in todo if not _skip_reason(c, known_type, preset)]
+            applicable = [(s, c) for s, c in todo if not _skip_reason(c, known_type, preset)]
             summary.not_applicable += len(todo) - len(applicable)
             todo = applicable
         if not todo or limit_reached():
             return
         try:
-            ctx = context(dataset)
+            ctx = _teacher_and_features(name, str(root / dataset), preset, features_dir, backbone_model(), log)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # no teacher, no runs: logged once, retried next time
             summary.failed += 1
-            _log_failure(out, name, "(teacher and meta-features)", seed, phash, err, log)
+            _log_failure(out, name, "(teacher and meta-features)", seeds[0], phash, err, log)
             return
-        for candidate in todo:
+        for seed, candidate in todo:
             if limit_reached():
                 return
             try:
@@ -371,26 +384,25 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
                 summary.failed += 1
                 _log_failure(out, name, candidate, seed, phash, err, log)
 
-    for seed in seeds:
-        pending = list(names)
-        while pending and not limit_reached():  # passes over the datasets other processes held
-            held_elsewhere = []
-            for name in pending:
-                if limit_reached():
-                    break
-                claim = _claim(out, context_name(name, train_size, student))
-                if claim is None:
-                    held_elsewhere.append(name)
-                    continue
-                try:
-                    run_dataset(name, seed)
-                finally:
-                    claim.release()
-            if held_elsewhere and held_elsewhere == pending:  # none came free: theirs to finish
-                summary.claimed_elsewhere += len(held_elsewhere)
-                log(f"left to other build processes: {', '.join(held_elsewhere)}")
+    pending = [(d, size) for d in names for size in train_sizes]
+    while pending and not limit_reached():  # passes over the contexts other processes held
+        held_elsewhere = []
+        for dataset, size in pending:
+            if limit_reached():
                 break
-            pending = held_elsewhere
+            claim = _claim(out, context_name(dataset, size, student))
+            if claim is None:
+                held_elsewhere.append((dataset, size))
+                continue
+            try:
+                run_context(dataset, size)
+            finally:
+                claim.release()
+        if held_elsewhere and held_elsewhere == pending:  # none came free: theirs to finish
+            summary.claimed_elsewhere += len(held_elsewhere)
+            log(f"left to other build processes: {', '.join(context_name(d, n, student) for d, n in held_elsewhere)}")
+            break
+        pending = held_elsewhere
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -398,7 +410,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
 @dataclass
 class BuildStatus:
     """Progress of a build at one preset: what is recorded, what is missing, the compute spent so far."""
-    preset_hash: str
+    preset_hash: str                      # one per train size, comma-separated
     done: dict[str, list[str]]            # candidate -> datasets with a record
     missing: dict[str, list[str]]         # candidate -> applicable datasets without one
     run_seconds: float                    # sum of the recorded runs' wall time
@@ -427,40 +439,46 @@ def _teacher_was_cached(record: RunRecord) -> bool:
 
 def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | None = None,
            portfolio: str | None = "all", preset_override: Mapping[str, Any] | None = None,
-           features_dir: str | Path | None = None, train_size: int | None = None,
-           student: str | None = None) -> BuildStatus:
-    """What ``build`` would still run with these arguments, and what the recorded runs cost."""
+           features_dir: str | Path | None = None, train_sizes: Sequence[int | None] = (None,),
+           student: str | None = None, seeds: Sequence[int] | None = None) -> BuildStatus:
+    """What ``build`` would still run with these arguments, and what the recorded runs cost. A unit of
+    work is a context (:func:`context_name`), written ``context#seed`` when ``seeds`` has several."""
     out = Path(out)
     features_dir = Path(features_dir) if features_dir else out.parent / "features"
-    preset = build_preset(preset_override, train_size, student)
-    phash, seed = preset_hash(preset), int(preset["optim"]["seed"])
-    names = [context_name(d, train_size, student) for d in datasets or DEFAULT_DATASETS]
+    presets = {size: build_preset(preset_override, size, student) for size in train_sizes}
+    seeds = list(seeds or [int(next(iter(presets.values()))["optim"]["seed"])])
+    units = [(context_name(d, size, student), size, seed)
+             for d in datasets or DEFAULT_DATASETS for size in train_sizes for seed in seeds]
+    label = (lambda name, seed: name) if len(seeds) == 1 else (lambda name, seed: f"{name}#{seed}")
     candidates = resolve_names(portfolio)
-    recorded = {d: {r.candidate: r for r in _current_records(out, d)
-                    if r.seed == seed and r.provenance.get("preset_hash") == phash}
-                for d in names}
+    recorded: dict[str, dict[str, RunRecord]] = {}
+    for name, size, seed in units:
+        phash = preset_hash(presets[size])
+        recorded[label(name, seed)] = {r.candidate: r for r in _current_records(out, name)
+                                       if r.seed == seed and r.provenance.get("preset_hash") == phash}
     task_types, teacher_seconds = {}, 0.0
-    for d in names:
-        f = features_dir / f"{d}.json"
+    for name in dict.fromkeys(name for name, _, _ in units):
+        f = features_dir / f"{name}.json"
         stored = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
         if stored.get("build_version") == BUILD_VERSION:
-            task_types[d] = stored.get("task_type")
+            task_types[name] = stored.get("task_type")
             teacher_seconds += float(stored.get("teacher_seconds") or 0) + float(stored.get("feature_seconds") or 0)
             teacher_seconds += sum(float(r.get("seconds") or 0) for r in stored.get("teacher_refits", []))
     done, missing, mean_seconds, run_seconds = {}, {}, {}, 0.0
     for c in candidates:
-        done[c] = [d for d in names if c in recorded[d]]
-        missing[c] = [d for d in names if c not in recorded[d]
-                      and not _skip_reason(c, task_types.get(d) or "classification", preset)]
-        walls = [float(recorded[d][c].wall_seconds or 0) for d in done[c]]
+        done[c] = [label(n, s) for n, _, s in units if c in recorded[label(n, s)]]
+        missing[c] = [label(n, s) for n, size, s in units if c not in recorded[label(n, s)]
+                      and not _skip_reason(c, task_types.get(n) or "classification", presets[size])]
+        walls = [float(recorded[u][c].wall_seconds or 0) for u in done[c]]
         run_seconds += sum(walls)
         # the mean leaves out runs that fine-tuned their teacher first (before teachers were made
         # apart from the runs, the first run on a dataset in a new session did)
-        plain = [w for w, d in zip(walls, done[c]) if _teacher_was_cached(recorded[d][c])]
+        plain = [w for w, u in zip(walls, done[c]) if _teacher_was_cached(recorded[u][c])]
         if plain:
             mean_seconds[c] = sum(plain) / len(plain)
-    return BuildStatus(phash, done, missing, run_seconds, teacher_seconds, mean_seconds)
+    phashes = sorted({preset_hash(p) for p in presets.values()})
+    return BuildStatus(",".join(phashes), done, missing, run_seconds, teacher_seconds, mean_seconds)
 
 
-__all__ = ["BUILD_VERSION", "DEFAULT_DATASETS", "BuildStatus", "BuildSummary", "build", "status", "preset_hash",
+__all__ = ["BUILD_VERSION", "DEFAULT_DATASETS", "V2_SEEDS", "V2_STUDENT", "V2_TRAIN_SIZES", "BuildStatus", "BuildSummary", "build", "status", "preset_hash",
            "machine_info"]
