@@ -24,7 +24,7 @@ from typing import Any
 from autodistill.config import PipelineConfig, StudentConfig
 from autodistill.meta import META_DATASET_DIR
 from autodistill.config import with_pipeline
-from autodistill.meta.fitting import DEFAULT_MODEL_DIR, fit_meta_model, meta_model_table
+from autodistill.meta.fitting import DEFAULT_MODEL_DIR, PRODUCT_METHOD, fit_meta_model, meta_model_table
 from autodistill.meta.model_files import ModelVersionError
 from autodistill.meta.portfolio import current_candidate
 from autodistill.meta.recommender import Recommender, matches_constraints
@@ -35,7 +35,7 @@ from .errors import ApiError
 from .settings import ServiceSettings
 from .store import Store
 
-REFIT_METHOD = "hgb"   # the committed model's family; "auto" (the nested selection) takes minutes, not seconds
+REFIT_METHOD = PRODUCT_METHOD   # the product's meta-model; "auto" (the nested selection) takes minutes, not seconds
 SERVICE_DATASET_PREFIX = "svc-"
 SOURCES_FILE = "sources.json"   # candidate -> the meta-dataset datasets it was measured on
 NEAREST_SHOWN = 3

@@ -245,7 +245,7 @@ def test_cli_evaluate_fit_recommend(tmp_path, monkeypatch, capsys):
     for r in _records(4):
         RecordStore(runs / f"{r.search['dataset']}.jsonl").append(r)
     assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "rep"),
-                     "--methods", "rf"]) == 0
+                     "--methods", "rf", "--meta-model", "auto"]) == 0
     assert (tmp_path / "rep" / "report.md").is_file() and (tmp_path / "rep" / "decision.json").is_file()
     assert cli.main(["meta", "fit", "--records", str(runs), "--out", str(tmp_path / "model"),
                      "--method", "rf"]) == 0
@@ -278,19 +278,27 @@ def test_datasets_whose_teacher_is_no_better_than_majority_are_left_out(tmp_path
     assert sorted(kept["dataset"].unique()) == ["ds0", "ds2", "ds4"] and set(dropped) == {"ds1", "ds3"}
 
     assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "rep"),
-                     "--methods", "rf"]) == 0
+                     "--methods", "rf", "--meta-model", "auto"]) == 0
     per = pd.read_csv(tmp_path / "rep" / "per_dataset.csv")
     assert set(per["dataset"]) == {"ds0", "ds2", "ds4"}   # ds1, ds3 never held out: their ratios are noise
     assert "ds1 (teacher 0.900, majority 0.950)" in (tmp_path / "rep" / "report.md").read_text()
     choices = set(pd.read_csv(tmp_path / "rep" / "selections.csv").columns)
     assert {"rf(n_estimators=300)", "rf(n_estimators=300)+uninformative"} <= choices   # a nested choice
     assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "all"),
-                     "--methods", "rf", "--keep-uninformative"]) == 0
+                     "--methods", "rf", "--keep-uninformative", "--meta-model", "auto"]) == 0
     assert set(pd.read_csv(tmp_path / "all" / "selections.csv")["choice"]) == {"rf(n_estimators=300)+uninformative"}
     # the committed model's choice is selected by the same grouped CV, on all records
-    assert cli.main(["meta", "fit", "--records", str(runs), "--out", str(tmp_path / "model"), "--methods", "rf"]) == 0
+    assert cli.main(["meta", "fit", "--records", str(runs), "--out", str(tmp_path / "model"), "--methods", "rf",
+                     "--method", "auto"]) == 0
     info = json.loads((tmp_path / "model" / SIDECAR_FILE).read_text())["info"]
     assert info["choice"] in info["inner_cv_regret1"] and len(info["inner_cv_regret1"]) == 2
+    # by default the product's meta-model: one unbagged gradient-boosting model, nothing selected
+    assert cli.main(["meta", "evaluate", "--records", str(runs), "--out", str(tmp_path / "plain")]) == 0
+    assert "The meta-model is one fixed choice, hgb(n_bags=1,n_estimators=150)" in (tmp_path / "plain" / "report.md").read_text()
+    assert pd.read_csv(tmp_path / "plain" / "selections.csv")["choice"].unique().tolist() == ["hgb(n_bags=1,n_estimators=150)"]
+    assert cli.main(["meta", "fit", "--records", str(runs), "--out", str(tmp_path / "plain_model")]) == 0
+    info = json.loads((tmp_path / "plain_model" / SIDECAR_FILE).read_text())["info"]
+    assert info["choice"] == "hgb(n_bags=1,n_estimators=150)" and "inner_cv_regret1" not in info
 
 
 def test_cli_repeats_must_be_positive(tmp_path, capsys):

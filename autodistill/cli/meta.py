@@ -8,13 +8,15 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..meta import DATASETS_DIR, META_DATASET_DIR
 from ..meta.build import V2_SEEDS, V2_STUDENT, V2_TRAIN_SIZES, build, status
 from ..meta.distiller_import import import_distiller
 from ..meta.evaluate import PLAIN_HGB, PLAIN_HGB_STATED, nested_lodo_evaluate, seed_noise_floor, write_nested_report
-from ..meta.fitting import DEFAULT_MODEL_DIR, fit_meta_model, meta_model_table, model_choices
+from ..meta.fitting import (DEFAULT_MODEL_DIR, FIT_METHODS, PRODUCT_METHOD, fit_meta_model, meta_model_table,
+                            model_choices)
 from ..meta.pilot import pilot_report, write_pilot_report
 from ..meta.portfolio import STUDENT_PRESETS
 from ..meta.columns import stated_meta_feature_columns
@@ -239,15 +241,20 @@ def add_meta_model_commands(meta_commands: Commands) -> None:
     e.add_argument("--noise-records", nargs="+", default=[],
                    help="record files/folders with other student seeds of the same datasets, for the noise floor "
                    "(seeds within --records count too)")
+    e.add_argument("--meta-model", choices=("plain", "auto"), default=PRODUCT_METHOD,
+                   help="the meta-model evaluated (and compared with the portfolio for the warm start): plain "
+                   "(default, the product's: one unbagged gradient-boosting model, fitted in every fold) or auto "
+                   "(the nested selection over --methods, with the plain model as a fixed reference)")
     e.add_argument("--note", default="", help="a line the report starts with (e.g. which preset the records are)")
     e.set_defaults(func=run_evaluate)
 
     f = meta_commands.add_parser("fit", help="fit the meta-model on all records (choice selected as in the nested "
                                  "evaluation)")
     _records_args(f)
-    f.add_argument("--method", choices=("auto", "hgb", "rf", "pairwise"), default="auto",
-                   help="auto: the choice (family, ensemble size, leave-out rule) that the grouped CV of "
-                   "`meta evaluate`'s inner folds selects on all records")
+    f.add_argument("--method", choices=FIT_METHODS, default=PRODUCT_METHOD,
+                   help=f"{PRODUCT_METHOD} (default, the product's): one unbagged gradient-boosting model; auto: the "
+                   "choice (family, ensemble size, leave-out rule) that the grouped CV of `meta evaluate`'s inner "
+                   "folds selects on all records; or a family with its default parameters")
     f.add_argument("--evaluation", type=Path,
                    help="a `meta evaluate` report folder: its decision.json (meta-model or portfolio warm start) "
                    "is stored with the model")
@@ -289,11 +296,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"error: leave-one-dataset-out needs at least 2 datasets, got {table['dataset'].nunique()}",
               file=sys.stderr)
         return 2
-    result = nested_lodo_evaluate(table, model_choices(args.methods, args.keep_uninformative),
-                                  seeds=range(args.seed, args.seed + args.repeats),
-                                  inner_folds=args.inner_folds, portfolio_k=args.portfolio_k,
-                                  fixed={"plain_hgb": PLAIN_HGB, **({"plain_hgb_stated": PLAIN_HGB_STATED}
-                                                                    if stated_meta_feature_columns(table) else {})})
+    plain = args.meta_model == "plain"
+    choices = [replace(PLAIN_HGB, drop_uninformative=not args.keep_uninformative)] if plain else \
+        model_choices(args.methods, args.keep_uninformative)
+    fixed = {} if plain else {"plain_hgb": PLAIN_HGB}
+    if stated_meta_feature_columns(table):
+        fixed["plain_hgb_stated"] = PLAIN_HGB_STATED
+    result = nested_lodo_evaluate(table, choices, seeds=range(args.seed, args.seed + args.repeats),
+                                  inner_folds=args.inner_folds, portfolio_k=args.portfolio_k, fixed=fixed)
     result.noise_floor = noise
     report = write_nested_report(result, args.out, note=args.note)
     print(result.summary.round(4).to_string())

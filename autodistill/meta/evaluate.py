@@ -454,20 +454,27 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
                 continue
             test = test_features(table, held_out)
             y = test_rows["target"].to_numpy(dtype=float)
+            points = test_rows["score"].to_numpy(dtype=float) if "score" in test_rows else y
+
+            def measure(s, with_spearman: bool = True) -> dict[str, float]:
+                """The ranking's metrics on the target, and its top-1 regret in the metric's own points."""
+                return {**ranking_metrics(y, s, k, with_spearman),
+                        "regret1_points": ranking_metrics(points, s, k, with_spearman=False)["regret1"]}
+
             base = dict(dataset=held_out, group=group, n_candidates=len(y))
-            per_seed = [ranking_metrics(y, _choice_scores(c, train, test, seed, fit_predict), k)
-                        for seed, (c, _) in zip(seeds, chosen)]
+            per_seed = [measure(_choice_scores(c, train, test, seed, fit_predict)) for seed, (c, _) in zip(seeds, chosen)]
             rows.append({**base, "method": META_MODEL, **pd.DataFrame(per_seed).mean().to_dict()})
             for name, c in (fixed or {}).items():
-                fixed_seeds = [ranking_metrics(y, _choice_scores(c, train, test, seed, fit_predict), k) for seed in seeds]
+                fixed_seeds = [measure(_choice_scores(c, train, test, seed, fit_predict)) for seed in seeds]
                 rows.append({**base, "method": name, **pd.DataFrame(fixed_seeds).mean().to_dict()})
             for method, s in baseline_scores(informative, test, portfolio_k).items():
-                rows.append({**base, "method": method, **ranking_metrics(y, s, k, with_spearman=method != "vanilla_kd")})
-            rows.append({**base, "method": "random", **random_metrics(y, k)})
+                rows.append({**base, "method": method, **measure(s, with_spearman=method != "vanilla_kd")})
+            rows.append({**base, "method": "random", **random_metrics(y, k),
+                         "regret1_points": random_metrics(points, k)["regret1"]})
     per = pd.DataFrame(rows)
     order = [META_MODEL, *(fixed or {}), "portfolio", "single_best", "single_best_naive", "nearest_dataset",
              "vanilla_kd", "random"]
-    metric_cols = [f"regret{j}" for j in REGRET_KS] + ["nregret1", "rank1", "hit5", "spearman"]
+    metric_cols = [f"regret{j}" for j in REGRET_KS] + ["regret1_points", "nregret1", "rank1", "hit5", "spearman"]
     summary = per.groupby("method")[metric_cols].mean().reindex([m for m in order if m in set(per["method"])])
     summary["n_datasets"] = per.groupby("method")["dataset"].nunique()
     comparisons = _comparisons(per, portfolio_k, n_boot, list(fixed or {}))
@@ -541,17 +548,21 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
         lines += [f"**{note}**", ""]
     inner = info.get("inner_folds")
     inner_txt = ("leave-one-dataset-out CV" if inner in (None, "logo") else f"{inner}-fold grouped CV")
+    choices = info.get("choices", [])
+    how = (f"The meta-model is one fixed choice, {choices[0]}, fitted on each training fold (nothing is "
+           "selected, so nothing is chosen on the held-out dataset)" if len(choices) == 1 else
+           "The meta-model's modelling choice (family, ensemble size, feature set: `all` "
+           "meta-features or only the `[stated]` ones the records give, whether to train on "
+           "datasets whose teacher is no better than the majority class) is selected *inside* each training "
+           f"fold ({inner_txt} on the training datasets only, lowest mean top-1 "
+           f"regret; choices: {', '.join(choices)}), refitted on the training fold")
     lines += [f"{info.get('n_datasets')} held-out datasets, {info.get('n_candidates')} candidates, "
               f"{info.get('n_rows')} (dataset, candidate) rows; target `{info.get('target')}`. Each dataset is held "
-              "out in turn. The meta-model's modelling choice (family, ensemble size, feature set: `all` "
-              "meta-features or only the `[stated]` ones the records give, whether to train on "
-              "datasets whose teacher is no better than the majority class) is selected *inside* each training "
-              f"fold ({inner_txt} on the training datasets only, lowest mean top-1 "
-              f"regret; choices: {', '.join(info.get('choices', []))}), refitted on the training fold and "
-              f"scored on the held-out dataset, with model seeds {info.get('seeds')} (a dataset's figures are the "
-              "mean over the seeds). Ties in any method's ranking are scored at their expected value "
+              f"out in turn. {how} and scored on the held-out dataset, with model seeds {info.get('seeds')} (a "
+              "dataset's figures are the mean over the seeds). Ties in any method's ranking are scored at their expected value "
               "(no alphabetical or positional tie-break). `regret<k>` = best target − best target among the "
-              "method's top k.", "",
+              "method's top k; `regret1_points`: the top-1 regret in the metric's own points (the student's "
+              "score, not its ratio to the teacher).", "",
               "- `single_best` (fair): the best mean centred target (target − the dataset's mean) over a complete "
               "block of the training datasets and candidates (every candidate ran on every dataset of it; a "
               "dataset is dropped from the block when that adds (dataset, candidate) cells, down to half the "
