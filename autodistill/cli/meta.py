@@ -40,7 +40,8 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     b = meta_commands.add_parser("build", help="run the portfolio on the datasets (resumable) into meta_dataset/v2/runs")
     b.add_argument("--datasets-root", default=DATASETS_DIR, type=Path,
                    help="folder of dataset folders (default: the repository's meta_dataset/datasets)")
-    b.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
+    b.add_argument("--datasets", help="comma-separated dataset names "
+                   "(default: V2_DATASETS; --old-preset: DEFAULT_DATASETS)")
     b.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
     b.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (default: meta_dataset/v2/runs; "
                    "meta_dataset/runs holds the old v1 preset's records)")
@@ -56,7 +57,8 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     b.set_defaults(func=run_build)
 
     s = meta_commands.add_parser("status", help="progress of the build: runs recorded and missing, compute spent, ETA")
-    s.add_argument("--datasets", help="comma-separated dataset names (default: DEFAULT_DATASETS)")
+    s.add_argument("--datasets", help="comma-separated dataset names "
+                   "(default: V2_DATASETS; --old-preset: DEFAULT_DATASETS)")
     s.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
     s.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (v1: meta_dataset/runs)")
     s.add_argument("--seeds", help="comma-separated student seeds (default: 42,43; --old-preset: 42)")
