@@ -10,10 +10,11 @@ import pytest
 from autodistill import device
 
 
-def test_free_cpus_count_idle_iowait_and_niced_time_as_free():
-    before = {0: [100, 0, 0, 100, 0, 0, 0, 0], 1: [0, 0, 0, 0, 0, 0, 0, 0]}
+def test_free_cpus_count_idle_and_iowait_as_free_and_niced_time_as_busy():
+    before = {0: [100, 0, 0, 100, 0, 0, 0, 0], 1: [0, 0, 0, 0, 0, 0, 0, 0], 2: [0, 0, 0, 0, 0, 0, 0, 0]}
     after = {0: [200, 0, 0, 100, 0, 0, 0, 0],      # cpu0 fully busy
-             1: [0, 50, 0, 40, 10, 0, 0, 0]}       # cpu1 niced / idle / iowait: free
+             1: [0, 0, 0, 90, 10, 0, 0, 0],        # cpu1 idle / iowait: free
+             2: [0, 100, 0, 0, 0, 0, 0, 0]}        # cpu2 busy with a niced process: its thread would wait too
     assert device.free_cpus_between(before, after) == pytest.approx(1.0)
 
 
@@ -50,3 +51,33 @@ def test_a_real_busy_process_is_seen():
     finally:
         hog.kill()
         hog.wait()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs and Linux affinity")
+def test_a_real_niced_busy_process_is_seen_as_busy():
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    hog = subprocess.Popen(["nice", "-n", "19", "taskset", "-c", str(cpu), sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.5)
+        assert device.free_cpus(sample_seconds=0.5) <= len(os.sched_getaffinity(0)) - 0.5
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_use_cpu_threads_sets_torch_and_blas(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before, pools = torch.get_num_threads(), threadpool_info()
+    try:
+        assert device.use_cpu_threads() == 1
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    finally:
+        torch.set_num_threads(before)
+        threadpool_limits({pool["prefix"]: pool["num_threads"] for pool in pools})

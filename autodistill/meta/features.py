@@ -57,6 +57,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import DEFAULT_BACKBONE
+from ..device import use_cpu_threads
 from ..data import load_task_data
 
 META_FEATURES_VERSION = 1
@@ -343,6 +344,7 @@ def compute_meta_features(task, tokenizer, backbone: Any = None, teacher_score: 
     as ``"default"`` (the MiniLM-L6; loaded here), or None to skip the embedding features.
     ``teacher_confidence``: a float, a vector of per-example max probabilities, or an (N, C) array of
     probabilities or logits on the validation set."""
+    use_cpu_threads()  # BLAS and torch threads beside busy cores wait for them (see autodistill.device)
     train = task.train
     regression = task.task_type == "regression"
     y_all = np.asarray(train.labels, dtype=float if regression else int)
