@@ -196,6 +196,29 @@ def test_records_of_candidates_changed_by_the_engine_are_not_current():
 
 
 # --------------------------------------------------------------------------- build loop (no training)
+def _fake_contexts_and_runs(monkeypatch, B, regression=frozenset()):
+    """The build loop without teachers or training: every context made is listed in ``teachers``,
+    every run in ``runs`` as (context, seed, candidate) and recorded as 2 s of wall time."""
+    runs, teachers = [], []
+
+    def fake_ctx(name, path, preset, features_dir, model, log):
+        teachers.append(name)
+        return B.DatasetContext(name, path, None, f"fp-{name}", "regression" if name in regression else "classification",
+                                {"log_n_train": 1.0}, 0.9, None)
+
+    def fake_run(ctx, candidate, seed, preset, override, store):
+        runs.append((ctx.name, seed, candidate))
+        store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
+                      "dataset": ctx.name, "candidate": candidate, "wall_seconds": 2.0,
+                      "provenance": {"preset_hash": B.preset_hash(preset), "build_version": B.BUILD_VERSION,
+                                     "engine_version": B.ENGINE_VERSION}})
+        return 2.0
+
+    monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
+    monkeypatch.setattr(B, "_run_one", fake_run)
+    return runs, teachers
+
+
 def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     from autodistill.meta import build as B
     from autodistill.records import RecordStore
@@ -203,29 +226,16 @@ def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     root = tmp_path / "datasets"
     for d in ("d1", "d2"):
         (root / d).mkdir(parents=True)
-    calls, teachers = [], []
+    runs, teachers = _fake_contexts_and_runs(monkeypatch, B, regression={"d2"})
 
-    def fake_ctx(name, path, preset, features_dir, model, log):
-        teachers.append(name)
-        return B.DatasetContext(name, path, None, f"fp-{name}", "regression" if name == "d2" else "classification",
-                                {"log_n_train": 1.0}, 0.9, None)
+    def calls():
+        return [(name, candidate) for name, _, candidate in runs]
 
-    def fake_run(ctx, candidate, seed, preset, override, store):
-        calls.append((ctx.name, candidate))
-        store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
-                      "dataset": ctx.name, "candidate": candidate,
-                      "wall_seconds": 2.0,
-                      "provenance": {"preset_hash": B.preset_hash(preset), "build_version": B.BUILD_VERSION,
-                                     "engine_version": B.ENGINE_VERSION}})
-        return 2.0
-
-    monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
-    monkeypatch.setattr(B, "_run_one", fake_run)
     kw = dict(datasets=["d1", "d2"], portfolio="no_kd,rw_kd,vanilla_kd", out=tmp_path / "runs", backbone=None,
               log=lambda *_: None)
     s1 = B.build(root, limit=3, **kw)
     # dataset-major: every candidate on d1 (portfolio order) before anything on d2
-    assert calls == [("d1", "no_kd"), ("d1", "vanilla_kd"), ("d1", "rw_kd")] and s1.ran == 3
+    assert calls() == [("d1", "no_kd"), ("d1", "vanilla_kd"), ("d1", "rw_kd")] and s1.ran == 3
     (tmp_path / "features").mkdir()
     (tmp_path / "features" / "d2.json").write_text(json.dumps({"task_type": "regression", "teacher_seconds": 3,
                                                                        "teacher_refits": [{"seconds": 2}],
@@ -235,7 +245,7 @@ def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
     assert st.missing == {"no_kd": ["d2"], "rw_kd": [], "vanilla_kd": ["d2"]}    # rw_kd n/a on regression
     assert (st.run_seconds, st.teacher_seconds, st.eta_seconds(processes=2)) == (6.0, 5.0, 2.0)
     s2 = B.build(root, **kw)
-    assert calls[3:] == [("d2", "no_kd"), ("d2", "vanilla_kd")]   # done ones skipped, rw_kd n/a on d2
+    assert calls()[3:] == [("d2", "no_kd"), ("d2", "vanilla_kd")]   # done ones skipped, rw_kd n/a on d2
     assert s2.skipped_done == 3 and s2.not_applicable == 1
     assert len(RecordStore(tmp_path / "runs" / "d1.jsonl").read()) == 3
     n_teachers = len(teachers)
@@ -247,7 +257,7 @@ def test_build_is_dataset_major_resumable_and_limited(tmp_path, monkeypatch):
         {"dataset_fingerprint": "fp-d1", "config": {"c": "old"}, "seed": 42, "candidate": "kd_mse_logits",
          "provenance": {"preset_hash": B.preset_hash(B.META_PRESET), "build_version": B.BUILD_VERSION - 1}})
     s3 = B.build(root, **{**kw, "portfolio": "kd_mse_logits"})
-    assert calls[5:] == [("d1", "kd_mse_logits")] and s3.not_applicable == 1
+    assert calls()[5:] == [("d1", "kd_mse_logits")] and s3.not_applicable == 1
 
 
 def test_build_skips_a_dataset_another_process_has_claimed(tmp_path, monkeypatch):
@@ -451,22 +461,7 @@ def test_build_is_context_major_every_seed_of_a_context_before_the_next(tmp_path
     root = tmp_path / "datasets"
     for d in ("d1", "d2"):
         (root / d).mkdir(parents=True)
-    calls, teachers = [], []
-
-    def fake_ctx(name, path, preset, features_dir, model, log):
-        teachers.append(name)
-        return B.DatasetContext(name, path, None, f"fp-{name}", "classification", {}, 0.9, None)
-
-    def fake_run(ctx, candidate, seed, preset, override, store):
-        calls.append((ctx.name, seed, candidate))
-        store.append({"dataset_fingerprint": ctx.fingerprint, "config": {"c": candidate}, "seed": seed,
-                      "dataset": ctx.name, "candidate": candidate,
-                      "provenance": {"preset_hash": B.preset_hash(preset), "build_version": B.BUILD_VERSION,
-                                     "engine_version": B.ENGINE_VERSION}})
-        return 1.0
-
-    monkeypatch.setattr(B, "_teacher_and_features", fake_ctx)
-    monkeypatch.setattr(B, "_run_one", fake_run)
+    calls, teachers = _fake_contexts_and_runs(monkeypatch, B)
     kw = dict(datasets=["d1", "d2"], portfolio="no_kd,vanilla_kd", out=tmp_path / "runs", backbone=None,
               log=lambda *_: None, train_sizes=(50, 400), student="fresh4x128", seeds=(42, 43))
     assert B.build(root, limit=5, **kw).ran == 5
