@@ -7,8 +7,8 @@ import math
 from autodistill.meta.pilot import merge_candidates, pilot_report, seed_sigma, pilot_runs, write_pilot_report
 
 
-def _rec(ctx, cand, seed, ratio, steps=100, stop="early_stopping"):
-    return {"dataset": ctx, "candidate": cand, "seed": seed, "status": "completed",
+def _rec(ctx, cand, seed, ratio, steps=100, stop="early_stopping", status="ok"):   # "ok": what `meta build` writes
+    return {"dataset": ctx, "candidate": cand, "seed": seed, "status": status,
             "metrics": {"student_score": ratio, "teacher_score": 1.0, "steps": steps, "stop_reason": stop},
             "teacher_score": 1.0, "wall_seconds": 10.0, "config": {}}
 
@@ -23,6 +23,8 @@ SCORES = {  # candidate: {ctx: (seed 42, seed 43)}
 }
 RECORDS = [_rec(ctx, cand, seed, v) for cand, per in SCORES.items() for ctx, pair in per.items()
            for seed, v in zip((42, 43), pair)] + [
+    _rec("a", "no_kd", 44, 0.10, status="failed"),      # a failed run never counts
+    
     {"dataset": "a", "candidate": "teacher", "role": "teacher", "status": "completed", "seed": 42,
      "metrics": {"student_score": 1.0}, "teacher_score": 1.0, "config": {}}]
 

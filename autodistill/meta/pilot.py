@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..records import RunRecord
 from .evaluate import markdown_table
-from .table import REFERENCE_ROLES
+from .table import REFERENCE_ROLES, SKIPPED_STATUSES
 
 #: a difference of two candidates' seed means beyond this many σ (one run's seed std) is called real
 NOISE_MULTIPLE = 2.0
@@ -36,7 +36,7 @@ def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]]) -> pd.DataFrame
     it stopped and its wall seconds."""
     rows = []
     for r in map(RunRecord.of, records):
-        if (r.status or "completed") != "completed" or r.role in REFERENCE_ROLES:
+        if r.status in SKIPPED_STATUSES or r.role in REFERENCE_ROLES:
             continue
         m = r.metrics or {}
         rows.append({"context": r.dataset_name, "candidate": r.candidate_name,
