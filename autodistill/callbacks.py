@@ -77,20 +77,25 @@ class ProgressCallback(Callback):
 
 
 class EarlyStoppingCallback(Callback):
-    """Stop after ``patience`` evaluations in a row that did not beat the best by more than ``min_delta``."""
+    """Stop after ``patience`` evaluations in a row that did not beat the best by more than ``min_delta``,
+    counted only once a score has beaten ``start_above`` (when given: the best constant prediction's
+    dev score; a model that has not left it is at the start of its curve, not on a plateau)."""
 
-    def __init__(self, patience: int, min_delta: float = 0.0):
+    def __init__(self, patience: int, min_delta: float = 0.0, start_above: float | None = None):
         self.patience = patience
         self.min_delta = min_delta
+        self.start_above = start_above
+        self.started = start_above is None
         self.best: float | None = None
         self.evals_without_improvement = 0
 
     def on_evaluate(self, state: TrainerState, metrics: dict[str, float], control: TrainerControl | None = None,
                     **kw: Any) -> None:
         score = state.history[-1]["score"]
+        self.started = self.started or score > self.start_above
         if self.best is None or score > self.best + self.min_delta:
             self.best, self.evals_without_improvement = score, 0
-        else:
+        elif self.started:
             self.evals_without_improvement += 1
         if self.evals_without_improvement >= self.patience and control is not None:
             control.stop("plateau")

@@ -1,6 +1,8 @@
-"""A model scored on a split: its logits, its metric and its CPU latency per example."""
+"""A model scored on a split: its logits, its metric and its CPU latency per example; what a constant
+prediction scores there."""
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -8,7 +10,7 @@ import torch
 from torch import nn
 
 from .batching import EncodedSplit, collate, length_sorted_batches, model_inputs, to_device
-from .metrics import compute_metric
+from .metrics import compute_metric, majority_baseline
 
 
 @torch.no_grad()
@@ -26,6 +28,16 @@ def evaluate(model: nn.Module, split: EncodedSplit, metric: str, task_type: str,
              pad_id: int, device: torch.device) -> float:
     logits = predict_logits(model, split, batch_size, pad_id, device)
     return compute_metric(metric, logits, split.labels.numpy(), task_type)
+
+
+def trivial_score(split: EncodedSplit, metric: str, task_type: str) -> float:
+    """The best a constant prediction scores on ``split``: its own majority class (its mean label for
+    regression); 0 where the metric is undefined for a constant (a correlation)."""
+    labels = split.labels.numpy()
+    if len(labels) == 0:
+        return float("-inf")
+    score = majority_baseline(labels, labels, metric, task_type)
+    return 0.0 if math.isnan(score) else float(score)
 
 
 @torch.no_grad()

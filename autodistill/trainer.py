@@ -24,7 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 from .callbacks import Callback, EarlyStoppingCallback, ProgressCallback, TrainerControl, TrainerState
 from .config import TrainingRule
 from .batching import EncodedSplit, collate, model_inputs, shuffled_batches, to_device
-from .evaluation import evaluate
+from .evaluation import evaluate, trivial_score
 
 
 # what a run records about its training (metrics.json, the run record): budget used and the learning curve
@@ -48,6 +48,7 @@ class TrainArgs:
     max_steps_between_evals: int | None = None
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
+    early_stopping_start: str = "first_evaluation"
     max_steps: int | None = None
     mixed_precision: str = "off"        # optim.mixed_precision (resolved per device by resources.amp_dtype)
 
@@ -56,7 +57,8 @@ class TrainArgs:
         """The training rule's fields (patience, step cap, evaluation cadence) plus the rest in ``kw``."""
         return cls(evals_per_epoch=rule.evals_per_epoch, max_steps_between_evals=rule.max_steps_between_evals,
                    early_stopping_patience=rule.early_stopping_patience,
-                   early_stopping_min_delta=rule.early_stopping_min_delta, max_steps=rule.max_steps, **kw)
+                   early_stopping_min_delta=rule.early_stopping_min_delta,
+                   early_stopping_start=rule.early_stopping_start, max_steps=rule.max_steps, **kw)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         by_epochs = max(1, math.ceil(steps_per_epoch * self.epochs))
@@ -157,8 +159,11 @@ class Trainer:
         self.pad_id = pad_id
         self.device = device
         self.callbacks: list[Callback] = [ProgressCallback(desc), *callbacks]
+        self.trivial_dev_score = trivial_score(dev, args.metric, args.task_type)
         if args.early_stopping_patience:
-            self.callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_min_delta))
+            start_above = self.trivial_dev_score if args.early_stopping_start == "above_trivial" else None
+            self.callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_min_delta,
+                                                        start_above))
         self.state = TrainerState()
         self.control = TrainerControl()
         self.best_state_dict: dict[str, torch.Tensor] | None = None
@@ -223,6 +228,7 @@ class Trainer:
             "best_score": state.best_score, "best_step": state.best_step, "steps": state.global_step,
             "epochs": state.epoch, "train_seconds": train_seconds, "stop_reason": state.stop_reason,
             "eval_seconds": self.eval_seconds, "dev_examples": len(self.dev),
+            "dev_trivial_score": self.trivial_dev_score,
             "train_examples_per_second": examples_seen / max(train_seconds - self.eval_seconds, 1e-9),
             "history": state.history, **self.objective.stats(),
         }

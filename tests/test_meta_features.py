@@ -474,16 +474,23 @@ def test_build_is_context_major_every_seed_of_a_context_before_the_next(tmp_path
         ["d2@n400@fresh4x128"] * 4
 
 
-def test_the_v2_preset_is_the_pilots_converged_rule():
-    """A v2 context (a student preset) trains under CONVERGED_RULE with the student's learning rate: the
-    same preset (hash) as the pilot, which passed the rule as an override; without a student, the
-    OLD PRESET of the v1 records is unchanged."""
+def test_the_v2_preset_is_the_pilots_rule_with_patience_from_learning():
+    """A v2 context (a student preset) trains under CONVERGED_RULE with the student's learning rate:
+    the pilot's first rule (passed as an override) plus patience counted once the student beats the
+    constant prediction; without a student, the OLD PRESET of the v1 records is unchanged."""
     from autodistill.meta import build as B
     from autodistill.meta.portfolio import META_PRESET
 
     pilot = json.loads((Path(__file__).parents[1] / "meta_dataset/v2_pilot/rule_fresh4x128.json").read_text())
-    assert B.preset_hash(B.build_preset(None, 1000, "fresh4x128")) == B.preset_hash(B.build_preset(pilot, 1000, "fresh4x128"))
-    assert B.preset_hash(B.build_preset(None, 1000, "fresh4x128")) == "548c81482707c05f"   # the pilot records'
+    from autodistill.config import deep_merge
+    from autodistill.meta.portfolio import STUDENT_PRESETS
+    first_pilot = {**deep_merge(deep_merge(META_PRESET, pilot), {"data": {"max_train_examples": 1000}}),
+                   "student": STUDENT_PRESETS["fresh4x128"]}          # how the pilot's commit made its preset
+    assert B.preset_hash(first_pilot) == "548c81482707c05f"          # the hash in the first pilot records
+    assert B.preset_hash(B.build_preset(None, 1000, "fresh4x128")) != "548c81482707c05f"   # not done under the new rule
+    start = {"early_stopping_start": "above_trivial"}
+    pilot_now = {"teachers": [{**pilot["teachers"][0], **start}], "optim": {**pilot["optim"], **start}}
+    assert B.build_preset(None, 1000, "fresh4x128") == B.build_preset(pilot_now, 1000, "fresh4x128")
     preset = B.build_preset(None, 500, "fresh4x128")
     assert preset["optim"]["early_stopping_patience"] == 3 and preset["optim"]["max_steps"] == 3000
     assert preset["teachers"][0]["early_stopping_patience"] == 2 and preset["data"]["max_train_examples"] == 500

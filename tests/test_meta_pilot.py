@@ -70,3 +70,26 @@ def test_cli_pilot(tmp_path, capsys):
     assert "aug_twin** stands for aug" in capsys.readouterr().out
     (runs / "records.jsonl").write_text("")
     assert main(["meta", "pilot", "--records", str(runs), "--out", str(tmp_path / "rep2")]) == 2
+
+
+def test_runs_the_old_start_rule_stopped_before_learning_are_left_out_and_the_rerun_counts():
+    """Patience counted from the first evaluation stopped some runs while they still predicted the
+    majority class; those records are left out, a rerun under the current rule takes their place, and
+    a run of the old rule that beat the constant prediction stands (it trains the same under both)."""
+    from autodistill.meta.pilot import stopped_before_learning
+    from autodistill.records import RunRecord
+
+    def run(ratio, best_dev, rule=None, stop="plateau"):
+        r = _rec("a", "inter_pkd_last", 42, ratio, stop=stop)
+        r["metrics"].update(best_dev_score=best_dev, dev_trivial_score=0.64)
+        r["config"] = {"optim": {"early_stopping_start": rule}} if rule else {"optim": {}}
+        return r
+
+    stuck, learned = run(0.64, 0.64), run(0.80, 0.70)
+    rerun = run(0.85, 0.75, rule="above_trivial")
+    assert stopped_before_learning(RunRecord.of(stuck)) and not stopped_before_learning(RunRecord.of(learned))
+    assert not stopped_before_learning(RunRecord.of(run(0.64, 0.64, stop="max_epochs")))    # ran to the cap
+    assert not stopped_before_learning(RunRecord.of(run(0.64, 0.64, rule="above_trivial")))  # the current rule
+    assert pilot_runs([stuck]).empty
+    assert pilot_runs([stuck, rerun])["target"].tolist() == [0.85]
+    assert pilot_runs([learned, rerun])["target"].tolist() == [0.85]     # of two records, the later counts

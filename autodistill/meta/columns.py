@@ -44,7 +44,7 @@ EXCLUDED_FIELDS = frozenset({
     "optim.eval_batch_size", "optim.seed", "optim.metric", "optim.teacher_outputs", "optim.device",
     # the training rule (config.TrainingRule): how long a run trains, the same for every run of a build
     "data.dev_fraction", "data.dev_max_examples", "optim.early_stopping_patience",
-    "optim.early_stopping_min_delta", "optim.max_steps", "optim.max_steps_between_evals",
+    "optim.early_stopping_min_delta", "optim.early_stopping_start", "optim.max_steps", "optim.max_steps_between_evals",
 })
 #: keys of a features file that are bookkeeping, not features
 NON_FEATURE_KEYS = frozenset({"version", "feature_version", "features_version", "schema_version",

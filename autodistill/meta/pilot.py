@@ -31,18 +31,58 @@ from .table import REFERENCE_ROLES, SKIPPED_STATUSES
 NOISE_MULTIPLE = 2.0
 
 
-def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]]) -> pd.DataFrame:
+def dev_trivial_score(record: RunRecord, datasets_root: str | Path | None = None) -> float:
+    """What a constant prediction scores on the run's dev slice: the record's own figure, or (records
+    made before it was recorded) the dev slice rebuilt from the dataset's copy under ``datasets_root``."""
+    recorded = (record.metrics or {}).get("dev_trivial_score")
+    if recorded is not None:
+        return float(recorded)
+    from ..batching import EncodedSplit, dev_indices
+    from ..config import DataConfig
+    from ..data import load_task_data
+    from ..evaluation import trivial_score
+    from . import DATASETS_DIR
+
+    folder = Path(datasets_root or DATASETS_DIR) / record.group
+    data = DataConfig.model_validate({**record.config["data"], "train": str(folder), "validation": None})
+    task = load_task_data(data)
+    labels = task.train.labels
+    train = EncodedSplit([[0]] * len(labels), None, _labels_tensor(labels, task.task_type))
+    _, dev = dev_indices(train, data, task.task_type)
+    return trivial_score(train.take(dev), record.metrics["metric"], task.task_type)
+
+
+def _labels_tensor(labels, task_type: str):
+    import torch
+
+    return torch.tensor(list(labels), dtype=torch.float32 if task_type == "regression" else torch.long)
+
+
+def stopped_before_learning(record: RunRecord, datasets_root: str | Path | None = None) -> bool:
+    """A run of the first-evaluation start rule (before ``early_stopping_start``) that never beat the
+    constant prediction on its dev slice: that rule may have stopped it before it began to learn.
+    Every other run of that rule trains exactly as under ``above_trivial`` (both reset at the first
+    evaluation above the constant, and neither stops before it), so its record stands."""
+    rule = ((record.config or {}).get("optim") or {}).get("early_stopping_start", "first_evaluation")
+    m = record.metrics or {}
+    return rule == "first_evaluation" and m.get("stop_reason") == "plateau" and \
+        float(m["best_dev_score"]) <= dev_trivial_score(record, datasets_root)
+
+
+def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]],
+               datasets_root: str | Path | None = None) -> pd.DataFrame:
     """One row per completed run: context, candidate, seed, target (student/teacher ratio), steps, how
-    it stopped and its wall seconds."""
-    rows = []
+    it stopped and its wall seconds. A run that :func:`stopped_before_learning` is left out (run it
+    again under the current rule); of two records of one (context, candidate, seed), the later counts."""
+    rows = {}
     for r in map(RunRecord.of, records):
-        if r.status in SKIPPED_STATUSES or r.role in REFERENCE_ROLES:
+        if r.status in SKIPPED_STATUSES or r.role in REFERENCE_ROLES or stopped_before_learning(r, datasets_root):
             continue
         m = r.metrics or {}
-        rows.append({"context": r.dataset_name, "candidate": r.candidate_name,
-                     "seed": r.seed, "target": r.ratio, "steps": m.get("steps"),
-                     "stop_reason": m.get("stop_reason"), "wall_seconds": r.wall_seconds})
-    return pd.DataFrame(rows, columns=["context", "candidate", "seed", "target", "steps", "stop_reason",
+        rows[(r.dataset_name, r.candidate_name, r.seed)] = {
+            "context": r.dataset_name, "candidate": r.candidate_name, "seed": r.seed, "target": r.ratio,
+            "steps": m.get("steps"), "stop_reason": m.get("stop_reason"), "wall_seconds": r.wall_seconds}
+    return pd.DataFrame(list(rows.values()), columns=["context", "candidate", "seed", "target", "steps", "stop_reason",
                                        "wall_seconds"])
 
 
@@ -109,9 +149,9 @@ class PilotReport:
                                         total_wall_h=("wall_seconds", lambda s: float(np.nansum(s)) / 3600))
 
 
-def pilot_report(records: Sequence[Mapping[str, Any]], keep_first: Sequence[str] = ("no_kd", "vanilla_kd")
-                 ) -> PilotReport:
-    runs = pilot_runs(records)
+def pilot_report(records: Sequence[Mapping[str, Any]], keep_first: Sequence[str] = ("no_kd", "vanilla_kd"),
+                 datasets_root: str | Path | None = None) -> PilotReport:
+    runs = pilot_runs(records, datasets_root)
     sigma = seed_sigma(runs)
     centred = centred_means(runs)
     return PilotReport(runs, sigma, centred, merge_candidates(centred, sigma, keep_first=keep_first))

@@ -59,12 +59,14 @@ STUDENT_PRESETS: dict[str, dict[str, Any]] = {
 #: the v2 training rule (issue 16), merged over :data:`META_PRESET` for every v2 context: students train
 #: until the dev curve is flat (early stopping after 3 evaluations without gain, one per epoch; dev slice
 #: = 10 % of the train rows, never the scored validation split; best checkpoint restored), capped at 20
-#: epochs and 3,000 steps; teachers likewise (patience 2, cap 10 epochs). The pilot ran exactly this
-#: (``meta_dataset/v2_pilot/rule_*.json``); its records' preset hashes are the v2 build's.
+#: epochs and 3,000 steps; teachers likewise (patience 2, cap 10 epochs). Patience counts once the dev
+#: score beats the constant prediction's (``early_stopping_start``): the pilot's first runs
+#: (``meta_dataset/v2_pilot/rule_*.json``, patience from the first evaluation) stopped fresh students
+#: that needed 3-4 epochs to leave the majority class before they began to learn.
 CONVERGED_RULE: dict[str, Any] = {
     "teachers": [{"backbone": "default", "epochs": 10.0, "batch_size": 32, "learning_rate": 5e-5, "seed": 42,
-                  "early_stopping_patience": 2}],
-    "optim": {"epochs": 20.0, "early_stopping_patience": 3, "max_steps": 3000},
+                  "early_stopping_patience": 2, "early_stopping_start": "above_trivial"}],
+    "optim": {"epochs": 20.0, "early_stopping_patience": 3, "early_stopping_start": "above_trivial", "max_steps": 3000},
 }
 
 #: each student preset's learning rate under the converged rule: the fresh student needs a larger one
