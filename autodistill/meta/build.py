@@ -143,13 +143,9 @@ class BuildSummary:
     failed: int = 0
     skipped_done: int = 0
     not_applicable: int = 0
-    claimed_elsewhere: int = 0  # datasets another build process was on
+    claimed_elsewhere: int = 0  # contexts another build process was on
     seconds: float = 0.0
     run_seconds: list[float] = field(default_factory=list)
-
-    def __add__(self, other: "BuildSummary") -> "BuildSummary":
-        """Two invocations' summaries (e.g. one per train size) as one."""
-        return BuildSummary(**{f: getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__})
 
 
 class TeacherMismatch(RuntimeError):
