@@ -57,14 +57,20 @@ def free_cpus(sample_seconds: float = 0.3) -> float | None:
         return None
 
 
+#: environment variables by which a user or launcher sets the BLAS libraries' threads themselves
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def use_cpu_threads() -> int:
-    """Set torch's and the BLAS libraries' (numpy, scikit-learn) thread counts to :func:`cpu_threads`."""
+    """Set torch's and the BLAS libraries' (numpy, scikit-learn) thread counts to :func:`cpu_threads`;
+    BLAS is left alone when one of :data:`BLAS_THREAD_VARIABLES` is set."""
     from threadpoolctl import threadpool_limits
 
     threads = cpu_threads()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    threadpool_limits(threads)  # not as a context manager: the limit stays for the process
+    if not any(os.environ.get(v) for v in BLAS_THREAD_VARIABLES):
+        threadpool_limits(threads)  # not as a context manager: the limit stays for the process
     return threads
 
 

@@ -31,13 +31,16 @@ def evaluate(model: nn.Module, split: EncodedSplit, metric: str, task_type: str,
 
 
 def trivial_score(split: EncodedSplit, metric: str, task_type: str) -> float:
-    """The best a constant prediction scores on ``split``: its own majority class (its mean label for
-    regression); 0 where the metric is undefined for a constant (a correlation)."""
+    """The best a constant prediction scores on ``split`` (a non-empty split): the best single class
+    (not always the majority: all-positive beats all-negative on binary F1), the mean label for
+    regression; 0 where the metric is undefined for a constant (a correlation)."""
     labels = split.labels.numpy()
-    if len(labels) == 0:
-        return float("-inf")
-    score = majority_baseline(labels, labels, metric, task_type)
-    return 0.0 if math.isnan(score) else float(score)
+    if task_type == "regression":
+        scores = [majority_baseline(labels, labels, metric, task_type)]
+    else:
+        scores = [compute_metric(metric, np.eye(int(labels.max()) + 1)[np.full(len(labels), c)], labels, task_type)
+                  for c in np.unique(labels)]
+    return max(0.0 if math.isnan(v) else float(v) for v in scores)
 
 
 @torch.no_grad()

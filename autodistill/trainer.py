@@ -48,7 +48,7 @@ class TrainArgs:
     max_steps_between_evals: int | None = None
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
-    early_stopping_start: str = "first_evaluation"
+    early_stopping_start: str = "above_trivial"     # config.TrainingRule's default
     max_steps: int | None = None
     mixed_precision: str = "off"        # optim.mixed_precision (resolved per device by resources.amp_dtype)
 

@@ -59,12 +59,19 @@ def test_use_cpu_threads_sets_torch_and_blas(monkeypatch):
 
     import torch
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for var in device.BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(device, "free_cpus", lambda: 1.0)     # one core free
+    monkeypatch.setattr(device, "available_cpus", lambda: 2)
     before, pools = torch.get_num_threads(), threadpool_info()
     try:
         assert device.use_cpu_threads() == 1
         assert torch.get_num_threads() == 1
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+        threadpool_limits(2)
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")        # the user's setting for BLAS stands
+        blas = lambda: [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]  # noqa: E731
+        assert device.use_cpu_threads() == 1 and blas() and set(blas()) == {2}
     finally:
         torch.set_num_threads(before)
         threadpool_limits({pool["prefix"]: pool["num_threads"] for pool in pools})

@@ -496,3 +496,20 @@ def test_the_v2_preset_is_the_pilots_rule_with_patience_from_learning():
     assert preset["teachers"][0]["early_stopping_patience"] == 2 and preset["data"]["max_train_examples"] == 500
     assert B.build_preset(None, 500, "cut2")["optim"]["learning_rate"] == 1e-4
     assert B.build_preset() == META_PRESET
+
+
+def test_a_contexts_size_and_student_come_from_their_options_not_the_override(tmp_path, capsys):
+    from autodistill import cli
+    from autodistill.meta import build as B
+
+    with pytest.raises(ValueError, match="not in the preset override"):
+        B.build_preset({"data": {"max_train_examples": 200}}, 500, "fresh4x128")
+    with pytest.raises(ValueError, match="not in the preset override"):
+        B.build_preset({"student": {"kind": "fresh"}}, 500, "fresh4x128")
+    assert B.build_preset({"data": {"max_train_examples": 200}})["data"]["max_train_examples"] == 200   # v1: fine
+    (tmp_path / "cr").mkdir()
+    out = ["--out", str(tmp_path / "runs"), "--datasets-root", str(tmp_path), "--datasets", "cr"]
+    assert cli.main(["meta", "build", "--old-preset", "--sizes", "500", *out]) == 2
+    assert "--old-preset has no --sizes" in capsys.readouterr().err
+    assert cli.main(["meta", "build", "--preset-override", '{"data": {"max_train_examples": 200}}', *out]) == 2
+    assert "not in the preset override" in capsys.readouterr().err

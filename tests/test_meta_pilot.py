@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from autodistill.meta.pilot import merge_candidates, pilot_report, seed_sigma, pilot_runs, write_pilot_report
 
 
-def _rec(ctx, cand, seed, ratio, steps=100, stop="early_stopping", status="ok"):   # "ok": what `meta build` writes
+def _rec(ctx, cand, seed, ratio, steps=100, stop="plateau", status="ok"):   # "ok": what `meta build` writes
     return {"dataset": ctx, "candidate": cand, "seed": seed, "status": status,
             "metrics": {"student_score": ratio, "teacher_score": 1.0, "steps": steps, "stop_reason": stop},
             "teacher_score": 1.0, "wall_seconds": 10.0, "config": {}}
@@ -24,7 +26,6 @@ SCORES = {  # candidate: {ctx: (seed 42, seed 43)}
 RECORDS = [_rec(ctx, cand, seed, v) for cand, per in SCORES.items() for ctx, pair in per.items()
            for seed, v in zip((42, 43), pair)] + [
     _rec("a", "no_kd", 44, 0.10, status="failed"),      # a failed run never counts
-    
     {"dataset": "a", "candidate": "teacher", "role": "teacher", "status": "completed", "seed": 42,
      "metrics": {"student_score": 1.0}, "teacher_score": 1.0, "config": {}}]
 
@@ -93,3 +94,19 @@ def test_runs_the_old_start_rule_stopped_before_learning_are_left_out_and_the_re
     assert pilot_runs([stuck]).empty
     assert pilot_runs([stuck, rerun])["target"].tolist() == [0.85]
     assert pilot_runs([learned, rerun])["target"].tolist() == [0.85]     # of two records, the later counts
+
+
+def test_an_old_records_dev_slice_is_rebuilt_from_the_dataset_copy():
+    """The first pilot records lack dev_trivial_score: it is rebuilt from meta_dataset/datasets the way the
+    trainer cut the dev slice, and checked against the record (fingerprint, dev size)."""
+    from pathlib import Path
+
+    from autodistill.meta.pilot import dev_trivial_score
+    from autodistill.records import RecordStore
+
+    path = Path(__file__).parents[1] / "meta_dataset/v2_pilot/runs/cr@n1000@fresh4x128.jsonl"
+    old = next(r for r in RecordStore(path).read() if "dev_trivial_score" not in r.metrics)
+    assert dev_trivial_score(old) == 0.64                           # 64 of the 100 dev rows are the majority class
+    moved = old.replace(dataset_fingerprint="another dataset")
+    with pytest.raises(ValueError, match="not the one the run trained on"):
+        dev_trivial_score(moved)

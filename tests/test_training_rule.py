@@ -11,7 +11,7 @@ from autodistill.data import bundled_dataset_path, holdout_indices, load_task_da
 from autodistill.distill import export, format_report, run_distillation
 from autodistill.models import load_tokenizer
 from autodistill.batching import encode_texts, split_dev
-from autodistill.evaluation import evaluate
+from autodistill.evaluation import evaluate, trivial_score
 
 
 def tiny_cfg(backbone, **optim):
@@ -50,6 +50,9 @@ def test_teacher_and_student_stop_on_a_dev_plateau_and_keep_the_best(tiny_backbo
     tok = load_tokenizer(tiny_backbone)
     enc = lambda s: encode_texts(tok, s.text_a, s.text_b, s.labels, 32, task.task_type)  # noqa: E731
     _, dev = split_dev(enc(task.train), cfg.data, task.task_type)
+    # patience counted once the dev score beat a constant prediction's, which the record keeps
+    assert m["dev_trivial_score"] == pytest.approx(trivial_score(dev, m["metric"], task.task_type))
+    assert max(r["score"] for r in m["history"]) > m["dev_trivial_score"]
     assert evaluate(result.student, dev, m["metric"], task.task_type, 256, tok.pad_token_id, "cpu") \
         == pytest.approx(m["best_dev_score"])
     assert evaluate(result.student, enc(task.validation), m["metric"], task.task_type, 256, tok.pad_token_id,
@@ -105,4 +108,5 @@ def test_the_trainer_knows_the_constant_predictions_dev_score():
         return EncodedSplit(input_ids=[[1, 2]] * n, token_type_ids=None, labels=torch.tensor(labels))
 
     assert trivial_score(split([0, 0, 0, 1]), "accuracy", "classification") == 0.75
+    assert trivial_score(split([0, 0, 0, 1]), "f1", "classification") == 0.4        # all-positive, not the majority
     assert trivial_score(split([0.1, 0.5, 0.9]), "pearson", "regression") == 0.0     # undefined for a constant

@@ -48,7 +48,7 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     b.add_argument("--limit", type=int, help="run at most N runs in this invocation")
     b.add_argument("--seeds", help="comma-separated student seeds (default: 42,43; --old-preset: 42)")
     b.add_argument("--preset-override", help="JSON merged over the preset, e.g. "
-                   "'{\"data\": {\"max_train_examples\": 200}}'")
+                   "'{\"optim\": {\"early_stopping_patience\": 5}}'")
     b.add_argument("--no-backbone", action="store_true", help="meta-features without the backbone embeddings")
     _add_context_options(b)
     b.add_argument("--workers", type=int, default=1,
@@ -79,21 +79,25 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
 
 def _add_context_options(p: argparse.ArgumentParser) -> None:
     sizes = ",".join(map(str, V2_TRAIN_SIZES))
-    p.add_argument("--sizes", default=sizes, help="comma-separated train sizes (rows, a seeded subsample; the "
-                   f"whole train when smaller): each dataset is one context per size, '<dataset>@n<size>' (default: {sizes})")
-    p.add_argument("--student", default=V2_STUDENT, choices=sorted(STUDENT_PRESETS),
+    p.add_argument("--sizes", help="comma-separated train sizes (rows, a seeded subsample; the whole train when "
+                   f"smaller): each dataset is one context per size, '<dataset>@n<size>' (default: {sizes})")
+    p.add_argument("--student", choices=sorted(STUDENT_PRESETS),
                    help=f"student preset, under the converged training rule (default: {V2_STUDENT})")
     p.add_argument("--old-preset", action="store_true", help="the v1 records' OLD PRESET (1,000 rows, 2 epochs, "
                    "the cut 2-layer student; use with --out meta_dataset/runs): no sizes, no student preset")
 
 
 def _context_plan(args: argparse.Namespace) -> dict:
-    """``build``/``status`` keyword arguments for the contexts and seeds the options name."""
+    """``build``/``status`` keyword arguments for the contexts and seeds the options name (ValueError
+    when they contradict each other)."""
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     if args.old_preset:
-        return {"train_sizes": [None], "student": None,
-                "seeds": [int(x) for x in args.seeds.split(",")] if args.seeds else None}
-    return {"train_sizes": [int(n) for n in args.sizes.split(",")], "student": args.student,
-            "seeds": [int(x) for x in (args.seeds or ",".join(map(str, V2_SEEDS))).split(",")]}
+        if args.sizes or args.student:
+            raise ValueError("--old-preset has no --sizes or --student (the v1 preset: 1,000 rows, the cut student)")
+        return {"train_sizes": [None], "student": None, "seeds": seeds}
+    sizes = args.sizes or ",".join(map(str, V2_TRAIN_SIZES))
+    return {"train_sizes": [int(n) for n in sizes.split(",")], "student": args.student or V2_STUDENT,
+            "seeds": seeds or list(V2_SEEDS)}
 
 
 def _dataset_names(args: argparse.Namespace) -> list[str] | None:
@@ -217,7 +221,7 @@ def _records_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=("ratio", "best"), default="ratio",
                    help="normalised score: student/teacher (ratio) or student/best on the dataset")
     p.add_argument("--methods", nargs="+", choices=("hgb", "rf", "pairwise"),
-                   default=["hgb", "rf", "pairwise"])
+                   default=["hgb", "rf", "pairwise"], help="the families the nested selection (auto) chooses among")
     p.add_argument("--teacher-features", action="store_true",
                    help="keep the trained-teacher meta-features (score, confidence) as model inputs")
     p.add_argument("--seed", type=int, default=0)
@@ -225,13 +229,13 @@ def _records_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate with this many model seeds (--seed, --seed+1, ...): a held-out dataset's "
                    "figures are the mean over them")
     p.add_argument("--inner-folds", type=_inner_folds, default=None, metavar="logo|K",
-                   help="the CV inside each training fold that selects the meta-model's choice: 'logo' "
+                   help="the nested selection's (auto) CV inside each training fold that selects the choice: 'logo' "
                    "(default: each training dataset group is one fold) or K grouped folds (cheaper with many "
                    "datasets)")
     p.add_argument("--keep-uninformative", action="store_true",
                    help="always train on datasets whose teacher is no better than the majority class "
-                   "(by default the nested selection decides; they are never held out: their targets are "
-                   "noise around chance)")
+                   "(by default the plain model leaves them out and the nested selection of --meta-model / "
+                   "--method auto decides; they are never held out: their targets are noise around chance)")
 
 
 def add_meta_model_commands(meta_commands: Commands) -> None:
@@ -250,8 +254,7 @@ def add_meta_model_commands(meta_commands: Commands) -> None:
     e.add_argument("--note", default="", help="a line the report starts with (e.g. which preset the records are)")
     e.set_defaults(func=run_evaluate)
 
-    f = meta_commands.add_parser("fit", help="fit the meta-model on all records (choice selected as in the nested "
-                                 "evaluation)")
+    f = meta_commands.add_parser("fit", help="fit the product's meta-model (plain, or --method) on all records")
     _records_args(f)
     f.add_argument("--method", choices=FIT_METHODS, default=PRODUCT_METHOD,
                    help=f"{PRODUCT_METHOD} (default, the product's): one unbagged gradient-boosting model; auto: the "

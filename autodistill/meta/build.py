@@ -62,6 +62,11 @@ V2_DATASETS: tuple[str, ...] = (
 )
 
 
+def default_datasets(student: str | None) -> tuple[str, ...]:
+    """The v2 build's datasets for a context with a student preset, else the v1 (OLD PRESET) build's."""
+    return V2_DATASETS if student else DEFAULT_DATASETS
+
+
 def context_name(dataset: str, train_size: int | None = None, student: str | None = None) -> str:
     """The name of one context of the meta-dataset: a dataset, optionally at a train size and with a
     student preset (``sst2@n500@fresh4x128``); its records file, features file and claim use it."""
@@ -77,12 +82,18 @@ def build_preset(preset_override: Mapping[str, Any] | None = None, train_size: i
                  student: str | None = None) -> dict[str, Any]:
     """The preset of one context: :data:`META_PRESET`; with a ``student`` preset (a v2 context) the
     :data:`CONVERGED_RULE` and that student's learning rate; then the override and the train-size cap.
-    Without a student it is the OLD PRESET of the v1 records (their hashes unchanged)."""
+    Without a student it is the OLD PRESET of the v1 records (their hashes unchanged). A context's size
+    and student come from ``train_size`` and ``student``, never from the override (ValueError): its name
+    would not say what ran."""
+    override = preset_override or {}
+    if (train_size and "max_train_examples" in (override.get("data") or {})) or (student and "student" in override):
+        raise ValueError("give a context's train size and student as train sizes / student preset "
+                         "(--sizes / --student), not in the preset override")
     preset = dict(META_PRESET)
     if student:
         preset = deep_merge(preset, CONVERGED_RULE)
         preset = deep_merge(preset, {"optim": {"learning_rate": STUDENT_LEARNING_RATES[student]}})
-    preset = deep_merge(preset, preset_override or {})
+    preset = deep_merge(preset, override)
     if train_size:
         preset = deep_merge(preset, {"data": {"max_train_examples": int(train_size)}})
     if student:
@@ -327,7 +338,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
     started = time.perf_counter()
     root, out = Path(datasets_root), Path(out)
     features_dir = Path(features_dir) if features_dir else out.parent / "features"
-    names = list(datasets or (V2_DATASETS if student else DEFAULT_DATASETS))
+    names = list(datasets or default_datasets(student))
     missing = [d for d in names if not (root / d).is_dir()]
     if missing:
         raise FileNotFoundError(f"datasets not found under {root}: {missing}")
@@ -452,7 +463,7 @@ def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | N
     presets = {size: build_preset(preset_override, size, student) for size in train_sizes}
     seeds = list(seeds or [int(next(iter(presets.values()))["optim"]["seed"])])
     units = [(context_name(d, size, student), size, seed)
-             for d in datasets or (V2_DATASETS if student else DEFAULT_DATASETS) for size in train_sizes for seed in seeds]
+             for d in datasets or default_datasets(student) for size in train_sizes for seed in seeds]
     label = (lambda name, seed: name) if len(seeds) == 1 else (lambda name, seed: f"{name}#{seed}")
     candidates = resolve_names(portfolio)
     recorded: dict[str, dict[str, RunRecord]] = {}

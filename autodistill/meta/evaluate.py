@@ -424,7 +424,8 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
                          seeds: Sequence[int] = (0,), inner_folds: int | None = None, portfolio_k: int = 4,
                          k: int = TOP_K, fit_predict: ChoiceFitPredict | None = None, min_candidates: int = 2,
                          n_boot: int = 2000, fixed: Mapping[str, ModelChoice] | None = None) -> NestedResult:
-    """Leave-one-dataset-out with every modelling choice made inside the training folds.
+    """Leave-one-dataset-out with every modelling choice made inside the training folds (one choice in
+    ``choices``, e.g. the product's plain model: nothing to select, it is fitted on each training fold).
 
     For each held-out dataset D whose teacher beats the majority class: the meta-model's choice
     (family, ensemble size, feature set, whether to train on the uninformative datasets) is selected by
@@ -502,7 +503,7 @@ def _comparisons(per: pd.DataFrame, portfolio_k: int, n_boot: int, fixed: Sequen
              for m in (META_MODEL, *fixed, "portfolio", "nearest_dataset", "single_best_naive", "vanilla_kd",
                        "random")]
     pairs.append((META_MODEL, "portfolio", f"regret{portfolio_k}"))
-    pairs += [(META_MODEL, ref, "regret1") for ref in fixed]   # the nested model against each fixed reference
+    pairs += [(META_MODEL, ref, "regret1") for ref in fixed]   # the meta-model against each fixed reference
     rows = {}
     for method, ref, metric in pairs:
         if method in wide and ref in wide:

@@ -16,6 +16,8 @@ seeds and this module turns its records into
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,6 +27,7 @@ import pandas as pd
 
 from ..records import RunRecord
 from .evaluate import markdown_table
+from . import DATASETS_DIR
 from .table import REFERENCE_ROLES, SKIPPED_STATUSES
 
 #: a difference of two candidates' seed means beyond this many σ (one run's seed std) is called real
@@ -33,40 +36,50 @@ NOISE_MULTIPLE = 2.0
 
 def dev_trivial_score(record: RunRecord, datasets_root: str | Path | None = None) -> float:
     """What a constant prediction scores on the run's dev slice: the record's own figure, or (records
-    made before it was recorded) the dev slice rebuilt from the dataset's copy under ``datasets_root``."""
+    made before it was recorded) the dev slice rebuilt from the dataset's copy under ``datasets_root``
+    (checked against the record: same data fingerprint, same dev size)."""
     recorded = (record.metrics or {}).get("dev_trivial_score")
     if recorded is not None:
         return float(recorded)
+    data = {**record.config["data"], "train": str(Path(datasets_root or DATASETS_DIR) / record.group),
+            "validation": None}
+    fingerprint, dev_size, score = _rebuilt_dev_trivial(json.dumps(data, sort_keys=True), record.metrics["metric"])
+    if fingerprint != record.dataset_fingerprint or dev_size != record.metrics.get("dev_examples"):
+        raise ValueError(f"{record.dataset_name}: the dataset under {datasets_root or DATASETS_DIR} is not the one "
+                         f"the run trained on (fingerprint or dev slice size differ)")
+    return score
+
+
+@functools.lru_cache(maxsize=64)
+def _rebuilt_dev_trivial(data_json: str, metric: str) -> tuple[str, int, float]:
+    """(data fingerprint, dev slice size, constant prediction's dev score) of a data config, as the
+    trainer's dev slice is made (:func:`~autodistill.batching.dev_indices` on the loaded train rows)."""
+    import torch
+
     from ..batching import EncodedSplit, dev_indices
     from ..config import DataConfig
     from ..data import load_task_data
     from ..evaluation import trivial_score
-    from . import DATASETS_DIR
 
-    folder = Path(datasets_root or DATASETS_DIR) / record.group
-    data = DataConfig.model_validate({**record.config["data"], "train": str(folder), "validation": None})
+    data = DataConfig.model_validate(json.loads(data_json))
     task = load_task_data(data)
-    labels = task.train.labels
-    train = EncodedSplit([[0]] * len(labels), None, _labels_tensor(labels, task.task_type))
+    dtype = torch.float32 if task.task_type == "regression" else torch.long
+    train = EncodedSplit([[0]] * len(task.train.labels), None, torch.tensor(list(task.train.labels), dtype=dtype))
     _, dev = dev_indices(train, data, task.task_type)
-    return trivial_score(train.take(dev), record.metrics["metric"], task.task_type)
-
-
-def _labels_tensor(labels, task_type: str):
-    import torch
-
-    return torch.tensor(list(labels), dtype=torch.float32 if task_type == "regression" else torch.long)
+    return task.fingerprint, len(dev), trivial_score(train.take(dev), metric, task.task_type)
 
 
 def stopped_before_learning(record: RunRecord, datasets_root: str | Path | None = None) -> bool:
     """A run of the first-evaluation start rule (before ``early_stopping_start``) that never beat the
     constant prediction on its dev slice: that rule may have stopped it before it began to learn.
-    Every other run of that rule trains exactly as under ``above_trivial`` (both reset at the first
-    evaluation above the constant, and neither stops before it), so its record stands."""
+    Every other run of that rule trains exactly as under ``above_trivial`` (with ``min_delta`` 0, as in
+    every pilot run: both reset at the first evaluation above the constant, and neither stops before
+    it), so its record stands. The teacher's rule changed the same way; :func:`pilot_runs` checks that
+    each context has one teacher score."""
     rule = ((record.config or {}).get("optim") or {}).get("early_stopping_start", "first_evaluation")
     m = record.metrics or {}
-    return rule == "first_evaluation" and m.get("stop_reason") == "plateau" and \
-        float(m["best_dev_score"]) <= dev_trivial_score(record, datasets_root)
+    return rule == "first_evaluation" and m.get("stop_reason") == "plateau" and m.get("best_dev_score") is not None \
+        and float(m["best_dev_score"]) <= dev_trivial_score(record, datasets_root)
 
 
 def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]],
@@ -82,8 +95,14 @@ def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]],
         rows[(r.dataset_name, r.candidate_name, r.seed)] = {
             "context": r.dataset_name, "candidate": r.candidate_name, "seed": r.seed, "target": r.ratio,
             "steps": m.get("steps"), "stop_reason": m.get("stop_reason"), "wall_seconds": r.wall_seconds}
+    teachers = {}
+    for r in map(RunRecord.of, records):
+        teachers.setdefault(r.dataset_name, set()).add(round(float(r.teacher_score), 9))
+    mixed = {ctx: sorted(t) for ctx, t in teachers.items() if len(t) > 1}
+    if mixed:
+        raise ValueError(f"runs of one context were made with different teachers: {mixed}")
     return pd.DataFrame(list(rows.values()), columns=["context", "candidate", "seed", "target", "steps", "stop_reason",
-                                       "wall_seconds"])
+                                                      "wall_seconds"])
 
 
 def seed_sigma(runs: pd.DataFrame) -> pd.Series:
@@ -144,7 +163,7 @@ class PilotReport:
         return r.groupby("context").agg(runs=("target", "size"), median_steps=("steps", "median"),
                                         max_steps=("steps", "max"),
                                         early_stopped=("stop_reason", lambda s: float(np.mean(
-                                            [str(x).startswith("early") for x in s]))),
+                                            [x == "plateau" for x in s]))),
                                         median_wall_s=("wall_seconds", "median"),
                                         total_wall_h=("wall_seconds", lambda s: float(np.nansum(s)) / 3600))
 
