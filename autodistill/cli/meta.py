@@ -275,11 +275,22 @@ def add_meta_model_commands(meta_commands: Commands) -> None:
     pl = meta_commands.add_parser("pilot", help="a pilot's records -> seed noise, centred means, candidates to merge")
     pl.add_argument("--records", nargs="+", required=True, help="record JSONL files or folders")
     pl.add_argument("--out", required=True, type=Path, help="report folder (pilot.md, pilot_runs.csv)")
+    pl.add_argument("--student", choices=sorted(STUDENT_PRESETS),
+                    help="only the contexts of this student preset ('<dataset>@n<rows>@<student>')")
+    pl.add_argument("--datasets-root", default=DATASETS_DIR, type=Path,
+                    help="dataset copies to rebuild old records' dev slices from (default: meta_dataset/datasets)")
     pl.set_defaults(func=run_pilot)
 
 
 def run_pilot(args: argparse.Namespace) -> int:
-    report = pilot_report(load_records(args.records))
+    records = load_records(args.records)
+    if args.student:
+        records = [r for r in records if r.dataset_name.endswith(f"@{args.student}")]
+    try:
+        report = pilot_report(records, datasets_root=args.datasets_root)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if report.centred.empty:
         print("error: no candidate ran on every context of these records", file=sys.stderr)
         return 2
