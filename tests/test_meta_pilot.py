@@ -110,3 +110,12 @@ def test_an_old_records_dev_slice_is_rebuilt_from_the_dataset_copy():
     moved = old.replace(dataset_fingerprint="another dataset")
     with pytest.raises(ValueError, match="not the one the run trained on"):
         dev_trivial_score(moved)
+
+
+def test_a_reference_absorbs_nothing_and_a_group_is_led_by_its_best_member():
+    import pandas as pd
+
+    centred = pd.DataFrame({"a": [0.00, 0.01, 0.02, 0.03], "b": [0.00, 0.01, 0.02, 0.03]},
+                           index=["no_kd", "like_no_kd", "better", "best"])
+    groups = merge_candidates(centred, pd.Series({"a": 0.01, "b": 0.01}), keep_first=["no_kd"])
+    assert groups == {"no_kd": ["no_kd"], "best": ["best", "better", "like_no_kd"]}   # 2σ = 0.02 of "best"

@@ -9,8 +9,9 @@ seeds and this module turns its records into
   between two seeds (the std of one run's score); the difference of two candidates' 2-seed means then
   has std σ, and a difference beyond ``2σ`` is called real;
 - each candidate's mean target per context, centred on the context's mean over candidates;
-- the merge: candidates in order of mean centred target; one within ``2σ`` of an earlier kept
-  candidate on every context joins that candidate's group (the kept one stands for the group);
+- the merge: the references (``no_kd``, ``vanilla_kd``) are kept and absorb nothing; the other
+  candidates in order of mean centred target; one within ``2σ`` of an earlier kept candidate on every
+  context joins that candidate's group (the kept one, its best-mean member, stands for the group);
 - convergence facts from the records: optimisation steps, how runs stopped (early stopping or a cap),
   and wall seconds.
 """
@@ -127,17 +128,18 @@ def centred_means(runs: pd.DataFrame) -> pd.DataFrame:
 
 def merge_candidates(centred: pd.DataFrame, sigma: pd.Series, multiple: float = NOISE_MULTIPLE,
                      keep_first: Sequence[str] = ()) -> dict[str, list[str]]:
-    """{kept candidate: the candidates it stands for (itself first)}. Candidates are visited best mean
-    first (``keep_first`` before all: references the portfolio keeps whatever); one within
-    ``multiple``·σ of a kept candidate on every context joins the first such."""
-    order = [c for c in keep_first if c in centred.index] + \
-        [c for c in centred.mean(axis=1).sort_values(ascending=False).index if c not in keep_first]
+    """{kept candidate: the candidates it stands for (itself first)}. ``keep_first`` (the references)
+    are kept whatever and stand for nothing but themselves: a pipeline within the noise of ``no_kd`` is
+    still a pipeline. The others are visited best mean first; one within ``multiple``·σ of an earlier
+    kept one on every context joins the first such, so each group is led by its best-mean member."""
+    refs = [c for c in keep_first if c in centred.index]
+    order = [c for c in centred.mean(axis=1).sort_values(ascending=False).index if c not in refs]
     tol = multiple * sigma.reindex(centred.columns).to_numpy()
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {c: [c] for c in refs}
     for cand in order:
         row = centred.loc[cand].to_numpy()
-        home = None if cand in keep_first else next(
-            (k for k in groups if np.all(np.abs(centred.loc[k].to_numpy() - row) <= tol)), None)
+        home = next((k for k in groups if k not in refs and np.all(np.abs(centred.loc[k].to_numpy() - row) <= tol)),
+                    None)
         if home is None:
             groups[cand] = [cand]
         else:
