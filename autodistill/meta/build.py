@@ -320,6 +320,11 @@ def _log_failure(out: Path, name: str, candidate: str, seed: int, phash: str, er
     log(f"[{name}] {candidate} FAILED: {entry['error']}")
 
 
+def _seeds_or_the_presets(seeds: Sequence[int] | None, presets: Mapping[Any, Mapping[str, Any]]) -> list[int]:
+    """The student seeds asked for, else the presets' own (the same in every size's preset)."""
+    return list(seeds or [int(next(iter(presets.values()))["optim"]["seed"])])
+
+
 def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, portfolio: str | None = "all",
           out: str | Path = "meta_dataset/v2/runs", limit: int | None = None,
           preset_override: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None,
@@ -346,7 +351,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
     presets = {size: build_preset(preset_override, size, student) for size in train_sizes}
     for preset in presets.values():
         candidate_config("vanilla_kd", "classification", preset)  # validate the override early
-    seeds = list(seeds or [int(next(iter(presets.values()))["optim"]["seed"])])
+    seeds = _seeds_or_the_presets(seeds, presets)
     out.mkdir(parents=True, exist_ok=True)
     summary = BuildSummary()
 
@@ -461,7 +466,7 @@ def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | N
     out = Path(out)
     features_dir = Path(features_dir) if features_dir else out.parent / "features"
     presets = {size: build_preset(preset_override, size, student) for size in train_sizes}
-    seeds = list(seeds or [int(next(iter(presets.values()))["optim"]["seed"])])
+    seeds = _seeds_or_the_presets(seeds, presets)
     units = [(context_name(d, size, student), size, seed)
              for d in datasets or default_datasets(student) for size in train_sizes for seed in seeds]
     label = (lambda name, seed: name) if len(seeds) == 1 else (lambda name, seed: f"{name}#{seed}")
