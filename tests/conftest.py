@@ -80,6 +80,28 @@ def database_url(request, tmp_path):
     engine.dispose()
 
 
+# --------------------------------------------------------------------------- the service's ingest workers
+# A service process spawns its ingest workers once and stops them when it stops. The suite starts and
+# stops ~80 apps in one process, and each new worker re-imports torch and the tokenizer (~7 s, most of
+# the service tests' time), so between tests the workers are kept: the suite behaves like one long-lived
+# service. A test marked `stops_ingest_workers` gets the real stop; the session ends with it.
+@pytest.fixture(autouse=True)
+def _ingest_workers_outlive_the_app(request, monkeypatch):
+    if "stops_ingest_workers" in request.keywords or "service" not in sys.modules:
+        yield
+        return
+    from service.datasets import IngestWorkers
+    monkeypatch.setattr(IngestWorkers, "shutdown", classmethod(lambda cls: None))
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ingest_workers_stop_with_the_session():
+    yield
+    if "service.datasets" in sys.modules:
+        sys.modules["service.datasets"].IngestWorkers.shutdown()
+
+
 # --------------------------------------------------------------------------- the exit
 # One full run in five ended "Segmentation fault" *after* the summary, all tests passed: a native thread
 # (Ray's, torch's or a tokenizer's) crashing the interpreter's finalisation. The suite's exit code is the

@@ -716,6 +716,7 @@ def test_the_embedded_ray_head_listens_on_loopback_only(tmp_path):
         head.stop()
 
 
+@pytest.mark.stops_ingest_workers
 def test_stopping_the_service_stops_its_ingest_workers(tmp_path, database_url):
     """A dataset read spawns ingest worker processes; the service's shutdown stops them (they used to
     outlive it, re-parented to PID 1)."""
