@@ -54,6 +54,8 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
     recs, seconds = start.recommendations, time.perf_counter() - t0
     events.emit("recommend", f"warm start from the {start.source.replace('_', ' ')}: {start.reason}")
     top = recs[0]
+    if top.why.get("student_outside_training"):
+        events.emit("recommend", f"note: {top.why['student_outside_training']}")
     anchor_label = f"recommendation #{top.rank}: {top.candidate}"
     # the top pipeline is trained exactly as recommended; the search is seeded with the next ones, as
     # far as the space can express them

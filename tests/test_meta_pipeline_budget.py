@@ -111,3 +111,29 @@ def test_the_users_budget_not_the_candidates_enters_the_model():
     small = PipelineConfig.model_validate({"student": STUDENT_PRESETS["fresh4x128"]})
     assert rec.recommend({"log_n_train": 7.0}, top_k=1, budget=small)[0].candidate == "mixup"
     assert rec.recommend({"log_n_train": 7.0}, top_k=1, budget=PipelineConfig())[0].candidate == "vanilla_kd"
+
+
+def test_a_student_the_model_never_saw_is_said(tmp_path):
+    """Fitted on fresh 4x128 students only: a recommendation for the default (cut 2-layer) student says
+    that its ranking comes from other students; for the fresh student it says nothing."""
+    from autodistill.meta.portfolio import STUDENT_PRESETS
+
+    fresh = {**META_PRESET, "student": STUDENT_PRESETS["fresh4x128"]}
+    recs = [RunRecord.create(
+        dataset_fingerprint=f"fp{d}", meta_features={"log_n_train": 6.0 + d},
+        config=candidate_config(name, "classification", fresh),
+        metrics={"student_score": 0.8 + 0.01 * d + 0.05 * (name == "mixup")}, teacher_score=0.9, wall_seconds=1.0,
+        student_parameters=1, status="completed", search={"dataset": f"ds{d}", "candidate": name})
+        for d in range(3) for name in ("vanilla_kd", "mixup")]
+    rec = Recommender.fit(records_to_table(recs), method="rf", model_params={"n_estimators": 10})
+    same = rec.recommend({"log_n_train": 7.0}, top_k=2,
+                         budget=PipelineConfig.model_validate({"student": STUDENT_PRESETS["fresh4x128"]}))
+    assert all("student_outside_training" not in r.why for r in same)
+    other = rec.recommend({"log_n_train": 7.0}, top_k=2, budget=PipelineConfig())
+    note = other[0].why["student_outside_training"]
+    assert "fresh 4-layer hidden-128" in note and "yours (truncated 2-layer)" in note, note
+    assert rec.recommend({"log_n_train": 7.0}, top_k=1)[0].why.get("student_outside_training") is None  # no budget
+    rec.save(tmp_path / "model")
+    assert Recommender.load(tmp_path / "model").student_outside_training(PipelineConfig()) == note
+    rec.info.pop("students")                                  # a model saved before students were recorded
+    assert rec.student_outside_training(PipelineConfig()) is None

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if decision and decision.get("source") == "portfolio":
         print(f"note: the evaluation did not find this ranking better than the best-of-{decision['k']} portfolio; "
               f"`auto` and the service warm-start from {', '.join(decision['portfolio'])}\n")
+    if recs and recs[0].why.get("student_outside_training"):
+        print(f"note: {recs[0].why['student_outside_training']}\n")
     print(f"top {len(recs)} pipelines for {data} (predicted {rec.target}; {seconds:.1f} s):")
     for r in recs:
         print(f"{r.rank:>2}. {r.candidate:<32} predicted {r.predicted_score:.4f} ± {r.uncertainty:.4f}")

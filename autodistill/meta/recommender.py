@@ -118,7 +118,8 @@ class Recommender:
         target = target or table.attrs.get("target", "ratio")
         return cls(model, cols, candidates, datasets, importances, target=target, best_by_dataset=best,
                    info={"method": method, "n_rows": int(len(table)), "n_datasets": len(datasets),
-                         "n_candidates": len(candidates), **(dict(info) if info else {})})
+                         "n_candidates": len(candidates), "students": _students_in(table),
+                         **(dict(info) if info else {})})
 
     # ---------------------------------------------------------------- recommending
     def nearest_datasets(self, meta_features: Mapping[str, Any], k: int = 3) -> list[dict[str, Any]]:
@@ -153,6 +154,20 @@ class Recommender:
                     X[:, i] = theirs[c]
         return X
 
+    def student_outside_training(self, budget: Any) -> str | None:
+        """A sentence when the student of ``budget`` (the user's config) is none of the students the
+        meta-model was fitted on: its ranking is then what worked for those students, not measured for
+        this one. None when it is one of them, or for a model saved before students were recorded."""
+        seen = self.info.get("students")
+        if not seen or budget is None:
+            return None
+        theirs = pipeline_features(budget)
+        yours = {c: _plain(theirs.get(c)) for c in seen[0]}
+        if any(yours == student for student in seen):
+            return None
+        return (f"the meta-model was fitted on runs with {' and '.join(map(describe_student, seen))} students; "
+                f"yours ({describe_student(yours)}) is not among them, so the ranking is what worked for those")
+
     def recommend(self, meta_features: Mapping[str, Any], top_k: int = 5,
                   constraints: Mapping[str, Any] | Callable[[Mapping[str, Any]], bool] | None = None,
                   budget: Any = None) -> list[Recommendation]:
@@ -172,6 +187,7 @@ class Recommender:
         order = np.argsort(-mean, kind="stable")[:max(0, int(top_k))]
         nearest = self.nearest_datasets(meta_features, k=3)
         top_feats = self.importances[:5]
+        outside = self.student_outside_training(budget)
         out = []
         for rank, j in enumerate(order, start=1):
             cand = self.candidates[keep[j]]
@@ -185,6 +201,8 @@ class Recommender:
             }
             if cand.get("extra"):
                 why["outside_the_config"] = cand["extra"]
+            if outside:
+                why["student_outside_training"] = outside
             name, pipeline = current_candidate(cand["name"], cand["config"])
             out.append(Recommendation(rank=rank, candidate=name, config=pipeline,
                                       predicted_score=float(mean[j]), uncertainty=float(std[j]), why=why))
@@ -205,6 +223,30 @@ class Recommender:
         return cls(model, side["feature_columns"], side["candidates"], side["datasets"],
                    [(f, float(v)) for f, v in side["importances"]], target=side.get("target", "ratio"),
                    best_by_dataset=side.get("best_by_dataset"), info=side.get("info"))
+
+
+_STUDENT_PREFIX = f"{PF_PREFIX}student."
+
+
+def _plain(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _students_in(table: pd.DataFrame) -> list[dict[str, float | None]]:
+    """The distinct students of a meta-dataset table, as their ``pf_student.*`` columns."""
+    cols = sorted(c for c in table.columns if c.startswith(_STUDENT_PREFIX))
+    if not cols:
+        return []
+    rows = table[cols].astype(float).drop_duplicates()
+    return [{c: _plain(v) for c, v in row.items()} for _, row in rows.iterrows()]
+
+
+def describe_student(student: Mapping[str, float | None]) -> str:
+    """``pf_student.*`` columns in words, e.g. 'fresh 4-layer hidden-128' or 'truncated 2-layer'."""
+    kind = next((c.split("=", 1)[1] for c, v in student.items() if c.startswith(f"{_STUDENT_PREFIX}kind=") and v),
+                "?")
+    layers, hidden = student.get(f"{_STUDENT_PREFIX}num_layers"), student.get(f"{_STUDENT_PREFIX}hidden_size")
+    return " ".join([kind, *([f"{layers:.0f}-layer"] if layers else []), *([f"hidden-{hidden:.0f}"] if hidden else [])])
 
 
 def _importances(model: PipelineScoreRegressor, X: np.ndarray, y: np.ndarray, cols: list[str],
