@@ -1,5 +1,5 @@
 """`autodistill meta ...`: the meta-dataset (``build``, ``status``, ``import-distiller``) and the meta-model
-(``evaluate``, ``fit``, ``decide``, ``pilot``)."""
+(``evaluate``, ``fit``, ``decide``, ``pilot``, ``unseen``)."""
 from __future__ import annotations
 
 import argparse
@@ -280,6 +280,39 @@ def add_meta_model_commands(meta_commands: Commands) -> None:
     pl.add_argument("--datasets-root", default=DATASETS_DIR, type=Path,
                     help="dataset copies to rebuild old records' dev slices from (default: meta_dataset/datasets)")
     pl.set_defaults(func=run_pilot)
+
+    u = meta_commands.add_parser("unseen", help="the recommender on datasets the meta-dataset never saw: its pick vs "
+                                 "the fair single best and vanilla KD at the product's default budget")
+    u.add_argument("--datasets", required=True, help="comma-separated dataset folder names under --datasets-root")
+    u.add_argument("--datasets-root", required=True, type=Path, help="folder of dataset folders")
+    u.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="meta-model folder (the product's)")
+    u.add_argument("--records", nargs="+", default=[V2_RUNS], help="the records the fair single best comes from "
+                   "(default: meta_dataset/v2/runs)")
+    u.add_argument("--out", required=True, type=Path, help="folder: plans/, runs/, report.md")
+    u.add_argument("--seeds", default="42,43", help="comma-separated student seeds (default: 42,43)")
+    u.add_argument("--config", help="budget config (YAML/JSON) instead of the product's default PipelineConfig()")
+    u.add_argument("--max-train-examples", type=int, help="train on a seeded subsample of this many rows")
+    u.add_argument("--limit", type=int, help="train at most N runs in this invocation")
+    u.add_argument("--report-only", action="store_true", help="write the report from the runs so far")
+    u.set_defaults(func=run_unseen_test)
+
+
+def run_unseen_test(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, load_config
+    from ..meta.unseen import run_unseen, write_unseen_report
+
+    try:
+        if not args.report_only:
+            budget = load_config(args.config) if args.config else None
+            run_unseen(args.datasets_root, [d.strip() for d in args.datasets.split(",") if d.strip()],
+                       model_dir=args.model, records=args.records, out=args.out,
+                       seeds=[int(s) for s in args.seeds.split(",")], budget=budget,
+                       max_train_examples=args.max_train_examples, limit=args.limit)
+        print(write_unseen_report(args.out).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_pilot(args: argparse.Namespace) -> int:

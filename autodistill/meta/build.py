@@ -279,24 +279,33 @@ def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str
         raise TeacherMismatch(f"{ctx.name}: this run's teacher scores {m['teacher_score']:.6f}, the dataset's "
                               f"features file {ctx.teacher_score:.6f}; not recorded (a teacher changed: clear "
                               f"the teacher cache or the features file and rebuild the dataset)")
-    record = RunRecord.create(
-        dataset_fingerprint=m["dataset_fingerprint"], meta_features=ctx.meta_features,
-        config=cfg, metrics=m, teacher_score=m["teacher_score"], wall_seconds=wall,
-        student_parameters=m.get("student_parameters"), status="ok", params={"candidate": candidate},
-        source="autodistill-meta-build", dataset=ctx.name, candidate=candidate,
-        dataset_group=dataset_of_context(ctx.name), train_size=m.get("train_examples"),
-        target={"score": m["student_score"], "ratio": m.get("score_ratio"), "metric": m["metric"],
-                "majority_baseline": m.get("majority_baseline")},
-        provenance={
-            "build_version": BUILD_VERSION, "portfolio_version": PORTFOLIO_VERSION, "engine_version": ENGINE_VERSION,
-            "meta_features_version": META_FEATURES_VERSION, "preset": preset, "preset_hash": preset_hash(preset),
-            "preset_override": dict(override or {}), "seed": seed, "machine": machine_info(),
-            "wall_seconds": round(wall, 2), "candidate": candidate,
-            "regression_adapted": ctx.task_type == "regression", "git": git_commit(),
-        })
+    record = run_record(cfg, m, wall, meta_features=ctx.meta_features, context=ctx.name, candidate=candidate,
+                        source="autodistill-meta-build", provenance={
+                            "build_version": BUILD_VERSION, "portfolio_version": PORTFOLIO_VERSION,
+                            "engine_version": ENGINE_VERSION, "meta_features_version": META_FEATURES_VERSION,
+                            "preset": preset, "preset_hash": preset_hash(preset),
+                            "preset_override": dict(override or {}), "seed": seed,
+                            "regression_adapted": ctx.task_type == "regression"})
     if not store.append(record):
         raise RuntimeError(f"{ctx.name}: {candidate}'s record has the key of an existing record (same config)")
     return wall
+
+
+def run_record(cfg, metrics: Mapping[str, Any], wall: float, *, meta_features: Mapping[str, Any], context: str,
+               candidate: str, source: str, provenance: Mapping[str, Any]) -> RunRecord:
+    """The record of one finished run of ``candidate`` on ``context`` (``metrics``: the run's), with the
+    machine, wall time and git commit added to ``provenance``."""
+    m = metrics
+    return RunRecord.create(
+        dataset_fingerprint=m["dataset_fingerprint"], meta_features=meta_features,
+        config=cfg, metrics=m, teacher_score=m["teacher_score"], wall_seconds=wall,
+        student_parameters=m.get("student_parameters"), status="ok", params={"candidate": candidate},
+        source=source, dataset=context, candidate=candidate,
+        dataset_group=dataset_of_context(context), train_size=m.get("train_examples"),
+        target={"score": m["student_score"], "ratio": m.get("score_ratio"), "metric": m["metric"],
+                "majority_baseline": m.get("majority_baseline")},
+        provenance={**provenance, "machine": machine_info(), "wall_seconds": round(wall, 2), "candidate": candidate,
+                    "git": git_commit()})
 
 
 def _claim(out: Path, name: str) -> FileLock | None:

@@ -1,0 +1,199 @@
+"""The recommender on datasets the meta-dataset never saw (issue 16's final test).
+
+For each dataset, at the budget a user gets by default (``PipelineConfig()`` on all of the dataset's rows:
+what ``autodistill recommend`` hands over as ``top_config``; a given ``budget`` config replaces it), three
+arms are trained at the same student seeds:
+
+- ``recommended``: the product's first pick (:func:`~autodistill.meta.warm_start.choose_warm_start`: the
+  meta-model's top 1, or the portfolio's first member when the model's stored decision says portfolio);
+- ``single_best``: the fair single best of the records (:func:`~autodistill.meta.warm_start.candidate_effects`
+  on the table the product's model is fitted on);
+- ``vanilla_kd``.
+
+Arms with the same pipeline share their runs. The arms of a dataset are fixed the first time it is
+planned (``<out>/plans/<dataset>.json``); runs go to ``<out>/runs/<dataset>.jsonl`` and a rerun only
+adds what is missing. :func:`unseen_report` pairs the arms per dataset (mean ratio over the seeds) and
+over datasets (wins / ties / losses, Wilcoxon p, bootstrap CI of the mean difference).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..config import PipelineConfig, pipeline_only, with_pipeline
+from ..records import RecordStore
+from .build import run_record
+from .evaluate import markdown_table, paired_comparison
+from .fitting import meta_model_table
+from .portfolio import RENAMED_CANDIDATES, candidate_config
+from .table import drop_uninformative
+from .warm_start import candidate_effects, choose_warm_start
+
+ARMS = ("recommended", "single_best", "vanilla_kd")
+SOURCE = "autodistill-meta-unseen"
+
+
+@dataclass
+class Arm:
+    name: str
+    candidate: str
+    pipeline: dict[str, Any]
+
+
+def fair_single_best(records: str | Path | Sequence[str | Path]) -> str:
+    """The fair single best of the records, on the table the product's meta-model is fitted on (datasets
+    whose teacher is no better than the majority class left out)."""
+    table, _ = drop_uninformative(meta_model_table(records))
+    name = str(candidate_effects(table).idxmax())
+    return RENAMED_CANDIDATES.get(name, name)
+
+
+def _portfolio_pipeline(name: str, task_type: str) -> dict[str, Any]:
+    cfg = candidate_config(name, task_type)
+    if cfg is None:
+        raise ValueError(f"candidate {name!r} does not apply to a {task_type} task")
+    return pipeline_only(cfg)
+
+
+def plan_arms(budget: PipelineConfig, model_dir: str | Path, single_best: str) -> dict[str, Any]:
+    """The arms of one dataset (``budget.data`` names it), from its meta-features on the rows trained on."""
+    from .recommend import recommend_for
+
+    rec, _, feats = recommend_for(budget.data, model_dir, top_k=1, backbone=budget.teacher.backbone, budget=budget)
+    start = choose_warm_start(rec, model_dir, feats, 1, budget=budget)
+    top = start.recommendations[0]
+    task_type = "regression" if feats.get("is_regression") else "classification"
+    arms = [Arm("recommended", top.candidate, top.config),
+            Arm("single_best", single_best, _portfolio_pipeline(single_best, task_type)),
+            Arm("vanilla_kd", "vanilla_kd", _portfolio_pipeline("vanilla_kd", task_type))]
+    return {"arms": [asdict(a) for a in arms], "warm_start_source": start.source, "reason": start.reason,
+            "predicted_ratio": top.predicted_score, "meta_features": feats, "model_dir": str(model_dir),
+            "student_outside_training": top.why.get("student_outside_training"),
+            "planned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _budget_for(budget: PipelineConfig | None, path: Path, max_train_examples: int | None) -> PipelineConfig:
+    base = budget or PipelineConfig()
+    update = {"train": str(path), "validation": None}
+    if max_train_examples:
+        update["max_train_examples"] = max_train_examples
+    return base.model_copy(update={"data": base.data.model_copy(update=update)})
+
+
+def _seed_of(record) -> int:
+    return int(record.provenance.get("seed", record.seed))
+
+
+def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir: str | Path,
+               records: str | Path | Sequence[str | Path], out: str | Path, seeds: Sequence[int] = (42, 43),
+               budget: PipelineConfig | None = None, max_train_examples: int | None = None,
+               limit: int | None = None, log: Callable[[str], None] = print) -> int:
+    """Plan and train the missing (dataset, arm pipeline, seed) runs; at most ``limit``. Returns the
+    number of runs trained."""
+    from ..distill import run_distillation
+
+    root, out = Path(datasets_root), Path(out)
+    missing = [d for d in datasets if not (root / d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"datasets not found under {root}: {missing}")
+    single_best = fair_single_best(records)
+    ran = 0
+    for dataset in datasets:
+        cfg = _budget_for(budget, root / dataset, max_train_examples)
+        plan_file = out / "plans" / f"{dataset}.json"
+        if plan_file.is_file():
+            plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        else:
+            plan = {"dataset": dataset, "seeds": list(seeds), "budget": cfg.to_dict(), "single_best_of": str(records),
+                    **plan_arms(cfg, model_dir, single_best)}
+            plan_file.parent.mkdir(parents=True, exist_ok=True)
+            plan_file.write_text(json.dumps(plan, indent=2, default=float), encoding="utf-8")
+        arms = [Arm(**a) for a in plan["arms"]]
+        log(f"[{dataset}] " + ", ".join(f"{a.name}: {a.candidate}" for a in arms))
+        store = RecordStore(out / "runs" / f"{dataset}.jsonl")
+        done = {(r.candidate, _seed_of(r)) for r in store}
+        distinct = list(dict.fromkeys(a.candidate for a in arms))
+        for seed in plan["seeds"]:
+            for candidate in distinct:
+                if (candidate, seed) in done:
+                    continue
+                if limit is not None and ran >= limit:
+                    return ran
+                pipeline = next(a.pipeline for a in arms if a.candidate == candidate)
+                run_cfg = with_pipeline(PipelineConfig.model_validate(plan["budget"]), pipeline)
+                run_cfg = run_cfg.model_copy(update={"optim": run_cfg.optim.model_copy(update={"seed": seed})})
+                log(f"[{dataset}] {candidate} (seed {seed}) ...")
+                t0 = time.perf_counter()
+                result = run_distillation(run_cfg)
+                wall = time.perf_counter() - t0
+                store.append(run_record(run_cfg, result.metrics, wall, meta_features=plan["meta_features"],
+                                        context=dataset, candidate=candidate, source=SOURCE, provenance={
+                                            "seed": seed, "arms": [a.name for a in arms if a.candidate == candidate],
+                                            "model_dir": plan["model_dir"]}))
+                ran += 1
+                log(f"[{dataset}] {candidate} (seed {seed}): ratio {result.metrics.get('score_ratio') or 0:.4f} "
+                    f"in {wall:.0f} s")
+    return ran
+
+
+def unseen_table(out: str | Path) -> pd.DataFrame:
+    """One row per (dataset, arm): its candidate and the ratio per seed and their mean (NaN while a seed
+    is missing)."""
+    out = Path(out)
+    rows = []
+    for plan_file in sorted((out / "plans").glob("*.json")):
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        ratios = {(r.candidate, _seed_of(r)): (r.target or {}).get("ratio")
+                  for r in RecordStore(out / "runs" / f"{plan['dataset']}.jsonl")}
+        for arm in plan["arms"]:
+            per_seed = [ratios.get((arm["candidate"], s)) for s in plan["seeds"]]
+            values = [np.nan if v is None else float(v) for v in per_seed]
+            rows.append({"dataset": plan["dataset"], "arm": arm["name"], "candidate": arm["candidate"],
+                         **{f"seed_{s}": v for s, v in zip(plan["seeds"], values)},
+                         "ratio": float(np.mean(values)) if all(np.isfinite(values)) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def unseen_comparisons(table: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """``recommended`` against each other arm over the datasets where both are complete: d = the
+    recommendation's mean ratio − the arm's (> 0: the recommendation is better)."""
+    wide = table.pivot_table(index="dataset", columns="arm", values="ratio", aggfunc="first")
+    rows = []
+    for other in ARMS[1:]:
+        if "recommended" not in wide or other not in wide:
+            continue
+        both = wide[["recommended", other]].dropna()
+        stats = paired_comparison(-both["recommended"].to_numpy(), -both[other].to_numpy(), n_boot=n_boot)
+        rows.append({"comparison": f"recommended vs {other}", **stats})
+    return pd.DataFrame(rows)
+
+
+def write_unseen_report(out: str | Path) -> Path:
+    out = Path(out)
+    table = unseen_table(out)
+    if table.empty:
+        raise FileNotFoundError(f"no planned datasets under {out / 'plans'}")
+    comparisons = unseen_comparisons(table)
+    table.to_csv(out / "per_dataset.csv", index=False)
+    seed_cols = [c for c in table.columns if c.startswith("seed_")]
+    spread = table[seed_cols].max(axis=1) - table[seed_cols].min(axis=1)
+    lines = ["# The recommender on datasets the meta-dataset never saw", "",
+             "Each dataset at the product's default budget (`PipelineConfig()` on all its rows unless the plan "
+             "says otherwise); ratio = student/teacher on the validation split, mean over the seeds. "
+             "`recommended` is the product's first pick, `single_best` the fair single best of the records.", "",
+             markdown_table(table.set_index("dataset")), "",
+             f"Seed spread (max − min ratio of one arm over its seeds): median {np.nanmedian(spread):.4f}, "
+             f"max {np.nanmax(spread):.4f}." if spread.notna().any() else "No arm has all its seeds yet.", "",
+             "## Paired over datasets", "",
+             "d = the recommendation's ratio − the other arm's (> 0: the recommendation is better); wins / ties / "
+             "losses of the recommendation; two-sided Wilcoxon p; 95 % percentile bootstrap CI of the mean d.", "",
+             markdown_table(comparisons.set_index("comparison")) if not comparisons.empty else "(no complete pair)"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

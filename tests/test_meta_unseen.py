@@ -1,0 +1,65 @@
+"""`autodistill meta unseen`: the recommender's pick against the fair single best and vanilla KD on datasets
+the meta-dataset never saw, trained for real (tiny models), resumable, paired in a report."""
+from __future__ import annotations
+
+import json
+
+from autodistill.data import bundled_dataset_path
+from autodistill.meta.portfolio import META_PRESET, candidate_config
+from autodistill.meta.recommender import Recommender
+from autodistill.meta.table import records_to_table
+from autodistill.meta.unseen import fair_single_best, run_unseen, unseen_table, write_unseen_report
+from autodistill.records import RecordStore, RunRecord
+
+
+def _records(folder):
+    """Three datasets where mixup is the best pipeline everywhere (so it is the fair single best)."""
+    store = RecordStore(folder / "runs.jsonl")
+    for d in range(3):
+        for name, y in (("vanilla_kd", 0.80), ("mixup", 0.86), ("kd_kl_t4", 0.82)):
+            store.append(RunRecord.create(
+                dataset_fingerprint=f"fp{d}", meta_features={"log_n_train": 6.0 + d}, config=candidate_config(name),
+                metrics={"student_score": y + 0.01 * d}, teacher_score=0.9, wall_seconds=1.0, student_parameters=1,
+                status="completed", search={"dataset": f"ds{d}", "candidate": name}))
+    return store
+
+
+def _tiny_dataset(root, name, rows=48):
+    src = bundled_dataset_path()
+    (root / name).mkdir(parents=True)
+    for split, n in (("train", rows), ("validation", rows // 2)):
+        lines = (src / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+        (root / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_path, tiny_backbone):
+    from autodistill.config import PipelineConfig
+
+    store = _records(tmp_path / "records")
+    assert fair_single_best(tmp_path / "records") == "mixup"
+    Recommender.fit(records_to_table(store.read()), method="rf", model_params={"n_estimators": 10}).save(
+        tmp_path / "model")
+    for name in ("alpha", "beta"):
+        _tiny_dataset(tmp_path / "data", name)
+    budget = PipelineConfig.model_validate({
+        "teachers": [{"backbone": tiny_backbone, "epochs": 2, "learning_rate": 3e-3}],
+        "student": {"num_layers": 1}, "data": {"max_length": 32},
+        "optim": {"epochs": 2, "batch_size": 16, "eval_batch_size": 64}})
+    kwargs = dict(model_dir=tmp_path / "model", records=tmp_path / "records", out=tmp_path / "out", seeds=(1, 2),
+                  budget=budget, log=lambda _: None)
+    assert run_unseen(tmp_path / "data", ["alpha"], limit=1, **kwargs) == 1            # bounded by --limit
+    ran = run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs)
+    plans = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out" / "plans").glob("*.json")}
+    assert set(plans) == {"alpha", "beta"}
+    for plan in plans.values():
+        arms = {a["name"]: a["candidate"] for a in plan["arms"]}
+        assert set(arms) == {"recommended", "single_best", "vanilla_kd"} and arms["single_best"] == "mixup"
+        assert plan["budget"]["teachers"][0]["backbone"] == tiny_backbone   # the given budget, not the build's
+        assert plan["budget"]["data"]["max_train_examples"] is None         # all of the dataset's rows
+    distinct = sum(len({a["candidate"] for a in p["arms"]}) for p in plans.values())
+    assert ran + 1 == 2 * distinct                                          # every distinct pipeline x 2 seeds
+    assert run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs) == 0   # resumed: nothing left
+    table = unseen_table(tmp_path / "out")
+    assert len(table) == 6 and table["ratio"].notna().all() and (table["ratio"] > 0).all()
+    report = write_unseen_report(tmp_path / "out").read_text()
+    assert "recommended vs single_best" in report and "recommended vs vanilla_kd" in report
