@@ -131,7 +131,10 @@ def test_a_student_the_model_never_saw_is_said(tmp_path):
     assert all("student_outside_training" not in r.why for r in same)
     other = rec.recommend({"log_n_train": 7.0}, top_k=2, budget=PipelineConfig())
     note = other[0].why["student_outside_training"]
-    assert "fresh 4-layer hidden-128" in note and "yours (truncated 2-layer)" in note, note
+    assert "fresh 4-layer hidden-128 4-head ffn-512 students" in note, note
+    assert "yours (truncated 2-layer (uniform layers))" in note, note
+    first = PipelineConfig.model_validate({"student": {**STUDENT_PRESETS["fresh4x128"], "layer_selection": "first"}})
+    assert rec.student_outside_training(first) is None          # a fresh student has no layer selection
     assert rec.recommend({"log_n_train": 7.0}, top_k=1)[0].why.get("student_outside_training") is None  # no budget
     rec.save(tmp_path / "model")
     assert Recommender.load(tmp_path / "model").student_outside_training(PipelineConfig()) == note

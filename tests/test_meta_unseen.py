@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from autodistill.config import pipeline_only, with_pipeline
 from autodistill.data import bundled_dataset_path
 from autodistill.meta.portfolio import META_PRESET, candidate_config
 from autodistill.meta.recommender import Recommender
 from autodistill.meta.table import records_to_table
-from autodistill.meta.unseen import fair_single_best, run_unseen, unseen_table, write_unseen_report
+from autodistill.meta.unseen import (fair_single_best, run_unseen, unseen_comparisons, unseen_table,
+                                     write_unseen_report)
 from autodistill.records import RecordStore, RunRecord
 
 
@@ -47,19 +51,39 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
         "optim": {"epochs": 2, "batch_size": 16, "eval_batch_size": 64}})
     kwargs = dict(model_dir=tmp_path / "model", records=tmp_path / "records", out=tmp_path / "out", seeds=(1, 2),
                   budget=budget, log=lambda _: None)
-    assert run_unseen(tmp_path / "data", ["alpha"], limit=1, **kwargs) == 1            # bounded by --limit
-    ran = run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs)
+    assert run_unseen(tmp_path / "data", ["alpha"], limit=1, **kwargs) == (1, 0)       # bounded by --limit
+    ran, failed = run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs)
+    assert failed == 0
     plans = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out" / "plans").glob("*.json")}
     assert set(plans) == {"alpha", "beta"}
-    for plan in plans.values():
-        arms = {a["name"]: a["candidate"] for a in plan["arms"]}
-        assert set(arms) == {"recommended", "single_best", "vanilla_kd"} and arms["single_best"] == "mixup"
+    for name, plan in plans.items():
+        arms = {a["name"]: a for a in plan["arms"]}
+        assert set(arms) == {"recommended", "single_best", "vanilla_kd"} and arms["single_best"]["candidate"] == "mixup"
         assert plan["budget"]["teachers"][0]["backbone"] == tiny_backbone   # the given budget, not the build's
         assert plan["budget"]["data"]["max_train_examples"] is None         # all of the dataset's rows
-    distinct = sum(len({a["candidate"] for a in p["arms"]}) for p in plans.values())
-    assert ran + 1 == 2 * distinct                                          # every distinct pipeline x 2 seeds
-    assert run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs) == 0   # resumed: nothing left
+        # every run trained its arm's pipeline on the budget, and each arm's seeds are there
+        runs = RecordStore(tmp_path / "out" / "runs" / f"{name}.jsonl").read()
+        for arm in arms.values():
+            want = pipeline_only(with_pipeline(budget, arm["pipeline"]))
+            assert sorted(r.seed for r in runs if pipeline_only(r.config) == want) == [1, 2], arm["name"]
+    distinct = sum(len({json.dumps(a["pipeline"], sort_keys=True) for a in p["arms"]}) for p in plans.values())
+    assert ran + 1 == 2 * distinct                                          # arms that agree share their runs
+    assert run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs) == (0, 0)   # resumed: nothing left
+    with pytest.raises(ValueError, match="another seeds"):                 # a different plan needs a new --out
+        run_unseen(tmp_path / "data", ["alpha"], **{**kwargs, "seeds": (1,)})
     table = unseen_table(tmp_path / "out")
     assert len(table) == 6 and table["ratio"].notna().all() and (table["ratio"] > 0).all()
     report = write_unseen_report(tmp_path / "out").read_text()
     assert "recommended vs single_best" in report and "recommended vs vanilla_kd" in report
+
+
+def test_the_comparison_says_which_arm_is_better():
+    import pandas as pd
+    rows = [{"dataset": f"d{i}", "arm": arm, "ratio": r}
+            for i in range(5) for arm, r in (("recommended", 0.90 + 0.01 * i), ("single_best", 0.85),
+                                             ("vanilla_kd", 0.95 + 0.01 * i))]
+    comparisons = unseen_comparisons(pd.DataFrame(rows)).set_index("comparison")
+    better = comparisons.loc["recommended vs single_best"]
+    assert better["wins"] == 5 and better["mean_difference"] > 0 and better["ci_low"] > 0
+    worse = comparisons.loc["recommended vs vanilla_kd"]
+    assert worse["losses"] == 5 and abs(worse["mean_difference"] + 0.05) < 1e-9 and worse["ci_high"] < 0

@@ -301,18 +301,21 @@ def run_unseen_test(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config
     from ..meta.unseen import run_unseen, write_unseen_report
 
+    from ..meta.model_files import ModelVersionError
+    failed = 0
     try:
         if not args.report_only:
             budget = load_config(args.config) if args.config else None
-            run_unseen(args.datasets_root, [d.strip() for d in args.datasets.split(",") if d.strip()],
-                       model_dir=args.model, records=args.records, out=args.out,
-                       seeds=[int(s) for s in args.seeds.split(",")], budget=budget,
-                       max_train_examples=args.max_train_examples, limit=args.limit)
+            ran, failed = run_unseen(args.datasets_root, [d.strip() for d in args.datasets.split(",") if d.strip()],
+                                     model_dir=args.model, records=args.records, out=args.out,
+                                     seeds=[int(s) for s in args.seeds.split(",")], budget=budget,
+                                     max_train_examples=args.max_train_examples, limit=args.limit)
+            print(f"trained {ran} runs; {failed} dataset(s) failed (logged above; a rerun retries them)")
         print(write_unseen_report(args.out).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ConfigError, ValueError) as err:
+    except (FileNotFoundError, ConfigError, ValueError, ModelVersionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if failed else 0
 
 
 def run_pilot(args: argparse.Namespace) -> int:

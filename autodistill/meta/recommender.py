@@ -163,7 +163,7 @@ class Recommender:
             return None
         theirs = pipeline_features(budget)
         yours = {c: _plain(theirs.get(c)) for c in seen[0]}
-        if any(yours == student for student in seen):
+        if any(_student_fields(yours) == _student_fields(student) for student in seen):
             return None
         return (f"the meta-model was fitted on runs with {' and '.join(map(describe_student, seen))} students; "
                 f"yours ({describe_student(yours)}) is not among them, so the ranking is what worked for those")
@@ -241,12 +241,38 @@ def _students_in(table: pd.DataFrame) -> list[dict[str, float | None]]:
     return [{c: _plain(v) for c, v in row.items()} for _, row in rows.iterrows()]
 
 
+#: the fields that make a student of each kind (a cut student's width is the teacher's; a fresh one has no
+#: layer selection)
+_STUDENT_FIELDS = {"truncated": ("num_layers", "layer_selection"),
+                   "fresh": ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size")}
+
+
+def _student_fields(student: Mapping[str, float | None]) -> dict[str, Any]:
+    """A student's kind and the fields that matter for it, from its ``pf_student.*`` columns."""
+    def option(field: str) -> str | None:
+        return next((c.split("=", 1)[1] for c, v in student.items()
+                     if c.startswith(f"{_STUDENT_PREFIX}{field}=") and v), None)
+    kind = option("kind") or "?"
+    out: dict[str, Any] = {"kind": kind}
+    for name in _STUDENT_FIELDS.get(kind, ()):
+        out[name] = option(name) if name == "layer_selection" else student.get(f"{_STUDENT_PREFIX}{name}")
+    return out
+
+
 def describe_student(student: Mapping[str, float | None]) -> str:
-    """``pf_student.*`` columns in words, e.g. 'fresh 4-layer hidden-128' or 'truncated 2-layer'."""
-    kind = next((c.split("=", 1)[1] for c, v in student.items() if c.startswith(f"{_STUDENT_PREFIX}kind=") and v),
-                "?")
-    layers, hidden = student.get(f"{_STUDENT_PREFIX}num_layers"), student.get(f"{_STUDENT_PREFIX}hidden_size")
-    return " ".join([kind, *([f"{layers:.0f}-layer"] if layers else []), *([f"hidden-{hidden:.0f}"] if hidden else [])])
+    """``pf_student.*`` columns in words, e.g. 'fresh 4-layer hidden-128 4-head ffn-512' or
+    'truncated 2-layer (uniform layers)'."""
+    f = _student_fields(student)
+    words = [f["kind"]]
+    if f.get("num_layers"):
+        words.append(f"{f['num_layers']:.0f}-layer")
+    for key, label in (("hidden_size", "hidden-{:.0f}"), ("num_attention_heads", "{:.0f}-head"),
+                       ("intermediate_size", "ffn-{:.0f}")):
+        if f.get(key):
+            words.append(label.format(f[key]))
+    if f.get("layer_selection"):
+        words.append(f"({f['layer_selection']} layers)")
+    return " ".join(words)
 
 
 def _importances(model: PipelineScoreRegressor, X: np.ndarray, y: np.ndarray, cols: list[str],

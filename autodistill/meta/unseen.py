@@ -10,13 +10,15 @@ arms are trained at the same student seeds:
   on the table the product's model is fitted on);
 - ``vanilla_kd``.
 
-Arms with the same pipeline share their runs. The arms of a dataset are fixed the first time it is
-planned (``<out>/plans/<dataset>.json``); runs go to ``<out>/runs/<dataset>.jsonl`` and a rerun only
-adds what is missing. :func:`unseen_report` pairs the arms per dataset (mean ratio over the seeds) and
+Arms with the same pipeline (as run on the dataset's task) share their runs. What every dataset is scored
+with (model, single best, seeds, budget) is fixed by the first invocation (``<out>/manifest.json``), the
+arms of a dataset the first time it is planned (``<out>/plans/<dataset>.json``); runs go to
+``<out>/runs/<dataset>.jsonl`` and a rerun only adds what is missing. :func:`unseen_report` pairs the arms per dataset (mean ratio over the seeds) and
 over datasets (wins / ties / losses, Wilcoxon p, bootstrap CI of the mean difference).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,22 +30,23 @@ import pandas as pd
 
 from ..config import PipelineConfig, pipeline_only, with_pipeline
 from ..records import RecordStore
-from .build import run_record
+from .build import _claim, run_record
 from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
-from .portfolio import RENAMED_CANDIDATES, candidate_config
+from .portfolio import RENAMED_CANDIDATES, adapt_for_task, candidate_config
 from .table import drop_uninformative
 from .warm_start import candidate_effects, choose_warm_start
 
 ARMS = ("recommended", "single_best", "vanilla_kd")
 SOURCE = "autodistill-meta-unseen"
+MANIFEST = "manifest.json"
 
 
 @dataclass
 class Arm:
     name: str
     candidate: str
-    pipeline: dict[str, Any]
+    pipeline: dict[str, Any] | None   # None: the candidate does not apply to the dataset's task
 
 
 def fair_single_best(records: str | Path | Sequence[str | Path]) -> str:
@@ -54,26 +57,25 @@ def fair_single_best(records: str | Path | Sequence[str | Path]) -> str:
     return RENAMED_CANDIDATES.get(name, name)
 
 
-def _portfolio_pipeline(name: str, task_type: str) -> dict[str, Any]:
+def _portfolio_pipeline(name: str, task_type: str) -> dict[str, Any] | None:
     cfg = candidate_config(name, task_type)
-    if cfg is None:
-        raise ValueError(f"candidate {name!r} does not apply to a {task_type} task")
-    return pipeline_only(cfg)
+    return None if cfg is None else pipeline_only(cfg)
 
 
 def plan_arms(budget: PipelineConfig, model_dir: str | Path, single_best: str) -> dict[str, Any]:
-    """The arms of one dataset (``budget.data`` names it), from its meta-features on the rows trained on."""
+    """The arms of one dataset (``budget.data`` names it), from its meta-features on the rows trained on;
+    every arm's pipeline as it runs on the dataset's task."""
     from .recommend import recommend_for
 
     rec, _, feats = recommend_for(budget.data, model_dir, top_k=1, backbone=budget.teacher.backbone, budget=budget)
     start = choose_warm_start(rec, model_dir, feats, 1, budget=budget)
     top = start.recommendations[0]
     task_type = "regression" if feats.get("is_regression") else "classification"
-    arms = [Arm("recommended", top.candidate, top.config),
+    arms = [Arm("recommended", top.candidate, adapt_for_task(top.config, task_type)),
             Arm("single_best", single_best, _portfolio_pipeline(single_best, task_type)),
             Arm("vanilla_kd", "vanilla_kd", _portfolio_pipeline("vanilla_kd", task_type))]
-    return {"arms": [asdict(a) for a in arms], "warm_start_source": start.source, "reason": start.reason,
-            "predicted_ratio": top.predicted_score, "meta_features": feats, "model_dir": str(model_dir),
+    return {"arms": [asdict(a) for a in arms], "task_type": task_type, "warm_start_source": start.source,
+            "reason": start.reason, "predicted_ratio": top.predicted_score, "meta_features": feats,
             "student_outside_training": top.why.get("student_outside_training"),
             "planned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -86,74 +88,138 @@ def _budget_for(budget: PipelineConfig | None, path: Path, max_train_examples: i
     return base.model_copy(update={"data": base.data.model_copy(update=update)})
 
 
+def _pipeline_id(config: PipelineConfig | Mapping[str, Any]) -> str:
+    """What makes two runs the same pipeline: their KD sections as run (arms that agree share runs)."""
+    return hashlib.sha256(json.dumps(pipeline_only(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _seed_of(record) -> int:
     return int(record.provenance.get("seed", record.seed))
+
+
+def _manifest(out: Path, wanted: dict[str, Any]) -> dict[str, Any]:
+    """What every dataset of ``out`` is scored with (model, single best, seeds, budget): written by the
+    first invocation; a later one that asks for anything else is refused (its datasets would not pair)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted, indent=2, default=str), encoding="utf-8")
+        return wanted
+    have = json.loads(path.read_text(encoding="utf-8"))
+    differ = sorted(k for k in ("model", "seeds", "budget", "max_train_examples") if have.get(k) != wanted.get(k))
+    if differ:
+        raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}); use a new --out")
+    return have
+
+
+def _model_fingerprint(model_dir: Path) -> str:
+    from .model_files import MODEL_FILE, SIDECAR_FILE
+    digest = hashlib.sha256()
+    for name in (SIDECAR_FILE, MODEL_FILE):
+        digest.update((model_dir / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir: str | Path,
                records: str | Path | Sequence[str | Path], out: str | Path, seeds: Sequence[int] = (42, 43),
                budget: PipelineConfig | None = None, max_train_examples: int | None = None,
-               limit: int | None = None, log: Callable[[str], None] = print) -> int:
-    """Plan and train the missing (dataset, arm pipeline, seed) runs; at most ``limit``. Returns the
-    number of runs trained."""
-    from ..distill import run_distillation
-
-    root, out = Path(datasets_root), Path(out)
+               limit: int | None = None, log: Callable[[str], None] = print) -> tuple[int, int]:
+    """Plan and train the missing (dataset, arm pipeline, seed) runs, at most ``limit``; a dataset that
+    fails is logged and left for the next invocation, the others go on; a dataset another process holds
+    is skipped. Returns (runs trained, datasets failed)."""
+    root, out, model_dir = Path(datasets_root), Path(out), Path(model_dir)
     missing = [d for d in datasets if not (root / d).is_dir()]
     if missing:
         raise FileNotFoundError(f"datasets not found under {root}: {missing}")
-    single_best = fair_single_best(records)
-    ran = 0
+    base = budget or PipelineConfig()
+    manifest = _manifest(out, {
+        "model": {"dir": str(model_dir), "fingerprint": _model_fingerprint(model_dir)},
+        "records": [str(p) for p in ([records] if isinstance(records, (str, Path)) else records)],
+        "seeds": [int(s) for s in seeds], "budget": json.loads(json.dumps(base.to_dict(), default=str)),
+        "max_train_examples": max_train_examples})
+    if "single_best" not in manifest:
+        manifest["single_best"] = fair_single_best(records)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    ran = failed = 0
     for dataset in datasets:
-        cfg = _budget_for(budget, root / dataset, max_train_examples)
-        plan_file = out / "plans" / f"{dataset}.json"
-        if plan_file.is_file():
-            plan = json.loads(plan_file.read_text(encoding="utf-8"))
-        else:
-            plan = {"dataset": dataset, "seeds": list(seeds), "budget": cfg.to_dict(), "single_best_of": str(records),
-                    **plan_arms(cfg, model_dir, single_best)}
-            plan_file.parent.mkdir(parents=True, exist_ok=True)
-            plan_file.write_text(json.dumps(plan, indent=2, default=float), encoding="utf-8")
-        arms = [Arm(**a) for a in plan["arms"]]
-        log(f"[{dataset}] " + ", ".join(f"{a.name}: {a.candidate}" for a in arms))
-        store = RecordStore(out / "runs" / f"{dataset}.jsonl")
-        done = {(r.candidate, _seed_of(r)) for r in store}
-        distinct = list(dict.fromkeys(a.candidate for a in arms))
-        for seed in plan["seeds"]:
-            for candidate in distinct:
-                if (candidate, seed) in done:
-                    continue
-                if limit is not None and ran >= limit:
-                    return ran
-                pipeline = next(a.pipeline for a in arms if a.candidate == candidate)
-                run_cfg = with_pipeline(PipelineConfig.model_validate(plan["budget"]), pipeline)
-                run_cfg = run_cfg.model_copy(update={"optim": run_cfg.optim.model_copy(update={"seed": seed})})
-                log(f"[{dataset}] {candidate} (seed {seed}) ...")
-                t0 = time.perf_counter()
-                result = run_distillation(run_cfg)
-                wall = time.perf_counter() - t0
-                store.append(run_record(run_cfg, result.metrics, wall, meta_features=plan["meta_features"],
-                                        context=dataset, candidate=candidate, source=SOURCE, provenance={
-                                            "seed": seed, "arms": [a.name for a in arms if a.candidate == candidate],
-                                            "model_dir": plan["model_dir"]}))
-                ran += 1
-                log(f"[{dataset}] {candidate} (seed {seed}): ratio {result.metrics.get('score_ratio') or 0:.4f} "
-                    f"in {wall:.0f} s")
+        if limit is not None and ran >= limit:
+            break
+        claim = _claim(out, dataset)
+        if claim is None:
+            log(f"[{dataset}] held by another process: skipped")
+            continue
+        try:
+            ran += _run_dataset(root / dataset, dataset, manifest, base, out, None if limit is None else limit - ran,
+                                log)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - one dataset's failure is logged; the others go on
+            failed += 1
+            log(f"[{dataset}] failed: {type(err).__name__}: {err}")
+        finally:
+            claim.release()
+    return ran, failed
+
+
+def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], base: PipelineConfig, out: Path,
+                 limit: int | None, log: Callable[[str], None]) -> int:
+    from ..distill import run_distillation
+
+    cfg = _budget_for(base, path, manifest["max_train_examples"])
+    plan_file = out / "plans" / f"{dataset}.json"
+    if plan_file.is_file():
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    else:
+        plan = {"dataset": dataset, "seeds": manifest["seeds"], "budget": cfg.to_dict(),
+                **plan_arms(cfg, manifest["model"]["dir"], manifest["single_best"])}
+        plan_file.parent.mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(json.dumps(plan, indent=2, default=float), encoding="utf-8")
+    arms = [Arm(**a) for a in plan["arms"]]
+    log(f"[{dataset}] " + ", ".join(f"{a.name}: {a.candidate}" + ("" if a.pipeline else " (n/a to the task)")
+                                    for a in arms))
+    store = RecordStore(out / "runs" / f"{dataset}.jsonl")
+    done = {(_pipeline_id(r.config), _seed_of(r)) for r in store}
+    runs: dict[str, tuple[PipelineConfig, list[Arm]]] = {}
+    for arm in arms:
+        if arm.pipeline is not None:
+            run_cfg = with_pipeline(PipelineConfig.model_validate(plan["budget"]), arm.pipeline)
+            runs.setdefault(_pipeline_id(run_cfg), (run_cfg, []))[1].append(arm)
+    ran = 0
+    for seed in plan["seeds"]:
+        for pid, (run_cfg, sharing) in runs.items():
+            if (pid, seed) in done:
+                continue
+            if limit is not None and ran >= limit:
+                return ran
+            seeded = run_cfg.model_copy(update={"optim": run_cfg.optim.model_copy(update={"seed": seed})})
+            names = "/".join(dict.fromkeys(a.candidate for a in sharing))
+            log(f"[{dataset}] {names} (seed {seed}) ...")
+            t0 = time.perf_counter()
+            result = run_distillation(seeded)
+            wall = time.perf_counter() - t0
+            record = run_record(seeded, result.metrics, wall, meta_features=plan["meta_features"], context=dataset,
+                                candidate=sharing[0].candidate, source=SOURCE, provenance={
+                                    "seed": seed, "arms": [a.name for a in sharing], "model": manifest["model"]})
+            if not store.append(record):
+                raise RuntimeError(f"{dataset}: the record of {names} (seed {seed}) has the key of an existing one")
+            ran += 1
+            log(f"[{dataset}] {names} (seed {seed}): ratio {result.metrics.get('score_ratio') or 0:.4f} in {wall:.0f} s")
     return ran
 
 
 def unseen_table(out: str | Path) -> pd.DataFrame:
-    """One row per (dataset, arm): its candidate and the ratio per seed and their mean (NaN while a seed
-    is missing)."""
+    """One row per (dataset, arm): its candidate, the ratio per seed and their mean (NaN while a seed is
+    missing or the arm does not apply to the task)."""
     out = Path(out)
     rows = []
     for plan_file in sorted((out / "plans").glob("*.json")):
         plan = json.loads(plan_file.read_text(encoding="utf-8"))
-        ratios = {(r.candidate, _seed_of(r)): (r.target or {}).get("ratio")
+        ratios = {(_pipeline_id(r.config), _seed_of(r)): (r.target or {}).get("ratio")
                   for r in RecordStore(out / "runs" / f"{plan['dataset']}.jsonl")}
         for arm in plan["arms"]:
-            per_seed = [ratios.get((arm["candidate"], s)) for s in plan["seeds"]]
-            values = [np.nan if v is None else float(v) for v in per_seed]
+            pid = None if arm["pipeline"] is None else _pipeline_id(
+                with_pipeline(PipelineConfig.model_validate(plan["budget"]), arm["pipeline"]))
+            values = [np.nan if ratios.get((pid, s)) is None else float(ratios[(pid, s)]) for s in plan["seeds"]]
             rows.append({"dataset": plan["dataset"], "arm": arm["name"], "candidate": arm["candidate"],
                          **{f"seed_{s}": v for s, v in zip(plan["seeds"], values)},
                          "ratio": float(np.mean(values)) if all(np.isfinite(values)) else np.nan})
