@@ -308,7 +308,7 @@ def run_record(cfg, metrics: Mapping[str, Any], wall: float, *, meta_features: M
                     "git": git_commit()})
 
 
-def _claim(out: Path, name: str) -> FileLock | None:
+def claim_context(out: Path, name: str) -> FileLock | None:
     """This process's exclusive claim on a dataset, or None while another build process holds it:
     parallel builds (``--workers``, or two invocations) share the datasets without a fixed split."""
     lock = FileLock(str(out / f".{name}.building"))
@@ -419,7 +419,7 @@ def build(datasets_root: str | Path, datasets: Sequence[str] | None = None, port
         for dataset, size in pending:
             if limit_reached():
                 break
-            claim = _claim(out, context_name(dataset, size, student))
+            claim = claim_context(out, context_name(dataset, size, student))
             if claim is None:
                 held_elsewhere.append((dataset, size))
                 continue

@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..config import PipelineConfig, pipeline_only, with_pipeline
 from ..records import RecordStore
-from .build import _claim, run_record
+from .build import claim_context, run_record
 from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
 from .portfolio import RENAMED_CANDIDATES, adapt_for_task, candidate_config
@@ -144,7 +144,7 @@ def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir:
     for dataset in datasets:
         if limit is not None and ran >= limit:
             break
-        claim = _claim(out, dataset)
+        claim = claim_context(out, dataset)
         if claim is None:
             log(f"[{dataset}] held by another process: skipped")
             continue
