@@ -93,18 +93,24 @@ def _pipeline_id(config: PipelineConfig | Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(pipeline_only(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _arm_config(plan: Mapping[str, Any], pipeline: Mapping[str, Any]) -> PipelineConfig:
+    """An arm's run: its pipeline at the plan's budget."""
+    return with_pipeline(PipelineConfig.model_validate(plan["budget"]), pipeline)
+
+
 def _seed_of(record) -> int:
     return int(record.provenance.get("seed", record.seed))
 
 
-def _manifest(out: Path, wanted: dict[str, Any]) -> dict[str, Any]:
+def _manifest(out: Path, wanted: dict[str, Any], single_best: Callable[[], str]) -> dict[str, Any]:
     """What every dataset of ``out`` is scored with (model, single best, seeds, budget): written by the
     first invocation; a later one that asks for anything else is refused (its datasets would not pair)."""
     path = out / MANIFEST
     if not path.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(wanted, indent=2, default=str), encoding="utf-8")
-        return wanted
+        manifest = {**wanted, "single_best": single_best()}
+        path.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        return manifest
     have = json.loads(path.read_text(encoding="utf-8"))
     differ = sorted(k for k in ("model", "seeds", "budget", "max_train_examples") if have.get(k) != wanted.get(k))
     if differ:
@@ -136,10 +142,7 @@ def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir:
         "model": {"dir": str(model_dir), "fingerprint": _model_fingerprint(model_dir)},
         "records": [str(p) for p in ([records] if isinstance(records, (str, Path)) else records)],
         "seeds": [int(s) for s in seeds], "budget": json.loads(json.dumps(base.to_dict(), default=str)),
-        "max_train_examples": max_train_examples})
-    if "single_best" not in manifest:
-        manifest["single_best"] = fair_single_best(records)
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        "max_train_examples": max_train_examples}, single_best=lambda: fair_single_best(records))
     ran = failed = 0
     for dataset in datasets:
         if limit is not None and ran >= limit:
@@ -182,7 +185,7 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], base: Pi
     runs: dict[str, tuple[PipelineConfig, list[Arm]]] = {}
     for arm in arms:
         if arm.pipeline is not None:
-            run_cfg = with_pipeline(PipelineConfig.model_validate(plan["budget"]), arm.pipeline)
+            run_cfg = _arm_config(plan, arm.pipeline)
             runs.setdefault(_pipeline_id(run_cfg), (run_cfg, []))[1].append(arm)
     ran = 0
     for seed in plan["seeds"]:
@@ -217,8 +220,7 @@ def unseen_table(out: str | Path) -> pd.DataFrame:
         ratios = {(_pipeline_id(r.config), _seed_of(r)): (r.target or {}).get("ratio")
                   for r in RecordStore(out / "runs" / f"{plan['dataset']}.jsonl")}
         for arm in plan["arms"]:
-            pid = None if arm["pipeline"] is None else _pipeline_id(
-                with_pipeline(PipelineConfig.model_validate(plan["budget"]), arm["pipeline"]))
+            pid = None if arm["pipeline"] is None else _pipeline_id(_arm_config(plan, arm["pipeline"]))
             values = [np.nan if ratios.get((pid, s)) is None else float(ratios[(pid, s)]) for s in plan["seeds"]]
             rows.append({"dataset": plan["dataset"], "arm": arm["name"], "candidate": arm["candidate"],
                          **{f"seed_{s}": v for s, v in zip(plan["seeds"], values)},
