@@ -445,6 +445,7 @@ class BuildStatus:
     run_seconds: float                    # sum of the recorded runs' wall time
     teacher_seconds: float                # teacher fine-tuning + meta-features, from features/*.json
     mean_seconds: dict[str, float]        # candidate -> mean wall time of its recorded runs
+    missing_seconds: float = 0.0          # the missing runs and teachers, estimated (:func:`_missing_seconds`)
 
     @property
     def n_done(self) -> int:
@@ -455,10 +456,36 @@ class BuildStatus:
         return sum(map(len, self.missing.values()))
 
     def eta_seconds(self, processes: int = 1) -> float:
-        """Missing runs x their candidate's mean wall time (the overall mean for unseen candidates)."""
-        overall = self.run_seconds / self.n_done if self.n_done else 0.0
-        total = sum(len(ds) * self.mean_seconds.get(c, overall) for c, ds in self.missing.items())
-        return total / max(1, processes)
+        """The missing work's estimated wall time, shared by ``processes`` single-threaded processes."""
+        return self.missing_seconds / max(1, processes)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _missing_seconds(walls: Mapping[tuple[str, Any], list[float]], missing_units: Sequence[tuple[str, Any]],
+                     teacher_walls: Mapping[Any, list[float]], contexts_without_teacher: Sequence[Any]) -> float:
+    """Each missing (candidate, size) run at that candidate's mean at that size; where the candidate has no
+    run at that size, its mean at the other sizes scaled by how much slower that size is for every
+    candidate (a 2,000-row run costs ~3x a 500-row one); an unseen candidate at the overall mean. Each
+    context still without a teacher at that size's mean teacher time."""
+    every = [w for ws in walls.values() for w in ws]
+    overall = _mean(every) or 0.0
+    by_size = {size: _mean([w for (_, sz), ws in walls.items() if sz == size for w in ws])
+               for _, size in walls}
+
+    def estimate(candidate: str, size: Any) -> float:
+        here = _mean(walls.get((candidate, size), []))
+        if here is not None:
+            return here
+        elsewhere = _mean([w for (c, _), ws in walls.items() if c == candidate for w in ws])
+        base = elsewhere if elsewhere is not None else overall
+        return base * (by_size[size] / overall) if by_size.get(size) and overall else base
+
+    teachers_overall = _mean([w for ws in teacher_walls.values() for w in ws]) or 0.0
+    return (sum(estimate(c, size) for c, size in missing_units)
+            + sum(_mean(teacher_walls.get(size, [])) or teachers_overall for size in contexts_without_teacher))
 
 
 def _teacher_was_cached(record: RunRecord) -> bool:
@@ -485,28 +512,42 @@ def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | N
         phash = preset_hash(presets[size])
         recorded[label(name, seed)] = {r.candidate: r for r in _current_records(out, name)
                                        if r.seed == seed and r.provenance.get("preset_hash") == phash}
-    task_types, teacher_seconds = {}, 0.0
-    for name in dict.fromkeys(name for name, _, _ in units):
+    task_types, teacher_seconds, teacher_walls = {}, 0.0, {}
+    size_of = {name: size for name, size, _ in units}
+    for name in size_of:
         f = features_dir / f"{name}.json"
         stored = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
         if stored.get("build_version") == BUILD_VERSION:
             task_types[name] = stored.get("task_type")
-            teacher_seconds += float(stored.get("teacher_seconds") or 0) + float(stored.get("feature_seconds") or 0)
-            teacher_seconds += sum(float(r.get("seconds") or 0) for r in stored.get("teacher_refits", []))
+            first = float(stored.get("teacher_seconds") or 0) + float(stored.get("feature_seconds") or 0)
+            teacher_seconds += first + sum(float(r.get("seconds") or 0) for r in stored.get("teacher_refits", []))
+            teacher_walls.setdefault(size_of[name], []).append(first)
     done, missing, mean_seconds, run_seconds = {}, {}, {}, 0.0
+    walls_by_size: dict[tuple[str, Any], list[float]] = {}
+    missing_units: list[tuple[str, Any]] = []
+    contexts_with_work: set[str] = set()
     for c in candidates:
         done[c] = [label(n, s) for n, _, s in units if c in recorded[label(n, s)]]
-        missing[c] = [label(n, s) for n, size, s in units if c not in recorded[label(n, s)]
-                      and not _skip_reason(c, task_types.get(n) or "classification", presets[size])]
-        walls = [float(recorded[u][c].wall_seconds or 0) for u in done[c]]
+        todo = [(n, size, s) for n, size, s in units if c not in recorded[label(n, s)]
+                and not _skip_reason(c, task_types.get(n) or "classification", presets[size])]
+        missing[c] = [label(n, s) for n, _, s in todo]
+        missing_units += [(c, size) for _, size, _ in todo]
+        contexts_with_work.update(n for n, _, _ in todo)
+        walls = [float(recorded[label(n, s)][c].wall_seconds or 0) for n, _, s in units if c in recorded[label(n, s)]]
         run_seconds += sum(walls)
-        # the mean leaves out runs that fine-tuned their teacher first (before teachers were made
-        # apart from the runs, the first run on a dataset in a new session did)
-        plain = [w for w, u in zip(walls, done[c]) if _teacher_was_cached(recorded[u][c])]
+        # means leave out runs that fine-tuned their teacher first (before teachers were made apart
+        # from the runs, the first run on a dataset in a new session did)
+        for n, size, s in units:
+            record = recorded[label(n, s)].get(c)
+            if record is not None and _teacher_was_cached(record):
+                walls_by_size.setdefault((c, size), []).append(float(record.wall_seconds or 0))
+        plain = [w for (cand, _), ws in walls_by_size.items() if cand == c for w in ws]
         if plain:
             mean_seconds[c] = sum(plain) / len(plain)
+    without_teacher = [size for name, size in size_of.items() if name in contexts_with_work and name not in task_types]
     phashes = sorted({preset_hash(p) for p in presets.values()})
-    return BuildStatus(",".join(phashes), done, missing, run_seconds, teacher_seconds, mean_seconds)
+    return BuildStatus(",".join(phashes), done, missing, run_seconds, teacher_seconds, mean_seconds,
+                       _missing_seconds(walls_by_size, missing_units, teacher_walls, without_teacher))
 
 
 __all__ = ["BUILD_VERSION", "DEFAULT_DATASETS", "V2_DATASETS", "V2_SEEDS", "V2_STUDENT", "V2_TRAIN_SIZES", "BuildStatus", "BuildSummary", "build", "status", "preset_hash",
