@@ -119,3 +119,17 @@ def test_a_reference_absorbs_nothing_and_a_group_is_led_by_its_best_member():
                            index=["no_kd", "like_no_kd", "better", "best"])
     groups = merge_candidates(centred, pd.Series({"a": 0.01, "b": 0.01}), keep_first=["no_kd"])
     assert groups == {"no_kd": ["no_kd"], "best": ["best", "better", "like_no_kd"]}   # 2σ = 0.02 of "best"
+
+
+def test_runs_a_cap_stopped_are_told_apart_as_failures_or_still_rising():
+    def capped(cand, seed, best, trivial, best_step):
+        r = _rec("a", cand, seed, 0.5, steps=300, stop="max_epochs")
+        r["metrics"].update(best_dev_score=best, dev_trivial_score=trivial, best_step=best_step)
+        return r
+
+    records = [_rec("a", "no_kd", 42, 0.8), _rec("a", "no_kd", 43, 0.8),
+               capped("pkd", 42, 0.56, 0.56, 15),     # never beat the constant: a failure
+               capped("pkd", 43, 0.70, 0.56, 285),    # learned, best in the last quarter: maybe still rising
+               capped("late", 42, 0.70, 0.56, 120)]   # learned, best long before the cap: flat
+    row = pilot_report(records).convergence().loc["a"]
+    assert (row["runs"], row["capped"], row["capped_never_learned"], row["capped_still_rising"]) == (5, 3, 1, 1)

@@ -95,7 +95,8 @@ def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]],
         m = r.metrics or {}
         rows[(r.dataset_name, r.candidate_name, r.seed)] = {
             "context": r.dataset_name, "candidate": r.candidate_name, "seed": r.seed, "target": r.ratio,
-            "steps": m.get("steps"), "stop_reason": m.get("stop_reason"), "wall_seconds": r.wall_seconds}
+            "steps": m.get("steps"), "stop_reason": m.get("stop_reason"), "wall_seconds": r.wall_seconds,
+            "best_step": m.get("best_step"), "learned": _left_the_constant(m)}
     teachers = {}
     for r in map(RunRecord.of, records):
         teachers.setdefault(r.dataset_name, set()).add(round(float(r.teacher_score), 9))
@@ -103,7 +104,24 @@ def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]],
     if mixed:
         raise ValueError(f"runs of one context were made with different teachers: {mixed}")
     return pd.DataFrame(list(rows.values()), columns=["context", "candidate", "seed", "target", "steps", "stop_reason",
-                                                      "wall_seconds"])
+                                                      "wall_seconds", "best_step", "learned"])
+
+
+def _left_the_constant(metrics: Mapping[str, Any]) -> bool | None:
+    """Whether the best dev score beat the best constant prediction (None for records without both)."""
+    best, trivial = metrics.get("best_dev_score"), metrics.get("dev_trivial_score")
+    return None if best is None or trivial is None else bool(float(best) > float(trivial))
+
+
+def _capped(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["stop_reason"] != "plateau"]
+
+
+def still_rising(runs: pd.DataFrame, last: float = 0.25) -> pd.Series:
+    """Runs stopped by a cap (not a plateau) that had learned and found their best checkpoint in the last
+    ``last`` of their steps: curves that may still have been rising (the runs the rule means to avoid)."""
+    capped = _capped(runs)
+    return (capped["learned"] == True) & (capped["best_step"] >= (1 - last) * capped["steps"])  # noqa: E712
 
 
 def seed_sigma(runs: pd.DataFrame) -> pd.Series:
@@ -161,13 +179,22 @@ class PilotReport:
         return np.sign(self.centred).where(self.centred.abs() > tol, 0).astype(int)
 
     def convergence(self) -> pd.DataFrame:
+        """Per context: steps, how runs stopped, wall time; of the runs a cap stopped, how many never beat
+        the constant prediction (failures, not unconverged curves) and how many may still have been rising."""
         r = self.runs
-        return r.groupby("context").agg(runs=("target", "size"), median_steps=("steps", "median"),
+        out = r.groupby("context").agg(runs=("target", "size"), median_steps=("steps", "median"),
                                         max_steps=("steps", "max"),
                                         early_stopped=("stop_reason", lambda s: float(np.mean(
                                             [x == "plateau" for x in s]))),
                                         median_wall_s=("wall_seconds", "median"),
                                         total_wall_h=("wall_seconds", lambda s: float(np.nansum(s)) / 3600))
+        capped = _capped(r)
+        out = out.assign(
+            capped=capped.groupby("context").size().reindex(out.index, fill_value=0),
+            capped_never_learned=capped[capped["learned"] == False].groupby("context").size()  # noqa: E712
+            .reindex(out.index, fill_value=0),
+            capped_still_rising=capped[still_rising(r)].groupby("context").size().reindex(out.index, fill_value=0))
+        return out
 
 
 def pilot_report(records: Sequence[Mapping[str, Any]], keep_first: Sequence[str] = ("no_kd", "vanilla_kd"),
