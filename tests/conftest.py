@@ -102,21 +102,6 @@ def _ingest_workers_stop_with_the_session():
         sys.modules["service.datasets"].IngestWorkers.shutdown()
 
 
-# --------------------------------------------------------------------------- two workers
-# The suite runs on two pytest-xdist workers (`-n 2 --dist loadgroup`, pyproject). The modules that start
-# Ray (a head, a search, a service with its head) form one group, so they run one after another on one
-# worker: two Ray clusters side by side would share the two cores and their CPU counts would be wrong;
-# the other worker takes the rest of the suite meanwhile.
-RAY_MODULES = {"test_auto", "test_multinode", "test_search", "test_service_api", "test_service_hardening",
-               "test_service_integration", "test_service_remote"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
-
 # --------------------------------------------------------------------------- the exit
 # One full run in five ended "Segmentation fault" *after* the summary, all tests passed: a native thread
 # (Ray's, torch's or a tokenizer's) crashing the interpreter's finalisation. The suite's exit code is the
@@ -131,8 +116,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    is_xdist_worker = hasattr(config, "workerinput")   # a worker reports to the controller on its own exit
-    if "exitstatus" in _SESSION and not is_xdist_worker and os.environ.get("AUTODISTILL_TEST_HARD_EXIT", "1") == "1":
+    if "exitstatus" in _SESSION and os.environ.get("AUTODISTILL_TEST_HARD_EXIT", "1") == "1":
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_SESSION["exitstatus"])
