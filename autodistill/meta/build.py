@@ -533,13 +533,14 @@ def status(out: str | Path = "meta_dataset/v2/runs", datasets: Sequence[str] | N
         missing[c] = [label(n, s) for n, _, s in todo]
         missing_units += [(c, size) for _, size, _ in todo]
         contexts_with_work.update(n for n, _, _ in todo)
-        walls = [float(recorded[label(n, s)][c].wall_seconds or 0) for n, _, s in units if c in recorded[label(n, s)]]
-        run_seconds += sum(walls)
-        # means leave out runs that fine-tuned their teacher first (before teachers were made apart
-        # from the runs, the first run on a dataset in a new session did)
         for n, size, s in units:
             record = recorded[label(n, s)].get(c)
-            if record is not None and _teacher_was_cached(record):
+            if record is None:
+                continue
+            run_seconds += float(record.wall_seconds or 0)
+            # means leave out runs that fine-tuned their teacher first (before teachers were made apart
+            # from the runs, the first run on a dataset in a new session did)
+            if _teacher_was_cached(record):
                 walls_by_size.setdefault((c, size), []).append(float(record.wall_seconds or 0))
         plain = [w for (cand, _), ws in walls_by_size.items() if cand == c for w in ws]
         if plain:
