@@ -521,10 +521,15 @@ def test_the_status_eta_prices_each_size_and_the_missing_teachers():
     walls = {("a", 500): [10.0, 10.0], ("b", 500): [30.0], ("a", 2000): [40.0]}
     teachers = {500: [100.0], 2000: [300.0]}
     # a at 2000: its own mean there (40); b at 2000: its 500-row mean x how much slower 2000 rows are for
-    # every candidate (40 / mean of all runs 22.5); c, never run: the 2000-row mean of all runs (40)
+    # the candidates run at both sizes (a: 40 / 10); c, never run: the 2000-row mean of all runs (40)
     assert _missing_seconds(walls, [("a", 2000)], teachers, []) == 40.0
-    assert _missing_seconds(walls, [("b", 2000)], teachers, []) == pytest.approx(30.0 * 40.0 / 22.5)
-    assert _missing_seconds(walls, [("c", 2000)], teachers, []) == pytest.approx(22.5 * 40.0 / 22.5)
+    assert _missing_seconds(walls, [("b", 2000)], teachers, []) == pytest.approx(30.0 * 4.0)
+    assert _missing_seconds(walls, [("c", 2000)], teachers, []) == pytest.approx(40.0)
+    # no candidate at both sizes: the ratio of the sizes' means over all candidates (40 / 20)
+    assert _missing_seconds({("a", 500): [10.0], ("b", 500): [30.0], ("c", 2000): [40.0]},
+                            [("b", 2000)], {}, []) == pytest.approx(30.0 * 2.0)
+    # a size nothing ran at yet: priced like the sizes that have runs
+    assert _missing_seconds(walls, [("b", 8000)], {}, []) == pytest.approx(30.0)
     # two contexts still without a teacher, one per size
     assert _missing_seconds(walls, [], teachers, [500, 2000]) == 400.0
     assert _missing_seconds({}, [("a", 500)], {}, [500]) == 0.0   # nothing recorded: nothing to price from

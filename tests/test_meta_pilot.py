@@ -130,6 +130,7 @@ def test_runs_a_cap_stopped_are_told_apart_as_failures_or_still_rising():
     records = [_rec("a", "no_kd", 42, 0.8), _rec("a", "no_kd", 43, 0.8),
                capped("pkd", 42, 0.56, 0.56, 15),     # never beat the constant: a failure
                capped("pkd", 43, 0.70, 0.56, 285),    # learned, best in the last quarter: maybe still rising
-               capped("late", 42, 0.70, 0.56, 120)]   # learned, best long before the cap: flat
+               capped("late", 42, 0.70, 0.56, 120),   # learned, best long before the cap: flat
+               _rec("a", "late", 43, 0.6, steps=290, stop="interrupted")]   # stopped by hand: no cap
     row = pilot_report(records).convergence().loc["a"]
-    assert (row["runs"], row["capped"], row["capped_never_learned"], row["capped_still_rising"]) == (5, 3, 1, 1)
+    assert (row["runs"], row["capped"], row["capped_never_learned"], row["capped_still_rising"]) == (6, 3, 1, 1)

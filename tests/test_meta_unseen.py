@@ -77,6 +77,21 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     assert "recommended vs single_best" in report and "recommended vs vanilla_kd" in report
 
 
+def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_single_best(tmp_path):
+    from autodistill.meta.unseen import MANIFEST, _manifest
+
+    wanted = {"model": {"fingerprint": "f"}, "seeds": [1, 2], "budget": {}, "max_train_examples": None}
+    asked = []
+    pick = lambda: asked.append(1) or "mixup"   # noqa: E731
+    assert _manifest(tmp_path, wanted, pick)["single_best"] == "mixup"
+    assert _manifest(tmp_path, wanted, pick)["single_best"] == "mixup" and len(asked) == 1   # read, not re-picked
+    with pytest.raises(ValueError, match="another seeds"):
+        _manifest(tmp_path, {**wanted, "seeds": [1]}, pick)
+    (tmp_path / MANIFEST).write_text(json.dumps(wanted))                  # written by older code
+    assert _manifest(tmp_path, wanted, pick)["single_best"] == "mixup" and len(asked) == 2
+    assert json.loads((tmp_path / MANIFEST).read_text())["single_best"] == "mixup"
+
+
 def test_the_comparison_says_which_arm_is_better():
     import pandas as pd
     rows = [{"dataset": f"d{i}", "arm": arm, "ratio": r}

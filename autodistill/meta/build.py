@@ -464,24 +464,37 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _size_ratio(walls: Mapping[tuple[str, Any], list[float]], source: Any, target: Any) -> float:
+    """How much longer a run at size ``target`` takes than at ``source``: the mean, over the candidates
+    with runs at both sizes, of their own ratio (a 2,000-row run costs ~3x a 500-row one); with no such
+    candidate, the ratio of the two sizes' means over all candidates; 1 where ``target`` has no run yet."""
+    paired = [_mean(walls[(c, target)]) / _mean(ws) for (c, size), ws in walls.items()
+              if size == source and walls.get((c, target)) and _mean(ws)]
+    if paired:
+        return sum(paired) / len(paired)
+    at_source = _mean([w for (_, size), ws in walls.items() if size == source for w in ws])
+    at_target = _mean([w for (_, size), ws in walls.items() if size == target for w in ws])
+    return at_target / at_source if at_source and at_target else 1.0
+
+
 def _missing_seconds(walls: Mapping[tuple[str, Any], list[float]], missing_units: Sequence[tuple[str, Any]],
                      teacher_walls: Mapping[Any, list[float]], contexts_without_teacher: Sequence[Any]) -> float:
     """Each missing (candidate, size) run at that candidate's mean at that size; where the candidate has no
-    run at that size, its mean at the other sizes scaled by how much slower that size is for every
-    candidate (a 2,000-row run costs ~3x a 500-row one); an unseen candidate at the overall mean. Each
-    context still without a teacher at that size's mean teacher time."""
-    every = [w for ws in walls.values() for w in ws]
-    overall = _mean(every) or 0.0
-    by_size = {size: _mean([w for (_, sz), ws in walls.items() if sz == size for w in ws])
-               for _, size in walls}
+    run at that size, its mean at each other size times :func:`_size_ratio` (averaged over those sizes); a
+    candidate never run at the mean of all runs at that size. Each context still without a teacher at that
+    size's mean teacher time. A size nothing has run at yet is priced like the sizes that have: low."""
+    overall = _mean([w for ws in walls.values() for w in ws]) or 0.0
+    sizes = {size for _, size in walls}
 
     def estimate(candidate: str, size: Any) -> float:
         here = _mean(walls.get((candidate, size), []))
         if here is not None:
             return here
-        elsewhere = _mean([w for (c, _), ws in walls.items() if c == candidate for w in ws])
-        base = elsewhere if elsewhere is not None else overall
-        return base * (by_size[size] / overall) if by_size.get(size) and overall else base
+        scaled = [_mean(walls[(candidate, other)]) * _size_ratio(walls, other, size)
+                  for other in sizes if walls.get((candidate, other))]
+        if scaled:
+            return sum(scaled) / len(scaled)
+        return _mean([w for (_, sz), ws in walls.items() if sz == size for w in ws]) or overall
 
     teachers_overall = _mean([w for ws in teacher_walls.values() for w in ws]) or 0.0
     return (sum(estimate(c, size) for c, size in missing_units)

@@ -113,8 +113,11 @@ def _left_the_constant(metrics: Mapping[str, Any]) -> bool | None:
     return None if best is None or trivial is None else bool(float(best) > float(trivial))
 
 
+CAP_STOPS = ("max_steps", "max_epochs")  # the stop reasons of a budget cap (not a plateau, not an interruption)
+
+
 def _capped(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["stop_reason"] != "plateau"]
+    return runs[runs["stop_reason"].isin(CAP_STOPS)]
 
 
 def still_rising(runs: pd.DataFrame, last: float = 0.25) -> pd.Series:

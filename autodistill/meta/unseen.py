@@ -104,18 +104,20 @@ def _seed_of(record) -> int:
 
 def _manifest(out: Path, wanted: dict[str, Any], single_best: Callable[[], str]) -> dict[str, Any]:
     """What every dataset of ``out`` is scored with (model, single best, seeds, budget): written by the
-    first invocation; a later one that asks for anything else is refused (its datasets would not pair)."""
+    first invocation; a later one that asks for anything else is refused (its datasets would not pair).
+    A manifest written before the single best was kept in it gets it added once."""
     path = out / MANIFEST
-    if not path.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        manifest = {**wanted, "single_best": single_best()}
-        path.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-        return manifest
-    have = json.loads(path.read_text(encoding="utf-8"))
-    differ = sorted(k for k in ("model", "seeds", "budget", "max_train_examples") if have.get(k) != wanted.get(k))
-    if differ:
-        raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}); use a new --out")
-    return have
+    have = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if have is not None:
+        differ = sorted(k for k in ("model", "seeds", "budget", "max_train_examples") if have.get(k) != wanted.get(k))
+        if differ:
+            raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}); use a new --out")
+        if "single_best" in have:
+            return have
+    manifest = {**(have or wanted), "single_best": single_best()}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    return manifest
 
 
 def _model_fingerprint(model_dir: Path) -> str:
