@@ -56,30 +56,51 @@ def test_nothing_trainable_exits_non_zero_and_names_the_cause(tiny_backbone, tmp
     assert not (out / "best").exists()
 
 
-def test_progress_reaches_a_pipe_one_line_per_event_as_it_happens(tiny_backbone, tmp_path):
+def test_progress_reaches_a_pipe_as_it_happens_and_ctrl_c_keeps_the_student_and_says_how_to_resume(
+        tiny_backbone, tmp_path, capsys, monkeypatch):
+    """`auto` in a pipe prints one line per event while it runs; Ctrl-C after the first search trial keeps the
+    anchor's student and prints how to resume, and resuming reuses it. One run serves both checks."""
+    import signal
     space = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
     out = tmp_path / "auto"
     # a cache of its own: the teacher is fine-tuned here, not loaded from an earlier test's run
     env = {**cli_env(), "PYTHONPATH": str(REPO), "AUTODISTILL_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "autodistill.cli", "auto", "--data", CR, "--space", str(space), "--trials", "3",
-           "--seeds", "2", "--time-budget", "600", "--out", str(out)]
+    cmd = [sys.executable, "-m", "autodistill.cli", "auto", "--data", CR, "--space", str(space), "--trials", "4",
+           "--seeds", "2", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, start_new_session=True)
     lines, seen_while_running = [], set()
-    for line in proc.stdout:
-        lines.append(line.rstrip("\n"))
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if proc.poll() is None:
+                seen_while_running.update(tag for tag in ("[teacher]", "[anchor]", "[search]") if tag in line)
+            if "[search] trial" in line and "finished" in line:
+                os.kill(proc.pid, signal.SIGINT)   # Ctrl-C while the search runs
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
         if proc.poll() is None:
-            seen_while_running.update(tag for tag in ("[teacher]", "[anchor]", "[search]") if tag in line)
-    assert proc.wait(timeout=300) == 0, "\n".join(lines)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines += rest.splitlines()
     text = "\n".join(lines)
+    assert proc.returncode == 130, text
     assert seen_while_running == {"[teacher]", "[anchor]", "[search]"}, text   # not only at exit
     events = [ln for ln in lines if ln.startswith("[") and "] [" in ln]
     assert any("[teacher] epoch" in ln and "dev accuracy" in ln for ln in events), text
     assert any("[anchor] finished" in ln for ln in events), text
     for event in ("started", "reported dev", "finished"):
         assert any("[search] trial" in ln and event in ln and "best so far" in ln for ln in events), (event, text)
-    assert "== verdict ==" in text and "\r" not in text                      # no terminal bar in a pipe
+    assert "\r" not in text                                                    # no terminal bar in a pipe
     assert not any("Some weights" in ln or "INFO" in ln for ln in lines), text  # library chatter hidden
+    assert (out / "best" / "student" / "config.json").is_file(), text            # the anchor's student, kept
+    assert f"autodistill auto --resume --out {out}" in text and "== verdict ==" in text
+    # resuming reuses the completed anchor instead of training it again
+    monkeypatch.setenv("AUTODISTILL_CACHE", env["AUTODISTILL_CACHE"])
+    assert main(["auto", "--data", CR, "--space", str(space), "--trials", "1", "--seeds", "2", "--resume",
+                 "--out", str(out)]) == 0
+    assert "reusing the completed recommendation #1" in capsys.readouterr().err
 
 
 def test_slow_machine_is_flagged_early_with_what_fits():
@@ -116,37 +137,6 @@ def test_search_whose_budget_ends_before_any_student_says_so_and_fails(tiny_back
     assert code == 3, err
     assert "no trial completed within the time budget (1 s, --time-budget)" in err and "autodistill auto" in err
     assert not (out / "best").exists()
-
-
-def test_ctrl_c_keeps_the_completed_student_and_says_how_to_resume(tiny_backbone, tmp_path, capsys):
-    import signal
-    space = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
-    out = tmp_path / "auto"
-    env = {**cli_env(), "PYTHONPATH": str(REPO), "AUTODISTILL_CACHE": os.environ["AUTODISTILL_CACHE"]}
-    cmd = [sys.executable, "-m", "autodistill.cli", "auto", "--data", CR, "--space", str(space), "--trials", "4",
-           "--seeds", "2", "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "[search] trial" in line and "started" in line:
-                os.kill(proc.pid, signal.SIGINT)   # Ctrl-C while the search runs
-                break
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    text = "".join(lines) + rest
-    assert proc.returncode == 130, text
-    assert (out / "best" / "student" / "config.json").is_file(), text            # the anchor's student, kept
-    assert f"autodistill auto --resume --out {out}" in text and "== verdict ==" in text
-    # resuming reuses the completed anchor instead of training it again
-    assert main(["auto", "--data", CR, "--space", str(space), "--trials", "1", "--seeds", "2", "--resume",
-                 "--out", str(out)]) == 0
-    assert "reusing the completed recommendation #1" in capsys.readouterr().err
 
 
 def test_one_seed_means_the_anchor_alone(tiny_backbone, tmp_path):

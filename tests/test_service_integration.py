@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from service.ray_backend import LocalRayHead, free_ports
-from service_support import CR_TRAIN, tiny_search_body, wait_for
+from service_support import CR_TRAIN, TERMINAL, tiny_search_body, wait_for
 
 AUTODISTILL = str(Path(sys.executable).with_name("autodistill"))
 
@@ -100,7 +100,10 @@ def service(tmp_path, tiny_backbone):
     svc.stop_ray()
 
 
-def test_upload_recommend_search_download_over_http(service, tiny_backbone):
+def test_upload_recommend_search_survive_a_restart_and_download_over_http(service, tiny_backbone):
+    """One user's whole path: upload, recommend, search; the service restarts mid-search and finds the search
+    again (in its database and on Ray); then the best student downloads and loads. One scenario, so the suite
+    starts one service, one Ray head and one search instead of two of each."""
     key = service.create_key()
     service.start()
     with httpx.Client(base_url=service.url, headers=key, timeout=120) as http:
@@ -110,15 +113,26 @@ def test_upload_recommend_search_download_over_http(service, tiny_backbone):
         dataset = r.json()
         rec = http.post("/recommendations", json={"dataset_id": dataset["id"], "top_k": 3})
         assert rec.status_code == 200 and len(rec.json()["recommendations"]) == 3
-        r = http.post("/searches", json=tiny_search_body(dataset["id"], tiny_backbone, warm_start=True))
+        r = http.post("/searches", json=tiny_search_body(dataset["id"], tiny_backbone, trials=3, warm_start=True))
         assert r.status_code == 202, r.text
+        location = r.headers["location"]
         # the service started its own Ray head, on loopback, and recorded it
         head = json.loads((service.state_dir / "ray" / "head.json").read_text())
         assert head["dashboard_url"].startswith("http://127.0.0.1:")
         assert_loopback_only(int(head["dashboard_url"].rsplit(":", 1)[1]))   # job server + dashboard
-        final = wait_for(lambda: http.get(r.headers["location"]).json())
+        deadline = time.time() + 300
+        while (state := http.get(location).json()["state"]) != "running":
+            assert state not in TERMINAL and time.time() < deadline, state
+            time.sleep(1)
+    service.stop()                       # mid-search: the Ray job keeps running without the service
+    time.sleep(3)
+    service.start()
+    with httpx.Client(base_url=service.url, headers=key, timeout=120) as http:
+        final = wait_for(lambda: http.get(location).json())
         assert final["state"] == "succeeded", final
-        best = http.get(f"{r.headers['location']}/best").json()
+        assert final["progress"]["finished"] + final["progress"]["stopped_early"] == 3
+        assert http.get(f"{location}/trials").json()["total"] == 3
+        best = http.get(f"{location}/best").json()
         archive = http.get(best["download"])
         assert archive.status_code == 200
     extract = service.state_dir / "download"
@@ -133,27 +147,3 @@ def test_upload_recommend_search_download_over_http(service, tiny_backbone):
         logits = model(**tokenizer(["a fine product", "it broke"], return_tensors="pt", padding=True)).logits
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
     assert best["config"]["student"]["num_layers"] == model.config.num_hidden_layers
-
-
-def test_search_survives_a_service_restart(service, tiny_backbone):
-    key = service.create_key()
-    service.start()
-    with httpx.Client(base_url=service.url, headers=key, timeout=120) as http:
-        with open(CR_TRAIN, "rb") as fh:
-            dataset = http.post("/datasets", files={"file": ("cr.jsonl", fh)}).json()
-        r = http.post("/searches", json=tiny_search_body(dataset["id"], tiny_backbone, trials=3))
-        assert r.status_code == 202, r.text
-        location = r.headers["location"]
-        deadline = time.time() + 300
-        while http.get(location).json()["state"] not in ("running",):
-            assert time.time() < deadline
-            time.sleep(1)
-    service.stop()                       # mid-search: the Ray job keeps running without the service
-    time.sleep(3)
-    service.start()                      # finds the search again in its database and on Ray
-    with httpx.Client(base_url=service.url, headers=key, timeout=120) as http:
-        final = wait_for(lambda: http.get(location).json())
-        assert final["state"] == "succeeded", final
-        assert final["progress"]["finished"] + final["progress"]["stopped_early"] == 3
-        assert http.get(f"{location}/trials").json()["total"] == 3
-        assert http.get(f"{location}/best").status_code == 200

@@ -61,7 +61,7 @@ def test_a_remote_search_ships_code_and_data_and_reports_through_storage(tiny_ba
         backend, _ = backend_from_settings(settings)
         manager = SearchManager(store, backend, settings)
         assert manager.remote
-        request = {"space": "cpu-fast", "trials": 2, "max_concurrent_trials": 1, "time_budget": 600}
+        request = {"space": "cpu-fast", "trials": 2, "max_concurrent_trials": 2, "time_budget": 600}
         config = {"teachers": [{"backbone": tiny_backbone, "epochs": 2, "learning_rate": 3e-3}],
                   "data": {"max_length": 32}, "optim": {"eval_batch_size": 256, "epochs": 1}}
         search = manager.create("k", store.get_dataset(None, "ds1"), request, None, job_config=config)
