@@ -102,6 +102,27 @@ def _ingest_workers_stop_with_the_session():
         sys.modules["service.datasets"].IngestWorkers.shutdown()
 
 
+# --------------------------------------------------------------------------- two workers
+# The suite runs on two pytest-xdist workers (`-n 2 --dist loadfile` in pyproject: a module stays on one
+# worker). A module that starts Ray (a head, a search, a service with its head) holds one file lock shared by
+# the workers for its whole run, so two Ray clusters never run side by side (each would count both cores as
+# its own); the other worker runs the rest of the suite meanwhile. `-n 0` runs everything on one process.
+RAY_MODULES = {"test_auto", "test_multinode", "test_search", "test_service_api", "test_service_hardening",
+               "test_service_integration", "test_service_remote"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_ray_module_at_a_time(request, tmp_path_factory):
+    if request.module.__name__.rsplit(".", 1)[-1] not in RAY_MODULES:
+        yield
+        return
+    import fcntl
+    # a worker's basetemp is <the run's basetemp>/popen-gwN: its parent is the run's, shared by the workers
+    with open(tmp_path_factory.getbasetemp().parent / "ray-modules.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        yield
+
+
 # --------------------------------------------------------------------------- the exit
 # One full run in five ended "Segmentation fault" *after* the summary, all tests passed: a native thread
 # (Ray's, torch's or a tokenizer's) crashing the interpreter's finalisation. The suite's exit code is the
@@ -116,7 +137,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    if "exitstatus" in _SESSION and os.environ.get("AUTODISTILL_TEST_HARD_EXIT", "1") == "1":
+    is_xdist_worker = hasattr(config, "workerinput")   # a worker reports to the controller on its own exit
+    if "exitstatus" in _SESSION and not is_xdist_worker and os.environ.get("AUTODISTILL_TEST_HARD_EXIT", "1") == "1":
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_SESSION["exitstatus"])
