@@ -52,6 +52,9 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     kwargs = dict(model_dir=tmp_path / "model", records=tmp_path / "records", out=tmp_path / "out", seeds=(1, 2),
                   budget=budget, log=lambda _: None)
     assert run_unseen(tmp_path / "data", ["alpha"], limit=1, **kwargs) == (1, 0)       # bounded by --limit
+    partial = write_unseen_report(tmp_path / "out", ["alpha", "beta"]).read_text()
+    assert "## Not paired" in partial and "- beta: not run: no plan yet" in partial
+    assert "- alpha: incomplete: " in partial and "misses seed 2" in partial
     ran, failed = run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs)
     assert failed == 0
     plans = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out" / "plans").glob("*.json")}
@@ -73,8 +76,9 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
         run_unseen(tmp_path / "data", ["alpha"], **{**kwargs, "seeds": (1,)})
     table = unseen_table(tmp_path / "out")
     assert len(table) == 6 and table["ratio"].notna().all() and (table["ratio"] > 0).all()
-    report = write_unseen_report(tmp_path / "out").read_text()
+    report = write_unseen_report(tmp_path / "out", ["alpha", "beta"]).read_text()
     assert "recommended vs single_best" in report and "recommended vs vanilla_kd" in report
+    assert "Not paired" not in report
 
 
 def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_single_best(tmp_path):

@@ -304,14 +304,15 @@ def run_unseen_test(args: argparse.Namespace) -> int:
     from ..meta.model_files import ModelVersionError
     failed = 0
     try:
+        datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
         if not args.report_only:
             budget = load_config(args.config) if args.config else None
-            ran, failed = run_unseen(args.datasets_root, [d.strip() for d in args.datasets.split(",") if d.strip()],
+            ran, failed = run_unseen(args.datasets_root, datasets,
                                      model_dir=args.model, records=args.records, out=args.out,
                                      seeds=[int(s) for s in args.seeds.split(",")], budget=budget,
                                      max_train_examples=args.max_train_examples, limit=args.limit)
             print(f"trained {ran} runs; {failed} dataset(s) failed (logged above; a rerun retries them)")
-        print(write_unseen_report(args.out).read_text(encoding="utf-8"))
+        print(write_unseen_report(args.out, datasets).read_text(encoding="utf-8"))
     except (FileNotFoundError, ConfigError, ValueError, ModelVersionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

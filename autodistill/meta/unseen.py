@@ -14,7 +14,8 @@ Arms with the same pipeline (as run on the dataset's task) share their runs. Wha
 with (model, single best, seeds, budget) is fixed by the first invocation (``<out>/manifest.json``), the
 arms of a dataset the first time it is planned (``<out>/plans/<dataset>.json``); runs go to
 ``<out>/runs/<dataset>.jsonl`` and a rerun only adds what is missing. :func:`unseen_report` pairs the arms per dataset (mean ratio over the seeds) and
-over datasets (wins / ties / losses, Wilcoxon p, bootstrap CI of the mean difference).
+over datasets (wins / ties / losses, Wilcoxon p, bootstrap CI of the mean difference) and lists the datasets
+it cannot pair yet, with why.
 """
 from __future__ import annotations
 
@@ -225,7 +226,7 @@ def unseen_table(out: str | Path) -> pd.DataFrame:
             pid = None if arm["pipeline"] is None else _pipeline_id(_arm_config(plan, arm["pipeline"]))
             values = [np.nan if ratios.get((pid, s)) is None else float(ratios[(pid, s)]) for s in plan["seeds"]]
             rows.append({"dataset": plan["dataset"], "arm": arm["name"], "candidate": arm["candidate"],
-                         **{f"seed_{s}": v for s, v in zip(plan["seeds"], values)},
+                         "applies": arm["pipeline"] is not None, **{f"seed_{s}": v for s, v in zip(plan["seeds"], values)},
                          "ratio": float(np.mean(values)) if all(np.isfinite(values)) else np.nan})
     return pd.DataFrame(rows)
 
@@ -244,14 +245,33 @@ def unseen_comparisons(table: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_unseen_report(out: str | Path) -> Path:
+def _seed_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("seed_")]
+
+
+def unpaired_datasets(table: pd.DataFrame, datasets: Sequence[str] = ()) -> dict[str, str]:
+    """Each dataset that no comparison can pair yet (of the planned ones and ``datasets``), with why:
+    never planned (no run started), or which applicable arms still miss seeds."""
+    why = {d: "not run: no plan yet" for d in datasets if d not in set(table["dataset"])}
+    seed_cols = _seed_columns(table)
+    for dataset, rows in table[table["applies"]].groupby("dataset", sort=False):
+        gaps = [f"{row.arm} misses seed {col.removeprefix('seed_')}"
+                for row in rows.itertuples() for col in seed_cols if not np.isfinite(getattr(row, col))]
+        if gaps:
+            why[dataset] = "incomplete: " + ", ".join(gaps)
+    return why
+
+
+def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
+    """The report of ``out``; ``datasets``: every dataset asked for, so that one not yet planned is listed too."""
     out = Path(out)
     table = unseen_table(out)
     if table.empty:
         raise FileNotFoundError(f"no planned datasets under {out / 'plans'}")
     comparisons = unseen_comparisons(table)
+    unpaired = unpaired_datasets(table, datasets)
     table.to_csv(out / "per_dataset.csv", index=False)
-    seed_cols = [c for c in table.columns if c.startswith("seed_")]
+    seed_cols = _seed_columns(table)
     spread = table[seed_cols].max(axis=1) - table[seed_cols].min(axis=1)
     lines = ["# The recommender on datasets the meta-dataset never saw", "",
              "Each dataset at the product's default budget (`PipelineConfig()` on all its rows unless the plan "
@@ -264,6 +284,10 @@ def write_unseen_report(out: str | Path) -> Path:
              "d = the recommendation's ratio − the other arm's (> 0: the recommendation is better); wins / ties / "
              "losses of the recommendation; two-sided Wilcoxon p; 95 % percentile bootstrap CI of the mean d.", "",
              markdown_table(comparisons.set_index("comparison")) if not comparisons.empty else "(no complete pair)"]
+    if unpaired:
+        lines += ["", "## Not paired", "", "These datasets are in no comparison above (a comparison pairs the datasets "
+                  "where both of its arms have every seed):", ""]
+        lines += [f"- {dataset}: {why}" for dataset, why in unpaired.items()]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
