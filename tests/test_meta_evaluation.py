@@ -75,6 +75,19 @@ def test_complete_block_drops_the_dataset_that_lacks_candidates():
     assert ws.complete_block(sparse) == (["d1", "d2", "d3"], ["B"])               # never below half the datasets
 
 
+def test_complete_block_drops_all_train_sizes_of_a_dataset_together():
+    full, reg = {c: 0.5 for c in "ABCDEF"}, {"A": 0.2, "B": 0.3}
+    contexts = {"d1@n500": full, "d1@n2000": full, "d2@n500": full, "d2@n2000": full, "d3@n500": full,
+                "d3@n2000": full, "reg@n500": reg, "reg@n2000": reg}
+    t = _table(contexts)
+    t["group"] = t["dataset"].str.split("@").str[0]
+    assert ws.complete_block(t) == (sorted(c for c in contexts if not c.startswith("reg")), list("ABCDEF"))
+    # one size at a time, no single drop adds cells (7 x 2 < 8 x 2): the block would lose C-F
+    assert ws.complete_block(t.drop(columns="group"))[1] == ["A", "B"]
+    effects = ws.candidate_effects(t)
+    assert set(effects.index) == set("ABCDEF") and effects.max() - effects.min() < 1e-12   # all in the block
+
+
 def test_fair_single_best_is_the_mean_centred_target_on_a_complete_table():
     t = _table({"d1": {"A": 0.9, "B": 0.8}, "d2": {"A": 0.6, "B": 0.4}})
     effects = ws.candidate_effects(t)

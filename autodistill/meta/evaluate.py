@@ -48,7 +48,7 @@ from .columns import (FEATURE_SETS, PF_PREFIX, feature_columns, meta_feature_col
                       restrict_features, stated_meta_feature_columns)
 from .distances import l1_distances, scale_stats
 from .model import METHODS, PipelineScoreRegressor
-from .table import records_to_table, uninformative_datasets
+from .table import groups_of, records_to_table, uninformative_datasets
 from .warm_start import candidate_effects, decide, greedy_portfolio, portfolio_scores
 
 TOP_K = 5
@@ -287,11 +287,6 @@ def _choice_scores(choice: ModelChoice, train: pd.DataFrame, test: pd.DataFrame,
     if fit_predict is not None:
         return np.asarray(fit_predict(rows, test, choice, random_state), dtype=float)
     return guarded_fit_predict(rows, test, choice.method, random_state, dict(choice.params))
-
-
-def groups_of(table: pd.DataFrame) -> pd.Series:
-    """Each row's dataset group (all train sizes of one dataset), or its context when the table has none."""
-    return table["group"] if "group" in table.columns else table["dataset"]
 
 
 def _evaluable_contexts(table: pd.DataFrame) -> dict[str, list[str]]:

@@ -267,3 +267,7 @@ def table_from_paths(paths: str | Path | Iterable[str | Path], *, target: str = 
         t.loc[in_shared, "group"] = t.loc[in_shared, "group"] + "@" + labels[source]
     return _ordered(pd.concat(list(tables.values()), ignore_index=True), target)
 
+
+def groups_of(table: pd.DataFrame) -> pd.Series:
+    """Each row's dataset group (all train sizes of one dataset), or its context when the table has none."""
+    return table["group"] if "group" in table.columns else table["dataset"]

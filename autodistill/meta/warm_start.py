@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .portfolio import RENAMED_CANDIDATES
+from .table import groups_of
 
 DECISION_FILE = "warm_start.json"
 META_MODEL, PORTFOLIO = "meta_model", "portfolio"
@@ -34,25 +35,28 @@ META_MODEL, PORTFOLIO = "meta_model", "portfolio"
 # --------------------------------------------------------------------------- fair single best
 def complete_block(table: pd.DataFrame, min_share: float = 0.5) -> tuple[list[str], list[str]]:
     """(contexts, candidates) of a complete block of the table: every candidate ran on every context.
-    Start from all contexts and the candidates they all have; drop, one at a time, the context whose
+    Start from all contexts and the candidates they all have; drop, one dataset group at a time (all of
+    its contexts together: the train sizes of one dataset lack the same candidates), the group whose
     removal adds most (context x candidate) cells, while that strictly adds cells and at least
     ``min_share`` of the contexts remain. (On ``meta_dataset/runs`` this drops stsb, where six
-    classification-only candidates do not run, and keeps all 27 candidates.)"""
+    classification-only candidates do not run, and keeps all 27 candidates; on v2, both stsb contexts.)"""
     have = table.groupby("dataset")["candidate"].apply(set).to_dict()
+    group_of = dict(zip(table["dataset"], groups_of(table)))
     contexts = sorted(have)
     floor = max(1, int(np.ceil(min_share * len(contexts))))
 
     def common(ctxs: Sequence[str]) -> set:
         return set.intersection(*(have[c] for c in ctxs)) if ctxs else set()
 
-    cells = len(contexts) * len(common(contexts))
+    def cells(ctxs: Sequence[str]) -> int:
+        return len(ctxs) * len(common(ctxs)) if len(ctxs) >= floor else -1
+
     while len(contexts) > floor:
-        options = [(len(contexts) - 1) * len(common([c for c in contexts if c != drop])) for drop in contexts]
-        best = int(np.argmax(options))
-        if options[best] <= cells:
+        kept = [[c for c in contexts if group_of[c] != g] for g in sorted({group_of[c] for c in contexts})]
+        best = max(kept, key=cells)
+        if cells(best) <= cells(contexts):
             break
-        cells = options[best]
-        contexts = [c for i, c in enumerate(contexts) if i != best]
+        contexts = best
     return contexts, sorted(common(contexts))
 
 
@@ -61,7 +65,7 @@ def candidate_effects(table: pd.DataFrame) -> pd.Series:
     mean centred target (its target minus the context's mean over the block's candidates) — never a
     mean over whichever contexts a candidate happens to have. Candidates outside the block rank below
     every block candidate, by their mean centred target over the block contexts they ran on."""
-    t = table[["dataset", "candidate", "target"]].dropna()
+    t = table.assign(group=groups_of(table))[["dataset", "group", "candidate", "target"]].dropna()
     contexts, block = complete_block(t)
     t = t[t["dataset"].isin(contexts)]
     level = t[t["candidate"].isin(block)].groupby("dataset")["target"].mean()
