@@ -62,6 +62,7 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     for name, plan in plans.items():
         arms = {a["name"]: a for a in plan["arms"]}
         assert set(arms) == {"recommended", "single_best", "vanilla_kd"} and arms["single_best"]["candidate"] == "mixup"
+        assert plan["meta_model_top1"] in {"vanilla_kd", "mixup", "kd_kl_t4"}   # the model's own pick, kept
         assert plan["budget"]["teachers"][0]["backbone"] == tiny_backbone   # the given budget, not the build's
         assert plan["budget"]["data"]["max_train_examples"] is None         # all of the dataset's rows
         # every run trained its arm's pipeline on the budget, and each arm's seeds are there
@@ -78,7 +79,8 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     assert len(table) == 6 and table["ratio"].notna().all() and (table["ratio"] > 0).all()
     report = write_unseen_report(tmp_path / "out", ["alpha", "beta"]).read_text()
     assert "recommended vs single_best" in report and "recommended vs vanilla_kd" in report
-    assert "Not paired" not in report
+    assert "Not paired" not in report and "## The product's pick" in report
+    assert f"| alpha | {plans['alpha']['warm_start_source']} |" in report
 
 
 def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_single_best(tmp_path):
@@ -91,6 +93,11 @@ def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_s
     assert _manifest(tmp_path, wanted, pick)["single_best"] == "mixup" and len(asked) == 1   # read, not re-picked
     with pytest.raises(ValueError, match="another seeds"):
         _manifest(tmp_path, {**wanted, "seeds": [1]}, pick)
+    moved = {**wanted, "model": {"dir": "/another/checkout/meta_dataset/model", "fingerprint": "f"}}
+    assert _manifest(tmp_path, moved, pick)["single_best"] == "mixup"     # the same model, read from elsewhere
+    with pytest.raises(ValueError, match="another model"):
+        _manifest(tmp_path, {**wanted, "model": {"fingerprint": "g"}}, pick)
+    assert not list(tmp_path.glob("*.tmp"))                                # written whole, nothing left over
     (tmp_path / MANIFEST).write_text(json.dumps(wanted))                  # written by older code
     assert _manifest(tmp_path, wanted, pick)["single_best"] == "mixup" and len(asked) == 2
     assert json.loads((tmp_path / MANIFEST).read_text())["single_best"] == "mixup"

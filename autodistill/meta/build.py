@@ -217,7 +217,7 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
         if not from_cache:
             refit = {"seconds": round(teacher_seconds, 2), "machine": machine_info(),
                      "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            _write_json(feat_file, {**stored, "teacher_refits": [*stored.get("teacher_refits", []), refit]})
+            write_json_atomic(feat_file, {**stored, "teacher_refits": [*stored.get("teacher_refits", []), refit]})
             log(f"[{name}] teacher re-fine-tuned in {teacher_seconds:.0f} s, same score {teacher_score:.4f}")
         return DatasetContext(name, path, task, task.fingerprint, task.task_type, stored["meta_features"],
                               stored["teacher_score"], stored.get("teacher_confidence"))
@@ -237,7 +237,7 @@ def _teacher_and_features(name: str, path: str, preset: Mapping[str, Any], featu
         "machine": machine_info(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "meta_features": feats,
     }
-    _write_json(feat_file, payload)
+    write_json_atomic(feat_file, payload)
     log(f"[{name}] teacher {metric} {teacher_score:.4f} ({t1 - t0:.0f} s), meta-features {t2 - t1:.1f} s")
     return DatasetContext(name, path, task, task.fingerprint, task.task_type, feats, teacher_score,
                           payload["teacher_confidence"])
@@ -258,10 +258,12 @@ def _teacher(cfg, task) -> tuple[Any, str, bool, float, Any]:
             logits if task.task_type == "classification" else None)
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+def write_json_atomic(path: Path, payload: Mapping[str, Any], default: Any = None) -> None:
+    """Write ``path`` whole or not at all (a process reading it never sees half a file; two writers'
+    temporary files do not collide)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True), encoding="utf-8")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=default), encoding="utf-8")
     tmp.replace(path)
 
 

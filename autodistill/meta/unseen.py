@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..config import PipelineConfig, pipeline_only, with_pipeline
 from ..records import RecordStore
-from .build import claim_context, run_record
+from .build import claim_context, run_record, write_json_atomic
 from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
 from .portfolio import RENAMED_CANDIDATES, adapt_for_task, candidate_config
@@ -68,7 +68,8 @@ def plan_arms(budget: PipelineConfig, model_dir: str | Path, single_best: str) -
     every arm's pipeline as it runs on the dataset's task."""
     from .recommend import recommend_for
 
-    rec, _, feats = recommend_for(budget.data, model_dir, top_k=1, backbone=budget.teacher.backbone, budget=budget)
+    rec, model_top, feats = recommend_for(budget.data, model_dir, top_k=1, backbone=budget.teacher.backbone,
+                                          budget=budget)
     start = choose_warm_start(rec, model_dir, feats, 1, budget=budget)
     top = start.recommendations[0]
     task_type = "regression" if feats.get("is_regression") else "classification"
@@ -77,6 +78,7 @@ def plan_arms(budget: PipelineConfig, model_dir: str | Path, single_best: str) -
             Arm("vanilla_kd", "vanilla_kd", _portfolio_pipeline("vanilla_kd", task_type))]
     return {"arms": [asdict(a) for a in arms], "task_type": task_type, "warm_start_source": start.source,
             "reason": start.reason, "predicted_ratio": top.predicted_score, "meta_features": feats,
+            "meta_model_top1": model_top[0].candidate,   # the model's own pick, also when the portfolio's is run
             "student_outside_training": top.why.get("student_outside_training"),
             "planned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -110,15 +112,20 @@ def _manifest(out: Path, wanted: dict[str, Any], single_best: Callable[[], str])
     path = out / MANIFEST
     have = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     if have is not None:
-        differ = sorted(k for k in ("model", "seeds", "budget", "max_train_examples") if have.get(k) != wanted.get(k))
+        differ = sorted(k for k in ("model", "seeds", "budget", "max_train_examples")
+                        if _comparable(k, have.get(k)) != _comparable(k, wanted.get(k)))
         if differ:
             raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}); use a new --out")
         if "single_best" in have:
             return have
     manifest = {**(have or wanted), "single_best": single_best()}
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    write_json_atomic(path, manifest, default=str)
     return manifest
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """What must agree between two invocations: the model by its content, not the folder it was read from."""
+    return (value or {}).get("fingerprint") if key == "model" else value
 
 
 def _model_fingerprint(model_dir: Path) -> str:
@@ -178,8 +185,7 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], base: Pi
     else:
         plan = {"dataset": dataset, "seeds": manifest["seeds"], "budget": cfg.to_dict(),
                 **plan_arms(cfg, manifest["model"]["dir"], manifest["single_best"])}
-        plan_file.parent.mkdir(parents=True, exist_ok=True)
-        plan_file.write_text(json.dumps(plan, indent=2, default=float), encoding="utf-8")
+        write_json_atomic(plan_file, plan, default=float)
     arms = [Arm(**a) for a in plan["arms"]]
     log(f"[{dataset}] " + ", ".join(f"{a.name}: {a.candidate}" + ("" if a.pipeline else " (n/a to the task)")
                                     for a in arms))
@@ -213,13 +219,16 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], base: Pi
     return ran
 
 
+def _plans(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(f.read_text(encoding="utf-8")) for f in sorted((out / "plans").glob("*.json"))]
+
+
 def unseen_table(out: str | Path) -> pd.DataFrame:
     """One row per (dataset, arm): its candidate, the ratio per seed and their mean (NaN while a seed is
     missing or the arm does not apply to the task)."""
     out = Path(out)
     rows = []
-    for plan_file in sorted((out / "plans").glob("*.json")):
-        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    for plan in _plans(out):
         ratios = {(_pipeline_id(r.config), _seed_of(r)): (r.target or {}).get("ratio")
                   for r in RecordStore(out / "runs" / f"{plan['dataset']}.jsonl")}
         for arm in plan["arms"]:
@@ -284,6 +293,12 @@ def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
              "d = the recommendation's ratio − the other arm's (> 0: the recommendation is better); wins / ties / "
              "losses of the recommendation; two-sided Wilcoxon p; 95 % percentile bootstrap CI of the mean d.", "",
              markdown_table(comparisons.set_index("comparison")) if not comparisons.empty else "(no complete pair)"]
+    lines += ["", "## The product's pick", "", "| dataset | warm start from | recommended | the meta-model's own top 1 |",
+              "|---|---|---|---|"]
+    for plan in _plans(out):
+        recommended = next(a["candidate"] for a in plan["arms"] if a["name"] == "recommended")
+        lines.append(f"| {plan['dataset']} | {plan.get('warm_start_source', '?')} | {recommended} | "
+                     f"{plan.get('meta_model_top1', '(not recorded)')} |")
     if unpaired:
         lines += ["", "## Not paired", "", "These datasets are in no comparison above (a comparison pairs the datasets "
                   "where both of its arms have every seed):", ""]

@@ -5,7 +5,8 @@
 # 8 datasets the build never saw. Run from the main tree:
 #   nohup nice -n 19 bash meta_dataset/v2/finish.sh > finish.log 2>&1 &
 # A step whose output exists is skipped, so a rerun resumes. The unseen runs are resumable and claim their datasets:
-# WORKERS single-threaded processes share them (the four small datasets first). Commit the outputs piece by piece.
+# WORKERS single-threaded processes share them (the four small datasets first; their logs in v2/unseen/logs).
+# Commit the outputs piece by piece.
 # After the refit, tests/test_meta_renamed.py (about the OLD PRESET model's renamed candidates) points at
 # meta_dataset/model_old_preset, and the README figures are regenerated from the new reports.
 set -eu
@@ -32,13 +33,28 @@ fi
 if [ ! -d meta_dataset/model_old_preset ]; then
   git mv meta_dataset/model meta_dataset/model_old_preset 2>/dev/null || mv meta_dataset/model meta_dataset/model_old_preset
 fi
-[ -f meta_dataset/model/model.json ] || ad meta fit --records "$V2/runs" --features "$V2/features" \
+# the decision is stored after the model: its file says the refit is complete
+[ -f meta_dataset/model/warm_start.json ] || ad meta fit --records "$V2/runs" --features "$V2/features" \
   --evaluation "$V2/evaluation" --out meta_dataset/model
 
+# A worker exits 1 when a dataset failed (logged; a rerun retries it) and 2 when it could not run at all
+# (e.g. another plan in the manifest): the second stops the script. Logs go with the results.
 export OMP_NUM_THREADS=1
+mkdir -p "$V2/unseen/logs"
+pids=()
 for w in $(seq 1 "${WORKERS:-2}"); do
-  ad meta unseen --datasets "$UNSEEN" --datasets-root "$DATASETS_ROOT" --out "$V2/unseen" > "${LOG_DIR:-/tmp}/unseen-worker$w.log" 2>&1 &
+  ad meta unseen --datasets "$UNSEEN" --datasets-root "$DATASETS_ROOT" --out "$V2/unseen" \
+    >> "$V2/unseen/logs/worker$w.log" 2>&1 &
+  pids+=($!)
   sleep 20   # the first worker writes the manifest
 done
-wait
+worst=0
+for pid in "${pids[@]}"; do
+  rc=0; wait "$pid" || rc=$?
+  [ "$rc" -le "$worst" ] || worst=$rc
+done
+if [ "$worst" -ge 2 ]; then
+  echo "an unseen worker could not run (exit $worst): see $V2/unseen/logs" >&2
+  exit "$worst"
+fi
 ad meta unseen --datasets "$UNSEEN" --datasets-root "$DATASETS_ROOT" --out "$V2/unseen" --report-only
