@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from autodistill.config import PIPELINE_SECTIONS, DataConfig, PipelineConfig, deep_merge, with_pipeline
@@ -140,3 +141,16 @@ def test_a_student_the_model_never_saw_is_said(tmp_path):
     assert Recommender.load(tmp_path / "model").student_outside_training(PipelineConfig()) == note
     rec.info.pop("students")                                  # a model saved before students were recorded
     assert rec.student_outside_training(PipelineConfig()) is None
+
+
+def test_the_row_cap_is_no_model_input_the_rows_trained_on_are():
+    """The build caps rows (500, 2,000); a user's budget leaves the cap unset. The model reads how many rows
+    are trained on from the meta-features, so an unset cap is not a value it never saw."""
+    rec = _recommender_at_build_budget()
+    assert not [c for c in rec.feature_columns if "max_train_examples" in c]
+    capped = PipelineConfig.model_validate({"data": {"train": "mine.jsonl", "max_train_examples": 1000}})
+    uncapped = PipelineConfig.model_validate({"data": {"train": "mine.jsonl"}})
+    for log_n in (6.0, 8.0):
+        query = {"log_n_train": log_n}
+        assert np.array_equal(rec.candidate_matrix(query, budget=capped), rec.candidate_matrix(query, budget=uncapped),
+                              equal_nan=True)
