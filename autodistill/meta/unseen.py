@@ -13,9 +13,9 @@ arms are trained at the same student seeds:
 Arms with the same pipeline (as run on the dataset's task) share their runs. What every dataset is scored
 with (model, single best, seeds, budget) is fixed by the first invocation (``<out>/manifest.json``), the
 arms of a dataset the first time it is planned (``<out>/plans/<dataset>.json``); runs go to
-``<out>/runs/<dataset>.jsonl`` and a rerun only adds what is missing. :func:`unseen_report` pairs the arms per dataset (mean ratio over the seeds) and
-over datasets (wins / ties / losses, Wilcoxon p, bootstrap CI of the mean difference) and lists the datasets
-it cannot pair yet, with why.
+``<out>/runs/<dataset>.jsonl`` and a rerun only adds what is missing. :func:`write_unseen_report` pairs the
+arms per dataset (mean ratio over the seeds) and over datasets (wins / ties / losses, Wilcoxon p, bootstrap CI
+of the mean difference), and lists the datasets it cannot pair yet, with why.
 """
 from __future__ import annotations
 
@@ -235,7 +235,8 @@ def unseen_table(out: str | Path) -> pd.DataFrame:
             pid = None if arm["pipeline"] is None else _pipeline_id(_arm_config(plan, arm["pipeline"]))
             values = [np.nan if ratios.get((pid, s)) is None else float(ratios[(pid, s)]) for s in plan["seeds"]]
             rows.append({"dataset": plan["dataset"], "arm": arm["name"], "candidate": arm["candidate"],
-                         "applies": arm["pipeline"] is not None, **{f"seed_{s}": v for s, v in zip(plan["seeds"], values)},
+                         "applies": arm["pipeline"] is not None,
+                         **{f"seed_{s}": v for s, v in zip(plan["seeds"], values)},
                          "ratio": float(np.mean(values)) if all(np.isfinite(values)) else np.nan})
     return pd.DataFrame(rows)
 
@@ -293,8 +294,8 @@ def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
              "d = the recommendation's ratio − the other arm's (> 0: the recommendation is better); wins / ties / "
              "losses of the recommendation; two-sided Wilcoxon p; 95 % percentile bootstrap CI of the mean d.", "",
              markdown_table(comparisons.set_index("comparison")) if not comparisons.empty else "(no complete pair)"]
-    lines += ["", "## The product's pick", "", "| dataset | warm start from | recommended | the meta-model's own top 1 |",
-              "|---|---|---|---|"]
+    lines += ["", "## The product's pick", "",
+              "| dataset | warm start from | recommended | the meta-model's own top 1 |", "|---|---|---|---|"]
     for plan in _plans(out):
         recommended = next(a["candidate"] for a in plan["arms"] if a["name"] == "recommended")
         lines.append(f"| {plan['dataset']} | {plan.get('warm_start_source', '?')} | {recommended} | "
