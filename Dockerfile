@@ -26,8 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LANG=C.UTF-8 LC_ALL=C.UTF-8 \
     VIRTUAL_ENV=/opt/autodistill PATH=/opt/autodistill/bin:$PATH \
     HF_HUB_DISABLE_TELEMETRY=1 RAY_USAGE_STATS_ENABLED=0 \
     AUTODISTILL_CACHE=/data/cache AUTODISTILL_SERVICE_STATE_DIR=/data \
-    AUTODISTILL_SERVICE_MODEL_DIR=/app/meta_dataset/model \
-    AUTODISTILL_SERVICE_BASE_RECORDS=/app/meta_dataset/runs:/app/meta_dataset/distiller/records.jsonl
+    AUTODISTILL_SERVICE_MODEL_DIR=/app/meta_dataset/model
 
 # OS packages: Python (when the base has none), and what Ray's cluster tools expect in a node image:
 # bash, rsync + ssh (`ray up` syncs files into the container and the head's autoscaler ssh-es to workers),
@@ -68,10 +67,11 @@ COPY autodistill ./autodistill
 COPY service ./service
 COPY search_spaces ./search_spaces
 COPY meta_dataset/model ./meta_dataset/model
+# the records a refit starts from: those the model was fitted on (its model.json names them)
 COPY meta_dataset/runs ./meta_dataset/runs
 COPY meta_dataset/features ./meta_dataset/features
-COPY meta_dataset/distiller/records.jsonl ./meta_dataset/distiller/records.jsonl
-COPY meta_dataset/distiller/features ./meta_dataset/distiller/features
+COPY meta_dataset/v2/runs ./meta_dataset/v2/runs
+COPY meta_dataset/v2/features ./meta_dataset/v2/features
 # editable install with the REST service's extra: the package finds search_spaces/ and meta_dataset/ next
 # to itself (in /app), as in a checkout; torch==2.13.0 in the same call keeps the torch installed above
 ARG EXTRA_PACKAGES=boto3

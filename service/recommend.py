@@ -25,7 +25,7 @@ from autodistill.config import PipelineConfig, StudentConfig
 from autodistill.meta import META_DATASET_DIR
 from autodistill.config import with_pipeline
 from autodistill.meta.fitting import DEFAULT_MODEL_DIR, PRODUCT_METHOD, fit_meta_model, meta_model_table
-from autodistill.meta.model_files import ModelVersionError
+from autodistill.meta.model_files import SIDECAR_FILE, ModelVersionError
 from autodistill.meta.portfolio import current_candidate
 from autodistill.meta.recommender import Recommender, matches_constraints
 from autodistill.meta.warm_start import DECISION_FILE, choose_warm_start
@@ -42,9 +42,13 @@ NEAREST_SHOWN = 3
 RANKING_CACHE_SIZE = 256
 
 
-def base_record_paths() -> list[Path]:
-    """The committed meta-dataset the refit starts from."""
-    return [p for p in (META_DATASET_DIR / "runs", META_DATASET_DIR / "distiller" / "records.jsonl") if p.exists()]
+def base_record_paths(model_dir: Path | None = None) -> list[Path]:
+    """The records the meta-model in ``model_dir`` (default: the committed one) was fitted on, as its sidecar
+    names them (relative paths are the checkout's): a refit starts from the same meta-dataset."""
+    sidecar = json.loads((Path(model_dir or DEFAULT_MODEL_DIR) / SIDECAR_FILE).read_text(encoding="utf-8"))
+    named = [Path(p) for p in sidecar.get("info", {}).get("records", [])]
+    paths = [p if p.is_absolute() else META_DATASET_DIR.parent / p for p in named]
+    return [p for p in paths if p.exists()]
 
 
 @functools.lru_cache(maxsize=256)
@@ -198,7 +202,8 @@ class RecommenderService:
             added += self.fold_search(search, self.store.get_dataset(None, search["dataset_id"]))
             self.store.update_search(search["id"], folded=True)
             folded += 1
-        base = base_record_paths() if self.settings.base_records is None else list(self.settings.base_records)
+        base = base_record_paths(self.settings.model_dir) if self.settings.base_records is None \
+            else list(self.settings.base_records)
         paths = base + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
         if not paths:
             raise ApiError(409, "conflict", "no meta-dataset records to fit on")

@@ -48,7 +48,8 @@ class ServiceSettings(BaseModel):
     hub_workers: int = Field(2, ge=1, le=16, description="hub loads at once (outside the request threads); 429 beyond")
     model_dir: Path | None = Field(None, description="meta-model folder; default: the committed one")
     base_records: list[Path] | None = Field(
-        None, description="meta-dataset records a refit starts from; default: the committed ones")
+        None, description="meta-dataset records a refit starts from; default: those the model "
+        "(model_dir, or the committed one) was fitted on, as its model.json names them")
     meta_features_backbone: str | None = Field(
         "default", description="backbone for the embedding meta-features ('default' = the MiniLM teacher "
         "backbone; empty = skip those features)")

@@ -7,6 +7,7 @@ reads, and the service's variables pass its settings model; the service points a
 with the cluster's token; the Ray pods and the service share the state volume at the same path.
 """
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -266,6 +267,10 @@ def test_dockerfile_serves_every_role_and_copies_what_exists():
     env = dict(re.findall(r"(AUTODISTILL_SERVICE_[A-Z_]+)=(\S+)", text))
     settings = ServiceSettings.from_env(env)
     assert settings.state_dir == Path(STATE_DIR) and str(settings.model_dir) == "/app/meta_dataset/model"
+    # a refit in the image starts from the records the committed model names (service.recommend.base_record_paths)
+    sidecar = json.loads((ROOT / "meta_dataset" / "model" / "model.json").read_text(encoding="utf-8"))
+    copied = set(re.findall(r"^COPY (\S+)", text, re.M))
+    assert settings.base_records is None and set(sidecar["info"]["records"]) <= copied
 
 
 def test_dockerfile_pins_the_torch_of_pyproject_and_refuses_a_cuda_torch_for_cpu():

@@ -7,10 +7,11 @@ import pytest
 
 from autodistill.cli import main
 from autodistill.meta import META_DATASET_DIR
+from autodistill.meta.fitting import DEFAULT_MODEL_DIR
 from autodistill.meta.recommender import Recommender
 from autodistill.meta.table import load_feature_dir
 from service import db
-from service.recommend import REFIT_METHOD, RecommenderService
+from service.recommend import REFIT_METHOD, RecommenderService, base_record_paths
 from service.settings import ServiceSettings
 from service.store import Store
 
@@ -42,3 +43,14 @@ def test_the_services_refit_gives_the_model_meta_fit_gives(tmp_path):
         assert [r.candidate for r in a] == [r.candidate for r in b]
         assert [r.predicted_score for r in a] == pytest.approx([r.predicted_score for r in b], abs=1e-12)
 
+
+
+def test_a_refit_starts_from_the_records_its_model_was_fitted_on(tmp_path):
+    """The default base of a refit is what the model's sidecar names: the committed model's own records (the
+    v2 build once it is refitted, never the old preset's by a hard-coded path), or another model's."""
+    committed = base_record_paths()
+    assert committed and all(p.exists() for p in committed)
+    assert [str(p) for p in committed] == [str(META_DATASET_DIR.parent / p)
+                                           for p in Recommender.load(DEFAULT_MODEL_DIR).info["records"]]
+    assert main(["meta", "fit", "--records", *map(str, RECORDS[1:]), "--out", str(tmp_path / "model")]) == 0
+    assert base_record_paths(tmp_path / "model") == RECORDS[1:]
