@@ -45,7 +45,10 @@ RANKING_CACHE_SIZE = 256
 def base_record_paths(model_dir: Path | None = None) -> list[Path]:
     """The records the meta-model in ``model_dir`` (default: the committed one) was fitted on, as its sidecar
     names them (relative paths are the checkout's): a refit starts from the same meta-dataset."""
-    sidecar = json.loads((Path(model_dir or DEFAULT_MODEL_DIR) / SIDECAR_FILE).read_text(encoding="utf-8"))
+    sidecar_path = Path(model_dir or DEFAULT_MODEL_DIR) / SIDECAR_FILE
+    if not sidecar_path.is_file():
+        return []
+    sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
     named = [Path(p) for p in sidecar.get("info", {}).get("records", [])]
     paths = [p if p.is_absolute() else META_DATASET_DIR.parent / p for p in named]
     return [p for p in paths if p.exists()]

@@ -54,3 +54,4 @@ def test_a_refit_starts_from_the_records_its_model_was_fitted_on(tmp_path):
                                            for p in Recommender.load(DEFAULT_MODEL_DIR).info["records"]]
     assert main(["meta", "fit", "--records", *map(str, RECORDS[1:]), "--out", str(tmp_path / "model")]) == 0
     assert base_record_paths(tmp_path / "model") == RECORDS[1:]
+    assert base_record_paths(tmp_path / "no-model") == []
