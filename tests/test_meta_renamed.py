@@ -1,5 +1,6 @@
-"""The committed meta-model was fitted on records whose candidate was later renamed (issue 18: the old
-``contextual`` without a masked LM is ``embedding_neighbour``): what it recommends must run today."""
+"""The OLD PRESET meta-model (``meta_dataset/model_old_preset``, the committed model until the v2 refit) was
+fitted on records whose candidate was later renamed (issue 18: the old ``contextual`` without a masked LM is
+``embedding_neighbour``): what it recommends must run today."""
 from pathlib import Path
 
 from autodistill.config import check_runnable, with_pipeline
@@ -7,7 +8,7 @@ from autodistill.meta.portfolio import RENAMED_CANDIDATES
 from autodistill.meta.recommender import Recommender
 from autodistill.meta.warm_start import choose_warm_start
 
-MODEL = Path(__file__).resolve().parents[1] / "meta_dataset" / "model"
+MODEL = Path(__file__).resolve().parents[1] / "meta_dataset" / "model_old_preset"
 
 
 def test_every_recommendation_of_the_committed_model_runs_today(tmp_path):
