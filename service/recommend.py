@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from autodistill.meta.fitting import DEFAULT_MODEL_DIR, PRODUCT_METHOD, fit_meta
 from autodistill.meta.model_files import SIDECAR_FILE, ModelVersionError
 from autodistill.meta.portfolio import current_candidate
 from autodistill.meta.recommender import Recommender, matches_constraints
-from autodistill.meta.warm_start import DECISION_FILE, choose_warm_start
+from autodistill.meta.warm_start import DECISION_FILE, WarmStart, choose_warm_start
 from autodistill.records import RecordStore
 
 from .errors import ApiError
@@ -105,29 +106,29 @@ class RecommenderService:
                 self._ranked.clear()
             return self._loaded
 
-    def _ranking(self, folder: str, rec: Any, dataset: dict[str, Any]) -> list[Any]:
-        """Every candidate ranked for this dataset; cached per (model, dataset) - both are immutable."""
+    def _ranking(self, folder: str, rec: Any, dataset: dict[str, Any]) -> WarmStart:
+        """Every candidate in the order the product recommends them for this dataset: the meta-model's, or the
+        best-of-k portfolio first, as the model folder's committed evaluation chose (``.source`` says which);
+        cached per (model, dataset) - both are immutable."""
         key = (folder, dataset["id"], dataset["fingerprint"])
         with self._lock:
             if key in self._ranked:
                 self._ranked.move_to_end(key)
                 return self._ranked[key]
-        ranking = rec.recommend(dataset["meta_features"], top_k=len(rec.candidates))
+        ranking = choose_warm_start(rec, folder, dataset["meta_features"], len(rec.candidates))
         with self._lock:
             self._ranked[key] = ranking
             while len(self._ranked) > RANKING_CACHE_SIZE:
                 self._ranked.popitem(last=False)
         return ranking
 
-    def warm_start(self, dataset: dict[str, Any], top_k: int) -> Any:
-        """The pipelines a search warm-starts from: the meta-model's top-k or the best-of-k portfolio,
-        whichever the model folder's committed evaluation chose (``.source`` says which); only candidates
-        the dataset's owner may see."""
+    def warm_start(self, dataset: dict[str, Any], top_k: int) -> WarmStart:
+        """The pipelines a search warm-starts from: the first ``top_k`` of :meth:`_ranking` the dataset's
+        owner may see."""
         folder, rec, _, sources = self._loaded_model()
-        start = choose_warm_start(rec, folder, dataset["meta_features"], len(rec.candidates))
+        ranking = self._ranking(folder, rec, dataset)
         shown = self._shown(dataset["owner"], sources)
-        start.recommendations = [r for r in start.recommendations if shown(r.candidate)][:top_k]
-        return start
+        return replace(ranking, recommendations=[r for r in ranking.recommendations if shown(r.candidate)][:top_k])
 
     def _visibility(self, owner: str):
         """``visible(meta-dataset dataset name)`` for ``owner``: committed datasets and its own."""
@@ -150,8 +151,9 @@ class RecommenderService:
         return shown
 
     def recommend(self, dataset: dict[str, Any], top_k: int, max_params: int | None,
-                  config_constraints: dict[str, Any] | None) -> tuple[Any, list[dict[str, Any]]]:
-        """The top ``top_k`` candidates the dataset's owner may see, best first (see the module docstring)."""
+                  config_constraints: dict[str, Any] | None) -> tuple[Any, WarmStart, list[dict[str, Any]]]:
+        """The top ``top_k`` candidates the dataset's owner may see, in :meth:`_ranking`'s order (see the module
+        docstring), with that ranking (its ``source`` and ``reason``)."""
         folder, rec, configs, sources = self._loaded_model()
         visible = self._visibility(dataset["owner"])
         shown = self._shown(dataset["owner"], sources)
@@ -161,7 +163,8 @@ class RecommenderService:
                    for n in nearest]
         num_labels = int(dataset["stats"].get("num_labels") or 1)
         out = []
-        for r in self._ranking(folder, rec, dataset):
+        ranking = self._ranking(folder, rec, dataset)
+        for r in ranking.recommendations:
             cfg = configs[r.candidate]
             if not shown(r.candidate):
                 continue
@@ -176,7 +179,7 @@ class RecommenderService:
                         "why": json.loads(json.dumps({**r.why, "nearest_datasets": nearest}, default=str))})
             if len(out) == top_k:
                 break
-        return rec, out
+        return rec, ranking, out
 
     # ------------------------------------------------------------------ refit
     def fold_search(self, search: dict[str, Any], dataset: dict[str, Any] | None) -> int:

@@ -103,6 +103,8 @@ class RecommendationResponse(Strict):
     dataset_id: str
     target: str = Field(description="what predicted_score estimates: ratio = student/teacher score")
     model: dict[str, Any]
+    source: str = Field(description="meta_model or portfolio: what the order follows, as the model's evaluation chose")
+    reason: str
     recommendations: list[RecommendedPipeline]
 
 

@@ -259,7 +259,11 @@ def test_cli_evaluate_fit_recommend(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert cli.main(["recommend", "--model", str(tmp_path / "model"), "--top-k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["recommendations"]) == 3 and out["recommendations"][0]["candidate"] == "mi_alpha"
+    assert out["meta_model_ranking"][0]["candidate"] == "mi_alpha"        # the model's own ranking ...
+    # ... but what it recommends follows the stored decision: here the portfolio, first member first
+    assert out["source"] == stored["source"] == "portfolio" and stored["portfolio"][0] == "mixup"
+    assert [r["candidate"] for r in out["recommendations"]][:1] == ["mixup"] and len(out["recommendations"]) == 3
+    assert out["top_config"]["mixup"]["enabled"]
     assert cli.main(["recommend", "--model", str(tmp_path / "nothing")]) == 2
 
 

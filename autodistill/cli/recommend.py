@@ -1,4 +1,6 @@
-"""`autodistill recommend`: the meta-model's KD pipelines for a dataset."""
+"""`autodistill recommend`: the KD pipelines the product recommends for a dataset: the meta-model's ranking, or
+the best-of-k portfolio first when the model's committed evaluation chose it (the same order `auto` and the
+service warm-start from, :func:`~autodistill.meta.warm_start.choose_warm_start`)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +14,7 @@ from ..data import DataError, bundled_dataset_path
 from ..meta.fitting import DEFAULT_MODEL_DIR
 from ..meta.model_files import ModelVersionError
 from ..meta.recommend import recommend_for
-from ..meta.warm_start import read_decision
+from ..meta.warm_start import PORTFOLIO, choose_warm_start
 from .common import Commands
 
 
@@ -56,25 +58,29 @@ def run(args: argparse.Namespace) -> int:
         data = args.data or str(bundled_dataset_path())
         updates = {"train": data, **({"validation": args.validation} if args.validation else {})}
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
-        rec, recs, feats = recommend_for(cfg.data, model_dir, args.top_k, backbone=cfg.teacher.backbone,
-                                         embeddings=not args.no_backbone, constraints=constraints, budget=cfg)
+        rec, model_top, feats = recommend_for(cfg.data, model_dir, args.top_k, backbone=cfg.teacher.backbone,
+                                              embeddings=not args.no_backbone, constraints=constraints, budget=cfg)
+        start = choose_warm_start(rec, model_dir, feats, args.top_k, constraints=constraints, budget=cfg)
     except (FileNotFoundError, ModelVersionError, ConfigError, DataError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seconds = time.time() - t0
+    recs = start.recommendations
     if args.json:
         print(json.dumps({"dataset": data, "meta_features": feats, "seconds": round(seconds, 2),
+                          "source": start.source, "reason": start.reason, "evidence": start.evidence,
                           "recommendations": [r.to_dict() for r in recs],
+                          "meta_model_ranking": [r.to_dict() for r in model_top],
                           "top_config": with_pipeline(cfg, recs[0].config).to_dict() if recs else None},
                          indent=2, default=str))
         return 0
-    decision = read_decision(model_dir)
-    if decision and decision.get("source") == "portfolio":
-        print(f"note: the evaluation did not find this ranking better than the best-of-{decision['k']} portfolio; "
-              f"`auto` and the service warm-start from {', '.join(decision['portfolio'])}\n")
+    if start.source == PORTFOLIO:
+        print(f"note: {start.reason}; the meta-model's own top {len(model_top)}: "
+              f"{', '.join(r.candidate for r in model_top)}\n")
     if recs and recs[0].why.get("student_outside_training"):
         print(f"note: {recs[0].why['student_outside_training']}\n")
-    print(f"top {len(recs)} pipelines for {data} (predicted {rec.target}; {seconds:.1f} s):")
+    print(f"top {len(recs)} pipelines for {data} (from the {start.source.replace('_', '-')}; predicted {rec.target}; "
+          f"{seconds:.1f} s):")
     for r in recs:
         print(f"{r.rank:>2}. {r.candidate:<32} predicted {r.predicted_score:.4f} ± {r.uncertainty:.4f}")
     if recs:

@@ -1,4 +1,4 @@
-"""``POST /recommendations``: the meta-model's KD pipelines for a dataset."""
+"""``POST /recommendations``: the KD pipelines the product recommends for a dataset."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,10 +19,12 @@ router = APIRouter(tags=["recommendations"])
 def recommend(body: RecommendationRequest, key: dict = Depends(current_key), store: Store = Depends(get_store),
               recommender: RecommenderService = Depends(get_recommender)) -> dict[str, Any]:
     """Ranked KD pipelines for a dataset, with predicted scores (relative to the teacher), an
-    uncertainty and why (nearest datasets of the meta-dataset, the features that mattered)."""
+    uncertainty and why (nearest datasets of the meta-dataset, the features that mattered). The order is
+    the meta-model's, or the best-of-k portfolio first when the model's evaluation chose it (``source``,
+    ``reason``): the same order a search warm-starts from."""
     dataset = own_dataset(store, key, body.dataset_id)
     c = body.constraints
-    rec, items = recommender.recommend(dataset, body.top_k, c.max_student_parameters, c.config)
+    rec, ranking, items = recommender.recommend(dataset, body.top_k, c.max_student_parameters, c.config)
     return {"dataset_id": dataset["id"], "target": rec.target,
             "model": {k: rec.info.get(k) for k in ("method", "n_rows", "n_datasets", "n_candidates")},
-            "recommendations": items}
+            "source": ranking.source, "reason": ranking.reason, "recommendations": items}
