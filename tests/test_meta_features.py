@@ -359,10 +359,12 @@ TinyBERT4,Roberta-large,pkd,0.1,emd,ce,TRUE,4,0.5,3700,0.85,mrpc,0.93,81.5,2,0,1
 TinyBERT4,BERT_BASE,ce,0.5,last,ce,FALSE,1,0.1,67000,0.9,sst-2,0.967,80,2,1,3
 """
 TEACHERS_CSV = "\ufefftask,model,score\nmnli,BERT_BASE,84.4\nmrpc,Roberta-large,91.3\nsst-2,BERT_BASE,93.0\n"
+PAPER_FEATURES_CSV = "task,0,1,#example,#label\nmnli,1.5,-0.25,393000,3\nmrpc,0.5,0.75,3700,2\nsst-2,-1.0,2.0,67000,2\n"
 
 
 def test_distiller_rows_map_onto_our_config():
-    from autodistill.meta.distiller_import import map_row, read_rows, read_teacher_scores, to_records
+    from autodistill.meta.distiller_import import (DistillerImportError, map_row, read_paper_task_features, read_rows,
+                                                   read_teacher_scores, to_records)
 
     rows = read_rows(DISTILLER_CSV)
     p0, e0 = map_row(rows[0])
@@ -384,8 +386,14 @@ def test_distiller_rows_map_onto_our_config():
 
     feats = {t: {"fingerprint": f"fp-{t}", "meta_features": {"teacher_score": 0.0, "has_teacher_score": 0.0}}
              for t in ("mnli", "mrpc", "sst2")}
-    recs = to_records(rows, read_teacher_scores(TEACHERS_CSV), feats)
+    paper = read_paper_task_features(PAPER_FEATURES_CSV)
+    recs = to_records(rows, read_teacher_scores(TEACHERS_CSV), feats, paper)
     assert [r.dataset for r in recs] == ["mnli", "mrpc", "sst2"]
+    # the paper's own task features travel as dataset-level extras (found by the paper's task name "sst-2")
+    assert {k: v for k, v in recs[2].extra_features.items() if k.startswith(("distiller_task_f", "distiller_n_l"))} \
+        == {"distiller_task_f00": -1.0, "distiller_task_f01": 2.0, "distiller_n_labels": 2.0}
+    with pytest.raises(DistillerImportError, match="sst-2"):
+        to_records(rows, read_teacher_scores(TEACHERS_CSV), feats, {k: v for k, v in paper.items() if k != "sst-2"})
     assert recs[1].target["ratio"] == 0.93 and recs[1].teacher_score == pytest.approx(0.913)
     assert recs[1].meta_features["teacher_score"] == pytest.approx(0.913)
     assert recs[1].extra_features["teacher"] == "Roberta-large"

@@ -14,7 +14,10 @@ Each CSV row (``auto_distiller_tabular_data.csv``) becomes one record with our c
 | — | `loss.hard_label_weight = 0` (Distiller's default: no hard-label CE) |
 
 Teacher, student, `aug_p` (also when no augmenter is used), the raw `alpha`, `#example` and
-`baseline_score` are not part of our config: they go to ``extra_features``. The target is
+`baseline_score` are not part of our config: they go to ``extra_features``, and so do the paper's own task
+features (``dataset_features_50_concat.csv``: 100 unnamed embedding-derived numbers and `#label`, as
+``distiller_task_f00``..``f99`` and ``distiller_n_labels``), so that "(the paper's task features, config)"
+is a model the evaluation can fit (``plain_hgb_stated``). The target is
 ``ratio`` (student score / teacher score); ``score`` is kept too. Meta-features are ours, computed on
 our copies of the GLUE tasks in ``meta_dataset/datasets`` (mnli/qqp/qnli are subsets there), with the
 teacher's published GLUE dev score (``teacher_baseline.csv``, /100) as ``teacher_score``.
@@ -33,9 +36,10 @@ from ..data import load_task_data
 from ..records import RunRecord, canonical_config_hash, library_versions
 from .features import META_FEATURES_VERSION, compute_meta_features, resolve_backbone_model
 
-IMPORT_VERSION = 1
+IMPORT_VERSION = 2   # 2: the paper's task features in extra_features
 RUNS_CSV = "auto_distiller_tabular_data.csv"
 TEACHERS_CSV = "teacher_baseline.csv"
+TASK_FEATURES_CSV = "dataset_features_50_concat.csv"
 
 TASK_MAP = {"sst-2": "sst2", "sst2": "sst2", "sts-b": "stsb", "stsb": "stsb", "mnli": "mnli", "qqp": "qqp",
             "qnli": "qnli", "cola": "cola", "mrpc": "mrpc", "rte": "rte", "wnli": "wnli"}
@@ -107,14 +111,37 @@ def read_teacher_scores(text: str) -> dict[tuple[str, str], float]:
     return {(r["task"].strip().lower(), r["model"].strip()): float(r["score"]) / 100.0 for r in read_rows(text)}
 
 
+def read_paper_task_features(text: str) -> dict[str, dict[str, float]]:
+    """The paper's task -> its task features as ``extra_features`` (``#example`` is in every run row already)."""
+    out: dict[str, dict[str, float]] = {}
+    for i, r in enumerate(read_rows(text)):
+        feats = {}
+        for column, value in r.items():
+            name = column.strip()
+            if name.isdigit():
+                feats[f"distiller_task_f{int(name):02d}"] = float(value)
+            elif name == "#label":
+                feats["distiller_n_labels"] = float(value)
+        out[r["task"].strip().lower()] = feats
+    return out
+
+
 def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[str, str], float],
-               task_features: Mapping[str, Mapping[str, Any]]) -> list[RunRecord]:
-    """Records for the rows; ``task_features[our task] = {"fingerprint", "meta_features"}``."""
+               task_features: Mapping[str, Mapping[str, Any]],
+               paper_task_features: Mapping[str, Mapping[str, float]] | None = None) -> list[RunRecord]:
+    """Records for the rows; ``task_features[our task] = {"fingerprint", "meta_features"}``;
+    ``paper_task_features[the paper's task name]`` (:func:`read_paper_task_features`) are added to
+    ``extra_features`` when given."""
     versions = library_versions()
     out = []
     for i, row in enumerate(rows):
         task = _lookup(TASK_MAP, row["task"], "task", i)
         partial, extra = map_row(row, i)
+        if paper_task_features is not None:
+            paper_name = row["task"].strip().lower()
+            if paper_name not in paper_task_features:
+                raise DistillerImportError(f"row {i}: task {row['task']!r} has no row in {TASK_FEATURES_CSV}")
+            extra.update(paper_task_features[paper_name])
         cfg = parse_config(partial, source=f"Distiller row {i}")
         info = task_features[task]
         feats = dict(info["meta_features"])
@@ -143,6 +170,7 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
     anchors, root, out = Path(anchors), Path(datasets_root), Path(out)
     rows = read_rows((anchors / RUNS_CSV).read_text(encoding="utf-8"))
     teacher_scores = read_teacher_scores((anchors / TEACHERS_CSV).read_text(encoding="utf-8"))
+    paper_features = read_paper_task_features((anchors / TASK_FEATURES_CSV).read_text(encoding="utf-8"))
     tasks = sorted({_lookup(TASK_MAP, r["task"], "task", i) for i, r in enumerate(rows)})
     tokenizer = load_tokenizer("default")
     model = resolve_backbone_model(backbone)
@@ -160,7 +188,7 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
             "backbone": "default (MiniLM-L6, frozen)" if model is not None else None,
             "seconds": round(seconds, 2), "meta_features": feats}, indent=2, sort_keys=True), encoding="utf-8")
         log(f"[{task}] meta-features in {seconds:.1f} s")
-    records = to_records(rows, teacher_scores, task_features)
+    records = to_records(rows, teacher_scores, task_features, paper_features)
     tmp = out / "records.jsonl.tmp"
     with tmp.open("w", encoding="utf-8") as fh:
         for r in records:
