@@ -18,7 +18,6 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from autodistill.meta import META_DATASET_DIR
 from autodistill.config import with_pipeline
 from autodistill.meta.fitting import DEFAULT_MODEL_DIR, PRODUCT_METHOD, fit_meta_model, meta_model_table
 from autodistill.meta.model_files import SIDECAR_FILE, ModelVersionError
-from autodistill.meta.portfolio import current_candidate
 from autodistill.meta.recommender import Recommender, matches_constraints
 from autodistill.meta.warm_start import DECISION_FILE, WarmStart, choose_warm_start
 from autodistill.records import RecordStore
@@ -45,14 +43,15 @@ RANKING_CACHE_SIZE = 256
 
 def base_record_paths(model_dir: Path | None = None) -> list[Path]:
     """The records the meta-model in ``model_dir`` (default: the committed one) was fitted on, as its sidecar
-    names them (relative paths are the checkout's): a refit starts from the same meta-dataset."""
+    names them (relative paths are the checkout's), whether or not they exist here: a refit starts from the
+    same meta-dataset, and refuses when part of it is missing (:meth:`RecommenderService.refit`)."""
     sidecar_path = Path(model_dir or DEFAULT_MODEL_DIR) / SIDECAR_FILE
     if not sidecar_path.is_file():
         return []
     sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
     named = [Path(p) for p in sidecar.get("info", {}).get("records", [])]
     paths = [p if p.is_absolute() else META_DATASET_DIR.parent / p for p in named]
-    return [p for p in paths if p.exists()]
+    return paths
 
 
 @functools.lru_cache(maxsize=256)
@@ -73,7 +72,7 @@ class RecommenderService:
         self.store = store
         self.settings = settings
         self._lock = threading.Lock()
-        self._loaded: tuple[str, Any, dict[str, PipelineConfig], dict[str, list[str]]] | None = None
+        self._loaded: tuple[str, Any, dict[str, list[str]]] | None = None
         self._ranked: OrderedDict[tuple[str, str, str], list[Any]] = OrderedDict()
         self.meta_dir = settings.state_dir / "meta_dataset"
 
@@ -86,9 +85,8 @@ class RecommenderService:
     def model(self):
         return self._loaded_model()[1]
 
-    def _loaded_model(self) -> tuple[str, Any, dict[str, PipelineConfig], dict[str, list[str]]]:
-        """(folder, Recommender, validated config per candidate - server paths removed -, the datasets
-        each candidate came from), loaded once per model folder."""
+    def _loaded_model(self) -> tuple[str, Any, dict[str, list[str]]]:
+        """(folder, Recommender, the datasets each candidate came from), loaded once per model folder."""
         folder = str(self.model_dir())
         with self._lock:
             if self._loaded is None or self._loaded[0] != folder:
@@ -96,13 +94,9 @@ class RecommenderService:
                     rec = Recommender.load(folder)
                 except (FileNotFoundError, ModelVersionError) as err:
                     raise ApiError(503, "unavailable", f"no usable meta-model: {err}") from None
-                # a recommendation is a KD pipeline on the default budget, never the meta-dataset's build budget
-                # (nor where its data lived on the server); renamed candidates under their current name
-                configs = {name: _without_data_paths(with_pipeline(PipelineConfig(), pipeline))
-                           for name, pipeline in (current_candidate(c["name"], c["config"]) for c in rec.candidates)}
                 sources_path = Path(folder) / SOURCES_FILE
                 sources = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
-                self._loaded = (folder, rec, configs, sources)
+                self._loaded = (folder, rec, sources)
                 self._ranked.clear()
             return self._loaded
 
@@ -125,10 +119,10 @@ class RecommenderService:
     def warm_start(self, dataset: dict[str, Any], top_k: int) -> WarmStart:
         """The pipelines a search warm-starts from: the first ``top_k`` of :meth:`_ranking` the dataset's
         owner may see."""
-        folder, rec, _, sources = self._loaded_model()
+        folder, rec, sources = self._loaded_model()
         ranking = self._ranking(folder, rec, dataset)
         shown = self._shown(dataset["owner"], sources)
-        return replace(ranking, recommendations=[r for r in ranking.recommendations if shown(r.candidate)][:top_k])
+        return ranking.keeping([r for r in ranking.recommendations if shown(r.candidate)][:top_k])
 
     def _visibility(self, owner: str):
         """``visible(meta-dataset dataset name)`` for ``owner``: committed datasets and its own."""
@@ -154,7 +148,7 @@ class RecommenderService:
                   config_constraints: dict[str, Any] | None) -> tuple[Any, WarmStart, list[dict[str, Any]]]:
         """The top ``top_k`` candidates the dataset's owner may see, in :meth:`_ranking`'s order (see the module
         docstring), with that ranking (its ``source`` and ``reason``)."""
-        folder, rec, configs, sources = self._loaded_model()
+        folder, rec, sources = self._loaded_model()
         visible = self._visibility(dataset["owner"])
         shown = self._shown(dataset["owner"], sources)
         nearest = [n for n in rec.nearest_datasets(dataset["meta_features"], k=len(rec.datasets))
@@ -162,12 +156,14 @@ class RecommenderService:
         nearest = [{**n, "its_best_candidate": n["its_best_candidate"] if shown(n["its_best_candidate"]) else None}
                    for n in nearest]
         num_labels = int(dataset["stats"].get("num_labels") or 1)
-        out = []
+        out, kept = [], []
         ranking = self._ranking(folder, rec, dataset)
         for r in ranking.recommendations:
-            cfg = configs[r.candidate]
             if not shown(r.candidate):
                 continue
+            # the KD pipeline (as it runs on the dataset's task) on the default budget, never the meta-dataset's
+            # build budget nor where its data lived on the server
+            cfg = _without_data_paths(with_pipeline(PipelineConfig(), r.config))
             if config_constraints and not matches_constraints(cfg.to_dict(), config_constraints):
                 continue
             params = student_parameters_of(cfg, num_labels)
@@ -177,9 +173,10 @@ class RecommenderService:
                         "predicted_score": r.predicted_score, "uncertainty": r.uncertainty,
                         "student_parameters": params,
                         "why": json.loads(json.dumps({**r.why, "nearest_datasets": nearest}, default=str))})
+            kept.append(r)
             if len(out) == top_k:
                 break
-        return rec, ranking, out
+        return rec, ranking.keeping(kept), out
 
     # ------------------------------------------------------------------ refit
     def fold_search(self, search: dict[str, Any], dataset: dict[str, Any] | None) -> int:
@@ -210,6 +207,10 @@ class RecommenderService:
             folded += 1
         base = base_record_paths(self.settings.model_dir) if self.settings.base_records is None \
             else list(self.settings.base_records)
+        missing = [str(p) for p in base if not p.exists()]
+        if missing:   # refitting on the tenants' records alone would silently drop the whole meta-dataset
+            raise ApiError(409, "conflict", f"the meta-dataset records to refit on are missing: {missing} "
+                           "(set the service's base records, or deploy them with the model)")
         paths = base + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
         if not paths:
             raise ApiError(409, "conflict", "no meta-dataset records to fit on")
@@ -229,7 +230,7 @@ class RecommenderService:
         (folder / SOURCES_FILE).write_text(json.dumps(sources), encoding="utf-8")
         summary = {"searches_folded": folded, "records_added": added, "rows": int(len(rows)),
                    "datasets": int(rows["dataset"].nunique()), "candidates": int(rows["candidate"].nunique()),
-                   "method": REFIT_METHOD, "model_path": str(folder),
+                   "method": REFIT_METHOD, "model_path": str(folder), "base_records": len(base),
                    "left_out_uninformative": sorted(fitted.left_out_uninformative)}
         self.store.add_meta_model(str(folder), summary)
         return summary

@@ -227,6 +227,7 @@ class RefitResponse(Strict):
     candidates: int
     method: str
     model_path: str
+    base_records: int = Field(0, description="record files of the committed model's meta-dataset the refit started from")
     # datasets whose teacher scores no better than the majority class carry no signal for the meta-model
     # and are left out by the one fitting rule (`autodistill meta fit` does the same); named, not hidden
     left_out_uninformative: list[str] = []

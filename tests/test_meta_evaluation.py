@@ -215,6 +215,19 @@ def test_choose_warm_start_follows_the_committed_decision(tmp_path):
     assert chosen.source == ws.PORTFOLIO and "portfolio" in chosen.reason
     assert [r.candidate for r in chosen.recommendations] == ["t4", "vanilla_kd"]
     assert [r.rank for r in chosen.recommendations] == [1, 2]
+    longer = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=3)
+    assert [r.why["portfolio_member"] for r in longer.recommendations] == [True, True, False]
+    assert "then the meta-model's ranking" in longer.reason
+    # constraints leave one member: it comes first and the reason says one was left out
+    one = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2, constraints={"mixup.enabled": False})
+    assert one.source == ws.PORTFOLIO and one.recommendations[0].candidate == "t4" and "1 left out" not in one.reason
+    no_t4 = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2,
+                                 constraints={"loss.prediction.temperature": 1.0})
+    assert [r.candidate for r in no_t4.recommendations][0] == "vanilla_kd" and "1 left out" in no_t4.reason
+    # no member left: the meta-model's ranking, and the source says so
+    none = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2, constraints={"mixup.enabled": True})
+    assert none.source == ws.META_MODEL and "none of its members" in none.reason
+    assert [r.candidate for r in none.recommendations] == ["mixup"]
     ws.write_decision(tmp_path, ["t4", "vanilla_kd"], 2, {"ci_low": 0.01, "ci_high": 0.02})
     assert ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2).source == ws.META_MODEL
 

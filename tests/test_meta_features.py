@@ -359,7 +359,7 @@ TinyBERT4,Roberta-large,pkd,0.1,emd,ce,TRUE,4,0.5,3700,0.85,mrpc,0.93,81.5,2,0,1
 TinyBERT4,BERT_BASE,ce,0.5,last,ce,FALSE,1,0.1,67000,0.9,sst-2,0.967,80,2,1,3
 """
 TEACHERS_CSV = "\ufefftask,model,score\nmnli,BERT_BASE,84.4\nmrpc,Roberta-large,91.3\nsst-2,BERT_BASE,93.0\n"
-PAPER_FEATURES_CSV = "task,0,1,#example,#label\nmnli,1.5,-0.25,393000,3\nmrpc,0.5,0.75,3700,2\nsst-2,-1.0,2.0,67000,2\n"
+PAPER_FEATURES_CSV = "\ufefftask , 0,1 ,#example,#label\nmnli,1.5,-0.25,393000,3\nmrpc,0.5,0.75,3700,2\nsst-2,-1.0,2.0,67000,2\n"
 
 
 def test_distiller_rows_map_onto_our_config():

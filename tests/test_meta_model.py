@@ -219,6 +219,17 @@ def test_recommend_top_k_sorted_valid_configs(recommender):
     assert recommender.recommend({"is_pair": 1.0}, constraints=lambda c: False) == []
 
 
+def test_a_regression_dataset_gets_only_pipelines_that_run_on_regression(recommender):
+    """RW-KD weighting and dynamic selection need class probabilities: never recommended for regression;
+    the others come as they run there (a KL prediction loss becomes MSE)."""
+    names = {r.candidate for r in recommender.recommend({"is_pair": 1.0}, top_k=len(CANDIDATES))}
+    assert {"rwkd", "dyn"} <= names
+    recs = recommender.recommend({"is_pair": 1.0, "mf_is_regression": 1.0}, top_k=len(CANDIDATES))
+    assert {r.candidate for r in recs} == names - {"rwkd", "dyn"}
+    assert [r.rank for r in recs] == list(range(1, len(recs) + 1))
+    assert all(PipelineConfig.model_validate(r.config).loss.prediction.type == "mse" for r in recs)
+
+
 def test_save_load_and_version_refusal(recommender, tmp_path):
     folder = recommender.save(tmp_path / "m")
     assert not list(folder.glob("*.pkl"))
@@ -265,6 +276,8 @@ def test_cli_evaluate_fit_recommend(tmp_path, monkeypatch, capsys):
     assert [r["candidate"] for r in out["recommendations"]][:1] == ["mixup"] and len(out["recommendations"]) == 3
     assert out["top_config"]["mixup"]["enabled"]
     assert cli.main(["recommend", "--model", str(tmp_path / "nothing")]) == 2
+    assert cli.main(["recommend", "--model", str(tmp_path / "model"), "--top-k", "-2"]) == 2
+    assert "--top-k must be at least 1" in capsys.readouterr().err
 
 
 def test_datasets_whose_teacher_is_no_better_than_majority_are_left_out(tmp_path, capsys):

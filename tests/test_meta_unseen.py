@@ -54,7 +54,7 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     assert run_unseen(tmp_path / "data", ["alpha"], limit=1, **kwargs) == (1, 0)       # bounded by --limit
     partial = write_unseen_report(tmp_path / "out", ["alpha", "beta"]).read_text()
     assert "## Not paired" in partial and "- beta: not run: no plan yet" in partial
-    assert "- alpha: incomplete: " in partial and "misses seed 2" in partial
+    assert "- alpha: not in recommended vs single_best: " in partial and "misses seed 2" in partial
     ran, failed = run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs)
     assert failed == 0
     plans = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out" / "plans").glob("*.json")}
@@ -86,7 +86,8 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
 def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_single_best(tmp_path):
     from autodistill.meta.unseen import MANIFEST, _manifest
 
-    wanted = {"model": {"fingerprint": "f"}, "seeds": [1, 2], "budget": {}, "max_train_examples": None}
+    wanted = {"model": {"fingerprint": "f"}, "decision": {"source": "portfolio", "fingerprint": "d"},
+              "seeds": [1, 2], "budget": {}, "max_train_examples": None}
     asked = []
     pick = lambda: asked.append(1) or "mixup"   # noqa: E731
     assert _manifest(tmp_path, wanted, pick)["single_best"] == "mixup"
@@ -98,9 +99,48 @@ def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_s
     with pytest.raises(ValueError, match="another model"):
         _manifest(tmp_path, {**wanted, "model": {"fingerprint": "g"}}, pick)
     assert not list(tmp_path.glob("*.tmp"))                                # written whole, nothing left over
-    (tmp_path / MANIFEST).write_text(json.dumps(wanted))                  # written by older code
+    # the warm-start decision picks the recommended arm: another one (the same model files) is refused too
+    with pytest.raises(ValueError, match="another decision"):
+        _manifest(tmp_path, {**wanted, "decision": {"source": "meta_model", "fingerprint": "e"}}, pick)
+    older = {k: v for k, v in wanted.items() if k != "decision"}
+    (tmp_path / MANIFEST).write_text(json.dumps(older))                   # written by older code
     assert _manifest(tmp_path, wanted, pick)["single_best"] == "mixup" and len(asked) == 2
-    assert json.loads((tmp_path / MANIFEST).read_text())["single_best"] == "mixup"
+    assert json.loads((tmp_path / MANIFEST).read_text())["decision"] == wanted["decision"]   # added once
+    # ... but only when the plans made so far followed that decision
+    (tmp_path / MANIFEST).write_text(json.dumps(older))
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / "ds.json").write_text(json.dumps({"dataset": "ds", "warm_start_source": "meta_model"}))
+    with pytest.raises(ValueError, match=r"plans of \['ds'\] were made with another warm-start decision"):
+        _manifest(tmp_path, wanted, pick)
+
+
+def test_the_report_names_each_comparison_a_dataset_misses_and_spreads_only_complete_seeds():
+    import pandas as pd
+
+    from autodistill.meta.unseen import seed_spread, unpaired_datasets
+
+    def row(dataset, arm, candidate, s1, s2, applies=True):
+        ratio = (s1 + s2) / 2 if applies and s1 == s1 and s2 == s2 else float("nan")
+        return {"dataset": dataset, "arm": arm, "candidate": candidate, "applies": applies,
+                "seed_1": s1, "seed_2": s2, "ratio": ratio}
+    nan = float("nan")
+    table = pd.DataFrame([
+        # the pick does not apply to the task: in no comparison, and said so
+        row("reg", "recommended", "dyn", nan, nan, applies=False), row("reg", "single_best", "mixup", 0.8, 0.9),
+        row("reg", "vanilla_kd", "vanilla_kd", 0.7, 0.8),
+        # only the single best misses a seed: still in recommended vs vanilla_kd
+        row("half", "recommended", "t4", 0.9, 0.95), row("half", "single_best", "mixup", 0.9, nan),
+        row("half", "vanilla_kd", "vanilla_kd", 0.8, 0.9),
+        # the pick is the single best: one pipeline, counted once in the spread
+        row("same", "recommended", "mixup", 0.5, 0.9), row("same", "single_best", "mixup", 0.5, 0.9),
+        row("same", "vanilla_kd", "vanilla_kd", 0.6, 0.6)])
+    why = unpaired_datasets(table, ["reg", "half", "same", "new"])
+    assert why["new"] == "not run: no plan yet"
+    assert why["reg"].count("recommended (dyn) does not apply to the task") == 2
+    assert why["half"] == "not in recommended vs single_best: single_best misses seed 2"
+    assert "same" not in why
+    spread = seed_spread(table)      # reg: mixup 0.1, vanilla 0.1; half: t4 0.05, vanilla 0.1; same: mixup 0.4, vanilla 0
+    assert sorted(spread.round(4)) == [0.0, 0.05, 0.1, 0.1, 0.1, 0.4]
 
 
 def test_the_comparison_says_which_arm_is_better():

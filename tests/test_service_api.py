@@ -268,6 +268,7 @@ def test_recommendations_are_ranked_configs_with_reasons(api, cr):
     assert body["source"] == decision["source"] and body["reason"]
     if decision["source"] == "portfolio":
         assert [x["candidate"] for x in recs] == decision["portfolio"][:3]
+        assert all(x["why"]["portfolio_member"] for x in recs)
     else:
         scores = [x["predicted_score"] for x in recs]
         assert scores == sorted(scores, reverse=True)
@@ -288,6 +289,15 @@ def test_recommendation_constraints(api, cr):
     assert recs and all(x["config"]["mixup"]["enabled"] for x in recs)
     every = api.post("/recommendations", json={"dataset_id": cr["id"], "top_k": 50}, headers=api.keys["alice"])
     assert len(recs) < len(every.json()["recommendations"])
+    # constraints that leave no portfolio member: the answer is the meta-model's ranking, and says so
+    pkd = {"dataset_id": cr["id"], "top_k": 50, "constraints": {"config": {"loss.intermediate.objective": "pkd"}}}
+    body = api.post("/recommendations", json=pkd, headers=api.keys["alice"]).json()
+    assert body["recommendations"] and all(x["config"]["loss"]["intermediate"]["objective"] == "pkd"
+                                           for x in body["recommendations"])
+    assert not any(x["why"].get("portfolio_member") for x in body["recommendations"])
+    assert body["source"] == "meta_model"
+    if read_decision(DEFAULT_MODEL_DIR)["source"] == "portfolio":
+        assert "none of its members" in body["reason"]
 
 
 @pytest.mark.parametrize("body,status,field", [

@@ -3,6 +3,8 @@ on the same records they give the same meta-model - the same datasets left out, 
 same rankings and predictions."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from autodistill.cli import main
@@ -11,6 +13,7 @@ from autodistill.meta.fitting import DEFAULT_MODEL_DIR
 from autodistill.meta.recommender import Recommender
 from autodistill.meta.table import load_feature_dir
 from service import db
+from service.errors import ApiError
 from service.recommend import REFIT_METHOD, RecommenderService, base_record_paths
 from service.settings import ServiceSettings
 from service.store import Store
@@ -55,3 +58,24 @@ def test_a_refit_starts_from_the_records_its_model_was_fitted_on(tmp_path):
     assert main(["meta", "fit", "--records", *map(str, RECORDS[1:]), "--out", str(tmp_path / "model")]) == 0
     assert base_record_paths(tmp_path / "model") == RECORDS[1:]
     assert base_record_paths(tmp_path / "no-model") == []
+
+
+def test_a_refit_refuses_when_its_models_records_are_missing(tmp_path):
+    """Refitting on the tenants' records alone would drop the whole meta-dataset without a word: refused."""
+    copies = [tmp_path / "records" / p.name for p in RECORDS]
+    copies[0].parent.mkdir()
+    for src, dst in zip(RECORDS, copies):
+        shutil.copyfile(src, dst)
+    assert main(["meta", "fit", "--records", *map(str, copies), "--out", str(tmp_path / "model")]) == 0
+    shutil.rmtree(tmp_path / "records")
+    assert base_record_paths(tmp_path / "model") == copies          # named, whether or not they exist
+    settings = ServiceSettings(state_dir=tmp_path / "svc", model_dir=tmp_path / "model", meta_features_backbone=None)
+    settings.state_dir.mkdir()
+    engine = db.make_engine(settings.sqlalchemy_url)
+    db.migrate(engine)
+    try:
+        with pytest.raises(ApiError) as err:
+            RecommenderService(Store(engine), settings).refit()
+    finally:
+        engine.dispose()
+    assert err.value.status == 409 and "missing" in err.value.detail and copies[0].name in err.value.detail

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     model_dir = args.model or DEFAULT_MODEL_DIR
     try:
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be at least 1, not {args.top_k}")
         constraints = parse_constraints(args.constraint) or None
         cfg = load_config(args.config) if args.config else PipelineConfig()
         data = args.data or str(bundled_dataset_path())

@@ -102,8 +102,8 @@ def map_row(row: Mapping[str, str], row_id: Any = "?") -> tuple[dict[str, Any], 
 
 
 def read_rows(text: str) -> list[dict[str, str]]:
-    """Rows of a Distiller CSV (a leading BOM is ignored)."""
-    return list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
+    """Rows of a Distiller CSV (a leading BOM and spaces around the column names are ignored)."""
+    return [{(k or "").strip(): v for k, v in row.items()} for row in csv.DictReader(io.StringIO(text.lstrip("\ufeff")))]
 
 
 def read_teacher_scores(text: str) -> dict[tuple[str, str], float]:
@@ -116,8 +116,7 @@ def read_paper_task_features(text: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for i, r in enumerate(read_rows(text)):
         feats = {}
-        for column, value in r.items():
-            name = column.strip()
+        for name, value in r.items():
             if name.isdigit():
                 feats[f"distiller_task_f{int(name):02d}"] = float(value)
             elif name == "#label":

@@ -22,7 +22,7 @@ from .columns import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns
 from .distances import l1_distances, scale_stats
 from .model import PipelineScoreRegressor
 from .model_files import load_model, save_model
-from .portfolio import current_candidate
+from .portfolio import adapt_for_task, current_candidate
 
 _PIPELINE_PREFIXES = tuple(f"{PF_PREFIX}{section}." for section in PIPELINE_SECTIONS)
 
@@ -47,6 +47,12 @@ def _normalise_query(meta_features: Mapping[str, Any]) -> dict[str, float]:
     if meta_features and all(str(k).startswith(MF_PREFIX) for k in meta_features):
         return {k: float(v) if v is not None else float("nan") for k, v in meta_features.items()}
     return numeric_meta_features(meta_features)
+
+
+def task_type_of(meta_features: Mapping[str, Any]) -> str:
+    """"regression" or "classification", from the ``is_regression`` meta-feature (raw or ``mf_`` name)."""
+    flag = meta_features.get("is_regression", meta_features.get(f"{MF_PREFIX}is_regression"))
+    return "regression" if flag is not None and math.isfinite(float(flag)) and float(flag) > 0 else "classification"
 
 
 def matches_constraints(config: Mapping[str, Any], constraints) -> bool:
@@ -177,9 +183,18 @@ class Recommender:
         ``budget``: the user's config (a :class:`~autodistill.config.PipelineConfig` or dict): its
         student, data and optimisation settings replace the meta-dataset's in the model's inputs.
         ``constraints``: a callable on the config dict, or ``{dotted.config.path: value or [values]}``
-        (e.g. ``{"student.num_layers": 2}``); candidates that fail it are left out.
+        (e.g. ``{"student.num_layers": 2}``); candidates that fail it are left out, and so are those that do
+        not apply to the dataset's task (``is_regression``: see :func:`~.portfolio.adapt_for_task`); the
+        others are returned as they run on that task (on regression, a KL/soft-CE prediction loss becomes MSE).
         """
-        keep = [i for i, c in enumerate(self.candidates) if matches_constraints(c["config"], constraints)]
+        task_type = task_type_of(meta_features)
+        pipelines = {}
+        for i, c in enumerate(self.candidates):
+            name, pipeline = current_candidate(c["name"], c["config"])
+            adapted = adapt_for_task(pipeline, task_type)
+            if adapted is not None and matches_constraints(c["config"], constraints):
+                pipelines[i] = (name, adapted)
+        keep = list(pipelines)
         if not keep:
             return []
         X = self.candidate_matrix(meta_features, budget)[keep]
@@ -203,7 +218,7 @@ class Recommender:
                 why["outside_the_config"] = cand["extra"]
             if outside:
                 why["student_outside_training"] = outside
-            name, pipeline = current_candidate(cand["name"], cand["config"])
+            name, pipeline = pipelines[keep[j]]
             out.append(Recommendation(rank=rank, candidate=name, config=pipeline,
                                       predicted_score=float(mean[j]), uncertainty=float(std[j]), why=why))
         return out

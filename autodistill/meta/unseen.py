@@ -36,7 +36,7 @@ from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
 from .portfolio import RENAMED_CANDIDATES, adapt_for_task, candidate_config
 from .table import drop_uninformative
-from .warm_start import candidate_effects, choose_warm_start
+from .warm_start import DECISION_FILE, META_MODEL, candidate_effects, choose_warm_start
 
 ARMS = ("recommended", "single_best", "vanilla_kd")
 SOURCE = "autodistill-meta-unseen"
@@ -106,26 +106,48 @@ def _seed_of(record) -> int:
 
 
 def _manifest(out: Path, wanted: dict[str, Any], single_best: Callable[[], str]) -> dict[str, Any]:
-    """What every dataset of ``out`` is scored with (model, single best, seeds, budget): written by the
-    first invocation; a later one that asks for anything else is refused (its datasets would not pair).
-    A manifest written before the single best was kept in it gets it added once."""
+    """What every dataset of ``out`` is scored with (model, its warm-start decision, single best, seeds, budget):
+    written by the first invocation; a later one that asks for anything else is refused (its datasets would
+    not pair). A manifest written before the single best or the decision was kept in it gets them added once;
+    the decision only when every plan made so far followed it (its ``warm_start_source``)."""
     path = out / MANIFEST
     have = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     if have is not None:
-        differ = sorted(k for k in ("model", "seeds", "budget", "max_train_examples")
-                        if _comparable(k, have.get(k)) != _comparable(k, wanted.get(k)))
+        differ = sorted(k for k in ("model", "decision", "seeds", "budget", "max_train_examples")
+                        if k in have and _comparable(k, have.get(k)) != _comparable(k, wanted.get(k)))
         if differ:
             raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}); use a new --out")
-        if "single_best" in have:
+        if "single_best" in have and "decision" in have:
             return have
-    manifest = {**(have or wanted), "single_best": single_best()}
+        if "decision" not in have:
+            _check_plans_follow(out, wanted["decision"])
+    manifest = {**(have or wanted), "decision": wanted["decision"]}
+    if "single_best" not in manifest:
+        manifest["single_best"] = single_best()
     write_json_atomic(path, manifest, default=str)
     return manifest
 
 
+def _check_plans_follow(out: Path, decision: Mapping[str, Any] | None) -> None:
+    source = (decision or {}).get("source") or META_MODEL   # no decision file: the meta-model's ranking
+    strays = sorted(p["dataset"] for p in _plans(out) if p.get("warm_start_source", source) != source)
+    if strays:
+        raise ValueError(f"{out}: the plans of {strays} were made with another warm-start decision than the model "
+                         f"folder's ({source}); use a new --out")
+
+
+def _decision(model_dir: Path) -> dict[str, Any] | None:
+    """The model folder's warm-start decision, which picks the ``recommended`` arm: its source and fingerprint."""
+    path = model_dir / DECISION_FILE
+    if not path.is_file():
+        return None
+    return {"source": json.loads(path.read_text(encoding="utf-8")).get("source"),
+            "fingerprint": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+
+
 def _comparable(key: str, value: Any) -> Any:
-    """What must agree between two invocations: the model by its content, not the folder it was read from."""
-    return (value or {}).get("fingerprint") if key == "model" else value
+    """What must agree between two invocations: the model and its decision by their content, not the folder."""
+    return (value or {}).get("fingerprint") if key in ("model", "decision") else value
 
 
 def _model_fingerprint(model_dir: Path) -> str:
@@ -150,6 +172,7 @@ def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir:
     base = budget or PipelineConfig()
     manifest = _manifest(out, {
         "model": {"dir": str(model_dir), "fingerprint": _model_fingerprint(model_dir)},
+        "decision": _decision(model_dir),
         "records": [str(p) for p in ([records] if isinstance(records, (str, Path)) else records)],
         "seeds": [int(s) for s in seeds], "budget": json.loads(json.dumps(base.to_dict(), default=str)),
         "max_train_examples": max_train_examples}, single_best=lambda: fair_single_best(records))
@@ -162,8 +185,8 @@ def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir:
             log(f"[{dataset}] held by another process: skipped")
             continue
         try:
-            ran += _run_dataset(root / dataset, dataset, manifest, base, out, None if limit is None else limit - ran,
-                                log)
+            ran += _run_dataset(root / dataset, dataset, manifest, model_dir, base, out,
+                                None if limit is None else limit - ran, log)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - one dataset's failure is logged; the others go on
@@ -174,8 +197,9 @@ def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir:
     return ran, failed
 
 
-def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], base: PipelineConfig, out: Path,
-                 limit: int | None, log: Callable[[str], None]) -> int:
+def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_dir: Path, base: PipelineConfig,
+                 out: Path, limit: int | None, log: Callable[[str], None]) -> int:
+    """``model_dir``: the folder this invocation was given, whose content the manifest has checked."""
     from ..distill import run_distillation
 
     cfg = _budget_for(base, path, manifest["max_train_examples"])
@@ -184,7 +208,7 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], base: Pi
         plan = json.loads(plan_file.read_text(encoding="utf-8"))
     else:
         plan = {"dataset": dataset, "seeds": manifest["seeds"], "budget": cfg.to_dict(),
-                **plan_arms(cfg, manifest["model"]["dir"], manifest["single_best"])}
+                **plan_arms(cfg, model_dir, manifest["single_best"])}
         write_json_atomic(plan_file, plan, default=float)
     arms = [Arm(**a) for a in plan["arms"]]
     log(f"[{dataset}] " + ", ".join(f"{a.name}: {a.candidate}" + ("" if a.pipeline else " (n/a to the task)")
@@ -260,16 +284,37 @@ def _seed_columns(table: pd.DataFrame) -> list[str]:
 
 
 def unpaired_datasets(table: pd.DataFrame, datasets: Sequence[str] = ()) -> dict[str, str]:
-    """Each dataset that no comparison can pair yet (of the planned ones and ``datasets``), with why:
-    never planned (no run started), or which applicable arms still miss seeds."""
+    """Each dataset missing from a comparison of :func:`unseen_comparisons` (of the planned ones and
+    ``datasets``), with why: never planned (no run started), an arm that does not apply to the task, or
+    which seeds an arm still misses."""
     why = {d: "not run: no plan yet" for d in datasets if d not in set(table["dataset"])}
     seed_cols = _seed_columns(table)
-    for dataset, rows in table[table["applies"]].groupby("dataset", sort=False):
-        gaps = [f"{row.arm} misses seed {col.removeprefix('seed_')}"
-                for row in rows.itertuples() for col in seed_cols if not np.isfinite(getattr(row, col))]
+    for dataset, rows in table.groupby("dataset", sort=False):
+        by_arm = rows.set_index("arm")
+        gaps = []
+        for other in ARMS[1:]:
+            pair = [a for a in ("recommended", other) if a in by_arm.index]
+            if len(pair) < 2 or all(np.isfinite(by_arm.loc[a, "ratio"]) for a in pair):
+                continue
+            causes = []
+            for arm in pair:
+                row = by_arm.loc[arm]
+                if not row["applies"]:
+                    causes.append(f"{arm} ({row['candidate']}) does not apply to the task")
+                causes += [f"{arm} misses seed {c.removeprefix('seed_')}" for c in seed_cols
+                           if row["applies"] and not np.isfinite(row[c])]
+            gaps.append(f"not in recommended vs {other}: " + ", ".join(dict.fromkeys(causes)))
         if gaps:
-            why[dataset] = "incomplete: " + ", ".join(gaps)
+            why[dataset] = "; ".join(gaps)
     return why
+
+
+def seed_spread(table: pd.DataFrame) -> pd.Series:
+    """Max − min ratio over the seeds of each run pipeline that has all its seeds (arms sharing a pipeline
+    count once)."""
+    seed_cols = _seed_columns(table)
+    complete = table[table["applies"] & table[seed_cols].notna().all(axis=1)].drop_duplicates(["dataset", "candidate"])
+    return complete[seed_cols].max(axis=1) - complete[seed_cols].min(axis=1)
 
 
 def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
@@ -281,15 +326,15 @@ def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
     comparisons = unseen_comparisons(table)
     unpaired = unpaired_datasets(table, datasets)
     table.to_csv(out / "per_dataset.csv", index=False)
-    seed_cols = _seed_columns(table)
-    spread = table[seed_cols].max(axis=1) - table[seed_cols].min(axis=1)
+    spread = seed_spread(table)
     lines = ["# The recommender on datasets the meta-dataset never saw", "",
              "Each dataset at the product's default budget (`PipelineConfig()` on all its rows unless the plan "
              "says otherwise); ratio = student/teacher on the validation split, mean over the seeds. "
              "`recommended` is the product's first pick, `single_best` the fair single best of the records.", "",
              markdown_table(table.set_index("dataset")), "",
-             f"Seed spread (max − min ratio of one arm over its seeds): median {np.nanmedian(spread):.4f}, "
-             f"max {np.nanmax(spread):.4f}." if spread.notna().any() else "No arm has all its seeds yet.", "",
+             f"Seed spread (max − min ratio of one run pipeline over its seeds; {len(spread)} with all seeds): "
+             f"median {spread.median():.4f}, max {spread.max():.4f}." if len(spread) else
+             "No run pipeline has all its seeds yet.", "",
              "## Paired over datasets", "",
              "d = the recommendation's ratio − the other arm's (> 0: the recommendation is better); wins / ties / "
              "losses of the recommendation; two-sided Wilcoxon p; 95 % percentile bootstrap CI of the mean d.", "",
@@ -301,8 +346,8 @@ def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
         lines.append(f"| {plan['dataset']} | {plan.get('warm_start_source', '?')} | {recommended} | "
                      f"{plan.get('meta_model_top1', '(not recorded)')} |")
     if unpaired:
-        lines += ["", "## Not paired", "", "These datasets are in no comparison above (a comparison pairs the datasets "
-                  "where both of its arms have every seed):", ""]
+        lines += ["", "## Not paired", "", "These datasets are missing from the comparisons named (a comparison pairs "
+                  "the datasets where both of its arms apply and have every seed):", ""]
         lines += [f"- {dataset}: {why}" for dataset, why in unpaired.items()]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -18,7 +18,7 @@ model to be right on a new dataset.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,6 +30,8 @@ from .table import groups_of
 
 DECISION_FILE = "warm_start.json"
 META_MODEL, PORTFOLIO = "meta_model", "portfolio"
+NO_MEMBER_LEFT = ("the evaluation chose the best-of-k portfolio, but none of its members applies here (the dataset's "
+                  "task, the constraints or what the requester may see): the meta-model's ranking")
 
 
 # --------------------------------------------------------------------------- fair single best
@@ -146,6 +148,14 @@ class WarmStart:
         return {"source": self.source, "reason": self.reason, "evidence": self.evidence,
                 "recommendations": [r.to_dict() for r in self.recommendations]}
 
+    def keeping(self, recommendations: Sequence[Any]) -> "WarmStart":
+        """This warm start with only ``recommendations`` (a filtered subset, best first), ranked 1..n; when
+        no member of the portfolio is left, the list is the meta-model's ranking and the source says so."""
+        recs = [replace(r, rank=rank) for rank, r in enumerate(recommendations, start=1)]
+        if self.source == PORTFOLIO and not any(r.why.get("portfolio_member") for r in recs):
+            return WarmStart(META_MODEL, recs, NO_MEMBER_LEFT, self.evidence)
+        return replace(self, recommendations=recs)
+
 
 def write_decision(model_dir: str | Path, portfolio: Sequence[str], k: int, comparison: Mapping[str, Any],
                    note: str = "") -> Path:
@@ -179,9 +189,15 @@ def choose_warm_start(recommender: Any, model_dir: str | Path, meta_features: Ma
     by_name = {r.candidate: r for r in ranked}
     chosen = [RENAMED_CANDIDATES.get(c, c) for c in decision["portfolio"]]
     members = [by_name[c] for c in chosen if c in by_name]
+    if not members:
+        return WarmStart(META_MODEL, ranked[:top_k], NO_MEMBER_LEFT, evidence)
     rest = [r for r in ranked if r.candidate not in chosen]
-    recs = (members + rest)[:top_k]
-    for rank, r in enumerate(recs, start=1):
-        r.rank = rank
+    member_ids = {id(r) for r in members}
+    recs = [replace(r, rank=rank, why={**r.why, "portfolio_member": id(r) in member_ids})
+            for rank, r in enumerate((members + rest)[:top_k], start=1)]
+    left_out = len(chosen) - len(members)
     return WarmStart(PORTFOLIO, recs, "the evaluation did not find the meta-model better than the best-of-k "
-                     "portfolio (bootstrap CI of the difference not above 0): portfolio first", evidence)
+                     "portfolio (bootstrap CI of the difference not above 0): its "
+                     f"{len(members)} member(s) first" + (f" ({left_out} left out: they do not apply to the "
+                     "dataset's task or fail the constraints)" if left_out else "")
+                     + (", then the meta-model's ranking" if len(recs) > len(members) else ""), evidence)
