@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,9 @@ class RecommenderService:
         folder, rec, sources = self._loaded_model()
         ranking = self._ranking(folder, rec, dataset)
         shown = self._shown(dataset["owner"], sources)
-        return ranking.keeping([r for r in ranking.recommendations if shown(r.candidate)][:top_k])
+        # the cached ranking's nearest datasets are everyone's (other tenants' included): not passed on
+        return ranking.keeping([replace(r, why={k: v for k, v in r.why.items() if k != "nearest_datasets"})
+                                for r in ranking.recommendations if shown(r.candidate)][:top_k])
 
     def _visibility(self, owner: str):
         """``visible(meta-dataset dataset name)`` for ``owner``: committed datasets and its own."""

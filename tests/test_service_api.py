@@ -276,6 +276,10 @@ def test_recommendations_are_ranked_configs_with_reasons(api, cr):
         PipelineConfig.model_validate(x["config"])
         assert x["uncertainty"] >= 0 and x["student_parameters"] > 0
         assert x["why"]["nearest_datasets"] and x["why"]["top_features"]
+    # what a search warm-starts from: the same order, without the (unfiltered) nearest datasets of the cache
+    start = api.app.state.recommender.warm_start(api.app.state.store.get_dataset(None, cr["id"]), 3)
+    assert [r.candidate for r in start.recommendations] == [x["candidate"] for x in recs]
+    assert start.source == body["source"] and not any("nearest_datasets" in r.why for r in start.recommendations)
 
 
 def test_recommendation_constraints(api, cr):
