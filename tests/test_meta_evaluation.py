@@ -224,6 +224,11 @@ def test_choose_warm_start_follows_the_committed_decision(tmp_path):
     no_t4 = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2,
                                  constraints={"loss.prediction.temperature": 1.0})
     assert [r.candidate for r in no_t4.recommendations][0] == "vanilla_kd" and "1 left out" in no_t4.reason
+    # a filter after the ranking (the service's: what the requester may see, the student's size) says the same
+    kept = longer.keeping([r for r in longer.recommendations if r.candidate != "t4"])
+    assert kept.source == ws.PORTFOLIO and [r.rank for r in kept.recommendations] == [1, 2]
+    assert kept.reason.endswith("1 of them filtered out here")
+    assert longer.keeping([longer.recommendations[2]]).source == ws.META_MODEL
     # no member left: the meta-model's ranking, and the source says so
     none = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2, constraints={"mixup.enabled": True})
     assert none.source == ws.META_MODEL and "none of its members" in none.reason

@@ -296,17 +296,18 @@ def unpaired_datasets(table: pd.DataFrame, datasets: Sequence[str] = ()) -> dict
             pair = [a for a in ("recommended", other) if a in by_arm.index]
             if len(pair) < 2 or all(np.isfinite(by_arm.loc[a, "ratio"]) for a in pair):
                 continue
-            causes = []
-            for arm in pair:
-                row = by_arm.loc[arm]
-                if not row["applies"]:
-                    causes.append(f"{arm} ({row['candidate']}) does not apply to the task")
-                causes += [f"{arm} misses seed {c.removeprefix('seed_')}" for c in seed_cols
-                           if row["applies"] and not np.isfinite(row[c])]
+            causes = [cause for arm in pair for cause in _why_incomplete(by_arm.loc[arm], seed_cols)]
             gaps.append(f"not in recommended vs {other}: " + ", ".join(dict.fromkeys(causes)))
         if gaps:
             why[dataset] = "; ".join(gaps)
     return why
+
+
+def _why_incomplete(row: pd.Series, seed_cols: Sequence[str]) -> list[str]:
+    """Why an arm (a row of :func:`unseen_table`, indexed by arm) has no ratio yet."""
+    if not row["applies"]:
+        return [f"{row.name} ({row['candidate']}) does not apply to the task"]
+    return [f"{row.name} misses seed {c.removeprefix('seed_')}" for c in seed_cols if not np.isfinite(row[c])]
 
 
 def seed_spread(table: pd.DataFrame) -> pd.Series:

@@ -152,9 +152,14 @@ class WarmStart:
         """This warm start with only ``recommendations`` (a filtered subset, best first), ranked 1..n; when
         no member of the portfolio is left, the list is the meta-model's ranking and the source says so."""
         recs = [replace(r, rank=rank) for rank, r in enumerate(recommendations, start=1)]
-        if self.source == PORTFOLIO and not any(r.why.get("portfolio_member") for r in recs):
+        if self.source != PORTFOLIO:
+            return replace(self, recommendations=recs)
+        kept = sum(bool(r.why.get("portfolio_member")) for r in recs)
+        if not kept:
             return WarmStart(META_MODEL, recs, NO_MEMBER_LEFT, self.evidence)
-        return replace(self, recommendations=recs)
+        dropped = sum(bool(r.why.get("portfolio_member")) for r in self.recommendations) - kept
+        reason = self.reason + (f"; {dropped} of them filtered out here" if dropped > 0 else "")
+        return replace(self, recommendations=recs, reason=reason)
 
 
 def write_decision(model_dir: str | Path, portfolio: Sequence[str], k: int, comparison: Mapping[str, Any],
