@@ -48,14 +48,17 @@ def test_the_services_refit_gives_the_model_meta_fit_gives(tmp_path):
 
 
 
-def test_a_refit_starts_from_the_records_its_model_was_fitted_on(tmp_path):
+def test_a_refit_starts_from_the_records_its_model_was_fitted_on(tmp_path, monkeypatch):
     """The default base of a refit is what the model's sidecar names: the committed model's own records (the
     v2 build once it is refitted, never the old preset's by a hard-coded path), or another model's."""
     committed = base_record_paths()
     assert committed and all(p.exists() for p in committed)
     assert [str(p) for p in committed] == [str(META_DATASET_DIR.parent / p)
                                            for p in Recommender.load(DEFAULT_MODEL_DIR).info["records"]]
+    monkeypatch.chdir(tmp_path)    # run from elsewhere: the sidecar keeps checkout-relative paths, not cwd-relative
     assert main(["meta", "fit", "--records", *map(str, RECORDS[1:]), "--out", str(tmp_path / "model")]) == 0
+    assert Recommender.load(tmp_path / "model").info["records"] == ["meta_dataset/runs/cr.jsonl",
+                                                                    "meta_dataset/runs/mr.jsonl"]
     assert base_record_paths(tmp_path / "model") == RECORDS[1:]
     assert base_record_paths(tmp_path / "no-model") == []
 

@@ -371,7 +371,7 @@ def run_fit(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    info = {"records": [str(p) for p in args.records], "teacher_features": bool(args.teacher_features)}
+    info = {"records": [_sidecar_path(p) for p in args.records], "teacher_features": bool(args.teacher_features)}
     try:
         fitted = fit_meta_model(table, method=args.method, methods=args.methods,
                                 keep_uninformative=args.keep_uninformative, inner_folds=args.inner_folds,
@@ -386,6 +386,17 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"meta-model ({fitted.choice.label}; {len(rows)} rows, {rows['dataset'].nunique()} datasets, "
           f"{rows['candidate'].nunique()} candidates) saved to {args.out}")
     return 0
+
+
+def _sidecar_path(path: Path) -> str:
+    """A records path as the model's sidecar keeps it: relative to the checkout when inside it (the committed
+    model travels with the repository; the service's refit reads it from there), else absolute - never
+    relative to wherever ``meta fit`` happened to run."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(META_DATASET_DIR.parent))
+    except ValueError:
+        return str(resolved)
 
 
 def _store_decision(evaluation: Path, model_dir: Path) -> Path:
