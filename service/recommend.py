@@ -203,17 +203,17 @@ class RecommenderService:
         """Fold the finished searches into the service's meta-dataset and refit the meta-model on it and
         the committed records: ``autodistill meta fit --method hgb`` on the same records gives the same
         model (one fitting function, :func:`~autodistill.meta.fitting.fit_meta_model`)."""
-        folded, added = 0, 0
-        for search in self.store.finished_unfolded_searches():
-            added += self.fold_search(search, self.store.get_dataset(None, search["dataset_id"]))
-            self.store.update_search(search["id"], folded=True)
-            folded += 1
         base = base_record_paths(self.settings.model_dir) if self.settings.base_records is None \
             else list(self.settings.base_records)
         missing = [str(p) for p in base if not p.exists()]
         if missing:   # refitting on the tenants' records alone would silently drop the whole meta-dataset
             raise ApiError(409, "conflict", f"the meta-dataset records to refit on are missing: {missing} "
                            "(set the service's base records, or deploy them with the model)")
+        folded, added = 0, 0
+        for search in self.store.finished_unfolded_searches():
+            added += self.fold_search(search, self.store.get_dataset(None, search["dataset_id"]))
+            self.store.update_search(search["id"], folded=True)
+            folded += 1
         paths = base + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
         if not paths:
             raise ApiError(409, "conflict", "no meta-dataset records to fit on")

@@ -227,7 +227,8 @@ class RefitResponse(Strict):
     candidates: int
     method: str
     model_path: str
-    base_records: int = Field(0, description="record files of the committed model's meta-dataset the refit started from")
+    base_records: int = Field(0, description="record files or folders of the base meta-dataset the refit started "
+                              "from (the model's own, or the service's configured base records)")
     # datasets whose teacher scores no better than the majority class carry no signal for the meta-model
     # and are left out by the one fitting rule (`autodistill meta fit` does the same); named, not hidden
     left_out_uninformative: list[str] = []

@@ -217,22 +217,25 @@ def test_choose_warm_start_follows_the_committed_decision(tmp_path):
     assert [r.rank for r in chosen.recommendations] == [1, 2]
     longer = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=3)
     assert [r.why["portfolio_member"] for r in longer.recommendations] == [True, True, False]
-    assert "then the meta-model's ranking" in longer.reason
-    # constraints leave one member: it comes first and the reason says one was left out
-    one = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2, constraints={"mixup.enabled": False})
-    assert one.source == ws.PORTFOLIO and one.recommendations[0].candidate == "t4" and "1 left out" not in one.reason
+    assert longer.reason == ws.PORTFOLIO_FIRST
+    # constraints (checked before the ranking) that remove one member: the other comes first
     no_t4 = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2,
                                  constraints={"loss.prediction.temperature": 1.0})
-    assert [r.candidate for r in no_t4.recommendations][0] == "vanilla_kd" and "1 left out" in no_t4.reason
-    # a filter after the ranking (the service's: what the requester may see, the student's size) says the same
+    assert no_t4.source == ws.PORTFOLIO and [r.candidate for r in no_t4.recommendations][0] == "vanilla_kd"
+    assert [r.why["portfolio_member"] for r in no_t4.recommendations] == [True, False]
+    # a filter after the ranking (the service's: what the requester may see, the student's size): ranks 1..n
     kept = longer.keeping([r for r in longer.recommendations if r.candidate != "t4"])
     assert kept.source == ws.PORTFOLIO and [r.rank for r in kept.recommendations] == [1, 2]
-    assert kept.reason.endswith("1 of them filtered out here")
-    assert longer.keeping([longer.recommendations[2]]).source == ws.META_MODEL
-    # no member left: the meta-model's ranking, and the source says so
+    assert [r.rank for r in longer.recommendations] == [1, 2, 3]                     # the original untouched
+    assert longer.keeping([longer.recommendations[2]]).source == ws.META_MODEL   # no member left
+    # no member left before the ranking either: the meta-model's ranking, and the source says so
     none = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2, constraints={"mixup.enabled": True})
-    assert none.source == ws.META_MODEL and "none of its members" in none.reason
+    assert none.source == ws.META_MODEL and none.reason == ws.NO_MEMBER_LEFT
     assert [r.candidate for r in none.recommendations] == ["mixup"]
+    # a decision file that names no portfolio: the meta-model's ranking, said so (not a crash)
+    (tmp_path / ws.DECISION_FILE).write_text(json.dumps({"source": "portfolio", "k": 2}))
+    empty = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2)
+    assert empty.source == ws.META_MODEL and "names no member" in empty.reason
     ws.write_decision(tmp_path, ["t4", "vanilla_kd"], 2, {"ci_low": 0.01, "ci_high": 0.02})
     assert ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2).source == ws.META_MODEL
 

@@ -359,7 +359,8 @@ TinyBERT4,Roberta-large,pkd,0.1,emd,ce,TRUE,4,0.5,3700,0.85,mrpc,0.93,81.5,2,0,1
 TinyBERT4,BERT_BASE,ce,0.5,last,ce,FALSE,1,0.1,67000,0.9,sst-2,0.967,80,2,1,3
 """
 TEACHERS_CSV = "\ufefftask,model,score\nmnli,BERT_BASE,84.4\nmrpc,Roberta-large,91.3\nsst-2,BERT_BASE,93.0\n"
-PAPER_FEATURES_CSV = "\ufefftask , 0,1 ,#example,#label\nmnli,1.5,-0.25,393000,3\nmrpc,0.5,0.75,3700,2\nsst-2,-1.0,2.0,67000,2\n"
+PAPER_FEATURES_CSV = ("\ufefftask , 0,1 ,#example,#label\nmnli,1.5,-0.25,393000,3\nmrpc,0.5,0.75,3700,2\n"
+                      "sst-2,-1.0,2.0,67000,2\nboolq,0.1,0.2,9400,2\n")
 
 
 def test_distiller_rows_map_onto_our_config():
@@ -389,11 +390,14 @@ def test_distiller_rows_map_onto_our_config():
     paper = read_paper_task_features(PAPER_FEATURES_CSV)
     recs = to_records(rows, read_teacher_scores(TEACHERS_CSV), feats, paper)
     assert [r.dataset for r in recs] == ["mnli", "mrpc", "sst2"]
-    # the paper's own task features travel as dataset-level extras (found by the paper's task name "sst-2")
+    # the paper's own task features travel as dataset-level extras (the paper's "sst-2" is our sst2; boolq has no runs)
+    assert sorted(paper) == ["mnli", "mrpc", "sst2"]
     assert {k: v for k, v in recs[2].extra_features.items() if k.startswith(("distiller_task_f", "distiller_n_l"))} \
         == {"distiller_task_f00": -1.0, "distiller_task_f01": 2.0, "distiller_n_labels": 2.0}
     with pytest.raises(DistillerImportError, match="sst-2"):
-        to_records(rows, read_teacher_scores(TEACHERS_CSV), feats, {k: v for k, v in paper.items() if k != "sst-2"})
+        to_records(rows, read_teacher_scores(TEACHERS_CSV), feats, {k: v for k, v in paper.items() if k != "sst2"})
+    with pytest.raises(DistillerImportError, match="'#label': not a number"):
+        read_paper_task_features(PAPER_FEATURES_CSV.replace("67000,2", "67000,NA"))
     assert recs[1].target["ratio"] == 0.93 and recs[1].teacher_score == pytest.approx(0.913)
     assert recs[1].meta_features["teacher_score"] == pytest.approx(0.913)
     assert recs[1].extra_features["teacher"] == "Roberta-large"

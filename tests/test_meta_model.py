@@ -228,6 +228,10 @@ def test_a_regression_dataset_gets_only_pipelines_that_run_on_regression(recomme
     assert {r.candidate for r in recs} == names - {"rwkd", "dyn"}
     assert [r.rank for r in recs] == list(range(1, len(recs) + 1))
     assert all(PipelineConfig.model_validate(r.config).loss.prediction.type == "mse" for r in recs)
+    # constraints are checked on the pipeline as it runs there, the one returned
+    regression = {"is_pair": 1.0, "mf_is_regression": 1.0}
+    assert len(recommender.recommend(regression, top_k=50, constraints={"loss.prediction.type": "mse"})) == len(recs)
+    assert recommender.recommend(regression, top_k=50, constraints={"loss.prediction.type": "kl"}) == []
 
 
 def test_save_load_and_version_refusal(recommender, tmp_path):

@@ -106,12 +106,28 @@ def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_s
     (tmp_path / MANIFEST).write_text(json.dumps(older))                   # written by older code
     assert _manifest(tmp_path, wanted, pick)["single_best"] == "mixup" and len(asked) == 2
     assert json.loads((tmp_path / MANIFEST).read_text())["decision"] == wanted["decision"]   # added once
-    # ... but only when the plans made so far followed that decision
-    (tmp_path / MANIFEST).write_text(json.dumps(older))
+    # ... (with a single best already there: read, not re-picked) ...
+    (tmp_path / MANIFEST).write_text(json.dumps({**older, "single_best": "kept"}))
+    assert _manifest(tmp_path, wanted, pick)["single_best"] == "kept" and len(asked) == 2
+    assert json.loads((tmp_path / MANIFEST).read_text())["decision"] == wanted["decision"]
+    # ... but only when the plans made so far followed that decision: its source, and a pick from its portfolio
+    wanted["decision"]["portfolio"] = ["mixup", "vanilla_kd"]
     (tmp_path / "plans").mkdir()
-    (tmp_path / "plans" / "ds.json").write_text(json.dumps({"dataset": "ds", "warm_start_source": "meta_model"}))
-    with pytest.raises(ValueError, match=r"plans of \['ds'\] were made with another warm-start decision"):
-        _manifest(tmp_path, wanted, pick)
+    for plan, source, pick_name in (("a", "portfolio", "mixup"), ("b", "meta_model", "mixup"),
+                                    ("c", "portfolio", "kd_kl_t4")):
+        (tmp_path / "plans" / f"{plan}.json").write_text(json.dumps({
+            "dataset": plan, "warm_start_source": source, "arms": [{"name": "recommended", "candidate": pick_name}]}))
+        (tmp_path / MANIFEST).write_text(json.dumps(older))
+        if plan == "a":
+            assert _manifest(tmp_path, wanted, pick)["decision"]["portfolio"] == ["mixup", "vanilla_kd"]
+        else:
+            with pytest.raises(ValueError, match=rf"plans of \['{plan}'\] were made with another warm-start decision"):
+                _manifest(tmp_path, wanted, pick)
+        (tmp_path / "plans" / f"{plan}.json").unlink()
+    # a key an older manifest lacks is compared all the same (only the decision may be missing)
+    (tmp_path / MANIFEST).write_text(json.dumps({k: v for k, v in older.items() if k != "max_train_examples"}))
+    with pytest.raises(ValueError, match="another max_train_examples"):
+        _manifest(tmp_path, {**wanted, "max_train_examples": 500}, pick)
 
 
 def test_the_report_names_each_comparison_a_dataset_misses_and_spreads_only_complete_seeds():

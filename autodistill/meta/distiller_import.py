@@ -112,35 +112,45 @@ def read_teacher_scores(text: str) -> dict[tuple[str, str], float]:
 
 
 def read_paper_task_features(text: str) -> dict[str, dict[str, float]]:
-    """The paper's task -> its task features as ``extra_features`` (``#example`` is in every run row already)."""
+    """Our task name -> the paper's task features as ``extra_features`` (``#example`` is in every run row
+    already); tasks without runs here (the paper's unseen boolq, cloth) are skipped."""
     out: dict[str, dict[str, float]] = {}
     for i, r in enumerate(read_rows(text)):
+        task = TASK_MAP.get(str(r.get("task", "")).strip().lower())
+        if task is None:
+            continue
         feats = {}
         for name, value in r.items():
             if name.isdigit():
-                feats[f"distiller_task_f{int(name):02d}"] = float(value)
+                feats[f"distiller_task_f{int(name):02d}"] = _number(value, name, f"{TASK_FEATURES_CSV} row {i}")
             elif name == "#label":
-                feats["distiller_n_labels"] = float(value)
-        out[r["task"].strip().lower()] = feats
+                feats["distiller_n_labels"] = _number(value, name, f"{TASK_FEATURES_CSV} row {i}")
+        out[task] = feats
     return out
+
+
+def _number(value: Any, column: str, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DistillerImportError(f"{where}, column {column!r}: not a number: {value!r}") from None
 
 
 def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[str, str], float],
                task_features: Mapping[str, Mapping[str, Any]],
                paper_task_features: Mapping[str, Mapping[str, float]] | None = None) -> list[RunRecord]:
     """Records for the rows; ``task_features[our task] = {"fingerprint", "meta_features"}``;
-    ``paper_task_features[the paper's task name]`` (:func:`read_paper_task_features`) are added to
-    ``extra_features`` when given."""
+    ``paper_task_features[our task]`` (:func:`read_paper_task_features`) are added to ``extra_features``
+    when given."""
     versions = library_versions()
     out = []
     for i, row in enumerate(rows):
         task = _lookup(TASK_MAP, row["task"], "task", i)
         partial, extra = map_row(row, i)
         if paper_task_features is not None:
-            paper_name = row["task"].strip().lower()
-            if paper_name not in paper_task_features:
+            if task not in paper_task_features:
                 raise DistillerImportError(f"row {i}: task {row['task']!r} has no row in {TASK_FEATURES_CSV}")
-            extra.update(paper_task_features[paper_name])
+            extra.update(paper_task_features[task])
         cfg = parse_config(partial, source=f"Distiller row {i}")
         info = task_features[task]
         feats = dict(info["meta_features"])

@@ -570,7 +570,8 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
               "- `plain_hgb` (when present): one HistGradientBoostingRegressor (no bagging) on (pipeline features, "
               "meta-features), fitted in every fold with no selection: a fixed reference, not the product's model;",
               "- `plain_hgb_stated` (when present): the same on the pipeline features and only the meta-features "
-              "the records state (`mf_extra.*`; for the Distiller runs the paper's `#example` and `baseline_score`).",
+              "the records state (`mf_extra.*`; for the Distiller runs the paper's task features, `#example` and "
+              "`baseline_score`).",
               ""]
     if info.get("left_out"):
         lines += ["Never held out (teacher no better than the majority class; the ratio is noise around chance): "

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from ..config import PIPELINE_SECTIONS
+from ..config import PIPELINE_SECTIONS, deep_merge
 from .columns import MF_PREFIX, PF_PREFIX, feature_columns, meta_feature_columns, numeric_meta_features, pipeline_features
 from .distances import l1_distances, scale_stats
 from .model import PipelineScoreRegressor
@@ -183,16 +183,17 @@ class Recommender:
         ``budget``: the user's config (a :class:`~autodistill.config.PipelineConfig` or dict): its
         student, data and optimisation settings replace the meta-dataset's in the model's inputs.
         ``constraints``: a callable on the config dict, or ``{dotted.config.path: value or [values]}``
-        (e.g. ``{"student.num_layers": 2}``); candidates that fail it are left out, and so are those that do
-        not apply to the dataset's task (``is_regression``: see :func:`~.portfolio.adapt_for_task`); the
-        others are returned as they run on that task (on regression, a KL/soft-CE prediction loss becomes MSE).
+        (e.g. ``{"student.num_layers": 2}``), checked on the candidate as it runs on the dataset's task;
+        candidates that fail it are left out, and so are those that do not apply to the task
+        (``is_regression``: see :func:`~.portfolio.adapt_for_task`); the others are returned as they run
+        there (on regression, a KL/soft-CE prediction loss becomes MSE).
         """
         task_type = task_type_of(meta_features)
         pipelines = {}
         for i, c in enumerate(self.candidates):
             name, pipeline = current_candidate(c["name"], c["config"])
             adapted = adapt_for_task(pipeline, task_type)
-            if adapted is not None and matches_constraints(c["config"], constraints):
+            if adapted is not None and matches_constraints(deep_merge(c["config"], adapted), constraints):
                 pipelines[i] = (name, adapted)
         keep = list(pipelines)
         if not keep:

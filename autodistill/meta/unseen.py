@@ -34,9 +34,10 @@ from ..records import RecordStore
 from .build import claim_context, run_record, write_json_atomic
 from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
-from .portfolio import RENAMED_CANDIDATES, adapt_for_task, candidate_config
+from .portfolio import RENAMED_CANDIDATES, candidate_config
+from .recommender import task_type_of
 from .table import drop_uninformative
-from .warm_start import DECISION_FILE, META_MODEL, candidate_effects, choose_warm_start
+from .warm_start import DECISION_FILE, META_MODEL, PORTFOLIO, candidate_effects, choose_warm_start
 
 ARMS = ("recommended", "single_best", "vanilla_kd")
 SOURCE = "autodistill-meta-unseen"
@@ -72,8 +73,8 @@ def plan_arms(budget: PipelineConfig, model_dir: str | Path, single_best: str) -
                                           budget=budget)
     start = choose_warm_start(rec, model_dir, feats, 1, budget=budget)
     top = start.recommendations[0]
-    task_type = "regression" if feats.get("is_regression") else "classification"
-    arms = [Arm("recommended", top.candidate, adapt_for_task(top.config, task_type)),
+    task_type = task_type_of(feats)
+    arms = [Arm("recommended", top.candidate, top.config),   # as it runs on the task (the recommender adapts it)
             Arm("single_best", single_best, _portfolio_pipeline(single_best, task_type)),
             Arm("vanilla_kd", "vanilla_kd", _portfolio_pipeline("vanilla_kd", task_type))]
     return {"arms": [asdict(a) for a in arms], "task_type": task_type, "warm_start_source": start.source,
@@ -114,7 +115,7 @@ def _manifest(out: Path, wanted: dict[str, Any], single_best: Callable[[], str])
     have = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     if have is not None:
         differ = sorted(k for k in ("model", "decision", "seeds", "budget", "max_train_examples")
-                        if k in have and _comparable(k, have.get(k)) != _comparable(k, wanted.get(k)))
+                        if (k != "decision" or k in have) and _comparable(k, have.get(k)) != _comparable(k, wanted.get(k)))
         if differ:
             raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}); use a new --out")
         if "single_best" in have and "decision" in have:
@@ -129,20 +130,29 @@ def _manifest(out: Path, wanted: dict[str, Any], single_best: Callable[[], str])
 
 
 def _check_plans_follow(out: Path, decision: Mapping[str, Any] | None) -> None:
+    """Every plan so far has the decision's source, and under a portfolio its pick is one of its members."""
     source = (decision or {}).get("source") or META_MODEL   # no decision file: the meta-model's ranking
-    strays = sorted(p["dataset"] for p in _plans(out) if p.get("warm_start_source", source) != source)
+    members = set((decision or {}).get("portfolio") or [])
+
+    def follows(plan: Mapping[str, Any]) -> bool:
+        pick = next((a["candidate"] for a in plan.get("arms", []) if a["name"] == "recommended"), None)
+        return plan.get("warm_start_source", source) == source and (source != PORTFOLIO or pick in members)
+    strays = sorted(p["dataset"] for p in _plans(out) if not follows(p))
     if strays:
         raise ValueError(f"{out}: the plans of {strays} were made with another warm-start decision than the model "
                          f"folder's ({source}); use a new --out")
 
 
 def _decision(model_dir: Path) -> dict[str, Any] | None:
-    """The model folder's warm-start decision, which picks the ``recommended`` arm: its source and fingerprint."""
+    """What of the model folder's warm-start decision picks the ``recommended`` arm (its source and portfolio,
+    not its note or figures), with a fingerprint of that."""
     path = model_dir / DECISION_FILE
     if not path.is_file():
         return None
-    return {"source": json.loads(path.read_text(encoding="utf-8")).get("source"),
-            "fingerprint": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    portfolio = [RENAMED_CANDIDATES.get(c, c) for c in stored.get("portfolio") or []]
+    picks = {"source": stored.get("source"), "portfolio": portfolio}
+    return {**picks, "fingerprint": hashlib.sha256(json.dumps(picks, sort_keys=True).encode()).hexdigest()[:16]}
 
 
 def _comparable(key: str, value: Any) -> Any:

@@ -30,6 +30,9 @@ from .table import groups_of
 
 DECISION_FILE = "warm_start.json"
 META_MODEL, PORTFOLIO = "meta_model", "portfolio"
+PORTFOLIO_FIRST = ("the evaluation did not find the meta-model better than the best-of-k portfolio (bootstrap CI "
+                   "of the difference not above 0): the portfolio's members first (`why.portfolio_member`), then "
+                   "the meta-model's ranking")
 NO_MEMBER_LEFT = ("the evaluation chose the best-of-k portfolio, but none of its members applies here (the dataset's "
                   "task, the constraints or what the requester may see): the meta-model's ranking")
 
@@ -152,14 +155,9 @@ class WarmStart:
         """This warm start with only ``recommendations`` (a filtered subset, best first), ranked 1..n; when
         no member of the portfolio is left, the list is the meta-model's ranking and the source says so."""
         recs = [replace(r, rank=rank) for rank, r in enumerate(recommendations, start=1)]
-        if self.source != PORTFOLIO:
-            return replace(self, recommendations=recs)
-        kept = sum(bool(r.why.get("portfolio_member")) for r in recs)
-        if not kept:
+        if self.source == PORTFOLIO and not any(r.why.get("portfolio_member") for r in recs):
             return WarmStart(META_MODEL, recs, NO_MEMBER_LEFT, self.evidence)
-        dropped = sum(bool(r.why.get("portfolio_member")) for r in self.recommendations) - kept
-        reason = self.reason + (f"; {dropped} of them filtered out here" if dropped > 0 else "")
-        return replace(self, recommendations=recs, reason=reason)
+        return replace(self, recommendations=recs)
 
 
 def write_decision(model_dir: str | Path, portfolio: Sequence[str], k: int, comparison: Mapping[str, Any],
@@ -191,8 +189,11 @@ def choose_warm_start(recommender: Any, model_dir: str | Path, meta_features: Ma
     if decision["source"] == META_MODEL:
         return WarmStart(META_MODEL, ranked[:top_k], "the evaluation found the meta-model's top-k better than "
                          "the best-of-k portfolio (bootstrap CI above 0)", evidence)
+    chosen = [RENAMED_CANDIDATES.get(c, c) for c in decision.get("portfolio") or []]
+    if not chosen:
+        return WarmStart(META_MODEL, ranked[:top_k], "the stored decision says portfolio but names no member: "
+                         "the meta-model's ranking", evidence)
     by_name = {r.candidate: r for r in ranked}
-    chosen = [RENAMED_CANDIDATES.get(c, c) for c in decision["portfolio"]]
     members = [by_name[c] for c in chosen if c in by_name]
     if not members:
         return WarmStart(META_MODEL, ranked[:top_k], NO_MEMBER_LEFT, evidence)
@@ -200,9 +201,4 @@ def choose_warm_start(recommender: Any, model_dir: str | Path, meta_features: Ma
     member_ids = {id(r) for r in members}
     recs = [replace(r, rank=rank, why={**r.why, "portfolio_member": id(r) in member_ids})
             for rank, r in enumerate((members + rest)[:top_k], start=1)]
-    left_out = len(chosen) - len(members)
-    return WarmStart(PORTFOLIO, recs, "the evaluation did not find the meta-model better than the best-of-k "
-                     "portfolio (bootstrap CI of the difference not above 0): its "
-                     f"{len(members)} member(s) first" + (f" ({left_out} left out: they do not apply to the "
-                     "dataset's task or fail the constraints)" if left_out else "")
-                     + (", then the meta-model's ranking" if len(recs) > len(members) else ""), evidence)
+    return WarmStart(PORTFOLIO, recs, PORTFOLIO_FIRST, evidence)
