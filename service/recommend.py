@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from autodistill.config import PipelineConfig, StudentConfig
-from autodistill.meta import META_DATASET_DIR
 from autodistill.config import with_pipeline
-from autodistill.meta.fitting import DEFAULT_MODEL_DIR, PRODUCT_METHOD, fit_meta_model, meta_model_table
+from autodistill.meta.fitting import (DEFAULT_MODEL_DIR, PRODUCT_METHOD, fit_meta_model, meta_model_table,
+                                      record_path_from_sidecar)
 from autodistill.meta.model_files import SIDECAR_FILE, ModelVersionError
 from autodistill.meta.recommender import Recommender, matches_constraints
 from autodistill.meta.warm_start import DECISION_FILE, WarmStart, choose_warm_start
@@ -50,9 +50,7 @@ def base_record_paths(model_dir: Path | None = None) -> list[Path]:
     if not sidecar_path.is_file():
         return []
     sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
-    named = [Path(p) for p in sidecar.get("info", {}).get("records", [])]
-    paths = [p if p.is_absolute() else META_DATASET_DIR.parent / p for p in named]
-    return paths
+    return [record_path_from_sidecar(p) for p in sidecar.get("info", {}).get("records", [])]
 
 
 @functools.lru_cache(maxsize=256)

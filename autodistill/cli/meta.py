@@ -16,7 +16,7 @@ from ..meta.build import V2_SEEDS, V2_STUDENT, V2_TRAIN_SIZES, build, status
 from ..meta.distiller_import import import_distiller
 from ..meta.evaluate import PLAIN_HGB, PLAIN_HGB_STATED, nested_lodo_evaluate, seed_noise_floor, write_nested_report
 from ..meta.fitting import (DEFAULT_MODEL_DIR, FIT_METHODS, PRODUCT_METHOD, fit_meta_model, meta_model_table,
-                            model_choices)
+                            model_choices, sidecar_record_path)
 from ..meta.pilot import pilot_report, write_pilot_report
 from ..meta.portfolio import STUDENT_PRESETS
 from ..meta.columns import stated_meta_feature_columns
@@ -371,7 +371,7 @@ def run_fit(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    info = {"records": [_sidecar_path(p) for p in args.records], "teacher_features": bool(args.teacher_features)}
+    info = {"records": [sidecar_record_path(p) for p in args.records], "teacher_features": bool(args.teacher_features)}
     try:
         fitted = fit_meta_model(table, method=args.method, methods=args.methods,
                                 keep_uninformative=args.keep_uninformative, inner_folds=args.inner_folds,
@@ -386,17 +386,6 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"meta-model ({fitted.choice.label}; {len(rows)} rows, {rows['dataset'].nunique()} datasets, "
           f"{rows['candidate'].nunique()} candidates) saved to {args.out}")
     return 0
-
-
-def _sidecar_path(path: Path) -> str:
-    """A records path as the model's sidecar keeps it: relative to the checkout when inside it (the committed
-    model travels with the repository; the service's refit reads it from there), else absolute - never
-    relative to wherever ``meta fit`` happened to run."""
-    resolved = Path(path).resolve()
-    try:
-        return str(resolved.relative_to(META_DATASET_DIR.parent))
-    except ValueError:
-        return str(resolved)
 
 
 def _store_decision(evaluation: Path, model_dir: Path) -> Path:

@@ -32,6 +32,23 @@ from .recommender import Recommender
 from .table import table_from_paths
 
 DEFAULT_MODEL_DIR = META_DATASET_DIR / "model"
+CHECKOUT_DIR = META_DATASET_DIR.parent
+
+
+def sidecar_record_path(path: str | Path) -> str:
+    """A records path as a model's sidecar keeps it: relative to the checkout when inside it (the committed
+    model travels with the repository), else absolute - never relative to the working folder of ``meta fit``."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(CHECKOUT_DIR))
+    except ValueError:
+        return str(resolved)
+
+
+def record_path_from_sidecar(name: str | Path) -> Path:
+    """The inverse of :func:`sidecar_record_path`."""
+    path = Path(name)
+    return path if path.is_absolute() else CHECKOUT_DIR / path
 
 #: the product's meta-model (module docstring): what `meta fit`, `meta evaluate` and the service's refit use
 PRODUCT_METHOD = "plain"

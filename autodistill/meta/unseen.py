@@ -37,7 +37,7 @@ from .fitting import meta_model_table
 from .portfolio import RENAMED_CANDIDATES, candidate_config
 from .recommender import task_type_of
 from .table import drop_uninformative
-from .warm_start import DECISION_FILE, META_MODEL, PORTFOLIO, candidate_effects, choose_warm_start
+from .warm_start import META_MODEL, PORTFOLIO, candidate_effects, choose_warm_start, read_decision
 
 ARMS = ("recommended", "single_best", "vanilla_kd")
 SOURCE = "autodistill-meta-unseen"
@@ -114,8 +114,8 @@ def _manifest(out: Path, wanted: dict[str, Any], single_best: Callable[[], str])
     path = out / MANIFEST
     have = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     if have is not None:
-        differ = sorted(k for k in ("model", "decision", "seeds", "budget", "max_train_examples")
-                        if (k != "decision" or k in have) and _comparable(k, have.get(k)) != _comparable(k, wanted.get(k)))
+        compared = ("model", "seeds", "budget", "max_train_examples") + (("decision",) if "decision" in have else ())
+        differ = sorted(k for k in compared if _comparable(k, have.get(k)) != _comparable(k, wanted.get(k)))
         if differ:
             raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}); use a new --out")
         if "single_best" in have and "decision" in have:
@@ -146,10 +146,9 @@ def _check_plans_follow(out: Path, decision: Mapping[str, Any] | None) -> None:
 def _decision(model_dir: Path) -> dict[str, Any] | None:
     """What of the model folder's warm-start decision picks the ``recommended`` arm (its source and portfolio,
     not its note or figures), with a fingerprint of that."""
-    path = model_dir / DECISION_FILE
-    if not path.is_file():
+    stored = read_decision(model_dir)
+    if stored is None:
         return None
-    stored = json.loads(path.read_text(encoding="utf-8"))
     portfolio = [RENAMED_CANDIDATES.get(c, c) for c in stored.get("portfolio") or []]
     picks = {"source": stored.get("source"), "portfolio": portfolio}
     return {**picks, "fingerprint": hashlib.sha256(json.dumps(picks, sort_keys=True).encode()).hexdigest()[:16]}

@@ -195,10 +195,6 @@ def choose_warm_start(recommender: Any, model_dir: str | Path, meta_features: Ma
                          "the meta-model's ranking", evidence)
     by_name = {r.candidate: r for r in ranked}
     members = [by_name[c] for c in chosen if c in by_name]
-    if not members:
-        return WarmStart(META_MODEL, ranked[:top_k], NO_MEMBER_LEFT, evidence)
     rest = [r for r in ranked if r.candidate not in chosen]
-    member_ids = {id(r) for r in members}
-    recs = [replace(r, rank=rank, why={**r.why, "portfolio_member": id(r) in member_ids})
-            for rank, r in enumerate((members + rest)[:top_k], start=1)]
-    return WarmStart(PORTFOLIO, recs, PORTFOLIO_FIRST, evidence)
+    flagged = [replace(r, why={**r.why, "portfolio_member": r.candidate in chosen}) for r in (members + rest)[:top_k]]
+    return WarmStart(PORTFOLIO, [], PORTFOLIO_FIRST, evidence).keeping(flagged)   # no member left: the model's
