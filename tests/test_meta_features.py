@@ -385,8 +385,11 @@ def test_distiller_rows_map_onto_our_config():
     assert c2.loss.intermediate.objective == "hidden_ce" and c2.loss.intermediate.mapping == "last"
     assert [a.name for a in c2.augmentation.augmenters] == ["backtranslation", "contextual", "random"]
 
-    feats = {t: {"fingerprint": f"fp-{t}", "meta_features": {"teacher_score": 0.0, "has_teacher_score": 0.0}}
-             for t in ("mnli", "mrpc", "sst2")}
+    # our mnli copy is a 9,000-row subset of the runs' 393,000 rows; mrpc and sst2 are the whole sets
+    ours = {"mnli": 9000, "mrpc": 3668, "sst2": 67349}
+    feats = {t: {"fingerprint": f"fp-{t}", "meta_features": {"teacher_score": 0.0, "has_teacher_score": 0.0,
+                                                             "log_n_train": math.log1p(n)}}
+             for t, n in ours.items()}
     paper = read_paper_task_features(PAPER_FEATURES_CSV)
     recs = to_records(rows, read_teacher_scores(TEACHERS_CSV), feats, paper)
     assert [r.dataset for r in recs] == ["mnli", "mrpc", "sst2"]
@@ -402,6 +405,11 @@ def test_distiller_rows_map_onto_our_config():
     assert recs[1].meta_features["teacher_score"] == pytest.approx(0.913)
     assert recs[1].extra_features["teacher"] == "Roberta-large"
     assert len({r.key for r in recs}) == 3
+    # log_n_train describes the rows the runs trained on: the paper's #example for a subset copy only
+    assert recs[0].meta_features["log_n_train"] == pytest.approx(math.log1p(393000))
+    assert recs[0].provenance["log_n_train_from"] == "#example"
+    assert [r.meta_features["log_n_train"] for r in recs[1:]] == [math.log1p(3668), math.log1p(67349)]
+    assert "log_n_train_from" not in recs[2].provenance
     assert recs[1].ratio == 0.93 and recs[1].candidate_name.startswith("cfg-") and "+" in recs[1].candidate_name
     assert set(recs[0].to_dict()) == {"schema_version", "key", "source", "row_index", "dataset", "dataset_fingerprint",
                                       "meta_features", "config", "config_hash", "extra_features", "target", "metrics",

@@ -19,7 +19,8 @@ features (``dataset_features_50_concat.csv``: 100 unnamed embedding-derived numb
 ``distiller_task_f00``..``f99`` and ``distiller_n_labels``), so that "(the paper's task features, config)"
 is a model the evaluation can fit (``plain_hgb_stated``). The target is
 ``ratio`` (student score / teacher score); ``score`` is kept too. Meta-features are ours, computed on
-our copies of the GLUE tasks in ``meta_dataset/datasets`` (mnli/qqp/qnli are subsets there), with the
+our copies of the GLUE tasks in ``meta_dataset/datasets`` (mnli/qqp/qnli are subsets there: their
+``log_n_train`` is the paper's ``#example``, :func:`runs_train_size`), with the
 teacher's published GLUE dev score (``teacher_baseline.csv``, /100) as ``teacher_score``.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -36,7 +38,7 @@ from ..data import load_task_data
 from ..records import RunRecord, canonical_config_hash, library_versions
 from .features import META_FEATURES_VERSION, compute_meta_features, resolve_backbone_model
 
-IMPORT_VERSION = 2   # 2: the paper's task features in extra_features
+IMPORT_VERSION = 3   # 2: the paper's task features in extra_features; 3: log_n_train of the runs' train sets
 RUNS_CSV = "auto_distiller_tabular_data.csv"
 TEACHERS_CSV = "teacher_baseline.csv"
 TASK_FEATURES_CSV = "dataset_features_50_concat.csv"
@@ -47,6 +49,9 @@ OBJECTIVE_MAP = {"mi": "mi_alpha", "mse": "mse", "cos": "cos", "pkd": "pkd", "ce
 MAPPING_MAP = {"skip": "skip", "last": "last", "emd": "emd"}
 PREDICTION_MAP = {"ce": "soft_ce", "mse": "mse"}
 AUGMENTER_COLUMNS = ("contextual", "backtranslation", "random")
+#: our copies of these tasks are subsets of the GLUE train sets the paper's runs used
+#: (``meta_dataset/datasets/MANIFEST.md``: ~9-10k of 105k-393k rows); the others are the whole train sets
+SUBSET_COPIES = frozenset({"mnli", "qnli", "qqp"})
 
 
 class DistillerImportError(ValueError):
@@ -136,6 +141,15 @@ def _number(value: Any, column: str, where: str) -> float:
         raise DistillerImportError(f"{where}, column {column!r}: not a number: {value!r}") from None
 
 
+def runs_train_size(task: str, n_examples: float | None) -> dict[str, float]:
+    """``log_n_train`` of the train set the paper's runs used (its ``#example``) where our copy of the task
+    is a subset of it: a meta-feature describes the rows the target was measured on (issue 16). Where our
+    copy is the whole set its own count stays (the paper's ``#example`` is rounded: 7000 for STS-B's 5,749)."""
+    if task not in SUBSET_COPIES or not n_examples:
+        return {}
+    return {"log_n_train": round(math.log1p(n_examples), 6)}   # rounded as compute_meta_features rounds
+
+
 def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[str, str], float],
                task_features: Mapping[str, Mapping[str, Any]],
                paper_task_features: Mapping[str, Mapping[str, float]] | None = None) -> list[RunRecord]:
@@ -154,6 +168,8 @@ def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[
         cfg = parse_config(partial, source=f"Distiller row {i}")
         info = task_features[task]
         feats = dict(info["meta_features"])
+        size = runs_train_size(task, extra["distiller_n_examples"])
+        feats.update(size)
         t_score = teacher_scores.get((row["task"].strip().lower(), row["Teacher"].strip()))
         if t_score is not None:
             feats["teacher_score"], feats["has_teacher_score"] = round(t_score, 6), 1.0
@@ -166,7 +182,7 @@ def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[
             teacher_score=t_score, wall_seconds=None, student_parameters=None, seed=None,
             status="ok", versions=versions,
             provenance={"import_version": IMPORT_VERSION, "meta_features_version": META_FEATURES_VERSION,
-                        "csv": RUNS_CSV}))
+                        "csv": RUNS_CSV, **({"log_n_train_from": "#example"} if size else {})}))
     return out
 
 
