@@ -11,8 +11,8 @@ from autodistill.data import bundled_dataset_path
 from autodistill.meta.portfolio import META_PRESET, candidate_config
 from autodistill.meta.recommender import Recommender
 from autodistill.meta.table import records_to_table
-from autodistill.meta.unseen import (fair_single_best, run_unseen, unseen_comparisons, unseen_table,
-                                     write_unseen_report)
+from autodistill.meta.unseen import (cost_ratios, fair_single_best, run_unseen, unseen_comparisons, unseen_runs,
+                                     unseen_table, write_unseen_report)
 from autodistill.records import RecordStore, RunRecord
 
 
@@ -81,6 +81,10 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     assert "recommended vs single_best" in report and "recommended vs vanilla_kd" in report
     assert "Not paired" not in report and "## The product's pick" in report
     assert f"| alpha | {plans['alpha']['warm_start_source']} |" in report
+    # each run says how it stopped and what its student's training cost
+    runs = unseen_runs(tmp_path / "out")
+    assert len(runs) == ran + 1 and runs["stop_reason"].notna().all() and (runs["train_seconds"] > 0).all()
+    assert runs["steps"].gt(0).all() and "## Runs: convergence and cost" in report and "Stop reasons: " in report
 
 
 def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_single_best(tmp_path):
@@ -169,3 +173,14 @@ def test_the_comparison_says_which_arm_is_better():
     assert better["wins"] == 5 and better["mean_difference"] > 0 and better["ci_low"] > 0
     worse = comparisons.loc["recommended vs vanilla_kd"]
     assert worse["losses"] == 5 and abs(worse["mean_difference"] + 0.05) < 1e-9 and worse["ci_high"] < 0
+
+
+def test_the_cost_ratio_is_the_picks_mean_training_seconds_over_vanilla_kds_per_dataset():
+    import pandas as pd
+    runs = pd.DataFrame([{"dataset": d, "candidate": c, "train_seconds": t}
+                         for d, c, t in (("a", "mixup", 300.0), ("a", "mixup", 500.0), ("a", "vanilla_kd", 100.0),
+                                         ("b", "mixup", 90.0), ("b", "vanilla_kd", 60.0), ("b", "vanilla_kd", 120.0),
+                                         ("c", "mixup", 50.0))])          # c: no vanilla_kd run yet
+    assert cost_ratios(runs, "mixup").round(4).to_dict() == {"a": 4.0, "b": 1.0}
+    assert cost_ratios(runs, "t4").empty and cost_ratios(runs.iloc[:0], "mixup").empty
+
