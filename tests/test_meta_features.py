@@ -553,3 +553,21 @@ def test_the_status_eta_prices_each_size_and_the_missing_teachers():
     # two contexts still without a teacher, one per size
     assert _missing_seconds(walls, [], teachers, [500, 2000]) == 400.0
     assert _missing_seconds({}, [("a", 500)], {}, [500]) == 0.0   # nothing recorded: nothing to price from
+
+
+def test_build_and_status_default_to_the_candidates_the_pilot_kept(tmp_path, capsys):
+    from autodistill import cli
+    from autodistill.meta.build import V2_PORTFOLIO
+    from autodistill.meta.portfolio import PORTFOLIO
+
+    # the build's script (run from a worktree at the build's fixed commit) names the same candidates
+    script = (Path(__file__).parents[1] / "meta_dataset" / "v2" / "run_build.sh").read_text(encoding="utf-8")
+    line = next(x for x in script.splitlines() if x.startswith("PORTFOLIO="))
+    assert tuple(line.removeprefix("PORTFOLIO=").split(",")) == V2_PORTFOLIO
+    assert set(V2_PORTFOLIO) < set(PORTFOLIO)
+    (tmp_path / "cr").mkdir()
+    common = ["--out", str(tmp_path / "runs"), "--datasets", "cr", "--json"]
+    assert cli.main(["meta", "status", *common]) == 0
+    assert set(json.loads(capsys.readouterr().out)["candidates"]) == set(V2_PORTFOLIO)
+    assert cli.main(["meta", "status", "--old-preset", *common]) == 0
+    assert set(json.loads(capsys.readouterr().out)["candidates"]) == set(PORTFOLIO)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..meta import DATASETS_DIR, META_DATASET_DIR
-from ..meta.build import V2_SEEDS, V2_STUDENT, V2_TRAIN_SIZES, build, status
+from ..meta.build import V2_PORTFOLIO, V2_SEEDS, V2_STUDENT, V2_TRAIN_SIZES, build, status
 from ..meta.distiller_import import import_distiller
 from ..meta.evaluate import PLAIN_HGB, PLAIN_HGB_STATED, nested_lodo_evaluate, seed_noise_floor, write_nested_report
 from ..meta.fitting import (DEFAULT_MODEL_DIR, FIT_METHODS, PRODUCT_METHOD, fit_meta_model, meta_model_table,
@@ -42,7 +42,8 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
                    help="folder of dataset folders (default: the repository's meta_dataset/datasets)")
     b.add_argument("--datasets", help="comma-separated dataset names "
                    "(default: V2_DATASETS; --old-preset: DEFAULT_DATASETS)")
-    b.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
+    b.add_argument("--portfolio", help="'all' or comma-separated candidate names (default: V2_PORTFOLIO, the 8 "
+                   "the pilot kept; --old-preset: all)")
     b.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (default: meta_dataset/v2/runs; "
                    "meta_dataset/runs holds the old v1 preset's records)")
     b.add_argument("--limit", type=int, help="run at most N runs in this invocation")
@@ -59,7 +60,8 @@ def add_meta_dataset_commands(meta_commands: Commands) -> None:
     s = meta_commands.add_parser("status", help="progress of the build: runs recorded and missing, compute spent, ETA")
     s.add_argument("--datasets", help="comma-separated dataset names "
                    "(default: V2_DATASETS; --old-preset: DEFAULT_DATASETS)")
-    s.add_argument("--portfolio", default="all", help="'all' or comma-separated candidate names")
+    s.add_argument("--portfolio", help="'all' or comma-separated candidate names (default: V2_PORTFOLIO; "
+                   "--old-preset: all)")
     s.add_argument("--out", default=V2_RUNS, type=Path, help="records folder (v1: meta_dataset/runs)")
     s.add_argument("--seeds", help="comma-separated student seeds (default: 42,43; --old-preset: 42)")
     _add_context_options(s)
@@ -100,6 +102,13 @@ def _context_plan(args: argparse.Namespace) -> dict:
             "seeds": seeds or list(V2_SEEDS)}
 
 
+def _portfolio(args: argparse.Namespace) -> str:
+    """``--portfolio``, else the v2 build's candidates (the OLD PRESET build's: every candidate)."""
+    if args.portfolio:
+        return args.portfolio
+    return "all" if args.old_preset else ",".join(V2_PORTFOLIO)
+
+
 def _dataset_names(args: argparse.Namespace) -> list[str] | None:
     """``--datasets a,b`` as a list; None when not given (the build's default datasets)."""
     return [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
@@ -125,7 +134,7 @@ def _build_in_workers(args: argparse.Namespace, argv_tail: list[str]) -> int:
 
 def _worker_argv(args: argparse.Namespace) -> list[str]:
     """The build's options, to pass on to the worker processes (all but --datasets and --workers)."""
-    argv = ["--datasets-root", str(args.datasets_root), "--portfolio", args.portfolio, "--out", str(args.out)]
+    argv = ["--datasets-root", str(args.datasets_root), "--portfolio", _portfolio(args), "--out", str(args.out)]
     for flag, value in (("--limit", args.limit), ("--seeds", args.seeds), ("--preset-override", args.preset_override),
                         ("--sizes", args.sizes), ("--student", args.student)):
         if value is not None:
@@ -143,7 +152,7 @@ def run_build(args: argparse.Namespace) -> int:
         override = json.loads(args.preset_override) if args.preset_override else None
         if override is not None and not isinstance(override, dict):
             raise ValueError("--preset-override must be a JSON object")
-        summary = build(args.datasets_root, datasets=_dataset_names(args), portfolio=args.portfolio, out=args.out,
+        summary = build(args.datasets_root, datasets=_dataset_names(args), portfolio=_portfolio(args), out=args.out,
                         limit=args.limit, preset_override=override,
                         backbone=None if args.no_backbone else "default", **_context_plan(args))
     except (ValueError, KeyError, FileNotFoundError) as err:
@@ -158,7 +167,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     datasets = _dataset_names(args)
     try:
-        st = status(args.out, datasets=datasets, portfolio=args.portfolio, **_context_plan(args))
+        st = status(args.out, datasets=datasets, portfolio=_portfolio(args), **_context_plan(args))
     except (KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -52,6 +52,12 @@ DEFAULT_DATASETS: tuple[str, ...] = (
 V2_STUDENT = "fresh4x128"
 V2_TRAIN_SIZES: tuple[int, ...] = (500, 2000)
 V2_SEEDS: tuple[int, ...] = (42, 43)
+#: the v2 build's candidates: what the pilot kept (meta_dataset/README.md section 4, "The pilot"): the two
+#: references and the six candidates that differed from them and from each other beyond the seed noise
+V2_PORTFOLIO: tuple[str, ...] = (
+    "no_kd", "vanilla_kd", "mi_alpha_0.5_skip", "aug_neighbour_random_mixup_mi0.9",
+    "dyn_select_entropy_weight_linear", "rail_c_random", "rail_l_random", "inter_pkd_last",
+)
 #: the v2 build's datasets, in build order (the most different kinds first, so that a partial build is
 #: already diverse): single-sentence and pair tasks, 2-6 classes, one regression task. Left out of v1's
 #: list: cola, rte and mrpc, whose teachers at 1,000 rows were no better than the majority class (their

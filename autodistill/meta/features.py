@@ -400,8 +400,9 @@ def meta_features_for(data, backbone: Any = "default", *, tokenizer=None, teache
                       teacher_confidence: Any = None):
     """The one meta-feature function of build, ``recommend``, ``auto`` and the service: ``(task,
     features)`` on exactly the rows a pipeline with data config ``data`` (a
-    :class:`~autodistill.config.DataConfig`) trains on — the same split and ``max_train_examples``
-    subsample, so ``log_n_train`` is the size of what is trained on. ``backbone``: a backbone name
+    :class:`~autodistill.config.DataConfig`) is given — the same split and ``max_train_examples``
+    subsample, so ``log_n_train`` is the size of what is trained on together with the dev slice the
+    training holds out of it for early stopping (10 %, at most 1,000 rows). ``backbone``: a backbone name
     (its tokenizer is used unless ``tokenizer`` is given), a loaded model, or None (no embedding
     features; the tokenizer then defaults to the default backbone's)."""
     from ..models import load_tokenizer
