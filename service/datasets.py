@@ -306,18 +306,16 @@ def _tokenizer(backbone: str):
 
 @functools.lru_cache(maxsize=2)
 def _backbone_model(backbone: str):
-    from transformers import AutoModel
-
-    from autodistill.models import resolve_backbone
-    return AutoModel.from_pretrained(resolve_backbone(backbone)).eval()
+    from autodistill.meta.features import resolve_backbone_model
+    return resolve_backbone_model(backbone).eval()
 
 
 def meta_features(task: TaskData, backbone: str | None) -> dict[str, Any]:
     """The recommender's meta-features (embedding ones only when a backbone is configured)."""
     from autodistill.config import DEFAULT_BACKBONE
-    from autodistill.meta.features import compute_meta_features
-    tokenizer = _tokenizer(backbone or DEFAULT_BACKBONE)
-    return compute_meta_features(task, tokenizer, backbone=_backbone_model(backbone) if backbone else None)
+    from autodistill.meta.features import task_meta_features
+    return task_meta_features(task, _backbone_model(backbone) if backbone else None,
+                              tokenizer=_tokenizer(backbone or DEFAULT_BACKBONE))
 
 
 def describe_dataset(cfg: DataConfig, field: str, public_names: dict[str, str], max_rows: int, max_bytes: int,

@@ -91,6 +91,40 @@ def test_build_and_recommend_compute_the_same_features_on_the_same_rows(tmp_path
     assert all_rows["log_n_train"] == pytest.approx(math.log1p(270), abs=1e-6)   # the user's whole train split
 
 
+def test_build_recommend_the_service_and_a_search_compute_the_same_features_embeddings_included(
+        tmp_path, monkeypatch, tiny_backbone):
+    """The four consumers of the meta-features, with a backbone's embedding features on: the build's
+    features file, `recommend`, the service's `POST /datasets` and a search's records agree on the same rows."""
+    from autodistill.data import load_task_data
+    from autodistill.meta import build as B
+    from autodistill.meta.features import resolve_backbone_model, search_meta_features
+    from autodistill.meta.recommend import recommend_for
+    from autodistill.models import load_tokenizer
+    from service.datasets import meta_features as service_meta_features
+
+    folder = tmp_path / "d1"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(
+        json.dumps({"text": f"{['good', 'bad', 'fine'][i % 3]} row {i} of {i % 7} words", "label": i % 2}) + "\n"
+        for i in range(200)))
+    preset = deep_merge(META_PRESET, {"data": {"max_train_examples": 100}})
+    monkeypatch.setattr(B, "_teacher", lambda cfg, task: (load_tokenizer(tiny_backbone), "accuracy", True, 0.9, None))
+    build = B._teacher_and_features("d1", str(folder), preset, tmp_path / "features",
+                                    resolve_backbone_model(tiny_backbone), lambda *_: None).meta_features
+    data = candidate_config("vanilla_kd", "classification", preset, {"train": str(folder)}).data
+    _recommender_at_build_budget().save(tmp_path / "model")
+    _, _, recommended = recommend_for(data, tmp_path / "model", 3, backbone=tiny_backbone)
+    task = load_task_data(data)
+    served = service_meta_features(task, tiny_backbone)
+    searched = search_meta_features(PipelineConfig.model_validate({"teachers": [{"backbone": tiny_backbone}]}),
+                                    task, 0.9)
+    teacher = {"teacher_score", "has_teacher_score", "teacher_confidence", "has_teacher_confidence"}
+    same = [{k: v for k, v in f.items() if k not in teacher} for f in (build, recommended, served, searched)]
+    assert same[0] == same[1] == same[2] == same[3]
+    assert same[0]["has_backbone"] == 1.0 and same[0]["emb_mean_cosine"] != 0.0
+    assert same[0]["log_n_train"] == pytest.approx(math.log1p(100), abs=1e-6)
+
+
 def test_the_users_budget_not_the_candidates_enters_the_model():
     """A meta-dataset at two students where the best pipeline depends on the student: the ranking
     follows the student of the user's config (one candidate name per pipeline, whatever student it ran with)."""

@@ -402,23 +402,28 @@ def meta_features_for(data, backbone: Any = "default", *, tokenizer=None, teache
     features)`` on exactly the rows a pipeline with data config ``data`` (a
     :class:`~autodistill.config.DataConfig`) is given — the same split and ``max_train_examples``
     subsample, so ``log_n_train`` is the size of what is trained on together with the dev slice the
-    training holds out of it for early stopping (10 %, at most 1,000 rows). ``backbone``: a backbone name
-    (its tokenizer is used unless ``tokenizer`` is given), a loaded model, or None (no embedding
-    features; the tokenizer then defaults to the default backbone's)."""
+    training holds out of it for early stopping (10 %, at most 1,000 rows). Where the rows are loaded
+    already (the service, a search), :func:`task_meta_features` is the same computation."""
+    task = load_task_data(data)
+    return task, task_meta_features(task, backbone, tokenizer=tokenizer, teacher_score=teacher_score,
+                                    teacher_confidence=teacher_confidence)
+
+
+def task_meta_features(task, backbone: Any = "default", *, tokenizer=None, teacher_score: float | None = None,
+                       teacher_confidence: Any = None) -> dict[str, float]:
+    """:func:`meta_features_for` on rows already loaded (``task``). ``backbone``: a backbone name (its
+    tokenizer is used unless ``tokenizer`` is given), a loaded model, or None (no embedding features;
+    the tokenizer then defaults to the default backbone's)."""
     from ..models import load_tokenizer
 
-    task = load_task_data(data)
     if tokenizer is None:
         tokenizer = load_tokenizer(backbone if isinstance(backbone, str) else DEFAULT_BACKBONE)
-    return task, compute_meta_features(task, tokenizer, backbone=backbone, teacher_score=teacher_score,
-                                       teacher_confidence=teacher_confidence, seed=0)
+    return compute_meta_features(task, tokenizer, backbone=backbone, teacher_score=teacher_score,
+                                 teacher_confidence=teacher_confidence, seed=0)
 
 
 def search_meta_features(base, task, teacher_score: float | None) -> dict[str, float]:
     """The meta-features a search stores in its records (``SearchRequest.meta_features``): those of
     the rows it trains on (``task``), with the embeddings of the base config's teacher backbone and the
     score of the teacher it fine-tuned, so that its records join the meta-dataset as they are."""
-    from ..models import load_tokenizer
-
-    tokenizer = load_tokenizer(base.teacher.backbone)
-    return compute_meta_features(task, tokenizer, backbone=base.teacher.backbone, teacher_score=teacher_score)
+    return task_meta_features(task, base.teacher.backbone, teacher_score=teacher_score)
