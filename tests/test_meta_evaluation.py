@@ -184,8 +184,26 @@ def test_nested_report_and_decision_file(tmp_path):
                                   fit_predict=lambda tr, te, c, s: te["pf_oracle"].to_numpy())
     report = ev.write_nested_report(res, tmp_path, note="OLD PRESET test").read_text()
     assert "OLD PRESET test" in report and "Paired per-dataset comparisons" in report
+    assert "## Verdict: the meta-model against the fair single best" in report
+    assert report.count("**the meta-model beats the fair single best.**") + \
+        report.count("**the meta-model does not beat the fair single best**") == 1
     decision = json.loads((tmp_path / "decision.json").read_text())
     assert decision["source"] in (ws.META_MODEL, ws.PORTFOLIO) and len(decision["portfolio"]) == 2
+
+
+def test_the_verdict_says_plainly_whether_the_ci_lies_above_zero():
+    import pandas as pd
+    key = (ev.META_MODEL, "single_best", "regret1")
+
+    def verdict(low, high):
+        row = {"n": 15, "wins": 5, "ties": 4, "losses": 6, "mean_difference": (low + high) / 2, "ci_low": low,
+               "ci_high": high}
+        return ev.primary_verdict(pd.DataFrame([row], index=pd.MultiIndex.from_tuples([key])))
+    assert "**the meta-model beats the fair single best.**" in verdict(0.001, 0.02)
+    assert "does not beat the fair single best** (the CI does not lie above 0)" in verdict(-0.0347, 0.0057)
+    assert "does not beat" in verdict(0.0, 0.01)
+    assert "5 wins, 4 ties, 6 losses" in verdict(-0.01, 0.01)
+    assert ev.primary_verdict(pd.DataFrame()).startswith("No paired comparison")
 
 
 # --------------------------------------------------------------------------- the decision

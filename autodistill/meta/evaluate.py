@@ -524,6 +524,21 @@ def markdown_table(df: pd.DataFrame, index_name: str = "") -> str:
     return "\n".join(lines)
 
 
+def primary_verdict(comparisons: pd.DataFrame) -> str:
+    """One plain sentence on the primary comparison: does the meta-model beat the fair single best in
+    top-1 regret, i.e. does the bootstrap CI of the mean difference lie above 0?"""
+    key = (META_MODEL, "single_best", "regret1")
+    if key not in comparisons.index:
+        return "No paired comparison of the meta-model with the fair single best (too few datasets)."
+    c = comparisons.loc[key]
+    beats = c["ci_low"] > 0
+    return (f"Paired over {int(c['n'])} held-out datasets: {int(c['wins'])} wins, {int(c['ties'])} ties, "
+            f"{int(c['losses'])} losses, mean difference {_fmt(c['mean_difference'])}, 95 % CI "
+            f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]: **the meta-model "
+            + ("beats the fair single best.**" if beats else "does not beat the fair single best**"
+               " (the CI does not lie above 0)."))
+
+
 def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = "Meta-model: nested leave-one-dataset-out",
                         note: str = "") -> Path:
     """report.md + per_dataset.csv + summary.csv + comparisons.csv + selections.csv (+ noise_floor.csv)
@@ -587,6 +602,8 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
               markdown_table(comp.drop(columns=["method", "reference", "metric"]), "comparison"), ""]
     src = decision["source"]
     cmp_ = decision.get("comparison") or {}
+    lines += ["## Verdict: the meta-model against the fair single best (top-1 regret)", "",
+              primary_verdict(result.comparisons), ""]
     lines += ["## Decision: what the product warm-starts from", "",
               f"Meta-model top-{k} vs the best-of-{k} portfolio: mean difference "
               f"{_fmt(cmp_.get('mean_difference', float('nan')))}, CI [{_fmt(cmp_.get('ci_low', float('nan')))}, "
