@@ -364,8 +364,9 @@ PAPER_FEATURES_CSV = ("\ufefftask , 0,1 ,#example,#label\nmnli,1.5,-0.25,393000,
 
 
 def test_distiller_rows_map_onto_our_config():
-    from autodistill.meta.distiller_import import (DistillerImportError, map_row, read_paper_task_features, read_rows,
-                                                   read_teacher_scores, to_records)
+    from autodistill.meta.distiller_import import (DistillerImportError, map_row, paper_train_sizes,
+                                                   read_paper_task_features, read_rows, read_teacher_scores,
+                                                   task_features_of_runs, to_records)
 
     rows = read_rows(DISTILLER_CSV)
     p0, e0 = map_row(rows[0])
@@ -406,10 +407,13 @@ def test_distiller_rows_map_onto_our_config():
     assert recs[1].extra_features["teacher"] == "Roberta-large"
     assert len({r.key for r in recs}) == 3
     # log_n_train describes the rows the runs trained on: the paper's #example for a subset copy only
-    assert recs[0].meta_features["log_n_train"] == pytest.approx(math.log1p(393000))
-    assert recs[0].provenance["log_n_train_from"] == "#example"
-    assert [r.meta_features["log_n_train"] for r in recs[1:]] == [math.log1p(3668), math.log1p(67349)]
-    assert "log_n_train_from" not in recs[2].provenance
+    sizes = paper_train_sizes(rows)
+    assert sizes == {"mnli": 393000.0, "mrpc": 3700.0, "sst2": 67000.0}
+    runs_feats = {t: task_features_of_runs(t, f["meta_features"], sizes[t])["log_n_train"] for t, f in feats.items()}
+    assert runs_feats == {"mnli": round(math.log1p(393000), 6), "mrpc": math.log1p(3668), "sst2": math.log1p(67349)}
+    assert task_features_of_runs("mnli", {"log_n_train": 9.1}, float("nan")) == {"log_n_train": 9.1}
+    with pytest.raises(DistillerImportError, match="several #example"):
+        paper_train_sizes([*rows, {**rows[0], "#example": "392702"}])
     assert recs[1].ratio == 0.93 and recs[1].candidate_name.startswith("cfg-") and "+" in recs[1].candidate_name
     assert set(recs[0].to_dict()) == {"schema_version", "key", "source", "row_index", "dataset", "dataset_fingerprint",
                                       "meta_features", "config", "config_hash", "extra_features", "target", "metrics",
@@ -571,3 +575,18 @@ def test_build_and_status_default_to_the_candidates_the_pilot_kept(tmp_path, cap
     assert set(json.loads(capsys.readouterr().out)["candidates"]) == set(V2_PORTFOLIO)
     assert cli.main(["meta", "status", "--old-preset", *common]) == 0
     assert set(json.loads(capsys.readouterr().out)["candidates"]) == set(PORTFOLIO)
+
+
+def test_the_committed_distiller_table_sees_the_runs_train_sizes():
+    """What the evaluation and `meta fit` read (the records with their features files): mnli, qqp and qnli
+    at the paper's #example, the whole-set copies at their own row counts."""
+    from autodistill.meta.fitting import meta_model_table
+    from autodistill.meta.table import find_feature_files
+
+    records = Path(__file__).parents[1] / "meta_dataset" / "distiller" / "records.jsonl"
+    sizes = meta_model_table([records]).groupby("dataset")["mf_log_n_train"].first().round(4).to_dict()
+    assert sizes["mnli"] == round(math.log1p(393000), 4) and sizes["qqp"] == round(math.log1p(364000), 4)
+    assert sizes["qnli"] == round(math.log1p(105000), 4) and sizes["cola"] == round(math.log1p(8551), 4)
+    files = find_feature_files([records])
+    assert files["mnli"]["log_n_train"] == pytest.approx(math.log1p(393000), abs=1e-6)
+

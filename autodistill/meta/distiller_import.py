@@ -20,7 +20,7 @@ features (``dataset_features_50_concat.csv``: 100 unnamed embedding-derived numb
 is a model the evaluation can fit (``plain_hgb_stated``). The target is
 ``ratio`` (student score / teacher score); ``score`` is kept too. Meta-features are ours, computed on
 our copies of the GLUE tasks in ``meta_dataset/datasets`` (mnli/qqp/qnli are subsets there: their
-``log_n_train`` is the paper's ``#example``, :func:`runs_train_size`), with the
+``log_n_train`` is the paper's ``#example``, :func:`task_features_of_runs`), with the
 teacher's published GLUE dev score (``teacher_baseline.csv``, /100) as ``teacher_score``.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ..config import DataConfig, parse_config
 from ..data import load_task_data
 from ..records import RunRecord, canonical_config_hash, library_versions
-from .features import META_FEATURES_VERSION, compute_meta_features, resolve_backbone_model
+from .features import META_FEATURES_VERSION, resolve_backbone_model, task_meta_features
 
 IMPORT_VERSION = 3   # 2: the paper's task features in extra_features; 3: log_n_train of the runs' train sets
 RUNS_CSV = "auto_distiller_tabular_data.csv"
@@ -145,9 +145,28 @@ def runs_train_size(task: str, n_examples: float | None) -> dict[str, float]:
     """``log_n_train`` of the train set the paper's runs used (its ``#example``) where our copy of the task
     is a subset of it: a meta-feature describes the rows the target was measured on (issue 16). Where our
     copy is the whole set its own count stays (the paper's ``#example`` is rounded: 7000 for STS-B's 5,749)."""
-    if task not in SUBSET_COPIES or not n_examples:
+    if task not in SUBSET_COPIES or not (n_examples and math.isfinite(n_examples) and n_examples > 0):
         return {}
     return {"log_n_train": round(math.log1p(n_examples), 6)}   # rounded as compute_meta_features rounds
+
+
+def paper_train_sizes(rows: Iterable[Mapping[str, str]]) -> dict[str, float]:
+    """Our task name -> the paper's ``#example`` (its runs' train set size), one per task."""
+    sizes: dict[str, set[float]] = {}
+    for i, row in enumerate(rows):
+        if row.get("#example"):
+            task = _lookup(TASK_MAP, row["task"], "task", i)
+            sizes.setdefault(task, set()).add(_number(row["#example"], "#example", f"row {i}"))
+    for task, values in sizes.items():
+        if len(values) > 1:
+            raise DistillerImportError(f"task {task!r} has several #example values: {sorted(values)}")
+    return {task: values.pop() for task, values in sizes.items()}
+
+
+def task_features_of_runs(task: str, computed: Mapping[str, Any], n_examples: float | None) -> dict[str, Any]:
+    """Our meta-features of a task as its runs saw it: those computed on our copy, with
+    :func:`runs_train_size` where the copy is a subset (the features file and every record carry these)."""
+    return {**computed, **runs_train_size(task, n_examples)}
 
 
 def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[str, str], float],
@@ -168,8 +187,6 @@ def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[
         cfg = parse_config(partial, source=f"Distiller row {i}")
         info = task_features[task]
         feats = dict(info["meta_features"])
-        size = runs_train_size(task, extra["distiller_n_examples"])
-        feats.update(size)
         t_score = teacher_scores.get((row["task"].strip().lower(), row["Teacher"].strip()))
         if t_score is not None:
             feats["teacher_score"], feats["has_teacher_score"] = round(t_score, 6), 1.0
@@ -182,7 +199,7 @@ def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[
             teacher_score=t_score, wall_seconds=None, student_parameters=None, seed=None,
             status="ok", versions=versions,
             provenance={"import_version": IMPORT_VERSION, "meta_features_version": META_FEATURES_VERSION,
-                        "csv": RUNS_CSV, **({"log_n_train_from": "#example"} if size else {})}))
+                        "csv": RUNS_CSV}))
     return out
 
 
@@ -197,6 +214,7 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
     teacher_scores = read_teacher_scores((anchors / TEACHERS_CSV).read_text(encoding="utf-8"))
     paper_features = read_paper_task_features((anchors / TASK_FEATURES_CSV).read_text(encoding="utf-8"))
     tasks = sorted({_lookup(TASK_MAP, r["task"], "task", i) for i, r in enumerate(rows)})
+    n_examples = paper_train_sizes(rows)
     tokenizer = load_tokenizer("default")
     model = resolve_backbone_model(backbone)
     (out / "features").mkdir(parents=True, exist_ok=True)
@@ -204,14 +222,16 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
     for task in tasks:
         t0 = time.perf_counter()
         data = load_task_data(DataConfig(train=str(root / task)))
-        feats = compute_meta_features(data, tokenizer, backbone=model, seed=0)
+        feats = task_features_of_runs(task, task_meta_features(data, model, tokenizer=tokenizer), n_examples.get(task))
         seconds = time.perf_counter() - t0
         task_features[task] = {"fingerprint": data.fingerprint, "meta_features": feats}
         (out / "features" / f"{task}.json").write_text(json.dumps({
             "version": META_FEATURES_VERSION, "dataset": task, "dataset_fingerprint": data.fingerprint,
             "task_type": data.task_type, "rows": {"train": len(data.train), "validation": len(data.validation)},
             "backbone": "default (MiniLM-L6, frozen)" if model is not None else None,
-            "seconds": round(seconds, 2), "meta_features": feats}, indent=2, sort_keys=True), encoding="utf-8")
+            "seconds": round(seconds, 2), "meta_features": feats,
+            **({"log_n_train_from": "#example"} if runs_train_size(task, n_examples.get(task)) else {})},
+            indent=2, sort_keys=True), encoding="utf-8")
         log(f"[{task}] meta-features in {seconds:.1f} s")
     records = to_records(rows, teacher_scores, task_features, paper_features)
     tmp = out / "records.jsonl.tmp"
