@@ -28,6 +28,8 @@ def ten_thousand_rows(folder: Path) -> Path:
     parts = [DATASETS_DIR / "mnli" / "train.jsonl", DATASETS_DIR / "mnli" / "validation.jsonl",
              DATASETS_DIR / "snli" / "train.jsonl"]
     lines = [line for part in parts for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) < 10_000:
+        raise SystemExit(f"the source copies hold {len(lines)} rows, fewer than 10,000")
     out = folder / "mnli10k.jsonl"
     out.write_text("\n".join(lines[:10_000]) + "\n", encoding="utf-8")
     return out

@@ -204,6 +204,9 @@ def test_the_verdict_says_plainly_whether_the_ci_lies_above_zero():
     assert "does not beat" in verdict(0.0, 0.01)
     assert "5 wins, 4 ties, 6 losses" in verdict(-0.01, 0.01)
     assert ev.primary_verdict(pd.DataFrame()).startswith("No paired comparison")
+    empty = pd.DataFrame([{"n": 0, "wins": 0, "ties": 0, "losses": 0, "mean_difference": float("nan"),
+                           "ci_low": float("nan"), "ci_high": float("nan")}], index=pd.MultiIndex.from_tuples([key]))
+    assert ev.primary_verdict(empty).startswith("No paired comparison")
 
 
 # --------------------------------------------------------------------------- the decision

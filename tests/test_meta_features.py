@@ -575,6 +575,14 @@ def test_build_and_status_default_to_the_candidates_the_pilot_kept(tmp_path, cap
     assert set(json.loads(capsys.readouterr().out)["candidates"]) == set(V2_PORTFOLIO)
     assert cli.main(["meta", "status", "--old-preset", *common]) == 0
     assert set(json.loads(capsys.readouterr().out)["candidates"]) == set(PORTFOLIO)
+    # `meta build --workers 2` hands its worker processes the same default
+    from autodistill.cli.meta import _worker_argv
+
+    def handed(*argv):
+        tail = _worker_argv(cli.build_parser().parse_args(["meta", "build", "--workers", "2", *argv]))
+        return tail[tail.index("--portfolio") + 1]
+    assert handed() == ",".join(V2_PORTFOLIO)
+    assert handed("--old-preset") == "all" and handed("--portfolio", "no_kd") == "no_kd"
 
 
 def test_the_committed_distiller_table_sees_the_runs_train_sizes():

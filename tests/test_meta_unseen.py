@@ -85,6 +85,8 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     runs = unseen_runs(tmp_path / "out")
     assert len(runs) == ran + 1 and runs["stop_reason"].notna().all() and (runs["train_seconds"] > 0).all()
     assert runs["steps"].gt(0).all() and "## Runs: convergence and cost" in report and "Stop reasons: " in report
+    assert "The recommended pipeline's student training costs " in report and "(mean train seconds per dataset, 2 " \
+        "datasets)" in report
 
 
 def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_single_best(tmp_path):
@@ -175,12 +177,18 @@ def test_the_comparison_says_which_arm_is_better():
     assert worse["losses"] == 5 and abs(worse["mean_difference"] + 0.05) < 1e-9 and worse["ci_high"] < 0
 
 
-def test_the_cost_ratio_is_the_picks_mean_training_seconds_over_vanilla_kds_per_dataset():
+def test_the_cost_ratio_is_the_recommended_runs_mean_training_seconds_over_vanilla_kds_per_dataset():
     import pandas as pd
-    runs = pd.DataFrame([{"dataset": d, "candidate": c, "train_seconds": t}
-                         for d, c, t in (("a", "mixup", 300.0), ("a", "mixup", 500.0), ("a", "vanilla_kd", 100.0),
-                                         ("b", "mixup", 90.0), ("b", "vanilla_kd", 60.0), ("b", "vanilla_kd", 120.0),
-                                         ("c", "mixup", 50.0))])          # c: no vanilla_kd run yet
-    assert cost_ratios(runs, "mixup").round(4).to_dict() == {"a": 4.0, "b": 1.0}
-    assert cost_ratios(runs, "t4").empty and cost_ratios(runs.iloc[:0], "mixup").empty
-
+    runs = pd.DataFrame([{"dataset": d, "candidate": c, "arms": arms, "train_seconds": t}
+                         for d, c, arms, t in (
+                             ("a", "mixup", "recommended+single_best", 300.0), ("a", "mixup", "recommended+single_best", 500.0),
+                             ("a", "vanilla_kd", "vanilla_kd", 100.0),
+                             # b: mixup is only the single best; the pick is t4
+                             ("b", "t4", "recommended", 90.0), ("b", "mixup", "single_best", 900.0),
+                             ("b", "vanilla_kd", "vanilla_kd", 60.0), ("b", "vanilla_kd", "vanilla_kd", 120.0),
+                             # c: the pick is vanilla KD itself, one set of runs serves both arms
+                             ("c", "vanilla_kd", "recommended+vanilla_kd", 50.0),
+                             ("d", "mixup", "recommended", 70.0))])      # d: no vanilla_kd run yet
+    assert cost_ratios(runs).round(4).to_dict() == {"a": 4.0, "b": 1.0, "c": 1.0}
+    assert cost_ratios(runs, "single_best").round(4).to_dict() == {"a": 4.0, "b": 10.0}
+    assert cost_ratios(runs.iloc[:0]).empty

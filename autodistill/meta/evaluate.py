@@ -49,7 +49,7 @@ from .columns import (FEATURE_SETS, PF_PREFIX, feature_columns, meta_feature_col
 from .distances import l1_distances, scale_stats
 from .model import METHODS, PipelineScoreRegressor
 from .table import groups_of, records_to_table, uninformative_datasets
-from .warm_start import candidate_effects, decide, greedy_portfolio, portfolio_scores
+from .warm_start import candidate_effects, ci_above_zero, decide, greedy_portfolio, portfolio_scores
 
 TOP_K = 5
 #: best-of-k regrets in every per-dataset table (the product warm-starts its search from a few pipelines)
@@ -526,17 +526,17 @@ def markdown_table(df: pd.DataFrame, index_name: str = "") -> str:
 
 def primary_verdict(comparisons: pd.DataFrame) -> str:
     """One plain sentence on the primary comparison: does the meta-model beat the fair single best in
-    top-1 regret, i.e. does the bootstrap CI of the mean difference lie above 0?"""
+    top-1 regret, i.e. does the bootstrap CI of the mean difference lie above 0 (the rule of
+    :func:`~autodistill.meta.warm_start.ci_above_zero`)?"""
     key = (META_MODEL, "single_best", "regret1")
-    if key not in comparisons.index:
-        return "No paired comparison of the meta-model with the fair single best (too few datasets)."
-    c = comparisons.loc[key]
-    beats = c["ci_low"] > 0
+    c = comparisons.loc[key] if key in comparisons.index else None
+    if c is None or not c["n"] or not np.isfinite(c["ci_low"]):
+        return "No paired comparison of the meta-model with the fair single best (no dataset has both)."
+    verdict = ("beats the fair single best.**" if ci_above_zero(c.to_dict()) else
+               "does not beat the fair single best** (the CI does not lie above 0).")
     return (f"Paired over {int(c['n'])} held-out datasets: {int(c['wins'])} wins, {int(c['ties'])} ties, "
             f"{int(c['losses'])} losses, mean difference {_fmt(c['mean_difference'])}, 95 % CI "
-            f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]: **the meta-model "
-            + ("beats the fair single best.**" if beats else "does not beat the fair single best**"
-               " (the CI does not lie above 0)."))
+            f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]: **the meta-model {verdict}")
 
 
 def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = "Meta-model: nested leave-one-dataset-out",

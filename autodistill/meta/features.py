@@ -398,12 +398,12 @@ def compute_meta_features(task, tokenizer, backbone: Any = None, teacher_score: 
 
 def meta_features_for(data, backbone: Any = "default", *, tokenizer=None, teacher_score: float | None = None,
                       teacher_confidence: Any = None):
-    """The one meta-feature function of build, ``recommend``, ``auto`` and the service: ``(task,
-    features)`` on exactly the rows a pipeline with data config ``data`` (a
-    :class:`~autodistill.config.DataConfig`) is given — the same split and ``max_train_examples``
-    subsample, so ``log_n_train`` is the size of what is trained on together with the dev slice the
-    training holds out of it for early stopping (10 %, at most 1,000 rows). Where the rows are loaded
-    already (the service, a search), :func:`task_meta_features` is the same computation."""
+    """The meta-features of build, ``recommend`` and ``auto``: ``(task, features)`` on exactly the rows a
+    pipeline with data config ``data`` (a :class:`~autodistill.config.DataConfig`) is given — the same
+    split and ``max_train_examples`` subsample, so ``log_n_train`` is the size of what is trained on
+    together with the dev slice the training holds out of it for early stopping (``data.dev_fraction``,
+    at most ``data.dev_max_examples``). The service and a search's records, which hold the rows loaded
+    already, use the same computation, :func:`task_meta_features`."""
     task = load_task_data(data)
     return task, task_meta_features(task, backbone, tokenizer=tokenizer, teacher_score=teacher_score,
                                     teacher_confidence=teacher_confidence)

@@ -275,28 +275,32 @@ def unseen_table(out: str | Path) -> pd.DataFrame:
 
 
 def unseen_runs(out: str | Path) -> pd.DataFrame:
-    """One row per run: its pipeline, seed, ratio, how training stopped (``stop_reason``, steps, epochs)
-    and what the student's training cost (``train_seconds``; the teacher is shared by a dataset's runs)."""
+    """One row per run: the candidate it was run as, the arms it serves (arms sharing a pipeline share its
+    runs), seed, ratio, how training stopped (``stop_reason``, steps, epochs) and what the student's training
+    cost (``train_seconds``; the teacher is shared by a dataset's runs)."""
     out = Path(out)
     rows = []
     for plan in _plans(out):
         for r in RecordStore(out / "runs" / f"{plan['dataset']}.jsonl"):
             m = r.metrics or {}
-            rows.append({"dataset": plan["dataset"], "candidate": r.candidate_name, "seed": _seed_of(r),
+            rows.append({"dataset": plan["dataset"], "candidate": r.candidate_name,
+                         "arms": "+".join((r.provenance or {}).get("arms", [])), "seed": _seed_of(r),
                          "ratio": (r.target or {}).get("ratio"), "stop_reason": m.get("stop_reason"),
                          "steps": m.get("steps"), "epochs": m.get("epochs"), "train_seconds": m.get("train_seconds")})
     return pd.DataFrame(rows)
 
 
-def cost_ratios(runs: pd.DataFrame, candidate: str, reference: str = "vanilla_kd") -> pd.Series:
-    """Per dataset: ``candidate``'s mean student training seconds over ``reference``'s (runs side by side,
-    one thread each: a ratio, not a benchmark)."""
-    if runs.empty:
-        return pd.Series(dtype=float)
-    mean = runs.pivot_table(index="dataset", columns="candidate", values="train_seconds", aggfunc="mean")
-    if candidate not in mean or reference not in mean:
-        return pd.Series(dtype=float)
-    return (mean[candidate] / mean[reference]).dropna()
+def cost_ratios(runs: pd.DataFrame, arm: str = "recommended", reference: str = "vanilla_kd") -> pd.Series:
+    """Per dataset: the mean student training seconds of the runs serving ``arm`` over those serving
+    ``reference`` (1.0 where the two arms share their runs); datasets missing either are left out."""
+    ratios = {}
+    for dataset, g in runs.groupby("dataset", sort=True):
+        serves = g["arms"].str.split("+")
+        mine = g.loc[serves.map(lambda arms: arm in arms), "train_seconds"].dropna()
+        ref = g.loc[serves.map(lambda arms: reference in arms), "train_seconds"].dropna()
+        if len(mine) and len(ref):
+            ratios[dataset] = float(mine.mean() / ref.mean())
+    return pd.Series(ratios, dtype=float)
 
 
 def unseen_comparisons(table: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
@@ -380,7 +384,7 @@ def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
         recommended = next(a["candidate"] for a in plan["arms"] if a["name"] == "recommended")
         lines.append(f"| {plan['dataset']} | {plan.get('warm_start_source', '?')} | {recommended} | "
                      f"{plan.get('meta_model_top1', '(not recorded)')} |")
-    lines += _runs_section(out, table)
+    lines += _runs_section(out)
     if unpaired:
         lines += ["", "## Not paired", "", "These datasets are missing from the comparisons named (a comparison pairs "
                   "the datasets where both of its arms apply and have every seed):", ""]
@@ -390,26 +394,30 @@ def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
     return path
 
 
-def _runs_section(out: Path, table: pd.DataFrame) -> list[str]:
+def _runs_section(out: Path) -> list[str]:
     runs = unseen_runs(out)
     if runs.empty:
         return []
-    picks = table.loc[table["arm"] == "recommended", "candidate"].unique()
-    ratios = pd.concat([cost_ratios(runs, c) for c in picks if c != "vanilla_kd"])
     lines = ["", "## Runs: convergence and cost", "",
              "Every run trains until its dev-slice curve is flat (`stop_reason` plateau) or hits a cap; "
-             "`train_seconds` is the student's training time on the machine that ran it (`provenance.machine` of the run).", "",
+             "`train_seconds` is the student's training time on the machine that ran it "
+             "(`provenance.machine` of the run).", "",
              markdown_table(_shown(runs).sort_values(["dataset", "candidate", "seed"]).set_index("dataset")), ""]
-    stopped = runs["stop_reason"].value_counts()
+    stopped = runs["stop_reason"].fillna("not recorded").value_counts()
     lines.append("Stop reasons: " + ", ".join(f"{reason} {n}" for reason, n in stopped.items()) + ".")
+    ratios = cost_ratios(runs)
     if len(ratios):
-        lines.append(f"The pick's student training costs {ratios.min():.1f}-{ratios.max():.1f}x vanilla_kd's "
-                     f"(mean train seconds per dataset, {len(ratios)} datasets).")
+        span = f"{ratios.iloc[0]:.1f}x" if len(ratios) == 1 else f"{ratios.min():.1f}-{ratios.max():.1f}x"
+        lines.append(f"The recommended pipeline's student training costs {span} vanilla_kd's (mean train seconds "
+                     f"per dataset, {len(ratios)} dataset{'s' if len(ratios) > 1 else ''}).")
     return lines
 
 
 def _shown(runs: pd.DataFrame) -> pd.DataFrame:
     """Whole seconds and one-decimal epochs in the report."""
-    fmt = lambda v, spec: "–" if v is None or not np.isfinite(v) else format(v, spec)  # noqa: E731
-    return runs.assign(epochs=[fmt(v, ".1f") for v in runs["epochs"]],
-                       train_seconds=[fmt(v, ".0f") for v in runs["train_seconds"]])
+    return runs.assign(epochs=[_number_or_dash(v, ".1f") for v in runs["epochs"]],
+                       train_seconds=[_number_or_dash(v, ".0f") for v in runs["train_seconds"]])
+
+
+def _number_or_dash(value: Any, spec: str) -> str:
+    return "–" if value is None or not np.isfinite(value) else format(value, spec)

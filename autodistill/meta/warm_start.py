@@ -132,12 +132,18 @@ def portfolio_scores(candidates: Sequence[str], members: Sequence[str], effects:
 
 
 # --------------------------------------------------------------------------- the decision
+def ci_above_zero(comparison: Mapping[str, Any]) -> bool:
+    """Whether a paired comparison (:func:`autodistill.meta.evaluate.paired_comparison`'s dict) shows the
+    method better than its reference: the bootstrap CI of the mean difference lies above 0."""
+    low = comparison.get("ci_low")
+    return low is not None and bool(np.isfinite(low)) and low > 0
+
+
 def decide(comparison: Mapping[str, Any]) -> str:
     """``meta_model`` when the CI of (portfolio regret − meta-model regret) at the warm-start k is above 0,
     else ``portfolio``. ``comparison``: :func:`autodistill.meta.evaluate.paired_comparison`'s dict with
     the portfolio as the reference."""
-    low = comparison.get("ci_low")
-    return META_MODEL if low is not None and np.isfinite(low) and low > 0 else PORTFOLIO
+    return META_MODEL if ci_above_zero(comparison) else PORTFOLIO
 
 
 @dataclass
