@@ -1,8 +1,10 @@
 """Task metrics: accuracy, F1, Matthews correlation, Pearson/Spearman."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from .registry import METRICS
@@ -30,9 +32,14 @@ def mcc(pred: np.ndarray, gold: np.ndarray) -> float:
 
 
 def _safe_corr(fn, pred: np.ndarray, gold: np.ndarray) -> float:
+    """A constant prediction carries no correlation: 0, also where float32 rounding leaves a constant
+    prediction a tiny spread that scipy then reads as constant (NaN)."""
     if np.std(pred) == 0 or np.std(gold) == 0:
-        return 0.0  # a constant prediction carries no correlation
-    return float(fn(pred, gold)[0])
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        r = float(fn(pred, gold)[0])
+    return r if np.isfinite(r) else 0.0
 
 
 @METRICS.register("pearson")

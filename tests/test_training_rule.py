@@ -110,3 +110,21 @@ def test_the_trainer_knows_the_constant_predictions_dev_score():
     assert trivial_score(split([0, 0, 0, 1]), "accuracy", "classification") == 0.75
     assert trivial_score(split([0, 0, 0, 1]), "f1", "classification") == 0.4        # all-positive, not the majority
     assert trivial_score(split([0.1, 0.5, 0.9]), "pearson", "regression") == 0.0     # undefined for a constant
+
+
+def test_a_constant_float32_prediction_scores_zero_correlation_not_nan():
+    """float32 rounding gives a constant prediction a tiny spread that scipy reads as constant (NaN): the
+    metric says 0, the same as for an exactly constant one, so early stopping never compares with NaN."""
+    import warnings
+
+    import numpy as np
+
+    from autodistill.metrics import pearson, spearman
+
+    pred = np.full(10, 0.7, dtype=np.float32)
+    gold = np.arange(10.0)
+    assert np.std(pred) > 0                       # the case the exact-constant check misses
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pearson(pred, gold) == 0.0 and spearman(pred, gold) == 0.0
+    assert pearson(np.arange(10.0), gold) == pytest.approx(1.0)
