@@ -227,6 +227,10 @@ class SearchManager:
             fields["started_at"] = time.time()
         if state == "running" and self._over_time(search):
             state = self._stop_over_time(search, fields)
+        elif state == "cancelled" and search["state"] == "running" and self._over_time(search):
+            # stopped for its time budget by a concurrent refresh (the monitor's) that has not written yet:
+            # the user's cancel writes "cancelled" itself, so this stop was the service's
+            state, fields["error"] = "failed", self._over_time_error(search)
         if state in TERMINAL_STATES:
             self._pull(search, final=True)
             progress = _read_json(out / PROGRESS_FILE)
@@ -251,9 +255,12 @@ class SearchManager:
         except Exception as err:  # noqa: BLE001 - retried on the next refresh
             log.warning("stopping %s (over its time budget) failed: %s", search["id"], err)
             return "running"
-        fields["error"] = (f"stopped by the service: ran longer than its time budget of "
-                           f"{self.time_budget(search):.0f} s plus {self.settings.search_grace_s:.0f} s")
+        fields["error"] = self._over_time_error(search)
         return "failed"
+
+    def _over_time_error(self, search: dict[str, Any]) -> str:
+        return (f"stopped by the service: ran longer than its time budget of "
+                f"{self.time_budget(search):.0f} s plus {self.settings.search_grace_s:.0f} s")
 
     def _final_fields(self, search: dict[str, Any], state: str, out: Path, explained: bool) -> dict[str, Any]:
         fields: dict[str, Any] = {"finished_at": time.time()}

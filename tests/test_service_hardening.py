@@ -510,6 +510,20 @@ def test_a_search_is_stopped_past_its_time_budget(api, dataset_of):
     assert manager.backend.states[sid] == "cancelled"   # the Ray job was stopped
 
 
+def test_a_search_stopped_for_time_by_the_monitor_reads_failed_in_a_concurrent_request(api, dataset_of):
+    """The monitor thread stopped the job for its time budget (Ray says cancelled) but has not written its
+    state yet when a request refreshes the same search: that is the time-budget failure, not a user's cancel."""
+    sid = api.post("/searches", json=_search_body(dataset_of(), time_budget=30), headers=api.keys["alice"]).json()["id"]
+    manager = api.app.state.searches
+    manager.backend.states[sid] = "running"
+    api.get(f"/searches/{sid}", headers=api.keys["alice"])
+    grace = api.app.state.settings.search_grace_s
+    manager.store.update_search(sid, started_at=time.time() - 30 - grace - 1)
+    manager.backend.states[sid] = "cancelled"           # the monitor's stop, its write still pending
+    body = api.get(f"/searches/{sid}", headers=api.keys["alice"]).json()
+    assert body["state"] == "failed" and "time budget" in body["error"]
+
+
 def test_a_search_without_a_budget_gets_its_spaces_within_the_servers(tmp_path):
     from autodistill.search.space import SearchSpace
     space = SearchSpace.load("cpu-fast").budget.time_budget_s
