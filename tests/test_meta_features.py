@@ -366,7 +366,7 @@ PAPER_FEATURES_CSV = ("\ufefftask , 0,1 ,#example,#label\nmnli,1.5,-0.25,393000,
 def test_distiller_rows_map_onto_our_config():
     from autodistill.meta.distiller_import import (DistillerImportError, map_row, paper_train_sizes,
                                                    read_paper_task_features, read_rows, read_teacher_scores,
-                                                   task_features_of_runs, to_records)
+                                                   runs_train_size, to_records)
 
     rows = read_rows(DISTILLER_CSV)
     p0, e0 = map_row(rows[0])
@@ -409,9 +409,9 @@ def test_distiller_rows_map_onto_our_config():
     # log_n_train describes the rows the runs trained on: the paper's #example for a subset copy only
     sizes = paper_train_sizes(rows)
     assert sizes == {"mnli": 393000.0, "mrpc": 3700.0, "sst2": 67000.0}
-    runs_feats = {t: task_features_of_runs(t, f["meta_features"], sizes[t])["log_n_train"] for t, f in feats.items()}
+    runs_feats = {t: {**f["meta_features"], **runs_train_size(t, sizes[t])}["log_n_train"] for t, f in feats.items()}
     assert runs_feats == {"mnli": round(math.log1p(393000), 6), "mrpc": math.log1p(3668), "sst2": math.log1p(67349)}
-    assert task_features_of_runs("mnli", {"log_n_train": 9.1}, float("nan")) == {"log_n_train": 9.1}
+    assert runs_train_size("mnli", float("nan")) == {}
     with pytest.raises(DistillerImportError, match="several #example"):
         paper_train_sizes([*rows, {**rows[0], "#example": "392702"}])
     assert recs[1].ratio == 0.93 and recs[1].candidate_name.startswith("cfg-") and "+" in recs[1].candidate_name

@@ -20,7 +20,7 @@ features (``dataset_features_50_concat.csv``: 100 unnamed embedding-derived numb
 is a model the evaluation can fit (``plain_hgb_stated``). The target is
 ``ratio`` (student score / teacher score); ``score`` is kept too. Meta-features are ours, computed on
 our copies of the GLUE tasks in ``meta_dataset/datasets`` (mnli/qqp/qnli are subsets there: their
-``log_n_train`` is the paper's ``#example``, :func:`task_features_of_runs`), with the
+``log_n_train`` is the paper's ``#example``, :func:`runs_train_size`), with the
 teacher's published GLUE dev score (``teacher_baseline.csv``, /100) as ``teacher_score``.
 """
 from __future__ import annotations
@@ -163,12 +163,6 @@ def paper_train_sizes(rows: Iterable[Mapping[str, str]]) -> dict[str, float]:
     return {task: values.pop() for task, values in sizes.items()}
 
 
-def task_features_of_runs(task: str, computed: Mapping[str, Any], n_examples: float | None) -> dict[str, Any]:
-    """Our meta-features of a task as its runs saw it: those computed on our copy, with
-    :func:`runs_train_size` where the copy is a subset (the features file and every record carry these)."""
-    return {**computed, **runs_train_size(task, n_examples)}
-
-
 def to_records(rows: Iterable[Mapping[str, str]], teacher_scores: Mapping[tuple[str, str], float],
                task_features: Mapping[str, Mapping[str, Any]],
                paper_task_features: Mapping[str, Mapping[str, float]] | None = None) -> list[RunRecord]:
@@ -222,7 +216,8 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
     for task in tasks:
         t0 = time.perf_counter()
         data = load_task_data(DataConfig(train=str(root / task)))
-        feats = task_features_of_runs(task, task_meta_features(data, model, tokenizer=tokenizer), n_examples.get(task))
+        runs_size = runs_train_size(task, n_examples.get(task))
+        feats = {**task_meta_features(data, model, tokenizer=tokenizer), **runs_size}
         seconds = time.perf_counter() - t0
         task_features[task] = {"fingerprint": data.fingerprint, "meta_features": feats}
         (out / "features" / f"{task}.json").write_text(json.dumps({
@@ -230,7 +225,7 @@ def import_distiller(anchors: str | Path, datasets_root: str | Path, out: str | 
             "task_type": data.task_type, "rows": {"train": len(data.train), "validation": len(data.validation)},
             "backbone": "default (MiniLM-L6, frozen)" if model is not None else None,
             "seconds": round(seconds, 2), "meta_features": feats,
-            **({"log_n_train_from": "#example"} if runs_train_size(task, n_examples.get(task)) else {})},
+            **({"log_n_train_from": "#example"} if runs_size else {})},
             indent=2, sort_keys=True), encoding="utf-8")
         log(f"[{task}] meta-features in {seconds:.1f} s")
     records = to_records(rows, teacher_scores, task_features, paper_features)
