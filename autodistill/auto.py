@@ -13,6 +13,7 @@ from typing import Any
 from .config import pipeline_only, with_pipeline
 from .meta.features import search_meta_features
 from .meta.recommend import recommend_for
+from .meta.recommender import prediction_text
 from .meta.warm_start import choose_warm_start
 from .progress import EventLog
 from .search.driver import SearchRequest, SearchResult, run_search
@@ -66,8 +67,8 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
     approximate = {k for k, point in picked if pipeline_only(sp.to_config(sp.encode(point)))
                    != pipeline_only(with_pipeline(base, recs[k].config))}
     for k, r in [(0, top), *((k, recs[k]) for k, _ in picked)]:
-        events.emit("recommend", f"#{r.rank} {r.candidate}: predicted student/teacher {r.predicted_score:.3f} "
-                                 f"± {r.uncertainty:.3f}" + (f" (seeds the search as near as the {sp.name} "
+        events.emit("recommend", f"#{r.rank} {r.candidate}: predicted student/teacher "
+                                 f"{prediction_text(r.predicted_score, r.uncertainty, 3)}" + (f" (seeds the search as near as the {sp.name} "
                                                              "space can express it)" if k in approximate else ""))
     events.emit("recommend", f"done in {seconds:.1f} s; #{top.rank} is trained first as recommended, "
                              f"{len(points)} more seed the search in the {sp.name} space")

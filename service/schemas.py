@@ -94,7 +94,8 @@ class RecommendedPipeline(Strict):
     candidate: str
     config: PipelineConfig
     predicted_score: float
-    uncertainty: float
+    uncertainty: float | None = Field(description="the meta-model ensemble's spread (std) of the prediction; "
+                                                  "null for a single model, which has none")
     student_parameters: int | None
     why: dict[str, Any]
 

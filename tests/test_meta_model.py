@@ -199,6 +199,19 @@ def recommender(table) -> Recommender:
     return Recommender.fit(ev.drop_meta_features(table), method="rf", model_params={"n_estimators": 50})
 
 
+def test_a_single_model_claims_no_spread_and_an_ensemble_shows_its_own(table):
+    from autodistill.meta.recommender import prediction_text
+    query = {"log_n_train": 7.0, "is_pair": True, "num_labels": 2}
+    rows = ev.drop_meta_features(table)
+    single = Recommender.fit(rows, method="hgb", model_params={"n_bags": 1, "n_estimators": 30}).recommend(query, top_k=3)
+    assert all(r.uncertainty is None for r in single)                     # not 0: nobody measured a spread
+    assert prediction_text(single[0].predicted_score, single[0].uncertainty) == f"{single[0].predicted_score:.4f}"
+    bagged = Recommender.fit(rows, method="hgb", model_params={"n_bags": 4, "n_estimators": 30}).recommend(query, top_k=3)
+    assert all(r.uncertainty is not None and math.isfinite(r.uncertainty) for r in bagged)
+    assert any(r.uncertainty > 0 for r in bagged)
+    assert prediction_text(0.5, 0.01, 3) == "0.500 ± 0.010"
+
+
 def test_recommend_top_k_sorted_valid_configs(recommender):
     recs = recommender.recommend({"log_n_train": 7.0, "is_pair": True, "num_labels": 2}, top_k=5)
     assert len(recs) == 5 and [r.rank for r in recs] == [1, 2, 3, 4, 5]

@@ -11,6 +11,7 @@ from ..config import ConfigError
 from ..data import DataError
 from ..meta.fitting import DEFAULT_MODEL_DIR
 from ..meta.model_files import ModelVersionError
+from ..meta.recommender import prediction_text
 from ..search.space import SpaceError
 from .common import BUDGET_HELP, Commands, data_or_bundled, interrupted_before_a_student, quiet_libraries, report_search
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return interrupted_before_a_student(args.out, "auto")
     print(f"recommended pipelines ({result.recommend_seconds:.1f} s, meta-features included):")
     for r in result.recommendations[:args.seeds]:
-        print(f"  {r['rank']:>2}. {r['candidate']:<36} predicted student/teacher {r['predicted_score']:.3f}"
-              f" ± {r['uncertainty']:.3f}")
+        print(f"  {r['rank']:>2}. {r['candidate']:<36} predicted student/teacher "
+              f"{prediction_text(r['predicted_score'], r['uncertainty'], 3)}")
     print()
     return report_search(result.search, args.out, "auto")

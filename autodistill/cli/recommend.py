@@ -14,6 +14,7 @@ from ..data import DataError, bundled_dataset_path
 from ..meta.fitting import DEFAULT_MODEL_DIR
 from ..meta.model_files import ModelVersionError
 from ..meta.recommend import recommend_for
+from ..meta.recommender import prediction_text
 from ..meta.warm_start import PORTFOLIO, choose_warm_start
 from .common import Commands
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"top {len(recs)} pipelines for {data} (from the {start.source.replace('_', '-')}; predicted {rec.target}; "
           f"{seconds:.1f} s):")
     for r in recs:
-        print(f"{r.rank:>2}. {r.candidate:<32} predicted {r.predicted_score:.4f} ± {r.uncertainty:.4f}")
+        print(f"{r.rank:>2}. {r.candidate:<32} predicted {prediction_text(r.predicted_score, r.uncertainty)}")
     if recs:
         near = ", ".join(f"{n['dataset']} ({n['distance']:.2f})" for n in recs[0].why["nearest_datasets"])
         feats_txt = ", ".join(f["feature"] for f in recs[0].why["top_features"])

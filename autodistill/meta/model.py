@@ -197,7 +197,7 @@ class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator)
     ``n_bags=1`` one model on all rows), ``"rf"`` (RandomForestRegressor) or ``"pairwise"``
     (``n_bags`` :class:`PairwiseRanker` with different pair samples). NaN inputs are allowed (meta-
     features a dataset lacks). :meth:`predict_with_uncertainty` returns the mean and the spread (std)
-    across bags / trees.
+    across bags / trees (NaN for a single model).
     """
 
     def __init__(self, method: str = "hgb", n_estimators: int = 200, learning_rate: float = 0.05,
@@ -277,8 +277,11 @@ class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator)
         return self._all_predictions(X).mean(axis=0)
 
     def predict_with_uncertainty(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """(mean prediction, std across the forest's trees or the bagged models)."""
+        """(mean prediction, std across the forest's trees or the bagged models); the std is NaN for a single
+        model (``n_bags=1``): one model has no spread, and 0 would claim a certainty nobody measured."""
         preds = self._all_predictions(X)
+        if len(preds) < 2:
+            return preds.mean(axis=0), np.full(preds.shape[1], np.nan)
         return preds.mean(axis=0), preds.std(axis=0)
 
 

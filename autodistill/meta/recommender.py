@@ -36,11 +36,16 @@ class Recommendation:
     candidate: str
     config: dict[str, Any]
     predicted_score: float
-    uncertainty: float
+    uncertainty: float | None       # the ensemble's spread (std); None for a single model, which has none
     why: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def prediction_text(predicted: float, uncertainty: float | None, digits: int = 4) -> str:
+    """A predicted score as shown to a user: with its spread only where the model has one."""
+    return f"{predicted:.{digits}f}" + ("" if uncertainty is None else f" ± {uncertainty:.{digits}f}")
 
 
 def _normalise_query(meta_features: Mapping[str, Any]) -> dict[str, float]:
@@ -221,7 +226,8 @@ class Recommender:
                 why["student_outside_training"] = outside
             name, pipeline = pipelines[keep[j]]
             out.append(Recommendation(rank=rank, candidate=name, config=pipeline,
-                                      predicted_score=float(mean[j]), uncertainty=float(std[j]), why=why))
+                                      predicted_score=float(mean[j]),
+                                      uncertainty=float(std[j]) if math.isfinite(std[j]) else None, why=why))
         return out
 
     # ---------------------------------------------------------------- persistence
