@@ -212,6 +212,22 @@ def test_a_single_model_claims_no_spread_and_an_ensemble_shows_its_own(table):
     assert prediction_text(0.5, 0.01, 3) == "0.500 ± 0.010"
 
 
+def test_meta_features_outside_the_training_range_are_named(recommender):
+    from autodistill.meta.recommender import extrapolation_text
+    seen = next(iter(recommender.datasets.values()))          # a training dataset: inside by definition
+    query = {k.removeprefix("mf_"): v for k, v in seen.items()}
+    assert recommender.meta_features_outside_training(query) == {}
+    assert "meta_features_outside_training" not in recommender.recommend(query, top_k=1)[0].why
+    lo, hi = min(d["mf_log_n_train"] for d in recommender.datasets.values()), \
+        max(d["mf_log_n_train"] for d in recommender.datasets.values())
+    outside = recommender.meta_features_outside_training({**query, "log_n_train": hi + 2.0})
+    assert outside == {"log_n_train": {"value": hi + 2.0, "seen": [lo, hi]}}
+    assert recommender.recommend({**query, "log_n_train": hi + 2.0}, top_k=1)[0].why["meta_features_outside_training"] \
+        == outside
+    assert extrapolation_text(outside).startswith("1 of this dataset's meta-features lie outside")
+    assert recommender.meta_features_outside_training({**query, "log_n_train": float("nan")}) == {}   # unknown: not out
+
+
 def test_recommend_top_k_sorted_valid_configs(recommender):
     recs = recommender.recommend({"log_n_train": 7.0, "is_pair": True, "num_labels": 2}, top_k=5)
     assert len(recs) == 5 and [r.rank for r in recs] == [1, 2, 3, 4, 5]

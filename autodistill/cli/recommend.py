@@ -14,7 +14,7 @@ from ..data import DataError, bundled_dataset_path
 from ..meta.fitting import DEFAULT_MODEL_DIR
 from ..meta.model_files import ModelVersionError
 from ..meta.recommend import recommend_for
-from ..meta.recommender import prediction_text
+from ..meta.recommender import extrapolation_text, prediction_text
 from ..meta.warm_start import PORTFOLIO, choose_warm_start
 from .common import Commands
 
@@ -27,7 +27,8 @@ def register(commands: Commands) -> None:
     r.add_argument("--top-k", type=int, default=5)
     r.add_argument("--json", action="store_true", help="print JSON")
     r.add_argument("--model", type=Path, default=None, help=f"meta-model folder (default: {DEFAULT_MODEL_DIR})")
-    r.add_argument("--no-backbone", action="store_true", help="skip the embedding meta-features (faster)")
+    r.add_argument("--no-backbone", action="store_true", help="skip the embedding meta-features (faster; a meta-model fitted with them then "
+                        "extrapolates, and says so)")
     r.add_argument("--constraint", action="append", default=[], metavar="PATH=VALUE",
                    help="keep only candidates whose config has this value, e.g. student.num_layers=2")
     r.set_defaults(func=run)
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(r.candidate for r in model_top)}\n")
     if recs and recs[0].why.get("student_outside_training"):
         print(f"note: {recs[0].why['student_outside_training']}\n")
+    if recs and recs[0].why.get("meta_features_outside_training"):
+        print(f"note: {extrapolation_text(recs[0].why['meta_features_outside_training'])}\n")
     print(f"top {len(recs)} pipelines for {data} (from the {start.source.replace('_', '-')}; predicted {rec.target}; "
           f"{seconds:.1f} s):")
     for r in recs:

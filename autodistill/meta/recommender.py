@@ -43,6 +43,15 @@ class Recommendation:
         return asdict(self)
 
 
+def extrapolation_text(outside: Mapping[str, Mapping[str, Any]], shown: int = 4) -> str:
+    """A sentence on :meth:`Recommender.meta_features_outside_training`'s result."""
+    items = [f"{name} {v['value']:.4g} (seen {v['seen'][0]:.4g} to {v['seen'][1]:.4g})"
+             for name, v in list(outside.items())[:shown]]
+    more = f" and {len(outside) - shown} more" if len(outside) > shown else ""
+    return (f"{len(outside)} of this dataset's meta-features lie outside the range of the datasets the meta-model "
+            f"was fitted on: {', '.join(items)}{more}; its predictions there are extrapolation")
+
+
 def prediction_text(predicted: float, uncertainty: float | None, digits: int = 4) -> str:
     """A predicted score as shown to a user: with its spread only where the model has one."""
     return f"{predicted:.{digits}f}" + ("" if uncertainty is None else f" ± {uncertainty:.{digits}f}")
@@ -165,6 +174,20 @@ class Recommender:
                     X[:, i] = theirs[c]
         return X
 
+    def meta_features_outside_training(self, meta_features: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The dataset's meta-features outside the range of the datasets the meta-model was fitted on, each
+        with its value and that range: there its predictions extrapolate (e.g. a dataset larger than any of
+        the meta-dataset's, or ``--no-backbone``'s zero embedding features for a model fitted with them)."""
+        q = _normalise_query(meta_features)
+        out = {}
+        for j, column in enumerate(self.mf_columns):
+            seen = self._mf_matrix[:, j][np.isfinite(self._mf_matrix[:, j])]
+            value = q.get(column, np.nan)
+            if len(seen) and np.isfinite(value) and not seen.min() <= value <= seen.max():
+                out[column.removeprefix(MF_PREFIX)] = {"value": float(value),
+                                                       "seen": [float(seen.min()), float(seen.max())]}
+        return out
+
     def student_outside_training(self, budget: Any) -> str | None:
         """A sentence when the student of ``budget`` (the user's config) is none of the students the
         meta-model was fitted on: its ranking is then what worked for those students, not measured for
@@ -209,6 +232,7 @@ class Recommender:
         nearest = self.nearest_datasets(meta_features, k=3)
         top_feats = self.importances[:5]
         outside = self.student_outside_training(budget)
+        extrapolated = self.meta_features_outside_training(meta_features)
         out = []
         for rank, j in enumerate(order, start=1):
             cand = self.candidates[keep[j]]
@@ -224,6 +248,8 @@ class Recommender:
                 why["outside_the_config"] = cand["extra"]
             if outside:
                 why["student_outside_training"] = outside
+            if extrapolated:
+                why["meta_features_outside_training"] = extrapolated
             name, pipeline = pipelines[keep[j]]
             out.append(Recommendation(rank=rank, candidate=name, config=pipeline,
                                       predicted_score=float(mean[j]),
