@@ -13,7 +13,7 @@ from typing import Any
 from .config import pipeline_only, with_pipeline
 from .meta.features import search_meta_features
 from .meta.recommend import recommend_for
-from .meta.recommender import extrapolation_text, prediction_text
+from .meta.recommender import extrapolation_notes, prediction_text
 from .meta.warm_start import choose_warm_start
 from .progress import EventLog
 from .search.driver import SearchRequest, SearchResult, run_search
@@ -55,10 +55,8 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
     recs, seconds = start.recommendations, time.perf_counter() - t0
     events.emit("recommend", f"warm start from the {start.source.replace('_', ' ')}: {start.reason}")
     top = recs[0]
-    if top.why.get("student_outside_training"):
-        events.emit("recommend", f"note: {top.why['student_outside_training']}")
-    if top.why.get("meta_features_outside_training"):
-        events.emit("recommend", f"note: {extrapolation_text(top.why['meta_features_outside_training'])}")
+    for note in extrapolation_notes(top.why):
+        events.emit("recommend", f"note: {note}")
     anchor_label = f"recommendation #{top.rank}: {top.candidate}"
     # the top pipeline is trained exactly as recommended; the search is seeded with the next ones, as
     # far as the space can express them

@@ -156,6 +156,10 @@ class RecommenderService:
                    if visible(n["dataset"])][:NEAREST_SHOWN]
         nearest = [{**n, "its_best_candidate": n["its_best_candidate"] if shown(n["its_best_candidate"]) else None}
                    for n in nearest]
+        # where the model extrapolates, against the ranges of the datasets this key may see: the full range
+        # would show other keys' extreme values
+        outside = rec.meta_features_outside_training(dataset["meta_features"],
+                                                     [name for name in rec.datasets if visible(name)])
         num_labels = int(dataset["stats"].get("num_labels") or 1)
         out, kept = [], []
         ranking = self._ranking(folder, rec, dataset)
@@ -173,7 +177,7 @@ class RecommenderService:
             out.append({"rank": len(out) + 1, "candidate": r.candidate, "config": cfg,
                         "predicted_score": r.predicted_score, "uncertainty": r.uncertainty,
                         "student_parameters": params,
-                        "why": json.loads(json.dumps({**r.why, "nearest_datasets": nearest}, default=str))})
+                        "why": json.loads(json.dumps(_why_shown(r.why, nearest, outside), default=str))})
             kept.append(r)
             if len(out) == top_k:
                 break
@@ -240,3 +244,10 @@ class RecommenderService:
 def _without_data_paths(config: PipelineConfig) -> PipelineConfig:
     """A candidate's config as shown to a client: where its data lived on the server is not part of it."""
     return config.model_copy(update={"data": config.data.model_copy(update={"train": None, "validation": None})})
+
+
+def _why_shown(why: dict[str, Any], nearest: list[dict[str, Any]], outside: dict[str, Any]) -> dict[str, Any]:
+    """A recommendation's why as one key sees it: its nearest datasets and extrapolation ranges among those
+    it may see."""
+    shown = {k: v for k, v in why.items() if k != "meta_features_outside_training"}
+    return {**shown, "nearest_datasets": nearest, **({"meta_features_outside_training": outside} if outside else {})}

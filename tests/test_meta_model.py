@@ -224,8 +224,25 @@ def test_meta_features_outside_the_training_range_are_named(recommender):
     assert outside == {"log_n_train": {"value": hi + 2.0, "seen": [lo, hi]}}
     assert recommender.recommend({**query, "log_n_train": hi + 2.0}, top_k=1)[0].why["meta_features_outside_training"] \
         == outside
-    assert extrapolation_text(outside).startswith("1 of this dataset's meta-features lie outside")
+    assert extrapolation_text(outside).startswith("1 of this dataset's meta-features lies outside")
     assert recommender.meta_features_outside_training({**query, "log_n_train": float("nan")}) == {}   # unknown: not out
+    assert list(recommender.meta_features_outside_training({**query, "log_n_train": lo - 1.0})) == ["log_n_train"]
+    # the range of some training datasets only (the service: those the asking key may see)
+    first = next(iter(recommender.datasets))
+    narrow = recommender.meta_features_outside_training({**query, "log_n_train": hi}, datasets=[first])
+    assert narrow["log_n_train"]["seen"] == [recommender.datasets[first]["mf_log_n_train"]] * 2
+
+
+def test_a_meta_feature_constant_in_training_is_never_called_extrapolation():
+    records = _records()
+    for r in records:
+        r.meta_features["has_backbone"] = 1.0          # every training dataset had embeddings
+    rec = Recommender.fit(ev.drop_meta_features(records_to_table(records)), method="rf",
+                          model_params={"n_estimators": 20})
+    query = {"log_n_train": 7.0, "is_pair": 1.0, "num_labels": 2, "has_backbone": 0.0}
+    assert "mf_has_backbone" in rec.mf_columns
+    assert rec.meta_features_outside_training(query) == {}       # the model cannot split on it: no effect
+    assert list(rec.meta_features_outside_training({**query, "log_n_train": 20.0})) == ["log_n_train"]
 
 
 def test_recommend_top_k_sorted_valid_configs(recommender):

@@ -394,6 +394,12 @@ def test_recommendations_reveal_no_other_keys_datasets_or_configs(tmp_path, data
         assert everything.json()["recommendations"]
         for text in (f"svc-{mine}", "alice", "/srv/"):
             assert text not in everything.text
+        # where the model extrapolates is judged against the datasets bob may see: alice's (the same 60 rows)
+        # would put his size inside the range, and its bounds would show her dataset's meta-features
+        outside = everything.json()["recommendations"][0]["why"]["meta_features_outside_training"]
+        assert outside["log_n_train"]["value"] < outside["log_n_train"]["seen"][0]
+        assert "meta_features_outside_training" not in own[0]["why"] or "log_n_train" not in \
+            own[0]["why"]["meta_features_outside_training"]                   # alice sees her own dataset's range
     finally:
         client.__exit__(None, None, None)
 

@@ -14,7 +14,7 @@ from ..data import DataError, bundled_dataset_path
 from ..meta.fitting import DEFAULT_MODEL_DIR
 from ..meta.model_files import ModelVersionError
 from ..meta.recommend import recommend_for
-from ..meta.recommender import extrapolation_text, prediction_text
+from ..meta.recommender import extrapolation_notes, prediction_text
 from ..meta.warm_start import PORTFOLIO, choose_warm_start
 from .common import Commands
 
@@ -81,10 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if start.source == PORTFOLIO:
         print(f"note: {start.reason}; the meta-model's own top {len(model_top)}: "
               f"{', '.join(r.candidate for r in model_top)}\n")
-    if recs and recs[0].why.get("student_outside_training"):
-        print(f"note: {recs[0].why['student_outside_training']}\n")
-    if recs and recs[0].why.get("meta_features_outside_training"):
-        print(f"note: {extrapolation_text(recs[0].why['meta_features_outside_training'])}\n")
+    for note in extrapolation_notes(recs[0].why) if recs else []:
+        print(f"note: {note}\n")
     print(f"top {len(recs)} pipelines for {data} (from the {start.source.replace('_', '-')}; predicted {rec.target}; "
           f"{seconds:.1f} s):")
     for r in recs:

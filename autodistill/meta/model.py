@@ -1,8 +1,8 @@
 """The meta-model's estimators: predict a candidate pipeline's normalised score on a dataset.
 
 - :class:`PipelineScoreRegressor` — a scikit-learn regressor on (pipeline features, meta-features):
-  ``method="hgb"`` (a small bagged ensemble of HistGradientBoostingRegressor: the spread across the
-  bags is the uncertainty), ``"rf"`` (RandomForestRegressor: spread across the trees) or
+  ``method="hgb"`` (HistGradientBoostingRegressor; with ``n_bags > 1`` a bagged ensemble whose spread
+  across the bags is the uncertainty; the product's plain model is one, with none), ``"rf"`` (RandomForestRegressor: spread across the trees) or
   ``"pairwise"`` (a bag of :class:`PairwiseRanker`). ``fit(X, y, groups=None)``: ``groups`` (the
   dataset of each row) matters only to the pairwise formulation.
 - :class:`PairwiseRanker` — learns P(row a beats row b) from pairs of rows of the same group (dataset)

@@ -2,8 +2,8 @@
 
 :class:`Recommender` ``.fit(table)`` fits a :class:`~autodistill.meta.model.PipelineScoreRegressor` on a
 meta-dataset table; ``recommend(meta_features, top_k, constraints, budget)`` ranks every candidate
-(:class:`Recommendation`, best first, with why: the nearest training datasets and the most important
-features); ``save`` / ``load`` go through :mod:`autodistill.meta.model_files`.
+(:class:`Recommendation`, best first, with why: the nearest training datasets, the most important
+features, and where the model extrapolates: a student or meta-features outside its training data); ``save`` / ``load`` go through :mod:`autodistill.meta.model_files`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -48,8 +48,18 @@ def extrapolation_text(outside: Mapping[str, Mapping[str, Any]], shown: int = 4)
     items = [f"{name} {v['value']:.4g} (seen {v['seen'][0]:.4g} to {v['seen'][1]:.4g})"
              for name, v in list(outside.items())[:shown]]
     more = f" and {len(outside) - shown} more" if len(outside) > shown else ""
-    return (f"{len(outside)} of this dataset's meta-features lie outside the range of the datasets the meta-model "
-            f"was fitted on: {', '.join(items)}{more}; its predictions there are extrapolation")
+    count = "1 of this dataset's meta-features lies" if len(outside) == 1 else \
+        f"{len(outside)} of this dataset's meta-features lie"
+    return (f"{count} outside the range of the datasets the meta-model was fitted on: {', '.join(items)}{more}; "
+            "its predictions there are extrapolation")
+
+
+def extrapolation_notes(why: Mapping[str, Any]) -> list[str]:
+    """The sentences a user is shown about where a recommendation's model extrapolates (its ``why``)."""
+    notes = [why["student_outside_training"]] if why.get("student_outside_training") else []
+    if why.get("meta_features_outside_training"):
+        notes.append(extrapolation_text(why["meta_features_outside_training"]))
+    return notes
 
 
 def prediction_text(predicted: float, uncertainty: float | None, digits: int = 4) -> str:
@@ -174,16 +184,24 @@ class Recommender:
                     X[:, i] = theirs[c]
         return X
 
-    def meta_features_outside_training(self, meta_features: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    def meta_features_outside_training(self, meta_features: Mapping[str, Any],
+                                       datasets: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """The dataset's meta-features outside the range of the datasets the meta-model was fitted on, each
-        with its value and that range: there its predictions extrapolate (e.g. a dataset larger than any of
-        the meta-dataset's, or ``--no-backbone``'s zero embedding features for a model fitted with them)."""
+        with its value and that range, most important first: there its predictions extrapolate (e.g. a dataset
+        larger than any of the meta-dataset's, or ``--no-backbone``'s zero embedding features for a model
+        fitted with them). ``datasets``: the training datasets whose range is shown (the service passes those
+        the asking key may see; default all). Columns constant in training are skipped (the model cannot
+        split on them), and so is a missing value (the model's default branch; nothing to compare)."""
         q = _normalise_query(meta_features)
+        names = None if datasets is None else set(datasets)
+        shown = [i for i, name in enumerate(self._dataset_names) if names is None or name in names]
+        importance = {feature: rank for rank, (feature, _) in enumerate(self.importances)}
         out = {}
-        for j, column in enumerate(self.mf_columns):
-            seen = self._mf_matrix[:, j][np.isfinite(self._mf_matrix[:, j])]
+        for j, column in sorted(enumerate(self.mf_columns), key=lambda jc: importance.get(jc[1], len(importance))):
+            every = self._mf_matrix[:, j][np.isfinite(self._mf_matrix[:, j])]
+            seen = self._mf_matrix[shown, j][np.isfinite(self._mf_matrix[shown, j])]
             value = q.get(column, np.nan)
-            if len(seen) and np.isfinite(value) and not seen.min() <= value <= seen.max():
+            if len(seen) and np.ptp(every) > 0 and np.isfinite(value) and not seen.min() <= value <= seen.max():
                 out[column.removeprefix(MF_PREFIX)] = {"value": float(value),
                                                        "seen": [float(seen.min()), float(seen.max())]}
         return out

@@ -81,6 +81,7 @@ def plan_arms(budget: PipelineConfig, model_dir: str | Path, single_best: str) -
             "reason": start.reason, "predicted_ratio": top.predicted_score, "meta_features": feats,
             "meta_model_top1": model_top[0].candidate,   # the model's own pick, also when the portfolio's is run
             "student_outside_training": top.why.get("student_outside_training"),
+            "meta_features_outside_training": top.why.get("meta_features_outside_training"),
             "planned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

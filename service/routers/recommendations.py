@@ -19,7 +19,8 @@ router = APIRouter(tags=["recommendations"])
 def recommend(body: RecommendationRequest, key: dict = Depends(current_key), store: Store = Depends(get_store),
               recommender: RecommenderService = Depends(get_recommender)) -> dict[str, Any]:
     """Ranked KD pipelines for a dataset, with predicted scores (relative to the teacher), an
-    uncertainty and why (nearest datasets of the meta-dataset, the features that mattered). The order is
+    uncertainty (null for a single model) and why (nearest datasets of the meta-dataset, the features that
+    mattered, the meta-features outside the range of the datasets the key may see). The order is
     the meta-model's, or the best-of-k portfolio first when the model's evaluation chose it (``source``,
     ``reason``): the same order a search warm-starts from."""
     dataset = own_dataset(store, key, body.dataset_id)
