@@ -227,6 +227,9 @@ def test_meta_features_outside_the_training_range_are_named(recommender):
     assert extrapolation_text(outside).startswith("1 of this dataset's meta-features lies outside")
     assert recommender.meta_features_outside_training({**query, "log_n_train": float("nan")}) == {}   # unknown: not out
     assert list(recommender.meta_features_outside_training({**query, "log_n_train": lo - 1.0})) == ["log_n_train"]
+    just_outside = {**query, "log_n_train": hi + 0.05 * (hi - lo)}            # within the 10 % margin: read as the bound
+    assert recommender.meta_features_outside_training(just_outside) == {}
+    assert recommender.meta_features_outside_training(just_outside, margin=0.0)
     # the range of some training datasets only (the service: those the asking key may see)
     first = next(iter(recommender.datasets))
     narrow = recommender.meta_features_outside_training({**query, "log_n_train": hi}, datasets=[first])

@@ -184,14 +184,16 @@ class Recommender:
                     X[:, i] = theirs[c]
         return X
 
-    def meta_features_outside_training(self, meta_features: Mapping[str, Any],
-                                       datasets: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    def meta_features_outside_training(self, meta_features: Mapping[str, Any], datasets: Iterable[str] | None = None,
+                                       margin: float = 0.1) -> dict[str, dict[str, Any]]:
         """The dataset's meta-features outside the range of the datasets the meta-model was fitted on, each
         with its value and that range, most important first: there its predictions extrapolate (e.g. a dataset
         larger than any of the meta-dataset's, or ``--no-backbone``'s zero embedding features for a model
         fitted with them). ``datasets``: the training datasets whose range is shown (the service passes those
-        the asking key may see; default all). Columns constant in training are skipped (the model cannot
-        split on them), and so is a missing value (the model's default branch; nothing to compare)."""
+        the asking key may see; default all). A value counts when it lies more than ``margin`` x the range
+        beyond it (a tree model is flat past its last split: a value just outside is read like the bound).
+        Columns constant in training are skipped (the model cannot split on them), and so is a missing value
+        (the model's default branch; nothing to compare)."""
         q = _normalise_query(meta_features)
         names = None if datasets is None else set(datasets)
         shown = [i for i, name in enumerate(self._dataset_names) if names is None or name in names]
@@ -201,7 +203,9 @@ class Recommender:
             every = self._mf_matrix[:, j][np.isfinite(self._mf_matrix[:, j])]
             seen = self._mf_matrix[shown, j][np.isfinite(self._mf_matrix[shown, j])]
             value = q.get(column, np.nan)
-            if len(seen) and np.ptp(every) > 0 and np.isfinite(value) and not seen.min() <= value <= seen.max():
+            slack = margin * (np.ptp(seen) if len(seen) else 0.0)
+            if len(seen) and np.ptp(every) > 0 and np.isfinite(value) \
+                    and not seen.min() - slack <= value <= seen.max() + slack:
                 out[column.removeprefix(MF_PREFIX)] = {"value": float(value),
                                                        "seen": [float(seen.min()), float(seen.max())]}
         return out
