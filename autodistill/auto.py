@@ -67,9 +67,9 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
     approximate = {k for k, point in picked if pipeline_only(sp.to_config(sp.encode(point)))
                    != pipeline_only(with_pipeline(base, recs[k].config))}
     for k, r in [(0, top), *((k, recs[k]) for k, _ in picked)]:
+        how_seeded = f" (seeds the search as near as the {sp.name} space can express it)" if k in approximate else ""
         events.emit("recommend", f"#{r.rank} {r.candidate}: predicted student/teacher "
-                                 f"{prediction_text(r.predicted_score, r.uncertainty, 3)}" + (f" (seeds the search as near as the {sp.name} "
-                                                             "space can express it)" if k in approximate else ""))
+                                 f"{prediction_text(r.predicted_score, r.uncertainty, 3)}{how_seeded}")
     events.emit("recommend", f"done in {seconds:.1f} s; #{top.rank} is trained first as recommended, "
                              f"{len(points)} more seed the search in the {sp.name} space")
     (out / "recommendations.json").write_text(json.dumps(

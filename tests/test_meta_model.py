@@ -203,10 +203,10 @@ def test_a_single_model_claims_no_spread_and_an_ensemble_shows_its_own(table):
     from autodistill.meta.recommender import prediction_text
     query = {"log_n_train": 7.0, "is_pair": True, "num_labels": 2}
     rows = ev.drop_meta_features(table)
-    single = Recommender.fit(rows, method="hgb", model_params={"n_bags": 1, "n_estimators": 30}).recommend(query, top_k=3)
+    single = Recommender.fit(rows, method="hgb", model_params={"n_bags": 1, "n_estimators": 30}).recommend(query, 3)
     assert all(r.uncertainty is None for r in single)                     # not 0: nobody measured a spread
     assert prediction_text(single[0].predicted_score, single[0].uncertainty) == f"{single[0].predicted_score:.4f}"
-    bagged = Recommender.fit(rows, method="hgb", model_params={"n_bags": 4, "n_estimators": 30}).recommend(query, top_k=3)
+    bagged = Recommender.fit(rows, method="hgb", model_params={"n_bags": 4, "n_estimators": 30}).recommend(query, 3)
     assert all(r.uncertainty is not None and math.isfinite(r.uncertainty) for r in bagged)
     assert any(r.uncertainty > 0 for r in bagged)
     assert prediction_text(0.5, 0.01, 3) == "0.500 ± 0.010"
@@ -227,7 +227,7 @@ def test_meta_features_outside_the_training_range_are_named(recommender):
     assert extrapolation_text(outside).startswith("1 of this dataset's meta-features lies outside")
     assert recommender.meta_features_outside_training({**query, "log_n_train": float("nan")}) == {}   # unknown: not out
     assert list(recommender.meta_features_outside_training({**query, "log_n_train": lo - 1.0})) == ["log_n_train"]
-    just_outside = {**query, "log_n_train": hi + 0.05 * (hi - lo)}            # within the 10 % margin: read as the bound
+    just_outside = {**query, "log_n_train": hi + 0.05 * (hi - lo)}   # within the 10 % margin: read as the bound
     assert recommender.meta_features_outside_training(just_outside) == {}
     assert recommender.meta_features_outside_training(just_outside, margin=0.0)
     # the range of some training datasets only (the service: those the asking key may see)

@@ -27,8 +27,9 @@ def register(commands: Commands) -> None:
     r.add_argument("--top-k", type=int, default=5)
     r.add_argument("--json", action="store_true", help="print JSON")
     r.add_argument("--model", type=Path, default=None, help=f"meta-model folder (default: {DEFAULT_MODEL_DIR})")
-    r.add_argument("--no-backbone", action="store_true", help="skip the embedding meta-features (faster; a meta-model fitted with them then "
-                        "extrapolates, and says so)")
+    r.add_argument("--no-backbone", action="store_true",
+                   help="skip the embedding meta-features (faster; a meta-model fitted with them then extrapolates, "
+                        "and says so)")
     r.add_argument("--constraint", action="append", default=[], metavar="PATH=VALUE",
                    help="keep only candidates whose config has this value, e.g. student.num_layers=2")
     r.set_defaults(func=run)

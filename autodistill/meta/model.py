@@ -2,8 +2,8 @@
 
 - :class:`PipelineScoreRegressor` — a scikit-learn regressor on (pipeline features, meta-features):
   ``method="hgb"`` (HistGradientBoostingRegressor; with ``n_bags > 1`` a bagged ensemble whose spread
-  across the bags is the uncertainty; the product's plain model is one, with none), ``"rf"`` (RandomForestRegressor: spread across the trees) or
-  ``"pairwise"`` (a bag of :class:`PairwiseRanker`). ``fit(X, y, groups=None)``: ``groups`` (the
+  across the bags is the uncertainty; the product's plain model is one, with none), ``"rf"``
+  (RandomForestRegressor: spread across the trees) or ``"pairwise"`` (a bag of :class:`PairwiseRanker`). ``fit(X, y, groups=None)``: ``groups`` (the
   dataset of each row) matters only to the pairwise formulation.
 - :class:`PairwiseRanker` — learns P(row a beats row b) from pairs of rows of the same group (dataset)
   and scores a row by its mean win probability against a fixed reference set of training rows

@@ -3,7 +3,8 @@
 :class:`Recommender` ``.fit(table)`` fits a :class:`~autodistill.meta.model.PipelineScoreRegressor` on a
 meta-dataset table; ``recommend(meta_features, top_k, constraints, budget)`` ranks every candidate
 (:class:`Recommendation`, best first, with why: the nearest training datasets, the most important
-features, and where the model extrapolates: a student or meta-features outside its training data); ``save`` / ``load`` go through :mod:`autodistill.meta.model_files`.
+features, and where the model extrapolates: a student or meta-features outside its training data);
+``save`` / ``load`` go through :mod:`autodistill.meta.model_files`.
 """
 from __future__ import annotations
 
