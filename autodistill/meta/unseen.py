@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import PipelineConfig, pipeline_only, with_pipeline
-from ..records import RecordStore, RunRecord
+from ..records import RecordStore
 from .build import claim_context, run_record, write_json_atomic
 from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
@@ -257,18 +257,14 @@ def _plans(out: Path) -> list[dict[str, Any]]:
     return [json.loads(f.read_text(encoding="utf-8")) for f in sorted((out / "plans").glob("*.json"))]
 
 
-def _planned_runs(out: Path) -> list[tuple[dict[str, Any], list[RunRecord]]]:
-    """Each plan with the records of its dataset's runs."""
-    return [(plan, list(RecordStore(out / "runs" / f"{plan['dataset']}.jsonl"))) for plan in _plans(out)]
-
-
-def unseen_table(out: str | Path,
-                 planned: list[tuple[dict[str, Any], list[RunRecord]]] | None = None) -> pd.DataFrame:
+def unseen_table(out: str | Path) -> pd.DataFrame:
     """One row per (dataset, arm): its candidate, the ratio per seed and their mean (NaN while a seed is
-    missing or the arm does not apply to the task). ``planned``: :func:`_planned_runs` of ``out``, when read."""
+    missing or the arm does not apply to the task)."""
+    out = Path(out)
     rows = []
-    for plan, records in planned if planned is not None else _planned_runs(Path(out)):
-        ratios = {(_pipeline_id(r.config), _seed_of(r)): (r.target or {}).get("ratio") for r in records}
+    for plan in _plans(out):
+        ratios = {(_pipeline_id(r.config), _seed_of(r)): (r.target or {}).get("ratio")
+                  for r in RecordStore(out / "runs" / f"{plan['dataset']}.jsonl")}
         for arm in plan["arms"]:
             pid = None if arm["pipeline"] is None else _pipeline_id(_arm_config(plan, arm["pipeline"]))
             values = [np.nan if ratios.get((pid, s)) is None else float(ratios[(pid, s)]) for s in plan["seeds"]]
@@ -279,14 +275,14 @@ def unseen_table(out: str | Path,
     return pd.DataFrame(rows)
 
 
-def unseen_runs(out: str | Path,
-                planned: list[tuple[dict[str, Any], list[RunRecord]]] | None = None) -> pd.DataFrame:
+def unseen_runs(out: str | Path) -> pd.DataFrame:
     """One row per run: the candidate it was run as, the arms it serves (arms sharing a pipeline share its
     runs), seed, ratio, how training stopped (``stop_reason``, steps, epochs) and what the student's training
-    cost (``train_seconds``; the teacher is shared by a dataset's runs). ``planned`` as in :func:`unseen_table`."""
+    cost (``train_seconds``; the teacher is shared by a dataset's runs)."""
+    out = Path(out)
     rows = []
-    for plan, records in planned if planned is not None else _planned_runs(Path(out)):
-        for r in records:
+    for plan in _plans(out):
+        for r in RecordStore(out / "runs" / f"{plan['dataset']}.jsonl"):
             m = r.metrics or {}
             rows.append({"dataset": plan["dataset"], "candidate": r.candidate_name,
                          "arms": "+".join((r.provenance or {}).get("arms", [])), "seed": _seed_of(r),
@@ -364,8 +360,7 @@ def seed_spread(table: pd.DataFrame) -> pd.Series:
 def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
     """The report of ``out``; ``datasets``: every dataset asked for, so that one not yet planned is listed too."""
     out = Path(out)
-    planned = _planned_runs(out)
-    table = unseen_table(out, planned)
+    table = unseen_table(out)
     if table.empty:
         raise FileNotFoundError(f"no planned datasets under {out / 'plans'}")
     comparisons = unseen_comparisons(table)
@@ -386,11 +381,11 @@ def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
              markdown_table(comparisons.set_index("comparison")) if not comparisons.empty else "(no complete pair)"]
     lines += ["", "## The product's pick", "",
               "| dataset | warm start from | recommended | the meta-model's own top 1 |", "|---|---|---|---|"]
-    for plan, _ in planned:
+    for plan in _plans(out):
         recommended = next(a["candidate"] for a in plan["arms"] if a["name"] == "recommended")
         lines.append(f"| {plan['dataset']} | {plan.get('warm_start_source', '?')} | {recommended} | "
                      f"{plan.get('meta_model_top1', '(not recorded)')} |")
-    lines += _runs_section(unseen_runs(out, planned))
+    lines += _runs_section(out)
     if unpaired:
         lines += ["", "## Not paired", "", "These datasets are missing from the comparisons named (a comparison pairs "
                   "the datasets where both of its arms apply and have every seed):", ""]
@@ -400,7 +395,8 @@ def write_unseen_report(out: str | Path, datasets: Sequence[str] = ()) -> Path:
     return path
 
 
-def _runs_section(runs: pd.DataFrame) -> list[str]:
+def _runs_section(out: Path) -> list[str]:
+    runs = unseen_runs(out)
     if runs.empty:
         return []
     lines = ["", "## Runs: convergence and cost", "",
