@@ -179,6 +179,9 @@ def adoption_weights(u: torch.Tensor, mode: str, num_teachers: int) -> torch.Ten
 
 
 # --------------------------------------------------------------------------- objective adaptation
-def adapt_objective(kd: torch.Tensor, rep: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Dynamic KD objective adaptation: (1 − u_i)·KD_i + u_i·REP_i (uncertain samples lean on REP)."""
-    return (1.0 - u) * kd + u * rep
+def adapted_terms(kd: torch.Tensor, rep: torch.Tensor, u: torch.Tensor, rep_weight: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic KD objective adaptation, per sample: (KD_i, REP_i) ← ((1 − u_i)·KD_i, w_REP·u_i·REP_i), so the
+    loss (1 − u_i)·KD_i + w_REP·u_i·REP_i leans on the representations where the student is uncertain.
+    The two terms are returned apart because the prediction loss's weight multiplies the first alone."""
+    return (1.0 - u) * kd, rep_weight * u * rep

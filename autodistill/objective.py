@@ -27,7 +27,7 @@ from .augmented_pool import PoolBuilder, TrainingPool
 from .batching import EncodedSplit, collate, model_inputs, to_device
 from .callbacks import TrainerState
 from .config import PipelineConfig
-from .dynamic import build_adoption, build_selection, uncertainty
+from .dynamic import adapted_terms, build_adoption, build_selection, uncertainty
 from .losses import build_prediction_loss
 from .teacher.source import TeacherSource
 from .trainer import StepObjective, supervised_loss
@@ -195,8 +195,7 @@ class KDObjective(StepObjective):
                 u = uncertainty(z_sel.detach())
                 student_hidden = [h[sel] for h in out.hidden_states]
                 rep = self.representation(student_hidden, outputs[0][1], batch["attention_mask"][sel])
-                kd = (1.0 - u) * kd
-                rep_full[sel] = u * (cfg.dynamic.rep_weight * rep)
+                kd, rep_full[sel] = adapted_terms(kd, rep, u, cfg.dynamic.rep_weight)
             kd_full[sel] = kd
             teacher_full[sel] = outputs[0][0]
         return StepTerms(z_s, ce, kd_full, rep_full, teacher_full, sel)

@@ -8,7 +8,7 @@ import torch
 
 from autodistill.config import parse_config
 from autodistill.data import bundled_dataset_path
-from autodistill.dynamic import adapt_objective, adoption_weights, select_for_kd, uncertainty
+from autodistill.dynamic import adapted_terms, adoption_weights, select_for_kd, uncertainty
 
 
 def _logits_from_probs(rows: list[list[float]]) -> torch.Tensor:
@@ -172,19 +172,20 @@ def test_unknown_adoption_mode():
 
 
 # --------------------------------------------------------------------------- objective adaptation
-def test_adapt_objective_formula():
+def test_adapted_terms_formula():
     kd = torch.tensor([1.0, 2.0, 3.0, 0.4])
     rep = torch.tensor([4.0, 5.0, 6.0, 0.2])
     u = torch.tensor([0.0, 0.5, 1.0, 0.25])
-    out = adapt_objective(kd, rep, u)
-    # (1 - u)·KD + u·REP
-    assert torch.allclose(out, torch.tensor([1.0, 3.5, 6.0, 0.75 * 0.4 + 0.25 * 0.2]))
+    kd_term, rep_term = adapted_terms(kd, rep, u, rep_weight=3.0)
+    # ((1 - u)·KD, w_REP·u·REP)
+    assert torch.allclose(kd_term, torch.tensor([1.0, 1.0, 0.0, 0.3]))
+    assert torch.allclose(rep_term, torch.tensor([0.0, 7.5, 18.0, 0.15]))
 
 
-def test_adapt_objective_gradients_flow_to_both_terms():
+def test_adapted_terms_gradients_flow_to_both_terms():
     kd = torch.tensor([1.0, 2.0], requires_grad=True)
     rep = torch.tensor([3.0, 4.0], requires_grad=True)
-    adapt_objective(kd, rep, torch.tensor([0.25, 0.5])).sum().backward()
+    sum(t.sum() for t in adapted_terms(kd, rep, torch.tensor([0.25, 0.5]))).backward()
     assert torch.allclose(kd.grad, torch.tensor([0.75, 0.5]))
     assert torch.allclose(rep.grad, torch.tensor([0.25, 0.5]))
 

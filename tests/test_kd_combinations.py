@@ -258,6 +258,38 @@ def test_rep_weight_does_not_depend_on_prediction_weight(backbones, pair_data, m
         assert total == pytest.approx(expected, rel=2e-6)
 
 
+def test_objective_adaptation_scales_kd_by_certainty(confident_backbones, pair_data, monkeypatch):
+    """Dynamic KD objective adaptation with a material KD term (the student cut from its teacher is close to it,
+    KD_i ~ 1e-6, hence the large prediction weight):
+    L = mean CE + (1/B) Σ_i [w_P (1 − u_i) KD_i + w_REP u_i REP_i]; swapping (1 − u_i) for u_i, or dropping
+    it, changes the loss by far more than the tolerance."""
+    w_pred, w_rep = 1000.0, 50.0
+
+    def rep(h_s, h_t, mask):
+        return token_mean((F.normalize(h_s, dim=-1) - F.normalize(h_t, dim=-1)).pow(2).mean(-1), mask)
+
+    def hand(obj, model, batch, generator_state):
+        out = model(**model_inputs(batch), output_hidden_states=True)
+        z, mask = out.logits, batch["attention_mask"]
+        t = obj.teachers[0].model(**model_inputs(batch), output_hidden_states=True)
+        u = normalised_entropy(z)
+        kd_term = (w_pred * (1 - u) * kl_tau(z, t.logits)).mean()
+        swapped = (w_pred * u * kl_tau(z, t.logits)).mean()
+        assert min(kd_term, abs(kd_term - swapped)) > 1e-4   # the KD factor is material (~100x the tolerance)
+        rep_i = sum(rep(out.hidden_states[s], t.hidden_states[tl], mask) for s, tl in ((0, 0), (1, 2), (2, 4)))
+        return F.cross_entropy(z, batch["labels"]) + kd_term + (w_rep * u * rep_i).mean()
+
+    checker = LossChecker(monkeypatch, hand)
+    cfg = config(confident_backbones, pair_data, {
+        "dynamic": {"objective_adaptation": True, "rep_weight": w_rep},
+        "loss": {"prediction": {"weight": w_pred}}, "student": {"num_layers": 2},
+        "data": {"max_train_examples": 32}})
+    run_distillation(parse_config(cfg), teacher_outputs_mode="online")
+    assert len(checker.pairs) == 2
+    for total, expected in checker.pairs:
+        assert total == pytest.approx(expected, rel=2e-6)
+
+
 # --------------------------------------------------------------------------- RW-KD with selection
 def test_rwkd_with_selection_keeps_teacher_savings_and_the_step_objective(backbones, pair_data, monkeypatch):
     """Issue 18, defect 1: with RW-KD the online teacher still runs on ⌊r·B⌋ rows a step (once, shared by
