@@ -219,8 +219,26 @@ def test_four_trial_search_in_process(tiny_backbone, tmp_path):
     assert all(r.metrics["teacher_from_cache"] == [True] for r in done)
     best = result.best_dir
     assert (best / "student" / "config.json").is_file() and (best / "config.yaml").is_file()
-    assert json.loads((best / "metrics.json").read_text())["student_score"] == pytest.approx(result.best_score)
+    metrics = json.loads((best / "metrics.json").read_text())
+    assert metrics["student_score"] == pytest.approx(result.best_score)
+    # chosen on the dev slice: the highest dev score among the completed students, whatever their validation
+    completed = [r for r in result.trials if r["status"] == "completed"]
+    assert result.best["dev_score"] == max(r["dev_score"] for r in completed) == pytest.approx(metrics["best_dev_score"])
+    assert json.loads((best / "trial.json").read_text())["dev_score"] == pytest.approx(metrics["best_dev_score"])
+    for r in records:   # a stopped trial never reached validation: its record holds dev scores only
+        assert (r.status == "completed") == ("student_score" in r.metrics) and r.metrics["best_dev_score"] is not None
     assert "completed" in format_leaderboard(result.trials)
+
+
+def test_the_best_student_is_chosen_by_dev_score_not_validation():
+    """Choosing on the scored validation split would inflate the score the user is shown: the leaderboard
+    puts completed trials first, then by dev score, and ignores validation."""
+    from autodistill.search.driver import _rank
+    rows = [{"trial_id": "a", "status": "completed", "dev_score": 0.80, "score": 0.95},
+            {"trial_id": "b", "status": "completed", "dev_score": 0.85, "score": 0.70},
+            {"trial_id": "c", "status": "stopped_early", "dev_score": 0.99, "score": None},
+            {"trial_id": "d", "status": "error", "dev_score": None, "score": None}]
+    assert [r["trial_id"] for r in sorted(rows, key=_rank, reverse=True)] == ["b", "a", "c", "d"]
 
 
 def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):

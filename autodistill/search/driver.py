@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
@@ -110,6 +110,18 @@ class SearchRequest:
 
 
 # --------------------------------------------------------------------------- driver-side bookkeeping
+class Best(NamedTuple):
+    """The best completed student so far: chosen by its dev score (the dev slice held out of train), shown
+    with its validation score, which is never used to choose (choosing on it would inflate it)."""
+
+    dev: float
+    validation: float | None
+    trial_id: str
+
+    def __str__(self) -> str:
+        return f"{self.trial_id} (dev {fmt_score(self.dev)}, validation {fmt_score(self.validation)})"
+
+
 @dataclass
 class SearchContext:
     """What the driver knows about the search, shared by the callback and the final reconciliation."""
@@ -124,7 +136,7 @@ class SearchContext:
     progress_path: Path | None = None   # progress.json for watchers (the REST service)
     events: EventLog = field(default_factory=lambda: EventLog(quiet=True))
     seeds: list[tuple[dict[str, Any], str]] = field(default_factory=list)   # (decoded point, where it came from)
-    best_before: tuple[float, str] | None = None   # the anchor's (score, id): the score to beat
+    best_before: Best | None = None   # the anchor: the student to beat
     budget_note: Callable[[float], None] | None = None  # told the first completed trial's wall time
     metric: str = "score"
     inputs: SearchInputs | None = None   # the dataset, teachers and logits the trials get through Ray
@@ -170,7 +182,8 @@ def record_for(ctx: SearchContext, trial_id: str, params: Mapping[str, Any], las
         metrics = json.loads(last["metrics_json"])
         metrics.pop("history", None) if len(json.dumps(metrics.get("history", []))) > 200_000 else None
     else:
-        metrics = {"student_score": last.get("best_score"), "last_score": last.get(METRIC),
+        # stopped before validation: only dev scores exist
+        metrics = {"best_dev_score": last.get("best_score"), "last_dev_score": last.get(METRIC),
                    "epochs": last.get("epoch"), "steps": last.get("step")}
     metrics["evaluations_reported"] = iterations
     return RunRecord.create(
@@ -194,22 +207,26 @@ def _make_callback(ctx: SearchContext):
             self.done = 0
             self.stopped = 0
             self.errors = 0
-            self.best: tuple[float, str] | None = ctx.best_before
+            self.best: Best | None = ctx.best_before
             recorded = [r for r in ctx.store.read()
                         if (r.search or {}).get("experiment") == ctx.search_info.get("experiment")
                         and (r.search or {}).get("trial_id") != ANCHOR_ID]
             self.done = sum(r.status == "completed" for r in recorded)
             self.stopped = sum(r.status == "stopped_early" for r in recorded)
             for r in recorded:
-                s = r.metrics.get("student_score")
-                if r.status == "completed" and s is not None and (self.best is None or s > self.best[0]):
-                    self.best = (float(s), r.search.get("trial_id", "?"))
+                if r.status == "completed" and r.metrics.get("best_dev_score") is not None:
+                    self._consider(Best(float(r.metrics["best_dev_score"]), r.metrics.get("student_score"),
+                                        r.search.get("trial_id", "?")))
             self.events = ctx.events
             self.events.open_bar(ctx.trials_total, "search")
             self.timed = False
 
         def __reduce__(self):  # pickled with the tuner state: keep it stateless on restore
             return (_NullCallback, ())
+
+        def _consider(self, candidate: Best) -> None:
+            if self.best is None or candidate.dev > self.best.dev:
+                self.best = candidate
 
         def on_trial_start(self, iteration, trials, trial, **info):
             if trial.trial_id in self.started:
@@ -238,10 +255,9 @@ def _make_callback(ctx: SearchContext):
             took = f" in {wall:.0f} s" if wall else ""
             if status == "completed":
                 self.done += 1
-                score = float(last[METRIC])
-                if self.best is None or score > self.best[0]:
-                    self.best = (score, trial.trial_id)
-                self._event(trial, f"finished{took}: validation {score:.4f}")
+                finished = Best(float(last[METRIC]), last.get("validation_score"), trial.trial_id)
+                self._consider(finished)
+                self._event(trial, f"finished{took}: dev {_fmt(finished.dev)}, validation {_fmt(finished.validation)}")
                 if not self.timed and wall and ctx.budget_note is not None:
                     self.timed = True
                     ctx.budget_note(wall)
@@ -265,10 +281,9 @@ def _make_callback(ctx: SearchContext):
             self.events.close_bar()
 
         def _event(self, trial, text: str) -> None:
-            best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"
-            self.events.emit("search", f"trial {trial.trial_id} {text}; best so far {best}")
+            self.events.emit("search", f"trial {trial.trial_id} {text}; best so far {self.best or '-'}")
             self.events.update_bar(self.done + self.stopped + self.errors,
-                                   f"{len(self.running)} running, best {_fmt(self.best[0] if self.best else None)}")
+                                   f"{len(self.running)} running, best dev {_fmt(self.best.dev if self.best else None)}")
             self._write_progress()
 
         def _write_progress(self) -> None:
@@ -276,8 +291,9 @@ def _make_callback(ctx: SearchContext):
                 return
             write_progress(ctx.progress_path, phase="trials", trials_total=ctx.trials_total, finished=self.done,
                            stopped_early=self.stopped, failed=self.errors, running=len(self.running),
-                           best_score=self.best[0] if self.best else None,
-                           best_trial=self.best[1] if self.best else None)
+                           best_score=self.best.validation if self.best else None,
+                           best_dev_score=self.best.dev if self.best else None,
+                           best_trial=self.best.trial_id if self.best else None)
             try:
                 publish(ctx.storage, ctx.progress_path.parent, (PROGRESS_FILE, "records.jsonl"))
             except OSError as err:   # the storage is unreachable for a moment: the next event retries
@@ -314,7 +330,7 @@ class SearchResult:
     out_dir: Path
     experiment_path: Path
     records_path: Path
-    trials: list[dict[str, Any]]            # leaderboard rows, best first (the anchor included)
+    trials: list[dict[str, Any]]            # leaderboard rows, best dev score first (the anchor included)
     best: dict[str, Any] | None
     best_dir: Path | None
     interrupted: bool
@@ -350,7 +366,8 @@ def _leaderboard(trials: Sequence[Any], ctx: SearchContext) -> list[dict[str, An
         ckpt = t.checkpoint
         rows.append({
             "trial_id": t.trial_id, "status": status,
-            "score": last.get("best_score", last.get(METRIC)),
+            "dev_score": last.get("best_score", last.get(METRIC)),   # what the search chooses by
+            "score": last.get("validation_score") if last.get("final") else None,   # reported, never chosen by
             "reports": last.get("training_iteration"),
             "seconds": last.get("time_total_s"),
             "distill_seconds": last.get("distill_seconds"),
@@ -363,12 +380,13 @@ def _leaderboard(trials: Sequence[Any], ctx: SearchContext) -> list[dict[str, An
 
 
 def format_leaderboard(rows: Sequence[dict[str, Any]], limit: int = 15) -> str:
-    lines = [f"{'#':>3}  {'trial':<14} {'status':<14} {'score':>7} {'reports':>7} {'secs':>7}  params"]
+    lines = [f"{'#':>3}  {'trial':<14} {'status':<14} {'dev':>7} {'valid.':>7} {'reports':>7} {'secs':>7}  params"]
     for k, row in enumerate(rows[:limit], 1):
         params = ", ".join(f"{name.split('.')[-1] if len(name) > 30 else name}={_short(v)}"
                            for name, v in row["params"].items())
         secs = row["seconds"]
-        lines.append(f"{k:>3}  {row['trial_id']:<14} {row['status']:<14} {_fmt(row['score']):>7} "
+        lines.append(f"{k:>3}  {row['trial_id']:<14} {row['status']:<14} {_fmt(row.get('dev_score')):>7} "
+                     f"{_fmt(row['score']):>7} "
                      f"{row['reports'] if row['reports'] is not None else '-':>7} "
                      f"{(f'{secs:.1f}' if secs is not None else '-'):>7}  {params}")
     if len(rows) > limit:
@@ -423,7 +441,8 @@ def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str,
     tag = config_hash(cfg)
     if resume and saved.is_file():
         row = json.loads(saved.read_text(encoding="utf-8"))
-        if row.get("config_hash") == tag and row.get("dataset_fingerprint") == ctx.dataset_fingerprint:
+        if (row.get("config_hash") == tag and row.get("dataset_fingerprint") == ctx.dataset_fingerprint
+                and "dev_score" in row):
             ctx.events.emit("anchor", f"reusing the completed {label}: validation {row['score']:.4f} ({out})")
             return row
     ctx.events.emit("anchor", f"training the {label} to completion first (outside ASHA), the student to beat")
@@ -442,7 +461,8 @@ def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str,
                                    "finished_at": time.time()},
                            params=decoded)
     ctx.store.append(rec)
-    row = {"trial_id": ANCHOR_ID, "status": "completed", "score": float(m["student_score"]),
+    row = {"trial_id": ANCHOR_ID, "status": "completed", "dev_score": float(m["best_dev_score"]),
+           "score": float(m["student_score"]),
            "reports": len(m.get("history", [])), "seconds": seconds, "distill_seconds": seconds,
            "params": decoded, "checkpoint": str(out), "path": str(out), "origin": label,
            "dataset_fingerprint": m["dataset_fingerprint"], "config_hash": tag}
@@ -599,7 +619,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
             anchor_error = f"{type(err).__name__}: {err}"
             events.emit("anchor", f"FAILED: {anchor_error}")
         if anchor_row:
-            ctx.best_before = (anchor_row["score"], ANCHOR_ID)
+            ctx.best_before = Best(anchor_row["dev_score"], anchor_row["score"], ANCHOR_ID)
             note = pace_note(anchor_row["seconds"], b, time.perf_counter() - t_students, b.trials - 1)
             if note:
                 events.emit("budget", note)
@@ -636,7 +656,8 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     best_dir = export_best(best_row, out) if best_row and r.export_best else None
     student_seconds = time.perf_counter() - t_students
     result = SearchResult(out, exp_path, store.path, rows,
-                          {"trial_id": best_row["trial_id"], "score": best_row["score"], "params": best_row["params"],
+                          {"trial_id": best_row["trial_id"], "score": best_row["score"],
+                           "dev_score": best_row["dev_score"], "params": best_row["params"],
                            "origin": best_row.get("origin")}
                           if best_row else None,
                           best_dir, interrupted, time.perf_counter() - t_start, teacher.score,
@@ -654,7 +675,8 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                    finished=sum(row["status"] == "completed" for row in rows),
                    stopped_early=sum(row["status"] == "stopped_early" for row in rows),
                    failed=sum(row["status"] == "error" for row in rows), running=0,
-                   best_score=result.best_score, best_trial=result.best["trial_id"] if result.best else None)
+                   best_score=result.best_score, best_dev_score=result.best["dev_score"] if result.best else None,
+                   best_trial=result.best["trial_id"] if result.best else None)
     publish(storage, out, best=True)
     return result
 
@@ -666,8 +688,10 @@ def _note_pace(events: EventLog, wall: float, b: Budget, used: float) -> None:
 
 
 def _rank(row: Mapping[str, Any]) -> tuple[int, float]:
+    """Completed trials first, then by dev score: the validation score never decides."""
     order = {"completed": 2, "stopped_early": 1}
-    return order.get(row["status"], 0), row["score"] if row["score"] is not None else -math.inf
+    dev = row.get("dev_score")
+    return order.get(row["status"], 0), dev if dev is not None else -math.inf
 
 
 def _why_no_student(rows: Sequence[Mapping[str, Any]], anchor_error: str | None, b: Budget,

@@ -94,6 +94,7 @@ def export_best(best_row: Mapping[str, Any], out: Path) -> Path:
         shutil.rmtree(best_dir)
     fetch_checkpoint(best_row["checkpoint"], best_dir)
     (best_dir / "trial.json").write_text(json.dumps(
-        {k: best_row.get(k) for k in ("trial_id", "score", "params", "path", "origin")}, indent=2, default=str),
+        {k: best_row.get(k) for k in ("trial_id", "score", "dev_score", "params", "path", "origin")}, indent=2,
+        default=str),
         encoding="utf-8")
     return best_dir

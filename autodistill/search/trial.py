@@ -1,8 +1,11 @@
 """The Ray trial of a search: one sampled point of the space, distilled and reported to Tune.
 
-The trial reports each evaluation (``score``, the metric Tune maximises) and finishes with a report
-that carries the exported student as a checkpoint; it reads nothing from the driver's disk when the
-driver ships its inputs (dataset, teachers, logits) through Ray's object store.
+The trial reports each evaluation (``score``, the metric Tune maximises: a score on the dev slice held out
+of train) and finishes with a report that carries its best dev score, its validation score apart
+(``validation_score``: reported, never used to choose) and the exported student as a checkpoint. So TPE,
+ASHA and the choice of the best student all compare dev scores, and the validation score of the chosen
+student is not inflated by the choice. It reads nothing from the driver's disk when the driver ships its
+inputs (dataset, teachers, logits) through Ray's object store.
 """
 from __future__ import annotations
 
@@ -57,8 +60,8 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
     m["trial_seconds_in_process"] = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="autodistill-trial-") as tmp:
         export(result, tmp)
-        tune.report({METRIC: float(m["student_score"]), "best_score": float(m["student_score"]),
-                     "final": True, "distill_seconds": distill_seconds,
+        tune.report({METRIC: float(m["best_dev_score"]), "best_score": float(m["best_dev_score"]),
+                     "validation_score": float(m["student_score"]), "final": True, "distill_seconds": distill_seconds,
                      "student_parameters": int(m["student_parameters"]),
                      "teacher_score": float(m["teacher_score"]),
                      "dataset_fingerprint": m["dataset_fingerprint"],

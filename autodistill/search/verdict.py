@@ -26,12 +26,14 @@ def _completed_records(result: SearchResult) -> list[RunRecord]:
 
 
 def no_kd_reference(result: SearchResult) -> dict[str, Any] | None:
-    """The best completed student trained without KD in this search, if one was."""
+    """The completed student trained without KD with the best dev score in this search, if one was (its
+    validation score is shown; like the best student, it is chosen on the dev slice, not on validation)."""
     refs = [r for r in _completed_records(result) if not uses_kd(r.pipeline_config)]
     if not refs:
         return None
-    best = max(refs, key=lambda r: r.metrics["student_score"])
-    return {"trial_id": best.search.get("trial_id"), "score": best.metrics["student_score"]}
+    best = max(refs, key=lambda r: r.metrics["best_dev_score"])
+    return {"trial_id": best.search.get("trial_id"), "score": best.metrics["student_score"],
+            "dev_score": best.metrics["best_dev_score"]}
 
 
 def measure_latency(result: SearchResult, n: int = 32) -> dict[str, float] | None:
@@ -76,8 +78,9 @@ def build_verdict(result: SearchResult, latency: bool = True) -> dict[str, Any]:
                    for s in ("completed", "stopped_early", "error", "no result", "unfinished")}
     if result.anchor:
         beat = [r for r in rows if r["trial_id"] != ANCHOR_ID and r["status"] == "completed"
-                and r["score"] is not None and r["score"] > result.anchor["score"]]
-        v["anchor"] = {"score": result.anchor["score"], "origin": result.anchor.get("origin"),
+                and r["dev_score"] is not None and r["dev_score"] > result.anchor["dev_score"]]
+        v["anchor"] = {"score": result.anchor["score"], "dev_score": result.anchor["dev_score"],
+                       "origin": result.anchor.get("origin"),
                        "seconds": result.anchor["seconds"], "beaten_by": len(beat)}
     teacher = result.teacher
     if teacher is not None:
@@ -89,7 +92,8 @@ def build_verdict(result: SearchResult, latency: bool = True) -> dict[str, Any]:
     if result.best_dir is not None:
         metrics = json.loads((result.best_dir / "metrics.json").read_text(encoding="utf-8"))
         v["student"] = {
-            "path": str(result.best_dir), "score": result.best_score, "metric": metrics["metric"],
+            "path": str(result.best_dir), "score": result.best_score, "dev_score": (result.best or {}).get("dev_score"),
+            "metric": metrics["metric"],
             "ratio": result.best_score / result.teacher_score if result.teacher_score else None,
             "origin": (result.best or {}).get("origin"), "trial_id": (result.best or {}).get("trial_id"),
             "parameters": metrics["student_parameters"], "teacher_parameters": metrics["teacher_parameters"],
@@ -120,6 +124,8 @@ def format_verdict(v: Mapping[str, Any]) -> str:
     lines += [
         f"best student   {s['path']}/student  (Hugging Face folder; metrics.json and config.yaml beside it)",
         f"score          {s['metric']} {s['score']:.4f} on validation ({v['data']['validation_rows']} rows){ratio}",
+        f"chosen by      its dev score {s['dev_score']:.4f} (the dev slice held out of train; the validation "
+        "score never chooses, so it is not inflated by the choice)",
         f"came from      {_origin(s)}",
     ]
     a = v.get("anchor")
@@ -128,12 +134,12 @@ def format_verdict(v: Mapping[str, Any]) -> str:
     if a:
         lines.append(f"search         {tried} trials after the recommendation ({t['completed']} completed, "
                      f"{t['stopped_early']} stopped early by ASHA, {t['error']} failed); {a['beaten_by']} beat "
-                     f"the recommendation's {a['score']:.4f}")
+                     f"the recommendation's dev score {a['dev_score']:.4f} (its validation {a['score']:.4f})")
     else:
         lines.append(f"search         {t['completed']} completed, {t['stopped_early']} stopped early by ASHA, "
                      f"{t['error']} failed")
     nk = v.get("no_kd")
-    lines.append(f"without KD     {nk['score']:.4f} (trial {nk['trial_id']})" if nk
+    lines.append(f"without KD     {nk['score']:.4f} (trial {nk['trial_id']}, the best dev score without KD)" if nk
                  else "without KD     not trained in this search")
     lines.append(f"size           {s['parameters'] / 1e6:.1f} M parameters vs the teacher's "
                  f"{s['teacher_parameters'] / 1e6:.1f} M ({s['parameters'] / s['teacher_parameters']:.2f}x)")
