@@ -86,6 +86,9 @@ class AnnealingKDLoss(PredictionLoss):
     k = tau_max in the last phase-1 epoch; k = tau_max when E1 = 1).
     Phase 2 (epochs >= E1): ``hard_labels_only`` is True and ``per_sample`` returns zeros.
     ``cfg.temperature`` is not used. Before the first ``on_epoch_start`` call: phase 1 with k = 1.
+    Unlike the paper's phase 1 (this MSE alone), the objective adds ``loss.hard_label_weight`` x CE, as for
+    every prediction loss: set it to 0 for the paper's phase 1. The schedule spans the epochs cap
+    (``optim.epochs``), so a run that early stopping ends before epoch E1 never reaches phase 2.
     """
 
     def __init__(self, cfg: PredictionLossConfig):
