@@ -276,6 +276,8 @@ def test_all_train_sizes_of_a_dataset_are_held_out_together():
                                   portfolio_k=2, n_boot=100)
     assert set(res.per_dataset["dataset"]) == {f"d{i}{s}" for i in range(4) for s in ("", "@n4000")}
     assert res.info["n_datasets"] == 4 and res.info["n_contexts"] == 8
+    # the summary's mean is over contexts; it counts both, each under its own name
+    assert (res.summary["n_datasets"] == 4).all() and (res.summary["n_contexts"] == 8).all()
     assert res.comparisons.loc[(ev.META_MODEL, "single_best", "regret1"), "n"] == 4   # paired over datasets
     assert calls
 

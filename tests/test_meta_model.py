@@ -110,6 +110,16 @@ def test_table_rows_features_and_targets(table, tmp_path):
     (service_runs / "alpha.jsonl").write_text((runs / "alpha.jsonl").read_text())
     assert set(table_from_paths([runs, service_runs])["dataset"]) == {
         f"alpha@{tmp_path.name}/runs", "alpha@service/runs", "beta"}
+    # one source holds a dataset at two sizes, another at one of them: the first source's sizes stay one group
+    sized_a, sized_b = tmp_path / "sized_a", tmp_path / "sized_b"
+    for folder, sizes in ((sized_a, (500, 2000)), (sized_b, (500,))):
+        for n in sizes:
+            for r in _records(1):
+                RecordStore(folder / "records.jsonl").append(r.replace(
+                    search={}, dataset=f"gamma@n{n}", dataset_group="gamma", dataset_fingerprint=f"fp{n}", key=None))
+    groups = table_from_paths([sized_a, sized_b]).groupby("dataset")["group"].first().to_dict()
+    assert groups == {"gamma@n500@sized_a": "gamma@sized_a", "gamma@n2000": "gamma@sized_a",
+                      "gamma@n500@sized_b": "gamma@sized_b"}
 
 
 # --------------------------------------------------------------------------- metrics

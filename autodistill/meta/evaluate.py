@@ -472,7 +472,8 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
              "vanilla_kd", "random"]
     metric_cols = [f"regret{j}" for j in REGRET_KS] + ["regret1_points", "nregret1", "rank1", "hit5", "spearman"]
     summary = per.groupby("method")[metric_cols].mean().reindex([m for m in order if m in set(per["method"])])
-    summary["n_datasets"] = per.groupby("method")["dataset"].nunique()
+    summary["n_contexts"] = per.groupby("method")["dataset"].nunique()   # the mean above is over these
+    summary["n_datasets"] = per.groupby("method")["group"].nunique()
     comparisons = _comparisons(per, portfolio_k, n_boot, list(fixed or {}))
     informative_all = table[~table["dataset"].isin(bad)]
     portfolio = greedy_portfolio(informative_all, portfolio_k)
@@ -592,7 +593,9 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
         lines += ["Never held out (teacher no better than the majority class; the ratio is noise around chance): "
                   + ", ".join(f"{d} (teacher {t:.3f}, majority {b:.3f})" for d, (t, b) in info["left_out"].items())
                   + ". Whether the meta-model trains on them is one of its nested choices.", ""]
-    lines += ["## Mean over held-out datasets", "", markdown_table(result.summary, "method"), ""]
+    lines += ["## Mean over held-out contexts", "",
+              "Each (dataset, train size) context counts once here; the paired comparisons below average a "
+              "dataset's contexts first.", "", markdown_table(result.summary, "method"), ""]
     comp = result.comparisons.reset_index()
     comp.index = [f"{r.method} vs {r.reference} ({r.metric})" for r in comp.itertuples()]
     lines += ["## Paired per-dataset comparisons", "",

@@ -247,7 +247,8 @@ def table_from_paths(paths: str | Path | Iterable[str | Path], *, target: str = 
     Each source (a records folder, or a record file's folder) is tabled on its own, with its own
     feature files and its own ``best`` normalisation. A dataset name that several sources share (the Distiller import's
     ``cola`` and our build's ``cola``: other teachers, other budgets, targets not comparable) stays
-    one dataset per source, named ``<dataset>@<source>`` (``cola@distiller``, ``cola@runs``)."""
+    one dataset per source, named ``<dataset>@<source>`` (``cola@distiller``, ``cola@runs``); its group is
+    renamed on every row of that source, so all of its train sizes there stay one group (held out together)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     by_source: dict[Path, list[str | Path]] = {}
     for p in paths:
@@ -263,8 +264,9 @@ def table_from_paths(paths: str | Path | Iterable[str | Path], *, target: str = 
     shared = set(counts[counts > 1].index)
     for source, t in tables.items():
         in_shared = t["dataset"].isin(shared)
+        in_renamed_group = t["group"].isin(set(t.loc[in_shared, "group"]))
         t.loc[in_shared, "dataset"] = t.loc[in_shared, "dataset"] + "@" + labels[source]
-        t.loc[in_shared, "group"] = t.loc[in_shared, "group"] + "@" + labels[source]
+        t.loc[in_renamed_group, "group"] = t.loc[in_renamed_group, "group"] + "@" + labels[source]
     return _ordered(pd.concat(list(tables.values()), ignore_index=True), target)
 
 
