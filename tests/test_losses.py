@@ -8,7 +8,7 @@ from torch import nn
 from autodistill.config import ConfigError, IntermediateConfig, PredictionLossConfig, parse_config
 from autodistill.losses import build_intermediate, build_prediction_loss, normalized_rep_mse
 from autodistill.losses import mi_bounds
-from autodistill.losses.critics import LogBaseline, MLPCritic, TransformerCritic
+from autodistill.losses.critics import CosineCritic, LogBaseline, MLPCritic, TransformerCritic
 from autodistill.losses.intermediate import MIAlphaObjective
 from autodistill.registry import INTERMEDIATE_OBJECTIVES, PREDICTION_LOSSES
 
@@ -319,6 +319,22 @@ def test_rail_c_zero_with_identity_projections():
     loss = inter(student, inter.teacher_features(hidden, mask), mask)
     assert loss.shape == (3,)
     assert torch.allclose(loss, torch.zeros(3), atol=1e-6)
+    # plain L2 (not squared) of the normalised concatenations: the second student layer negated
+    student[2] = -hidden[4]
+    loss = inter(student, inter.teacher_features(hidden, mask), mask)
+    t = torch.cat([hidden[2].mean(1), hidden[4].mean(1)], -1)
+    s = torch.cat([hidden[2].mean(1), -hidden[4].mean(1)], -1)
+    torch.testing.assert_close(loss, (F.normalize(s, dim=-1) - F.normalize(t, dim=-1)).norm(dim=-1))
+
+
+def test_cosine_critic_is_cosine_over_temperature():
+    """CRD-style critic: f(x, y) = cos(W_s x_cls, W_t y_cls) / tau, every student row against every teacher row."""
+    critic = CosineCritic(4, 4, 4, temperature=0.1)
+    _set_identity(critic.student_head)
+    _set_identity(critic.teacher_head)
+    x, y = torch.randn(3, 5, 4), torch.randn(2, 5, 4)
+    expected = F.cosine_similarity(x[:, 0, None, :], y[None, :, 0, :], dim=-1) / 0.1
+    torch.testing.assert_close(critic(x, y), expected)
 
 
 def test_normalized_rep_mse():
