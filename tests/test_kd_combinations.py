@@ -229,9 +229,15 @@ def test_full_pipeline_loss_equals_hand_computation(confident_backbones, pair_da
         assert total == pytest.approx(expected, rel=2e-6)
 
 
-def test_rep_weight_does_not_depend_on_prediction_weight(backbones, pair_data, monkeypatch):
-    """Issue 18, defect 5: with loss.prediction.weight = 0, objective adaptation's REP term stays:
-    L = mean CE + (1/|S|) Σ_S [0 · (1 − u_i) KD_i + w_REP u_i REP_i]  (Dynamic KD, skip mapping)."""
+@pytest.mark.parametrize("students, w_pred", [("backbones", 0.0), ("confident_backbones", 1000.0)],
+                         ids=["prediction_weight_0", "material_kd"])
+def test_objective_adaptation_loss(students, w_pred, pair_data, monkeypatch, request):
+    """Dynamic KD objective adaptation (skip mapping):
+    L = mean CE + (1/B) Σ_i [w_P (1 − u_i) KD_i + w_REP u_i REP_i].
+    - w_P = 0 (issue 18, defect 5): the REP term stays.
+    - w_P = 1000 on confident students, where the KD term is material (the student cut from its teacher is
+      close to it, KD_i ~ 1e-6, hence the large weight): swapping (1 − u_i) for u_i, or dropping it, changes
+      the loss by far more than the tolerance."""
     w_rep = 50.0  # REP of normalised states is small: a large weight makes it matter in the comparison
 
     def rep(h_s, h_t, mask):
@@ -242,45 +248,17 @@ def test_rep_weight_does_not_depend_on_prediction_weight(backbones, pair_data, m
         z, mask = out.logits, batch["attention_mask"]
         t = obj.teachers[0].model(**model_inputs(batch), output_hidden_states=True)
         u = normalised_entropy(z)
+        kd_term = (w_pred * (1 - u) * kl_tau(z, t.logits)).mean()
+        if w_pred:
+            swapped = (w_pred * u * kl_tau(z, t.logits)).mean()
+            assert min(kd_term, abs(kd_term - swapped)) > 1e-4   # material: ~100x the comparison's tolerance
         rep_i = sum(rep(out.hidden_states[s], t.hidden_states[tl], mask) for s, tl in ((0, 0), (1, 2), (2, 4)))
         rep_term = (w_rep * u * rep_i).mean()
-        assert rep_term > 1e-4  # material: ~100x the comparison's tolerance
-        return F.cross_entropy(z, batch["labels"]) + rep_term
+        assert rep_term > 1e-4
+        return F.cross_entropy(z, batch["labels"]) + kd_term + rep_term
 
     checker = LossChecker(monkeypatch, hand)
-    cfg = config(backbones, pair_data, {
-        "dynamic": {"objective_adaptation": True, "rep_weight": w_rep},
-        "loss": {"prediction": {"weight": 0.0}}, "student": {"num_layers": 2},
-        "data": {"max_train_examples": 32}})
-    run_distillation(parse_config(cfg), teacher_outputs_mode="online")
-    assert len(checker.pairs) == 2
-    for total, expected in checker.pairs:
-        assert total == pytest.approx(expected, rel=2e-6)
-
-
-def test_objective_adaptation_scales_kd_by_certainty(confident_backbones, pair_data, monkeypatch):
-    """Dynamic KD objective adaptation with a material KD term (the student cut from its teacher is close to it,
-    KD_i ~ 1e-6, hence the large prediction weight):
-    L = mean CE + (1/B) Σ_i [w_P (1 − u_i) KD_i + w_REP u_i REP_i]; swapping (1 − u_i) for u_i, or dropping
-    it, changes the loss by far more than the tolerance."""
-    w_pred, w_rep = 1000.0, 50.0
-
-    def rep(h_s, h_t, mask):
-        return token_mean((F.normalize(h_s, dim=-1) - F.normalize(h_t, dim=-1)).pow(2).mean(-1), mask)
-
-    def hand(obj, model, batch, generator_state):
-        out = model(**model_inputs(batch), output_hidden_states=True)
-        z, mask = out.logits, batch["attention_mask"]
-        t = obj.teachers[0].model(**model_inputs(batch), output_hidden_states=True)
-        u = normalised_entropy(z)
-        kd_term = (w_pred * (1 - u) * kl_tau(z, t.logits)).mean()
-        swapped = (w_pred * u * kl_tau(z, t.logits)).mean()
-        assert min(kd_term, abs(kd_term - swapped)) > 1e-4   # the KD factor is material (~100x the tolerance)
-        rep_i = sum(rep(out.hidden_states[s], t.hidden_states[tl], mask) for s, tl in ((0, 0), (1, 2), (2, 4)))
-        return F.cross_entropy(z, batch["labels"]) + kd_term + (w_rep * u * rep_i).mean()
-
-    checker = LossChecker(monkeypatch, hand)
-    cfg = config(confident_backbones, pair_data, {
+    cfg = config(request.getfixturevalue(students), pair_data, {
         "dynamic": {"objective_adaptation": True, "rep_weight": w_rep},
         "loss": {"prediction": {"weight": w_pred}}, "student": {"num_layers": 2},
         "data": {"max_train_examples": 32}})
