@@ -189,6 +189,11 @@ def test_nested_report_and_decision_file(tmp_path):
         report.count("**the meta-model does not beat the fair single best**") == 1
     decision = json.loads((tmp_path / "decision.json").read_text())
     assert decision["source"] in (ws.META_MODEL, ws.PORTFOLIO) and len(decision["portfolio"]) == 2
+    # averaging over seeds is vacuous for a deterministic model: the report says so, and only then
+    assert "deterministic" not in report
+    res = ev.nested_lodo_evaluate(t, [ev.PLAIN_HGB], portfolio_k=2, n_boot=200, seeds=(0, 1),
+                                  fit_predict=lambda tr, te, c, s: te["pf_oracle"].to_numpy())
+    assert "its seeds give identical figures" in ev.write_nested_report(res, tmp_path / "plain").read_text()
 
 
 def test_the_verdict_says_plainly_whether_the_ci_lies_above_zero():

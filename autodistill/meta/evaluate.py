@@ -571,7 +571,10 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
     lines += [f"{info.get('n_datasets')} held-out datasets, {info.get('n_candidates')} candidates, "
               f"{info.get('n_rows')} (dataset, candidate) rows; target `{info.get('target')}`. Each dataset is held "
               f"out in turn. {how} and scored on the held-out dataset, with model seeds {info.get('seeds')} (a "
-              "dataset's figures are the mean over the seeds). Ties in any method's ranking are scored at their expected value "
+              "dataset's figures are the mean over the seeds" + (
+                  "; one unbagged HGB is deterministic, so its seeds give identical figures"
+                  if len(choices) == 1 and choices[0].startswith("hgb(n_bags=1") else "") +
+              "). Ties in any method's ranking are scored at their expected value "
               "(no alphabetical or positional tie-break). `regret<k>` = best target − best target among the "
               "method's top k; `regret1_points`: the top-1 regret in the metric's own points (the student's "
               "score, not its ratio to the teacher).", "",
