@@ -74,16 +74,18 @@ def resolve_under_roots(raw: str, roots: list[Path], field: str) -> Path:
         raise ApiError(422, "validation_error", f"{field}: a path cannot contain a NUL character", field=field)
     candidate = Path(raw)
     bases = [candidate] if candidate.is_absolute() else [Path(r) / candidate for r in roots]
-    for base in bases:
-        real = Path(os.path.realpath(base))
-        for root in roots:
-            root_real = Path(os.path.realpath(root))
-            if real == root_real or root_real in real.parents:
-                if not real.exists():
-                    raise ApiError(422, "validation_error", f"{field}: {raw!r} does not exist under the "
-                                   "allowed roots", field=field)
-                return real
+    inside = [real for real in (Path(os.path.realpath(b)) for b in bases) if _under_a_root(real, roots)]
+    for real in inside:   # a relative path: the first root that has it
+        if real.exists():
+            return real
+    if inside:
+        raise ApiError(422, "validation_error", f"{field}: {raw!r} does not exist under the allowed roots",
+                       field=field)
     raise ApiError(403, "forbidden", f"{field}: {raw!r} is outside the allowed roots", field=field)
+
+
+def _under_a_root(real: Path, roots: list[Path]) -> bool:
+    return any(real == root or root in real.parents for root in (Path(os.path.realpath(r)) for r in roots))
 
 
 _HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -106,9 +108,10 @@ def fetch_from_hub(name: str, dest: Path, settings: Any, field: str = "hf_name")
     from huggingface_hub import constants as hub_constants
     hub_constants.HF_HUB_DOWNLOAD_TIMEOUT = int(settings.hub_timeout_s)
     hub_constants.HF_HUB_ETAG_TIMEOUT = int(settings.hub_timeout_s)
-    api = HfApi(endpoint=settings.hub_endpoint)
+    # token=False everywhere: never the server's own Hugging Face token, so a tenant reads public sets only
+    api = HfApi(endpoint=settings.hub_endpoint, token=False)
     try:
-        info = api.dataset_info(name, files_metadata=True, timeout=settings.hub_timeout_s)
+        info = api.dataset_info(name, files_metadata=True, timeout=settings.hub_timeout_s, token=False)
     except Exception as err:  # noqa: BLE001 - not found, gated, unreachable
         log.warning("hub lookup of %r failed: %s", name, err)
         if "Timeout" in type(err).__name__:   # the call's own timeout fired before the workers' wall clock
@@ -125,7 +128,7 @@ def fetch_from_hub(name: str, dest: Path, settings: Any, field: str = "hf_name")
     try:
         snapshot_download(name, repo_type="dataset", revision=info.sha, local_dir=repo, endpoint=settings.hub_endpoint,
                           allow_patterns=[f.rfilename for f in files], etag_timeout=settings.hub_timeout_s,
-                          max_workers=2)
+                          max_workers=2, token=False)
     except Exception as err:  # noqa: BLE001 - network, gated, vanished
         log.warning("hub download of %r failed: %s", name, err)
         raise ApiError(422, "invalid_dataset", f"{field}: downloading {name!r} from the hub failed "

@@ -1,7 +1,8 @@
 """The first thing every request meets (a pure ASGI middleware): the API key is checked before a byte of
-the body is read, and every body is capped in size (uploads by ``max_upload_mb``, anything else by
-``max_json_kb``) and JSON bodies in nesting depth (``max_json_depth``), so no request costs the server
-more memory than its cap, and none is parsed for a caller without a key."""
+the body is read, and every body is capped in size (uploads to ``POST /datasets`` by ``max_upload_mb``,
+any other body, whatever its content type, by ``max_json_kb``) and JSON bodies in nesting depth
+(``max_json_depth``), so no request costs the server more memory than its cap, and none is parsed for a
+caller without a key."""
 from __future__ import annotations
 
 import json
@@ -15,21 +16,32 @@ from .errors import ApiError
 
 PUBLIC_PATHS = ("/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 UPLOAD_SLACK = 1 << 16   # multipart headers and boundaries around the capped files
-_JSON_TOKEN = re.compile(rb'\\.|["\[\]{}]', re.DOTALL)
+UPLOAD_ROUTE = ("POST", "/datasets")   # the one route that takes uploads
+_JSON_TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+JSON_WHITESPACE = " \t\n\r"
 
 
-def json_too_deep(body: bytes, limit: int) -> bool:
-    """True when ``body`` nests arrays/objects deeper than ``limit`` (strings and escapes skipped); a scan
+def json_text(body: bytes) -> str | None:
+    """``body`` decoded as ``json.loads`` decodes bytes (UTF-8, -16 or -32, a byte order mark dropped), so
+    the depth check reads what the parser will; None when it does not decode (the parser refuses it too)."""
+    try:
+        return body.decode(json.detect_encoding(body), "surrogatepass")
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def json_too_deep(text: str, limit: int) -> bool:
+    """True when ``text`` nests arrays/objects deeper than ``limit`` (strings and escapes skipped); a scan
     without recursion, so it cannot itself run out of stack."""
     depth, in_string = 0, False
-    for m in _JSON_TOKEN.finditer(body):
+    for m in _JSON_TOKEN.finditer(text):
         tok = m.group()
-        if tok[0] == 0x5C:          # a backslash escape: inside a string, skip the escaped byte
+        if tok[0] == "\\":          # a backslash escape: inside a string, skip the escaped character
             continue
-        if tok == b'"':
+        if tok == '"':
             in_string = not in_string
         elif not in_string:
-            depth += 1 if tok in (b"[", b"{") else -1
+            depth += 1 if tok in ("[", "{") else -1
             if depth > limit:
                 return True
     return False
@@ -62,9 +74,11 @@ class RequestGuard:
         self.app = app
         self.state = state   # the FastAPI app's state: settings and store
 
-    def _limit(self, content_type: str) -> tuple[int, bool]:
+    def _limit(self, scope: dict[str, Any], content_type: str) -> tuple[int, bool]:
+        """(cap, whether to buffer): the upload cap, streamed, only for an upload to the upload route; any
+        other body, whatever its content type, is small and buffered."""
         settings = self.state.settings
-        if content_type == "multipart/form-data":
+        if (scope["method"], scope["path"]) == UPLOAD_ROUTE and content_type == "multipart/form-data":
             return int(settings.max_upload_mb * 2**20) + UPLOAD_SLACK, False
         return int(settings.max_json_kb * 1024), True
 
@@ -76,7 +90,7 @@ class RequestGuard:
                                           _header(scope, b"x-api-key"))
             scope.setdefault("state", {})["api_key"] = key
             content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
-            limit, buffer = self._limit(content_type)
+            limit, buffer = self._limit(scope, content_type)
             declared = _header(scope, b"content-length")
             if declared and declared.strip().isdigit() and int(declared) > limit:
                 raise BodyTooLarge()
@@ -120,7 +134,8 @@ class RequestGuard:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         depth = self.state.settings.max_json_depth
-        if body.lstrip()[:1] in (b"[", b"{") and json_too_deep(body, depth):
+        text = json_text(body)
+        if text is not None and text.lstrip(JSON_WHITESPACE)[:1] in ("[", "{") and json_too_deep(text, depth):
             raise ApiError(422, "validation_error", f"body: JSON nested deeper than {depth} levels", field="body")
         sent = False
 

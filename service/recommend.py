@@ -38,6 +38,7 @@ from .store import Store
 REFIT_METHOD = PRODUCT_METHOD   # the product's meta-model; "auto" (the nested selection) takes minutes, not seconds
 SERVICE_DATASET_PREFIX = "svc-"
 SOURCES_FILE = "sources.json"   # candidate -> the meta-dataset datasets it was measured on
+DATASET_ROWS_FILE = "dataset_rows.json"   # meta-dataset dataset -> its rows in the refit's table
 NEAREST_SHOWN = 3
 RANKING_CACHE_SIZE = 256
 
@@ -71,7 +72,7 @@ class RecommenderService:
         self.store = store
         self.settings = settings
         self._lock = threading.Lock()
-        self._loaded: tuple[str, Any, dict[str, list[str]]] | None = None
+        self._loaded: tuple[str, Any, dict[str, list[str]], dict[str, int] | None] | None = None
         self._ranked: OrderedDict[tuple[str, str, str], list[Any]] = OrderedDict()
         self.meta_dir = settings.state_dir / "meta_dataset"
 
@@ -84,8 +85,9 @@ class RecommenderService:
     def model(self):
         return self._loaded_model()[1]
 
-    def _loaded_model(self) -> tuple[str, Any, dict[str, list[str]]]:
-        """(folder, Recommender, the datasets each candidate came from), loaded once per model folder."""
+    def _loaded_model(self) -> tuple[str, Any, dict[str, list[str]], dict[str, int] | None]:
+        """(folder, Recommender, the datasets each candidate came from, each dataset's rows: None for a model
+        no refit made), loaded once per model folder."""
         folder = str(self.model_dir())
         with self._lock:
             if self._loaded is None or self._loaded[0] != folder:
@@ -95,7 +97,9 @@ class RecommenderService:
                     raise ApiError(503, "unavailable", f"no usable meta-model: {err}") from None
                 sources_path = Path(folder) / SOURCES_FILE
                 sources = json.loads(sources_path.read_text(encoding="utf-8")) if sources_path.is_file() else {}
-                self._loaded = (folder, rec, sources)
+                rows_path = Path(folder) / DATASET_ROWS_FILE
+                rows = json.loads(rows_path.read_text(encoding="utf-8")) if rows_path.is_file() else None
+                self._loaded = (folder, rec, sources, rows)
                 self._ranked.clear()
             return self._loaded
 
@@ -118,7 +122,7 @@ class RecommenderService:
     def warm_start(self, dataset: dict[str, Any], top_k: int) -> WarmStart:
         """The pipelines a search warm-starts from: the first ``top_k`` of :meth:`_ranking` the dataset's
         owner may see."""
-        folder, rec, sources = self._loaded_model()
+        folder, rec, sources, _rows = self._loaded_model()
         ranking = self._ranking(folder, rec, dataset)
         shown = self._shown(dataset["owner"], sources)
         # the cached ranking's nearest datasets are everyone's (other tenants' included): not passed on
@@ -146,10 +150,12 @@ class RecommenderService:
         return shown
 
     def recommend(self, dataset: dict[str, Any], top_k: int, max_params: int | None,
-                  config_constraints: dict[str, Any] | None) -> tuple[Any, WarmStart, list[dict[str, Any]]]:
+                  config_constraints: dict[str, Any] | None) -> tuple[Any, dict[str, Any], WarmStart,
+                                                                      list[dict[str, Any]]]:
         """The top ``top_k`` candidates the dataset's owner may see, in :meth:`_ranking`'s order (see the module
-        docstring), with that ranking (its ``source`` and ``reason``)."""
-        folder, rec, sources = self._loaded_model()
+        docstring), with the model, its size as the owner may see it (:func:`_model_shown`) and that ranking
+        (its ``source`` and ``reason``)."""
+        folder, rec, sources, rows_by_dataset = self._loaded_model()
         visible = self._visibility(dataset["owner"])
         shown = self._shown(dataset["owner"], sources)
         nearest = [n for n in rec.nearest_datasets(dataset["meta_features"], k=len(rec.datasets))
@@ -181,7 +187,7 @@ class RecommenderService:
             kept.append(r)
             if len(out) == top_k:
                 break
-        return rec, ranking.keeping(kept), out
+        return rec, _model_shown(rec, rows_by_dataset, visible, shown), ranking.keeping(kept), out
 
     # ------------------------------------------------------------------ refit
     def fold_search(self, search: dict[str, Any], dataset: dict[str, Any] | None) -> int:
@@ -201,6 +207,13 @@ class RecommenderService:
                 added += bool(target.append(rec.replace(dataset=name)))
         return added
 
+    def _forget_deleted_datasets(self) -> None:
+        """Drop the folded records (and meta-features) of datasets deleted since: no refit learns from them."""
+        for records in sorted((self.meta_dir / "runs").glob(f"{SERVICE_DATASET_PREFIX}*.jsonl")):
+            if self.store.get_dataset(None, records.stem[len(SERVICE_DATASET_PREFIX):]) is None:
+                records.unlink(missing_ok=True)
+                (self.meta_dir / "features" / f"{records.stem}.json").unlink(missing_ok=True)
+
     def refit(self) -> dict[str, Any]:
         """Fold the finished searches into the service's meta-dataset and refit the meta-model on it and
         the committed records: ``autodistill meta fit --method hgb`` on the same records gives the same
@@ -211,12 +224,14 @@ class RecommenderService:
         if missing:   # refitting on the tenants' records alone would silently drop the whole meta-dataset
             raise ApiError(409, "conflict", f"the meta-dataset records to refit on are missing: {missing} "
                            "(set the service's base records, or deploy them with the model)")
+        self._forget_deleted_datasets()
         folded, added = 0, 0
         for search in self.store.finished_unfolded_searches():
             added += self.fold_search(search, self.store.get_dataset(None, search["dataset_id"]))
             self.store.update_search(search["id"], folded=True)
             folded += 1
-        paths = base + ([self.meta_dir / "runs"] if (self.meta_dir / "runs").is_dir() else [])
+        runs = self.meta_dir / "runs"
+        paths = base + ([runs] if any(runs.glob("*.jsonl")) else [])   # an empty folder makes an untyped table
         if not paths:
             raise ApiError(409, "conflict", "no meta-dataset records to fit on")
         try:
@@ -233,12 +248,26 @@ class RecommenderService:
             shutil.copyfile(decision, folder / DECISION_FILE)
         sources = {str(c): sorted(map(str, group["dataset"].unique())) for c, group in rows.groupby("candidate")}
         (folder / SOURCES_FILE).write_text(json.dumps(sources), encoding="utf-8")
+        (folder / DATASET_ROWS_FILE).write_text(json.dumps(rows.groupby("dataset").size().astype(int).to_dict()),
+                                                encoding="utf-8")
         summary = {"searches_folded": folded, "records_added": added, "rows": int(len(rows)),
                    "datasets": int(rows["dataset"].nunique()), "candidates": int(rows["candidate"].nunique()),
                    "method": REFIT_METHOD, "model_path": str(folder), "base_records": len(base),
                    "left_out_uninformative": sorted(fitted.left_out_uninformative)}
         self.store.add_meta_model(str(folder), summary)
         return summary
+
+
+def _model_shown(rec: Any, rows_by_dataset: dict[str, int] | None, visible, shown) -> dict[str, Any]:
+    """The model's method and size as one key may see them: rows, datasets and candidates counted over the
+    committed meta-dataset and its own (other keys' counts would tell it of their activity)."""
+    datasets = [name for name in rec.datasets if visible(name)]
+    if len(datasets) == len(rec.datasets):
+        n_rows = rec.info.get("n_rows")
+    else:   # a refit's per-dataset rows; an older refit without them shows none
+        n_rows = sum(rows_by_dataset.get(name, 0) for name in datasets) if rows_by_dataset is not None else None
+    return {"method": rec.info.get("method"), "n_rows": n_rows, "n_datasets": len(datasets),
+            "n_candidates": sum(1 for c in rec.candidates if shown(c["name"]))}
 
 
 def _without_data_paths(config: PipelineConfig) -> PipelineConfig:

@@ -175,7 +175,8 @@ class SearchProgress(Strict):
     stopped_early: int = 0
     failed: int = 0
     running: int = 0
-    best_score: float | None = None
+    best_score: float | None = Field(None, description="validation score of the best student so far")
+    best_dev_score: float | None = Field(None, description="its dev-slice score, by which it is the best")
     best_trial: str | None = None
 
 
@@ -200,7 +201,9 @@ class SearchPage(Page):
 class Trial(Strict):
     trial_id: str
     status: str
-    score: float | None
+    score: float | None = Field(description="validation score (completed trials only); never used to choose")
+    dev_score: float | None = Field(None, description="best score on the dev slice held out of train: what the "
+                                                      "search ranks and chooses the best student by")
     params: dict[str, Any]
     wall_seconds: float | None
     student_parameters: int | None
@@ -214,7 +217,8 @@ class TrialPage(Page):
 class BestStudent(Strict):
     search_id: str
     trial_id: str | None
-    score: float | None
+    score: float | None = Field(description="the student's validation score (not used to choose it)")
+    dev_score: float | None = Field(None, description="its dev-slice score, by which it was chosen")
     config: PipelineConfig
     metrics: dict[str, Any]
     download: str = Field(description="URL of the student as a .tar.gz archive")

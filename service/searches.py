@@ -21,17 +21,18 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from autodistill.config import ConfigError
+from autodistill.config import ConfigError, PipelineConfig
 from autodistill.records import RecordStore
 from autodistill.search.export import PROGRESS_FILE
 from autodistill.search.space import SearchSpace, SpaceError
 
 from . import storage
 from .datasets import private_dir
-from .errors import ApiError, public_text
+from .errors import ApiError, not_found, public_text
 from .ray_backend import JobBackend
 from .schemas import SearchRequest
 from .settings import ServiceSettings
@@ -183,11 +184,17 @@ class SearchManager:
         row = {"id": sid, "owner": owner, "dataset_id": dataset["id"], "state": "queued", "request": request,
                "out_dir": str(out), "progress": {}, "best": None, "error": None, "submissions": 1,
                "created_at": now, "started_at": None, "finished_at": None, "updated_at": now, "folded": False}
-        added = self.store.add_search(row, self.settings.max_searches_per_key, self.settings.max_searches_total)
+        added = self.store.add_search(row, self.settings.max_searches_per_key, self.settings.max_searches_total,
+                                      self.settings.max_stored_searches_per_key)
         if added != "added":
             shutil.rmtree(out, ignore_errors=True)
             if added == "no_dataset":
                 raise ApiError(404, "not_found", f"no dataset {dataset['id']!r} for this API key", field="dataset_id")
+            if added == "stored_limit":
+                raise ApiError(429, "too_many_requests", f"this API key keeps "
+                               f"{self.settings.max_stored_searches_per_key} searches (finished ones included), the "
+                               "most it may; delete finished searches you no longer need (DELETE /searches/{id}) "
+                               "to make room")
             cap = (f"{self.settings.max_searches_per_key} for this API key" if added == "owner_limit"
                    else f"{self.settings.max_searches_total} on this service")
             raise ApiError(429, "too_many_requests", f"searches in flight are capped at {cap}; retry when one "
@@ -307,24 +314,30 @@ class SearchManager:
         return {**search, **fields}
 
     def refresh_all(self) -> None:
-        for search in self.store.active_searches():
+        try:
+            searches = self.store.active_searches()
+        except Exception:  # noqa: BLE001 - the database refused (down, locked): the next round retries
+            log.exception("listing the searches in flight failed")
+            return
+        for search in searches:
             try:
                 self.refresh(search)
             except Exception:  # noqa: BLE001 - one bad search must not stop the monitor
                 log.exception("refreshing %s failed", search["id"])
 
     def start_monitor(self) -> None:
-        """A daemon thread that keeps searches in flight up to date (also after a restart)."""
+        """A daemon thread that keeps searches in flight up to date (also after a restart); a round that
+        fails is logged and the next one runs as usual."""
         def loop() -> None:
             purged_at = 0.0
             while not self._stop.wait(self.settings.poll_seconds):
-                self.refresh_all()
-                if time.time() - purged_at > PURGE_EVERY_S:
-                    purged_at = time.time()
-                    try:
+                try:
+                    self.refresh_all()
+                    if time.time() - purged_at > PURGE_EVERY_S:
+                        purged_at = time.time()
                         self.store.idempotency_purge(self.settings.idempotency_retention_s)
-                    except Exception:  # noqa: BLE001 - retried on the next round
-                        log.exception("purging idempotency records failed")
+                except Exception:  # noqa: BLE001 - retried on the next round
+                    log.exception("a round of the search monitor failed")
         self._thread = threading.Thread(target=loop, name="search-monitor", daemon=True)
         self._thread.start()
 
@@ -345,6 +358,22 @@ class SearchManager:
         self.store.update_search(search["id"], state="cancelled", finished_at=time.time())
         return self.store.get_search(None, search["id"])
 
+    def delete(self, search: dict[str, Any]) -> None:
+        """Forget a finished search: its row, its folder and its copy in the search storage (409 while
+        queued or running)."""
+        outcome = self.store.delete_search(search["owner"], search["id"])
+        if outcome == "missing":
+            raise not_found("search", search["id"])
+        if outcome == "active":
+            raise ApiError(409, "conflict", f"search {search['id']} is still queued or running; cancel it first "
+                           f"(POST /searches/{search['id']}/cancel)")
+        shutil.rmtree(search["out_dir"], ignore_errors=True)
+        if self.remote:
+            try:
+                storage.remove(self.storage_uri(search))
+            except OSError as err:   # the row is gone either way; the operator can clear the storage
+                log.warning("removing %s from the search storage failed: %s", search["id"], err)
+
     @staticmethod
     def trials(search: dict[str, Any]) -> list[dict[str, Any]]:
         """Finished trials (completed or stopped early), oldest first."""
@@ -352,7 +381,8 @@ class SearchManager:
         for r in RecordStore(Path(search["out_dir"])).read():
             info = r.search or {}
             rows.append({"trial_id": info.get("trial_id", "?"), "status": r.status or "?",
-                         "score": r.metrics.get("student_score"), "params": dict(r.params or {}),
+                         "score": r.metrics.get("student_score"), "dev_score": r.metrics.get("best_dev_score"),
+                         "params": dict(r.params or {}),
                          "wall_seconds": r.wall_seconds, "student_parameters": r.student_parameters,
                          "finished_at": info.get("finished_at")})
         rows.sort(key=lambda row: row["finished_at"] or 0)
@@ -368,10 +398,15 @@ class SearchManager:
         """``best/`` as a .tar.gz (built once, next to it)."""
         archive = Path(search["out_dir"]) / f"{search['id']}-best.tar.gz"
         if not archive.is_file():
-            tmp = archive.with_suffix(".tmp")
-            with tarfile.open(tmp, "w:gz") as tar:
-                tar.add(best, arcname=f"{search['id']}-best")
-            os.replace(tmp, archive)
+            # one temporary file per request: two first downloads at once each build their own, and the
+            # second replace swaps in an identical archive
+            tmp = archive.with_name(f".{archive.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with tarfile.open(tmp, "w:gz") as tar:
+                    tar.add(best, arcname=f"{search['id']}-best")
+                os.replace(tmp, archive)
+            finally:
+                tmp.unlink(missing_ok=True)
         return archive
 
 
@@ -418,6 +453,8 @@ def check_search_request(body: SearchRequest, settings: ServiceSettings) -> dict
     client is shown)."""
     _cap(body.trials, settings.max_trials, "trials")
     _cap(body.time_budget, settings.max_time_budget_s, "time_budget")
+    _cap(body.max_concurrent_trials, settings.max_concurrent_trials, "max_concurrent_trials")
+    _cap(body.gpus_per_trial, settings.max_gpus_per_trial, "gpus_per_trial")
     config = copy.deepcopy(body.overrides)
     if not config:
         return config
@@ -429,8 +466,10 @@ def check_search_request(body: SearchRequest, settings: ServiceSettings) -> dict
         _cap(teacher.batch_size, settings.max_batch_size, f"config.teachers.{i}.batch_size")
         if "backbone" in raw:
             raw["backbone"] = allowed_backbone(teacher.backbone, settings, f"config.teachers.{i}.backbone")
+    _cap(len(cfg.augmentation.augmenters), settings.max_augmenters, "config.augmentation.augmenters")
     for i, (raw, aug) in enumerate(zip((config.get("augmentation") or {}).get("augmenters") or [],
                                        cfg.augmentation.augmenters)):
+        _cap(aug.top_k, settings.max_augmenter_top_k, f"config.augmentation.augmenters.{i}.top_k")
         if aug.mlm_model is not None:
             raw["mlm_model"] = allowed_backbone(aug.mlm_model, settings, f"config.augmentation.augmenters.{i}.mlm_model")
         for j, model in enumerate(aug.translation_models or ()):
@@ -444,7 +483,15 @@ def check_search_request(body: SearchRequest, settings: ServiceSettings) -> dict
     _cap(st.hidden_size, settings.max_student_hidden_size, "config.student.hidden_size")
     _cap(st.intermediate_size, settings.max_student_intermediate_size, "config.student.intermediate_size")
     _cap(st.num_attention_heads, settings.max_student_heads, "config.student.num_attention_heads")
+    _check_auxiliary_widths(cfg, settings.max_auxiliary_width)
     return config
+
+
+def _check_auxiliary_widths(cfg: PipelineConfig, limit: int) -> None:
+    inter = cfg.loss.intermediate
+    for name in ("critic_hidden", "critic_dim", "projection_dim"):
+        _cap(getattr(inter, name), limit, f"config.loss.intermediate.{name}")
+    _cap(cfg.weighting.meta_hidden, limit, "config.weighting.meta_hidden")
 
 
 def search_space(body: SearchRequest) -> SearchSpace:

@@ -73,6 +73,11 @@ class ServiceSettings(BaseModel):
                                   "this (teacher fine-tune included) is stopped by the service")
     max_searches_per_key: int = Field(2, ge=1, description="searches queued or running per API key; 429 beyond")
     max_searches_total: int = Field(8, ge=1, description="searches queued or running on this service; 429 beyond")
+    # ---- what one key keeps on disk (each dataset up to max_upload_mb; each search its trials and student)
+    max_datasets_per_key: int = Field(50, ge=1, description="datasets one API key may keep; 429 beyond (deleting "
+                                      "one makes room)")
+    max_stored_searches_per_key: int = Field(50, ge=1, description="searches one API key may keep, finished ones "
+                                             "included; 429 beyond (DELETE /searches/{id} makes room)")
     search_entrypoint_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for a search's driver "
                                           "(teacher fine-tune, final training)")
     search_entrypoint_gpus: float = Field(0.0, ge=0, description="GPUs Ray gives a search's driver for the "
@@ -83,6 +88,13 @@ class ServiceSettings(BaseModel):
     max_student_intermediate_size: int = Field(16384, ge=8)
     max_student_heads: int = Field(64, ge=1)
     max_batch_size: int = Field(1024, ge=1, description="cap on every batch size of a search config")
+    max_auxiliary_width: int = Field(4096, ge=4, description="cap on the widths of the small networks a search "
+                                     "config trains besides the student (loss.intermediate.critic_hidden, "
+                                     "critic_dim, projection_dim; weighting.meta_hidden)")
+    max_augmenters: int = Field(8, ge=0, description="augmenters in a search config")
+    max_augmenter_top_k: int = Field(100, ge=1, description="cap on augmentation.augmenters[*].top_k")
+    max_concurrent_trials: int = Field(16, ge=1, description="cap on a search's max_concurrent_trials")
+    max_gpus_per_trial: float = Field(8.0, ge=0, description="cap on a search's gpus_per_trial")
     allowed_backbones: list[str] = Field(
         default_factory=lambda: ["default"],
         description="backbone ids a search may name (besides folders under backbone_roots)")

@@ -56,3 +56,10 @@ def fetch_dir(uri: str, dest: Path) -> bool:
     dest.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return True
+
+
+def remove(uri: str) -> None:
+    """Delete a folder of the storage and everything under it; nothing when it is not there."""
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)

@@ -104,10 +104,22 @@ class Store:
         return Page([dict(r) for r in rows], total)
 
     # ------------------------------------------------------------------ datasets
-    def add_dataset(self, row: dict[str, Any]) -> dict[str, Any]:
-        with self.engine.begin() as conn:
+    @staticmethod
+    def _owned_count(conn: Connection, table, owner: str) -> int:
+        return conn.execute(select(func.count()).select_from(table).where(table.c.owner == owner)).scalar_one()
+
+    def count_datasets(self, owner: str) -> int:
+        with self.engine.connect() as conn:
+            return self._owned_count(conn, db.datasets, owner)
+
+    def add_dataset(self, row: dict[str, Any], max_per_owner: int | None = None) -> bool:
+        """Record a dataset unless its owner already keeps ``max_per_owner`` (then False); the count and the
+        insert are one transaction, so concurrent creates cannot pass the cap together."""
+        with self._check_then_write("autodistill-dataset-create") as conn:
+            if max_per_owner is not None and self._owned_count(conn, db.datasets, row["owner"]) >= max_per_owner:
+                return False
             conn.execute(insert(db.datasets).values(**row))
-        return row
+        return True
 
     def get_dataset(self, owner: str | None, dataset_id: str) -> dict[str, Any] | None:
         return self._get(db.datasets, owner, dataset_id)
@@ -131,10 +143,11 @@ class Store:
 
     # ------------------------------------------------------------------ searches
     def add_search(self, row: dict[str, Any], max_per_owner: int | None = None,
-                   max_total: int | None = None) -> str:
-        """Record a new search if its dataset still exists and the owner's and the service's searches in
-        flight are under their caps: "added", "no_dataset", "owner_limit" or "total_limit". One
-        transaction (serialised with other creates and with dataset deletes)."""
+                   max_total: int | None = None, max_stored_per_owner: int | None = None) -> str:
+        """Record a new search if its dataset still exists, the owner's and the service's searches in
+        flight are under their caps and the owner keeps fewer than ``max_stored_per_owner`` searches (any
+        state): "added", "no_dataset", "owner_limit", "total_limit" or "stored_limit". One transaction
+        (serialised with other creates and with dataset deletes)."""
         s = db.searches.c
         with self._check_then_write("autodistill-search-create") as conn:
             if not self._locked_dataset(conn, row["owner"], row["dataset_id"], exclusive=False):
@@ -146,8 +159,25 @@ class Store:
             if max_total is not None and conn.execute(select(func.count()).select_from(db.searches).where(
                     active)).scalar_one() >= max_total:
                 return "total_limit"
+            if max_stored_per_owner is not None and \
+                    self._owned_count(conn, db.searches, row["owner"]) >= max_stored_per_owner:
+                return "stored_limit"
             conn.execute(insert(db.searches).values(**row))
         return "added"
+
+    def delete_search(self, owner: str, search_id: str) -> str:
+        """"deleted", "missing", or "active" (queued or running: it still writes its files)."""
+        s = db.searches.c
+        mine = and_(s.id == search_id, s.owner == owner)
+        with self._check_then_write() as conn:
+            query = select(s.state).where(mine)
+            state = conn.execute(query.with_for_update() if conn.dialect.name == "postgresql" else query).scalar()
+            if state is None:
+                return "missing"
+            if state in ACTIVE_STATES:
+                return "active"
+            conn.execute(delete(db.searches).where(mine))
+        return "deleted"
 
     def get_search(self, owner: str | None, search_id: str) -> dict[str, Any] | None:
         return self._get(db.searches, owner, search_id)
@@ -164,9 +194,12 @@ class Store:
             return [dict(r) for r in conn.execute(select(db.searches).where(cond)).mappings().all()]
 
     def finished_unfolded_searches(self) -> list[dict[str, Any]]:
+        """Succeeded searches not yet folded into the meta-dataset whose dataset still exists."""
         c = db.searches.c
+        has_dataset = select(db.datasets.c.id).where(db.datasets.c.id == c.dataset_id).exists()
         with self.engine.connect() as conn:
-            rows = conn.execute(select(db.searches).where(and_(c.state == "succeeded", c.folded.is_(False))))
+            rows = conn.execute(select(db.searches).where(and_(c.state == "succeeded", c.folded.is_(False),
+                                                               has_dataset)))
             return [dict(r) for r in rows.mappings().all()]
 
     def update_search(self, search_id: str, **fields: Any) -> None:

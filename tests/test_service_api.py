@@ -85,8 +85,8 @@ def test_health_and_docs_need_no_key(api):
 
 ENDPOINTS = [("get", "/datasets"), ("post", "/datasets"), ("get", "/datasets/x"), ("delete", "/datasets/x"),
              ("post", "/recommendations"), ("post", "/searches"), ("get", "/searches"), ("get", "/searches/x"),
-             ("get", "/searches/x/trials"), ("post", "/searches/x/cancel"), ("get", "/searches/x/best"),
-             ("get", "/searches/x/best/student"), ("post", "/meta-model/refit")]
+             ("get", "/searches/x/trials"), ("post", "/searches/x/cancel"), ("delete", "/searches/x"),
+             ("get", "/searches/x/best"), ("get", "/searches/x/best/student"), ("post", "/meta-model/refit")]
 
 
 @pytest.mark.parametrize("method,path", ENDPOINTS)

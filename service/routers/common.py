@@ -115,7 +115,7 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
     try:
         status, body, location = await handler()
     except ApiError as err:
-        if err.status >= 500:
+        if err.status >= 500 or err.status == 429:   # not done, and may succeed later: the retry runs again
             await run_in_threadpool(db.idempotency_release, key["id"], idem)
         else:   # a client error is the answer to this request: replay it too
             await run_in_threadpool(db.idempotency_finish, key["id"], idem, err.status, err.body(), None)

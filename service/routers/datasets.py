@@ -28,6 +28,7 @@ from .common import (ERROR_RESPONSES, MAX_OFFSET, MAX_PAGE, canonical_hash, get_
                      get_settings, get_store, idempotent, iso, own_dataset, page)
 
 router = APIRouter(tags=["datasets"])
+MAX_NAME_LENGTH = 200   # the datasets table's name column
 
 #: POST /datasets reads its body itself (a multipart upload or a JSON reference): its OpenAPI request body
 DATASET_BODY = {
@@ -40,7 +41,7 @@ DATASET_BODY = {
                     "file": {"type": "string", "format": "binary",
                              "description": "train split: .jsonl, .csv, .tsv or .parquet"},
                     "validation_file": {"type": "string", "format": "binary"},
-                    "name": {"type": "string", "maxLength": 200},
+                    "name": {"type": "string", "maxLength": MAX_NAME_LENGTH},
                     "columns": {"type": "string", "description": "JSON of DataColumns"}}}},
             "application/json": {"schema": {"$ref": "#/components/schemas/DatasetReference"}},
         },
@@ -133,6 +134,18 @@ def _columns_from_form(raw: Any) -> DataColumns:
         raise validation_error(err, prefix="columns") from None
 
 
+def dataset_name(given: str | None, default: str) -> str:
+    """``given``, else ``default`` (the file's or hub set's name), if every database backend can store it as a
+    name (PostgreSQL refuses NUL and more than its column's length); else 422, before anything is read."""
+    name = given or default
+    if "\x00" in name:
+        raise ApiError(422, "validation_error", "name: a name cannot contain a NUL character", field="name")
+    if len(name) > MAX_NAME_LENGTH:
+        what = "" if given else f" (by default the file's name, here {len(name)} characters; give a shorter name)"
+        raise ApiError(422, "validation_error", f"name: at most {MAX_NAME_LENGTH} characters{what}", field="name")
+    return name
+
+
 class _Intake:
     """One ``POST /datasets``: the request, its key and the app's parts it uses."""
 
@@ -150,11 +163,28 @@ class _Intake:
                                              settings.meta_features_backbone, field=field)
             row = {"id": dataset_id, "owner": self.key["id"], "name": name, "source_kind": kind, "source": source,
                    "data_config": cfg.model_dump(mode="json"), **described, "created_at": time.time()}
-            return self.store.add_dataset(row)
+            if not self.store.add_dataset(row, settings.max_datasets_per_key):
+                raise self._full()
+            return row
         except BaseException:
             if folder is not None:
                 remove_dataset_files(folder)
             raise
+
+    def _full(self) -> ApiError:
+        return ApiError(429, "too_many_requests", f"this API key keeps {self.settings.max_datasets_per_key} "
+                        "datasets, the most it may; delete datasets you no longer need (DELETE /datasets/{id}) "
+                        "to make room")
+
+    async def _create(self, request_hash: str, handler) -> JSONResponse:
+        """``handler`` run once per Idempotency-Key, refused up front (before any fetch or ingest) when the
+        key already keeps its most datasets; ``add_dataset`` checks again as it records."""
+        async def within_quota():
+            count = await run_in_threadpool(self.store.count_datasets, self.key["id"])
+            if count >= self.settings.max_datasets_per_key:
+                raise self._full()
+            return await handler()
+        return await idempotent(self.request, self.key, request_hash, within_quota)
 
     async def from_upload(self) -> JSONResponse:
         settings = self.settings
@@ -168,9 +198,10 @@ class _Intake:
         if validation is not None and not isinstance(validation, UploadFile):
             raise ApiError(422, "validation_error", "validation_file: must be a file part", field="validation_file")
         columns = _columns_from_form(form.get("columns"))
-        name = form.get("name") if isinstance(form.get("name"), str) and form.get("name") else (upload.filename or "upload")
-        if len(name) > 200:
-            raise ApiError(422, "validation_error", "name: at most 200 characters", field="name")
+        if "\x00" in (upload.filename or ""):   # the filename is stored as the dataset's source
+            raise ApiError(422, "validation_error", "file: a file name cannot contain a NUL character", field="file")
+        given = form.get("name")
+        name = dataset_name(given if isinstance(given, str) else None, upload.filename or "upload")
         dataset_id = new_id("ds")
         folder = settings.state_dir / "datasets" / dataset_id
         try:
@@ -199,7 +230,7 @@ class _Intake:
             return 201, dataset_out(row), f"/datasets/{dataset_id}"
 
         try:
-            return await idempotent(self.request, self.key, request_hash, handler)
+            return await self._create(request_hash, handler)
         finally:
             if self.store.get_dataset(self.key["id"], dataset_id) is None:
                 remove_dataset_files(folder)   # a replayed or failed request keeps nothing on disk
@@ -222,13 +253,15 @@ class _Intake:
             cfg = data_config(ref.columns, str(train), str(val) if val else None, max_file_mb=settings.max_upload_mb)
             names = {str(train): ref.path, **({str(val): ref.validation_path} if val else {})}
             names.update({os.path.realpath(r) + "/": "" for r in roots})
+            name = dataset_name(ref.name, Path(ref.path).name)
 
             async def handler():
-                row = await run_in_threadpool(self.ingest_one, dataset_id, ref.name or Path(ref.path).name, "path",
-                                              ref.path, cfg, None, "path", names)
+                row = await run_in_threadpool(self.ingest_one, dataset_id, name, "path", ref.path, cfg, None, "path",
+                                              names)
                 return 201, dataset_out(row), f"/datasets/{dataset_id}"
         else:
             name = check_hf_name(ref.hf_name)
+            label = dataset_name(ref.name, name)
             if not settings.hub_enabled:
                 raise ApiError(403, "forbidden", "hf_name: this server does not go to the Hugging Face hub "
                                "(AUTODISTILL_SERVICE_HUB_ENABLED is off); upload the files instead", field="hf_name")
@@ -242,8 +275,8 @@ class _Intake:
                     raise
                 cfg = data_config(ref.columns, str(saved), max_file_mb=settings.max_upload_mb).model_copy(
                     update={"format": "hf"})
-                row = await run_in_threadpool(self.ingest_one, dataset_id, ref.name or name, "hf", name, cfg, folder,
+                row = await run_in_threadpool(self.ingest_one, dataset_id, label, "hf", name, cfg, folder,
                                               "hf_name", {str(saved): name, str(folder): name})
                 return 201, dataset_out(row), f"/datasets/{dataset_id}"
 
-        return await idempotent(self.request, self.key, canonical_hash(ref.model_dump(mode="json")), handler)
+        return await self._create(canonical_hash(ref.model_dump(mode="json")), handler)

@@ -25,7 +25,6 @@ def recommend(body: RecommendationRequest, key: dict = Depends(current_key), sto
     ``reason``): the same order a search warm-starts from."""
     dataset = own_dataset(store, key, body.dataset_id)
     c = body.constraints
-    rec, ranking, items = recommender.recommend(dataset, body.top_k, c.max_student_parameters, c.config)
-    return {"dataset_id": dataset["id"], "target": rec.target,
-            "model": {k: rec.info.get(k) for k in ("method", "n_rows", "n_datasets", "n_candidates")},
+    rec, model, ranking, items = recommender.recommend(dataset, body.top_k, c.max_student_parameters, c.config)
+    return {"dataset_id": dataset["id"], "target": rec.target, "model": model,
             "source": ranking.source, "reason": ranking.reason, "recommendations": items}

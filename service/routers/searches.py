@@ -32,7 +32,8 @@ def search_out(row: dict[str, Any]) -> dict[str, Any]:
     progress = row.get("progress") or {}
     best = row.get("best") or {}
     return {"id": row["id"], "dataset_id": row["dataset_id"], "state": row["state"], "request": row["request"],
-            "progress": {k: progress.get(k) for k in ("phase", "trials_total", "best_score", "best_trial")}
+            "progress": {k: progress.get(k) for k in ("phase", "trials_total", "best_score", "best_dev_score",
+                                                      "best_trial")}
             | {k: progress.get(k) or 0 for k in ("finished", "stopped_early", "failed", "running")},
             "best_score": best.get("score", progress.get("best_score")), "error": row.get("error"),
             "created_at": iso(row["created_at"]), "started_at": iso(row.get("started_at")),
@@ -119,6 +120,14 @@ def cancel_search(search_id: str, key: dict = Depends(current_key), store: Store
     return search_out(manager.cancel(row))
 
 
+@router.delete("/searches/{search_id}", status_code=204, responses={**ERROR_RESPONSES, 409: {"model": ErrorBody}})
+def delete_search(search_id: str, key: dict = Depends(current_key), store: Store = Depends(get_store),
+                  manager: SearchManager = Depends(get_searches)) -> Response:
+    """Delete a finished search: its record, trials and best student (409 while it is queued or running)."""
+    manager.delete(own_search(store, manager, key, search_id))   # refreshed: one Ray has finished may go
+    return Response(status_code=204)
+
+
 # --------------------------------------------------------------------------- the best student
 def _best(store: Store, manager: SearchManager, key: dict, search_id: str) -> tuple[dict[str, Any], Path]:
     row = own_search(store, manager, key, search_id)
@@ -140,6 +149,7 @@ def get_best(search_id: str, key: dict = Depends(current_key), store: Store = De
     config.data.train, config.data.validation = f"dataset:{row['dataset_id']}", None   # not the server's path
     trial = json.loads((best / "trial.json").read_text(encoding="utf-8")) if (best / "trial.json").is_file() else {}
     return {"search_id": search_id, "trial_id": trial.get("trial_id"), "score": trial.get("score"),
+            "dev_score": trial.get("dev_score"),
             "config": config, "metrics": metrics, "download": f"/searches/{search_id}/best/student"}
 
 
