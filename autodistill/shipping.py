@@ -10,6 +10,8 @@ anything from disk (:class:`Given`).
 """
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
 import tempfile
 import uuid
@@ -96,19 +98,51 @@ class Given:
 
 
 _MATERIALIZED: dict[str, Given] = {}   # per worker process (reused actors run many trials)
+INPUTS_PREFIX = "autodistill-inputs-"   # + the owning process's pid + "-": a folder whose process is gone is stale
+
+
+def _drop_materialized() -> None:
+    for token, old in list(_MATERIALIZED.items()):
+        shutil.rmtree(old.folder, ignore_errors=True)
+        del _MATERIALIZED[token]
+
+
+def remove_stale_inputs(root: Path | None = None) -> list[Path]:
+    """Remove the input folders of processes that are gone (a worker Ray killed never ran its exit hook: each
+    folder holds the teachers' weights, so they would pile up in the temp dir). Returns what was removed."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{INPUTS_PREFIX}*-*"):
+        pid = folder.name[len(INPUTS_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+atexit.register(_drop_materialized)
 
 
 def materialize(inputs: SearchInputs) -> Given:
-    """The trial's side: models and tokenizer rebuilt in a private temp folder (once per process)."""
+    """The trial's side: models and tokenizer rebuilt in a private temp folder (once per process; removed at
+    the process's exit, or by the next process that materializes when it was killed)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .teacher.fine_tuned import TeacherResult
     if inputs.token in _MATERIALIZED:
         return _MATERIALIZED[inputs.token]
-    for token, old in list(_MATERIALIZED.items()):   # a new search in a reused process: drop the old one
-        shutil.rmtree(old.folder, ignore_errors=True)
-        del _MATERIALIZED[token]
-    folder = Path(tempfile.mkdtemp(prefix="autodistill-inputs-"))
+    _drop_materialized()   # a new search in a reused process: drop the old one
+    remove_stale_inputs()
+    folder = Path(tempfile.mkdtemp(prefix=f"{INPUTS_PREFIX}{os.getpid()}-"))
     tokenizer = AutoTokenizer.from_pretrained(_write_folder(folder / "tokenizer", inputs.tokenizer_files))
     teachers = []
     for t in inputs.teachers:

@@ -1,5 +1,6 @@
 """Foundation: students cut from teachers, the teacher cache, and an end-to-end distil through the CLI."""
 import json
+import os
 
 import pytest
 import torch
@@ -115,6 +116,22 @@ def test_prepared_teachers_and_logits_are_what_a_trial_uses(tiny_backbone, monke
     result = run_distillation(cfg, given=given)
     assert result.metrics["teacher_outputs"] == "cached" and result.metrics["teacher_forward_examples"] == 0
     assert result.metrics["teacher_score"] == prepared.teachers[0].score
+
+
+def test_a_killed_trial_process_leaves_no_inputs_behind(tmp_path):
+    """A trial's materialized inputs (the teachers' weights) are named by its process: those of a process
+    that is gone (killed, so no exit hook ran) are removed; a live process's are kept."""
+    import subprocess
+    import sys
+
+    from autodistill.shipping import INPUTS_PREFIX, remove_stale_inputs
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale, live = tmp_path / f"{INPUTS_PREFIX}{gone}-abc", tmp_path / f"{INPUTS_PREFIX}{os.getpid()}-def"
+    for folder in (stale, live):
+        (folder / "teachers").mkdir(parents=True)
+    assert remove_stale_inputs(tmp_path) == [stale]
+    assert not stale.exists() and live.is_dir()
 
 
 def test_distil_cli_beats_majority_and_exports(tiny_backbone, tmp_path, capsys):
