@@ -8,6 +8,9 @@ uvicorn.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,6 +49,7 @@ def create_app(settings: ServiceSettings | None = None, backend: JobBackend | No
     async def lifespan(app: FastAPI):
         await run_in_threadpool(db.migrate, engine)
         make_private(settings)
+        await run_in_threadpool(remove_orphaned_folders, settings, store)
         await run_in_threadpool(manager.refresh_all)   # searches in flight before a restart are found again
         manager.start_monitor()
         try:
@@ -79,6 +83,26 @@ def make_private(settings: ServiceSettings) -> None:
             path = settings.state_dir / f"service.db{suffix}"
             if path.exists():
                 os.chmod(path, 0o600)
+
+
+_ORPHAN_FOLDERS = {"datasets": re.compile(r"ds_[0-9a-f]{20}"), "searches": re.compile(r"search_[0-9a-f]{20}")}
+
+
+def remove_orphaned_folders(settings: ServiceSettings, store: Store) -> int:
+    """Remove the ``datasets/<id>`` and ``searches/<id>`` folders no database row knows (a server that died
+    mid-request left them), once older than the idempotency lease, so a request still in flight (on
+    another process sharing the state folder) keeps its own; returns how many."""
+    cutoff = time.time() - settings.idempotency_lease
+    known = {"datasets": store.get_dataset, "searches": store.get_search}
+    removed = 0
+    for kind, pattern in _ORPHAN_FOLDERS.items():
+        root = settings.state_dir / kind
+        folders = [f for f in root.iterdir() if pattern.fullmatch(f.name)] if root.is_dir() else []
+        for folder in folders:
+            if folder.lstat().st_mtime < cutoff and known[kind](None, folder.name) is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+    return removed
 
 
 def _add_schemas(app: FastAPI) -> None:

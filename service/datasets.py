@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -341,14 +340,28 @@ def describe_dataset(cfg: DataConfig, field: str, public_names: dict[str, str], 
 class IngestWorkers:
     """``describe_dataset`` in worker processes (spawned once per service process, shared by its apps):
     its CPU work never holds the service's GIL (LAPACK's SVD in the meta-features holds it for seconds,
-    which stalled every other request), and a dataset that runs past ``timeout`` has its worker killed."""
+    which stalled every other request), and a dataset that runs past ``timeout`` has its worker killed.
+
+    A dataset is handed to the pool only when a worker is free for it (one slot per worker): the pool
+    would otherwise mark one more job "running" while it still waits in the pool's queue, starting its
+    clock early and putting it in the way of another dataset's kill. A dataset whose pool is torn down
+    under it (another dataset's timeout, a worker that died) is read once more on a fresh pool."""
 
     _pool = None
+    _size = 0       # worker processes of the pool (and slots), fixed until the service stops
+    _slots: threading.Semaphore | None = None
     _lock = threading.Lock()
     _waiting = 0
 
     def __init__(self, workers: int, timeout: float):
         self.workers, self.timeout = workers, timeout
+
+    def _slot(self) -> threading.Semaphore:
+        with IngestWorkers._lock:
+            if IngestWorkers._slots is None:
+                IngestWorkers._size = self.workers
+                IngestWorkers._slots = threading.Semaphore(self.workers)
+            return IngestWorkers._slots
 
     def _executor(self):
         import concurrent.futures
@@ -356,7 +369,7 @@ class IngestWorkers:
         with IngestWorkers._lock:
             if IngestWorkers._pool is None:
                 IngestWorkers._pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+                    max_workers=IngestWorkers._size, mp_context=multiprocessing.get_context("spawn"))
             return IngestWorkers._pool
 
     @classmethod
@@ -364,7 +377,7 @@ class IngestWorkers:
         with cls._lock:
             if cls._pool is pool:
                 cls._pool = None
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
             proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -372,36 +385,54 @@ class IngestWorkers:
     def shutdown(cls) -> None:
         """Stop the worker processes (the service is stopping; a later request spawns new ones)."""
         with cls._lock:
-            pool, cls._pool = cls._pool, None
+            pool, cls._pool, cls._slots = cls._pool, None, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def describe(self, *args, field: str) -> dict[str, Any]:
         """``describe_dataset(*args)`` in a worker; 429 when ``QUEUE_PER_WORKER`` datasets per worker are
-        already waiting; the timeout runs from when a worker takes it."""
-        import concurrent.futures
-        from concurrent.futures.process import BrokenProcessPool
+        already waiting; the timeout runs from when a worker is free for it."""
         with IngestWorkers._lock:
             if IngestWorkers._waiting >= self.workers * QUEUE_PER_WORKER:
                 raise ApiError(429, "too_many_requests", "too many datasets are being read; retry later",
                                field=field, headers={"Retry-After": "10"})
             IngestWorkers._waiting += 1
+        try:
+            with self._slot():
+                for _attempt in range(2):
+                    try:
+                        return self._run(args, field)
+                    except _PoolLost:
+                        pass
+            raise ApiError(503, "unavailable", "the dataset worker stopped twice while reading this dataset "
+                           "(out of memory?); retry the request later", headers={"Retry-After": "10"})
+        finally:
+            with IngestWorkers._lock:
+                IngestWorkers._waiting -= 1
+
+    def _run(self, args: tuple, field: str) -> dict[str, Any]:
+        """One attempt on the current pool; ``_PoolLost`` when the pool is torn down under it."""
+        import concurrent.futures
+        from concurrent.futures.process import BrokenProcessPool
         pool = self._executor()
         try:
             future = pool.submit(describe_dataset, *args)
-            while not (future.running() or future.done()):
-                time.sleep(0.05)
+        except RuntimeError:   # BrokenProcessPool, or shut down since we took it
+            self._kill(pool)
+            raise _PoolLost from None
+        try:
             return future.result(timeout=self.timeout)
         except concurrent.futures.TimeoutError:
             self._kill(pool)
             raise ApiError(422, "invalid_dataset", f"{field}: reading and describing the dataset took longer than "
                            f"{self.timeout:.0f} s (ingest_timeout_s)", field=field) from None
-        except BrokenProcessPool:
+        except (BrokenProcessPool, concurrent.futures.CancelledError):
             self._kill(pool)
-            raise ApiError(503, "unavailable", "the dataset worker died (out of memory?); retry later") from None
-        finally:
-            with IngestWorkers._lock:
-                IngestWorkers._waiting -= 1
+            raise _PoolLost from None
+
+
+class _PoolLost(Exception):
+    """The ingest pool was torn down (killed or broken) before this dataset's answer came back."""
 
 
 def remove_dataset_files(folder: Path) -> None:

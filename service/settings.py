@@ -102,10 +102,19 @@ class ServiceSettings(BaseModel):
                                        description="server folders holding backbones a search may name by path")
     idempotency_retention_s: float = Field(24 * 3600.0, gt=0, description="how long an Idempotency-Key is "
                                            "remembered; a retry after that is a new request")
+    idempotency_lease_s: float | None = Field(
+        None, gt=0, description="how long a request in progress holds its Idempotency-Key without renewing it "
+        "(it renews it every third of this while it runs): a retry after the lease lapsed (the server died "
+        "mid-request) takes the key over and runs again; also the age past which a dataset or search folder "
+        "with no database row is removed at startup; default: ingest_timeout_s + 60 s")
 
     @property
     def max_decoded_bytes(self) -> int:
         return int((self.max_decoded_mb or self.max_upload_mb) * 2**20)
+
+    @property
+    def idempotency_lease(self) -> float:
+        return self.idempotency_lease_s or self.ingest_timeout_s + 60.0
 
     @property
     def sqlalchemy_url(self) -> str:

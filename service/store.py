@@ -209,10 +209,13 @@ class Store:
 
     # ------------------------------------------------------------------ idempotency
     def idempotency_begin(self, owner: str, key: str, endpoint: str, request_hash: str,
-                          retention_s: float | None = None) -> tuple[str, dict[str, Any] | None]:
+                          retention_s: float | None = None,
+                          lease_s: float | None = None) -> tuple[str, dict[str, Any] | None]:
         """("new", None) for a first request; ("replay", row) for a finished identical one; ("conflict",
         row) when the key was used for another request; ("in_progress", row) while the first one runs.
-        A record older than ``retention_s`` is forgotten first: the key starts a new request."""
+        A record older than ``retention_s`` is forgotten first: the key starts a new request. An identical
+        request in progress whose lease (``lease_s`` since it began or last renewed it) has lapsed died with
+        its server: this one takes the key over ("new")."""
         if retention_s is not None:
             c = db.idempotency.c
             with self.engine.begin() as conn:
@@ -230,11 +233,33 @@ class Store:
         with self.engine.connect() as conn:
             old = conn.execute(select(db.idempotency).where(and_(c.owner == owner, c.key == key))).mappings().first()
         if old is None:   # released between our insert and read: take it now
-            return self.idempotency_begin(owner, key, endpoint, request_hash, retention_s)
+            return self.idempotency_begin(owner, key, endpoint, request_hash, retention_s, lease_s)
         old = dict(old)
         if old["endpoint"] != endpoint or old["request_hash"] != request_hash:
             return "conflict", old
-        return ("in_progress", old) if old["status_code"] is None else ("replay", old)
+        if old["status_code"] is not None:
+            return "replay", old
+        if lease_s is not None and self._idempotency_take_over(owner, key, lease_s):
+            return "new", None
+        return "in_progress", old
+
+    def _idempotency_take_over(self, owner: str, key: str, lease_s: float) -> bool:
+        """Whether the in-progress record's lease had lapsed and is now ours (renewed); of concurrent
+        retries, exactly one gets it."""
+        c = db.idempotency.c
+        now = time.time()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(db.idempotency).where(and_(
+                c.owner == owner, c.key == key, c.status_code.is_(None), c.created_at < now - lease_s))
+                .values(created_at=now))
+        return res.rowcount == 1
+
+    def idempotency_renew(self, owner: str, key: str) -> None:
+        """Renew the lease of a request in progress (its record's ``created_at`` becomes now)."""
+        c = db.idempotency.c
+        with self.engine.begin() as conn:
+            conn.execute(update(db.idempotency).where(and_(c.owner == owner, c.key == key, c.status_code.is_(None)))
+                         .values(created_at=time.time()))
 
     def idempotency_finish(self, owner: str, key: str, status_code: int, body: Any, location: str | None) -> None:
         c = db.idempotency.c

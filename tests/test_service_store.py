@@ -97,6 +97,28 @@ def test_idempotency_records(store):
     assert store.idempotency_begin("key_b", "k1", "POST /x", "h2") == ("new", None)
 
 
+def test_an_idempotency_key_in_progress_past_its_lease_is_taken_over_once(store):
+    from concurrent.futures import ThreadPoolExecutor
+    assert store.idempotency_begin("key_a", "k1", "POST /x", "h1", lease_s=60) == ("new", None)
+    assert store.idempotency_begin("key_a", "k1", "POST /x", "h1", lease_s=60)[0] == "in_progress"
+    with store.engine.begin() as conn:   # its server died 61 s ago
+        conn.execute(db.idempotency.update().values(created_at=time.time() - 61))
+    assert store.idempotency_begin("key_a", "k1", "POST /x", "other", lease_s=60)[0] == "conflict"
+    with ThreadPoolExecutor(4) as pool:   # concurrent retries: one takes the key, the others wait for it
+        states = [s for s, _ in pool.map(lambda _: store.idempotency_begin("key_a", "k1", "POST /x", "h1",
+                                                                              lease_s=60), range(4))]
+    assert sorted(states) == ["in_progress"] * 3 + ["new"]
+    with store.engine.begin() as conn:
+        conn.execute(db.idempotency.update().values(created_at=time.time() - 61))
+    store.idempotency_renew("key_a", "k1")   # a request still running renews its lease
+    assert store.idempotency_begin("key_a", "k1", "POST /x", "h1", lease_s=60)[0] == "in_progress"
+    store.idempotency_finish("key_a", "k1", 201, {"id": "ds1"}, "/x/ds1")
+    with store.engine.begin() as conn:   # a finished answer has no lease: replayed, never run again
+        conn.execute(db.idempotency.update().values(created_at=time.time() - 61))
+    store.idempotency_renew("key_a", "k1")
+    assert store.idempotency_begin("key_a", "k1", "POST /x", "h1", lease_s=60)[0] == "replay"
+
+
 def test_meta_models_latest(store):
     assert store.latest_meta_model() is None
     store.add_meta_model("/m/1", {"rows": 1})

@@ -2,8 +2,10 @@
 they declare, pages, timestamps and idempotent creation."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -18,6 +20,8 @@ from ..schemas import ErrorBody
 from ..searches import SearchManager
 from ..settings import ServiceSettings
 from ..store import Store
+
+log = logging.getLogger("autodistill.service")
 
 MAX_PAGE = 100
 MAX_OFFSET = 2**31 - 1  # databases take a 64-bit offset at most; no listing is anywhere near this
@@ -98,8 +102,10 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
     if not 1 <= len(idem) <= 200:
         raise ApiError(422, "validation_error", f"{IDEMPOTENCY_HEADER}: 1 to 200 characters", field=IDEMPOTENCY_HEADER)
     endpoint = f"{request.method} {request.url.path}"
-    retention = get_settings(request).idempotency_retention_s
-    state, old = await run_in_threadpool(db.idempotency_begin, key["id"], idem, endpoint, request_hash, retention)
+    settings = get_settings(request)
+    lease = settings.idempotency_lease
+    state, old = await run_in_threadpool(db.idempotency_begin, key["id"], idem, endpoint, request_hash,
+                                         settings.idempotency_retention_s, lease)
     if state == "conflict":
         raise ApiError(409, "conflict", f"{IDEMPOTENCY_HEADER} {idem!r} was used for a different request",
                        field=IDEMPOTENCY_HEADER)
@@ -113,7 +119,7 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
                            f"({old['location']}) has since been deleted", field=IDEMPOTENCY_HEADER, headers=headers)
         return JSONResponse(old["body"], status_code=old["status_code"], headers=headers)
     try:
-        status, body, location = await handler()
+        status, body, location = await _holding_lease(db, key["id"], idem, lease, handler)
     except ApiError as err:
         if err.status >= 500 or err.status == 429:   # not done, and may succeed later: the retry runs again
             await run_in_threadpool(db.idempotency_release, key["id"], idem)
@@ -125,3 +131,21 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
         raise
     await run_in_threadpool(db.idempotency_finish, key["id"], idem, status, body, location)
     return JSONResponse(body, status_code=status, headers={"Location": location} if location else None)
+
+
+async def _holding_lease(db: Store, owner: str, idem: str, lease: float, handler: Handler):
+    """``handler()``, renewing the key's lease every third of ``lease`` while it runs (a dataset may wait
+    for an ingest worker far longer than one ingest): only a request whose server died loses its key."""
+    async def renew():
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await run_in_threadpool(db.idempotency_renew, owner, idem)
+            except Exception as err:  # noqa: BLE001 - the database is down: the request itself will tell
+                log.warning("renewing the lease of an Idempotency-Key failed: %s", err)
+
+    renewal = asyncio.create_task(renew())
+    try:
+        return await handler()
+    finally:
+        renewal.cancel()
