@@ -748,3 +748,16 @@ def test_stopping_the_service_stops_its_ingest_workers(tmp_path, database_url):
     assert workers and all(p.is_alive() for p in workers)
     client.__exit__(None, None, None)
     assert IngestWorkers._pool is None and not any(p.is_alive() for p in workers)
+
+
+def test_a_failed_cancel_does_not_show_the_clusters_error(api, dataset_of, monkeypatch):
+    """The cluster's error names its addresses: the client gets a 503 to retry, the server log the error."""
+    sid = api.post("/searches", json=_search_body(dataset_of()), headers=api.keys["alice"]).json()["id"]
+    backend = api.app.state.searches.backend
+
+    def refuse(job_id):
+        raise ConnectionError("GCS at 10.1.2.3:6379 refused the connection")
+    monkeypatch.setattr(backend, "stop", refuse)
+    r = api.post(f"/searches/{sid}/cancel", headers=api.keys["alice"])
+    assert r.status_code == 503 and "10.1.2.3" not in r.text and r.headers["Retry-After"]
+    assert api.get(f"/searches/{sid}", headers=api.keys["alice"]).json()["state"] == "queued"
