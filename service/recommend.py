@@ -130,15 +130,17 @@ class RecommenderService:
                                 for r in ranking.recommendations if shown(r.candidate)][:top_k])
 
     def _visibility(self, owner: str):
-        """``visible(meta-dataset dataset name)`` for ``owner``: committed datasets and its own."""
-        seen: dict[str, bool] = {}
+        """``visible(meta-dataset dataset name)`` for ``owner``: committed datasets and its own (its dataset ids
+        read once, on the first service dataset asked about, not once per other tenant's dataset)."""
+        owned: set[str] | None = None
 
         def visible(name: str) -> bool:
+            nonlocal owned
             if not name.startswith(SERVICE_DATASET_PREFIX):
                 return True
-            if name not in seen:
-                seen[name] = self.store.get_dataset(owner, name[len(SERVICE_DATASET_PREFIX):]) is not None
-            return seen[name]
+            if owned is None:
+                owned = self.store.dataset_ids(owner)
+            return name[len(SERVICE_DATASET_PREFIX):] in owned
         return visible
 
     def _shown(self, owner: str, sources: dict[str, list[str]]):

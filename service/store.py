@@ -124,6 +124,11 @@ class Store:
     def get_dataset(self, owner: str | None, dataset_id: str) -> dict[str, Any] | None:
         return self._get(db.datasets, owner, dataset_id)
 
+    def dataset_ids(self, owner: str) -> set[str]:
+        """The ids of ``owner``'s datasets (at most ``max_datasets_per_key``): one query."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(db.datasets.c.id).where(db.datasets.c.owner == owner)).scalars())
+
     def list_datasets(self, owner: str, limit: int, offset: int) -> Page:
         return self._page(db.datasets, owner, limit, offset)
 

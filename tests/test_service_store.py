@@ -66,6 +66,7 @@ def test_datasets_are_owned_and_paginated(store):
     assert page.total == 5 and [r["id"] for r in page.items] == ["ds4", "ds3"]   # newest first
     assert [r["id"] for r in store.list_datasets("key_a", 2, 4).items] == ["ds0"]
     assert store.get_dataset("key_a", "other") is None and store.get_dataset("key_b", "other")["stats"] == {"train_rows": 3}
+    assert store.dataset_ids("key_a") == {f"ds{k}" for k in range(5)} and store.dataset_ids("key_c") == set()
     assert store.delete_dataset("key_a", "other") == "missing"
     assert store.delete_dataset("key_a", "ds0") == "deleted" and store.list_datasets("key_a", 10, 0).total == 4
 
