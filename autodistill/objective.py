@@ -185,8 +185,10 @@ class KDObjective(StepObjective):
         ce = supervised_loss(z_s, labels, self.task_type)
         outputs = self._teacher_step_outputs(batch, z_s)
         sel = self._teacher_step.selected
-        kd_full, teacher_full = torch.zeros_like(ce), torch.zeros_like(z_s)
-        rep_full = torch.zeros_like(ce) if self.representation is not None else None
+        # float32 buffers: under autocast the student's logits (and CE) may be half precision while the
+        # teachers' are float32, and an indexed write needs one dtype
+        kd_full, teacher_full = torch.zeros_like(ce, dtype=torch.float32), torch.zeros_like(z_s, dtype=torch.float32)
+        rep_full = torch.zeros_like(ce, dtype=torch.float32) if self.representation is not None else None
         if sel.numel():
             z_sel = z_s[sel]
             kd_per_teacher = torch.stack([self.prediction.per_sample(z_sel, logits) for logits, _ in outputs], -1)
@@ -195,9 +197,10 @@ class KDObjective(StepObjective):
                 u = uncertainty(z_sel.detach())
                 student_hidden = [h[sel] for h in out.hidden_states]
                 rep = self.representation(student_hidden, outputs[0][1], batch["attention_mask"][sel])
-                kd, rep_full[sel] = adapted_terms(kd, rep, u, cfg.dynamic.rep_weight)
-            kd_full[sel] = kd
-            teacher_full[sel] = outputs[0][0]
+                kd, rep_term = adapted_terms(kd, rep, u, cfg.dynamic.rep_weight)
+                rep_full[sel] = rep_term.float()
+            kd_full[sel] = kd.float()
+            teacher_full[sel] = outputs[0][0].float()
         return StepTerms(z_s, ce, kd_full, rep_full, teacher_full, sel)
 
     def _mixup_terms(self, model: nn.Module, batch: dict[str, torch.Tensor], logs: dict[str, float]) -> torch.Tensor:

@@ -138,7 +138,8 @@ def mixed_precision(setting: str, device: torch.device):
 
     from .resources import amp_dtype
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    # native only: with emulation (the default) a pre-Ampere GPU "supports" bf16 at a fraction of the speed
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     dtype = amp_dtype(setting, device.type, capability, bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
     if dtype is None:

@@ -1,0 +1,44 @@
+"""The training step under autocast, as on a GPU with ``optim.mixed_precision`` auto (bf16 on compute
+capability >= 8, fp16 on 7.x). There is no GPU here, so the step runs under CPU bf16 autocast, which keeps
+the same low-precision logits (CPU autocast is stricter: it does not run log_softmax in fp32)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import autodistill.trainer as trainer_module
+from autodistill.config import parse_config
+from autodistill.distill import run_distillation
+from tests.test_kd_space_e2e import tiny_config, tiny_data  # noqa: F401 - fixture
+
+KD_CASES = {
+    "kl_cached_logits": {},
+    "mse_online_mi_alpha": {"loss": {"prediction": {"type": "mse"},
+                                     "intermediate": {"objective": "mi_alpha", "alpha": 0.5, "mapping": "skip"}},
+                            "optim": {"teacher_outputs": "online"}},
+    "mixup_hidden_mse": {"mixup": {"enabled": True}, "loss": {"intermediate": {"objective": "mse", "mapping": "last"}}},
+    "dynamic_selection_adaptation": {"dynamic": {"selection": "entropy", "selection_ratio": 0.5,
+                                                 "objective_adaptation": True}},
+    "rw_kd": {"weighting": {"strategy": "rw_kd"}},
+    "annealing": {"loss": {"prediction": {"type": "annealing"}}},
+    "infonce_transformer_critic_emd": {"loss": {"intermediate": {"objective": "infonce", "critic": "transformer",
+                                                                 "mapping": "emd"}}},
+    "rail_l_random": {"loss": {"intermediate": {"objective": "rail_l", "mapping": "random"}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(KD_CASES))
+def test_a_kd_step_runs_under_autocast(case, tiny_backbone, tiny_data, monkeypatch):  # noqa: F811
+    entered = []
+
+    def cpu_bf16(setting, device):
+        def autocast():
+            entered.append(True)
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return autocast, torch.amp.GradScaler("cpu", enabled=False)
+
+    monkeypatch.setattr(trainer_module, "mixed_precision", cpu_bf16)
+    result = run_distillation(parse_config(tiny_config(tiny_backbone, tiny_data, KD_CASES[case])))
+    assert entered and math.isfinite(result.metrics["student_score"])
