@@ -427,6 +427,17 @@ def prepare_teacher(base: PipelineConfig, events: EventLog | None = None) -> Pre
                            time.perf_counter() - started, FINE_TUNES[0] - fine_tunes_before, inputs)
 
 
+def release_gpu_cache() -> None:
+    """Give back the GPU memory the driver's allocator keeps after the teacher and the anchor: the trials
+    share that GPU (nothing where there is none)."""
+    import gc
+
+    import torch
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 # --------------------------------------------------------------------------- the anchor
 def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str, resume: bool = False
                  ) -> dict[str, Any]:
@@ -583,6 +594,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
                            "counted in the time budget")
     teacher = prepare_teacher(base_cfg, events)
+    release_gpu_cache()
     meta: dict[str, Any] = {}
     if r.meta_features is not None:
         # the dataset's meta-features, so that search records can join the meta-dataset as they are
@@ -613,6 +625,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
             points, ctx.seeds = points[1:], ctx.seeds[1:]
         try:
             anchor_row = train_anchor(ctx, anchor_cfg, out / "anchor", anchor_label, r.resume)
+            release_gpu_cache()
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - the search may still produce a student: say so, go on
