@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import pipeline_only, with_pipeline
+from .config import ConfigError, pipeline_only, with_pipeline
 from .meta.features import search_meta_features
 from .meta.recommend import recommend_for
 from .meta.recommender import extrapolation_notes, prediction_text
@@ -18,6 +18,8 @@ from .meta.warm_start import choose_warm_start
 from .progress import EventLog
 from .search.driver import SearchRequest, SearchResult, run_search
 from .search.space import SearchSpace, distinct_points, load_space
+
+RECOMMENDATIONS_FILE = "recommendations.json"
 
 
 @dataclass
@@ -39,8 +41,13 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
     ``trials`` counts students (the anchor included); ``time_budget`` is wall-clock seconds for the
     students, the teacher's fine-tune apart. All training rows are used unless ``max_train_examples``
     asks for a subsample."""
+    if seeds < 1:
+        raise ConfigError(f"seeds={seeds}: at least 1 recommendation is needed (the one trained first)")
     events = events or EventLog(quiet=quiet)
     out = Path(out_dir)
+    if not resume and (out / RECOMMENDATIONS_FILE).exists():   # before its recommendations are overwritten
+        raise FileExistsError(f"{out} holds a previous `auto` run: pass --resume to continue it, or choose another "
+                              "output folder")
     out.mkdir(parents=True, exist_ok=True)
     sp = load_space(space)
     data_part: dict[str, Any] = {"train": str(data)}
@@ -72,7 +79,7 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
                                  f"{prediction_text(r.predicted_score, r.uncertainty, 3)}{how_seeded}")
     events.emit("recommend", f"done in {seconds:.1f} s; #{top.rank} is trained first as recommended, "
                              f"{len(points)} more seed the search in the {sp.name} space")
-    (out / "recommendations.json").write_text(json.dumps(
+    (out / RECOMMENDATIONS_FILE).write_text(json.dumps(
         {"meta_features": feats, "seconds": seconds, "warm_start_source": start.source, "reason": start.reason,
          "recommendations": [r.to_dict() for r in recs], "anchor": anchor_label, "warm_start": points,
          "seed_labels": labels}, indent=2, default=str), encoding="utf-8")

@@ -375,14 +375,27 @@ def _text_columns(table: _Table, cfg: DataConfig) -> tuple[str, ...]:
         return (cfg.text_column,)
     if len(pair) == 2:
         return cfg.text_a_column, cfg.text_b_column
-    missing = ({cfg.text_a_column, cfg.text_b_column} - set(pair)).pop() if pair else cfg.text_column
-    raise DataError(f"{table.span()}, column {missing!r}: column not found (columns present: {table.columns})")
+    if pair:
+        missing = ({cfg.text_a_column, cfg.text_b_column} - set(pair)).pop()
+        setting = "data.text_a_column and data.text_b_column"
+    else:
+        missing, setting = cfg.text_column, "data.text_column (data.text_a_column + data.text_b_column for pairs)"
+    raise DataError(f"{table.span()}, column {missing!r}: column not found (columns present: {table.columns}); "
+                    f"name the text column(s) with {setting} in the config")
 
 
-def _require_column(table: _Table, column: str) -> None:
+def _require_rows(table: _Table) -> None:
+    """A source with no rows at all (an empty file) is said so, not reported as missing its columns."""
+    if not table.rows and not table.columns:
+        blank = f" but {table.blank_lines} blank line(s)" if table.blank_lines else ""
+        raise DataError(f"{table.name}: empty, no rows{blank}; expected one example per line")
+
+
+def _require_label_column(table: _Table, column: str) -> None:
     if column not in table.columns:
         raise DataError(f"{table.span()}, column {column!r}: column not found "
-                        f"(columns present: {table.columns})")
+                        f"(columns present: {table.columns}); name the label column with data.label_column "
+                        "in the config")
 
 
 def _row_problem(table: _Table, row: _Row, text_cols: tuple[str, ...], label_col: str) -> _Problem | None:
@@ -397,11 +410,21 @@ def _row_problem(table: _Table, row: _Row, text_cols: tuple[str, ...], label_col
             what = "missing text" if text is None else "empty or whitespace-only text"
             return _Problem(row.loc, "empty_text", f"{table.where(row.loc, col)}: {what}")
     label = row.values.get(label_col)
-    if label is None or label == "" or (isinstance(label, float) and math.isnan(label)):
-        return _Problem(row.loc, "missing_label", f"{table.where(row.loc, label_col)}: missing (null/empty) label")
+    if _is_missing_label(label):
+        return _Problem(row.loc, "missing_label", f"{table.where(row.loc, label_col)}: missing (null/empty/NaN) label")
     if _label_kind(label) is None:
         return _Problem(row.loc, "bad_label", f"{table.where(row.loc, label_col)}: unusable label {label!r}")
     return None
+
+
+def _is_missing_label(label: Any) -> bool:
+    """null, empty or NaN, also as the text 'nan'/'NaN' that CSV writers leave for a missing value (which
+    would otherwise become a class of its own)."""
+    if label is None or label == "":
+        return True
+    if isinstance(label, float):
+        return math.isnan(label)
+    return isinstance(label, str) and label.strip().lower() == "nan"
 
 
 def _settle(problems: list[_Problem], split: str, cfg: DataConfig, report: LoadReport) -> None:
@@ -601,8 +624,9 @@ def load_task_data(cfg: DataConfig) -> TaskData:
     report = LoadReport(rows_read={"train": len(train_table.rows), "validation": 0},
                         dropped={s: {} for s in SPLITS}, validation_source="file",
                         sources={"train": train_table.name}, blank_lines={"train": train_table.blank_lines})
+    _require_rows(train_table)
     text_cols = _text_columns(train_table, cfg)
-    _require_column(train_table, cfg.label_column)
+    _require_label_column(train_table, cfg.label_column)
     train_rows = _clean_rows(train_table, text_cols, cfg, "train", report)
     if not train_rows:
         raise DataError(f"{train_table.span()}: no usable training rows")
@@ -636,10 +660,11 @@ def _load_validation(table: _Table, text_cols: tuple[str, ...], scheme: _LabelSc
     report.sources["validation"] = table.name
     report.blank_lines["validation"] = table.blank_lines
     report.validation_source = table.origin
+    _require_rows(table)
     if _text_columns(table, cfg) != text_cols:
         raise DataError(f"{table.span()}: validation uses text column(s) {list(_text_columns(table, cfg))} but "
                         f"train uses {list(text_cols)}")
-    _require_column(table, cfg.label_column)
+    _require_label_column(table, cfg.label_column)
     rows = _clean_rows(table, text_cols, cfg, "validation", report)
     rows, labels = _map_labels(table, rows, scheme, cfg, "validation", report)
     if not rows:

@@ -43,7 +43,22 @@ def backbone_identity(name: str) -> str:
     return f"dir:{digest.hexdigest()}"
 
 
+def check_local_backbone(backbone: str) -> None:
+    """A backbone given as a local path (``/``, ``.`` or ``~`` first, or an existing path) must be a model
+    folder; said here, as the transformers' errors for it speak of Hub repo ids or tokenizer converters."""
+    source = resolve_backbone(backbone)
+    path = Path(source).expanduser()
+    if not (source.startswith(("/", ".", "~")) or path.exists()):
+        return   # a Hugging Face Hub id
+    if not path.is_dir():
+        raise ModelLoadError(f"backbone {backbone!r} (teachers[].backbone): no such folder {path}")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"backbone {backbone!r} (teachers[].backbone): {path} is not a model folder (no "
+                             "config.json); give a folder saved with save_pretrained, or a Hugging Face model id")
+
+
 def load_tokenizer(backbone: str):
+    check_local_backbone(backbone)
     source = resolve_backbone(backbone)
     try:
         return AutoTokenizer.from_pretrained(source)
@@ -66,6 +81,7 @@ def _label_kwargs(num_labels: int, task_type: str, label_names: list[str] | None
 def load_classifier(backbone: str, num_labels: int, task_type: str,
                     label_names: list[str] | None = None) -> PreTrainedModel:
     """A sequence-classification model from a backbone (new head when the backbone has none)."""
+    check_local_backbone(backbone)
     source = resolve_backbone(backbone)
     if source == backbone and not Path(source).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelLoadError(f"backbone {backbone!r} is neither a folder nor reachable (HF_HUB_OFFLINE=1)")

@@ -12,8 +12,11 @@ from ..data import DataError
 from ..meta.fitting import DEFAULT_MODEL_DIR
 from ..meta.model_files import ModelVersionError
 from ..meta.recommender import prediction_text
+from ..resources import ResourceError
 from ..search.space import SpaceError
-from .common import BUDGET_HELP, Commands, data_or_bundled, interrupted_before_a_student, quiet_libraries, report_search
+from .common import (BUDGET_HELP, Commands, OutDirError, data_or_bundled, interrupted_before_a_student, is_search_out,
+                     positive_float, positive_int, prepare_out_dir, quiet_libraries, report_search,
+                     space_data_train)
 
 
 def register(commands: Commands) -> None:
@@ -26,14 +29,15 @@ def register(commands: Commands) -> None:
                             "verdict. " + BUDGET_HELP)
     a.add_argument("--data", help="train file or dataset folder (default: bundled CR)")
     a.add_argument("--space", default="cpu-fast", help="preset name or YAML path of the search space")
-    a.add_argument("--trials", type=int, default=8, help="students to train in all, the recommended one "
+    a.add_argument("--trials", type=positive_int, default=8, help="students to train in all, the recommended one "
                    "included (default 8)")
-    a.add_argument("--time-budget", type=float, default=600.0, help="wall-clock seconds for training students "
-                   "(the recommended one, then the search), the teacher's fine-tune not included (default 600)")
-    a.add_argument("--seeds", type=int, default=4, help="distinct recommendations used: the first is trained "
-                   "first, the others seed the search")
-    a.add_argument("--max-train-examples", type=int, help="train on a seeded, stratified subsample of this many "
-                   "rows (default: all rows; the verdict says when a subsample was used)")
+    a.add_argument("--time-budget", type=positive_float, default=600.0, help="wall-clock seconds for training "
+                   "students (the recommended one, then the search), the teacher's fine-tune not included "
+                   "(default 600)")
+    a.add_argument("--seeds", type=positive_int, default=4, help="distinct recommendations used: the first is "
+                   "trained first, the others seed the search")
+    a.add_argument("--max-train-examples", type=positive_int, help="train on a seeded, stratified subsample of "
+                   "this many rows (default: all rows; the verdict says when a subsample was used)")
     a.add_argument("--model", type=Path, help="meta-model folder (default: meta_dataset/model)")
     a.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     a.add_argument("--verbose", action="store_true", help="show Ray's and transformers' own logs")
@@ -45,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from ..models import ModelLoadError  # torch (~4 s): only when `auto` runs, not for --help or the others
 
     quiet_libraries(args.verbose)
-    data = data_or_bundled(args.data)
     try:
+        data = data_or_bundled(args.data, space_data_train(args.space))
+        prepare_out_dir(args.out, owns=is_search_out, inputs=(args.data, args.space))
         result = run_auto(data, args.out, args.model or DEFAULT_MODEL_DIR, space=args.space, trials=args.trials,
                           time_budget=args.time_budget, seeds=args.seeds, resume=args.resume,
                           verbose=args.verbose, max_train_examples=args.max_train_examples)
-    except (ConfigError, DataError, ModelLoadError, SpaceError, ModelVersionError, FileNotFoundError,
-            FileExistsError) as err:
+    except (ConfigError, DataError, ModelLoadError, SpaceError, ModelVersionError, ResourceError, OutDirError,
+            FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,14 +3,17 @@ and the report of a search (``search`` and ``auto``)."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from ..data import bundled_dataset_path
 from ..search.driver import format_leaderboard
+from ..search.space import load_space
 from ..search.verdict import build_verdict, format_verdict
 
 NO_STUDENT_EXIT = 3
@@ -30,10 +33,93 @@ class Commands(Protocol):
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
-def data_or_bundled(data: str | None) -> str:
-    """``--data``, else the bundled dataset (said on stderr)."""
+class OutDirError(ValueError):
+    """An ``--out`` folder that cannot take this command's results; the message names --out."""
+
+
+#: what a search (``search``, ``auto``) writes at the top of --out first: a folder holding one of them is
+#: a search's own, and the search decides whether it may continue there (--resume)
+SEARCH_OUT_MARKERS = ("space.yaml", "progress.json", "recommendations.json")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the option in the error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def prepare_out_dir(out: Path, owns: Callable[[list[str]], bool], inputs: Sequence[str | None] = ()) -> Path:
+    """Make ``--out`` ready before any work is done, so that a long run never ends unable to save: the
+    folder is created (with its parents) and must be writable. A file, or a folder already holding
+    things that ``owns`` (given the folder's visible entries) does not recognise as this command's own
+    output, is refused: results are never mixed into an unrelated folder. The command's own ``inputs``
+    (e.g. its --config) may lie in the folder (as the service lays a search out)."""
+    if out.exists() and not out.is_dir():
+        raise OutDirError(f"--out {out}: is a file, not a folder; give a new or empty folder")
+    given = {Path(p).resolve() for p in inputs if p}
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.resolve() not in given) \
+        if out.is_dir() else []
+    if entries and not owns(entries):
+        shown = ", ".join(itertools.islice(entries, 5)) + (", ..." if len(entries) > 5 else "")
+        raise OutDirError(f"--out {out}: the folder already holds files that are not this command's output "
+                          f"({shown}); give a new or empty folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise OutDirError(f"--out {out}: cannot write there ({err.strerror or err}); give a writable folder") \
+            from None
+    return out
+
+
+def is_search_out(entries: list[str]) -> bool:
+    """A folder a search (``search`` or ``auto``) wrote."""
+    return any(name in SEARCH_OUT_MARKERS for name in entries)
+
+
+def space_data_train(space: str) -> str | None:
+    """The ``data.train`` a search space's base names, if any."""
+    return (load_space(space).base.get("data") or {}).get("train")
+
+
+def data_or_bundled(data: str | None, configured: str | None = None) -> str:
+    """``--data``, else the config's ``data.train``, else the bundled dataset (said on stderr)."""
     if data:
         return data
+    if configured:
+        return configured
     bundled = str(bundled_dataset_path())
     print(f"no --data given: using the bundled dataset {bundled}", file=sys.stderr)
     return bundled

@@ -8,7 +8,10 @@ from pathlib import Path
 from ..config import ConfigError, PipelineConfig, load_config
 from ..data import DataError
 from ..progress import EventLog
-from .common import Commands, data_or_bundled, quiet_libraries
+from .common import INTERRUPTED_EXIT, Commands, OutDirError, data_or_bundled, prepare_out_dir, quiet_libraries
+
+#: what `distill` writes to --out: a folder holding only these is a previous run's, replaced by this one
+DISTILL_OUTPUTS = frozenset({"student", "metrics.json", "config.yaml"})
 
 
 def register(commands: Commands) -> None:
@@ -29,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries(args.verbose)
     try:
         cfg = load_config(args.config) if args.config else PipelineConfig()
-        data = data_or_bundled(args.data)
+        # before the teacher's fine-tune, not after it
+        prepare_out_dir(args.out, owns=DISTILL_OUTPUTS.issuperset, inputs=(args.config, args.data, args.validation))
+        data = data_or_bundled(args.data, cfg.data.train)
         updates = {"train": data}
         if args.validation:
             updates["validation"] = args.validation
@@ -38,9 +43,13 @@ def run(args: argparse.Namespace) -> int:
         result = run_distillation(cfg, events=EventLog())
         add_latency(result)
         out = export(result, args.out)
-    except (ConfigError, DataError, ModelLoadError) as err:
+    except (ConfigError, DataError, ModelLoadError, OutDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: no student was written to {args.out}. Run the same command again to start over "
+              "(a teacher already fine-tuned is cached and reused).", file=sys.stderr)
+        return INTERRUPTED_EXIT
     print(format_report(result.metrics))
     print(f"\nstudent, metrics.json and config.yaml written to {out}")
     return 0

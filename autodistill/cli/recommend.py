@@ -9,14 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from ..config import ConfigError, PipelineConfig, load_config, with_pipeline
-from ..data import DataError, bundled_dataset_path
+from ..data import DataError
 from ..meta.fitting import DEFAULT_MODEL_DIR
 from ..meta.model_files import ModelVersionError
 from ..meta.recommend import recommend_for
 from ..meta.recommender import extrapolation_notes, prediction_text
 from ..meta.warm_start import PORTFOLIO, choose_warm_start
-from .common import Commands
+from .common import Commands, data_or_bundled
 
 
 def register(commands: Commands) -> None:
@@ -36,18 +38,44 @@ def register(commands: Commands) -> None:
 
 
 def parse_constraints(items: list[str]) -> dict:
-    """``--constraint PATH=VALUE`` options as ``{path: [values]}`` (a value is JSON, else the text)."""
+    """``--constraint PATH=VALUE`` options as ``{path: [values]}`` (a value is JSON, else the text); PATH
+    must name a setting of the pipeline config."""
     out: dict = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"--constraint {item!r}: expected PATH=VALUE")
         path, raw = item.split("=", 1)
+        check_config_path(path.strip(), item)
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
         out.setdefault(path.strip(), []).append(value)
     return out
+
+
+def check_config_path(path: str, item: str) -> None:
+    """``path`` (dotted) names a setting of :class:`PipelineConfig` that a candidate's config holds, else
+    a ValueError listing the settings where it went wrong (a typo would silently match no candidate)."""
+    model: type[BaseModel] | None = PipelineConfig
+    done: list[str] = []
+    for part in path.split("."):
+        if model is None:
+            raise ValueError(f"--constraint {item!r}: {'.'.join(done)} is a setting, not a section")
+        if part not in model.model_fields:
+            where = ".".join(done) or "the config"
+            raise ValueError(f"--constraint {item!r}: {where} has no setting {part!r} "
+                             f"(it has: {', '.join(model.model_fields)})")
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        done.append(part)
+
+
+def no_candidate_text(constraints: list[str]) -> str:
+    if not constraints:
+        return "no pipeline of the meta-model's portfolio applies to this dataset's task"
+    given = " and ".join(f"--constraint {c}" for c in constraints)
+    return f"no pipeline of the meta-model's portfolio satisfies {given} on this dataset's task; loosen them"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,12 +88,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--top-k must be at least 1, not {args.top_k}")
         constraints = parse_constraints(args.constraint) or None
         cfg = load_config(args.config) if args.config else PipelineConfig()
-        data = args.data or str(bundled_dataset_path())
+        data = data_or_bundled(args.data, cfg.data.train)
         updates = {"train": data, **({"validation": args.validation} if args.validation else {})}
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
         rec, model_top, feats = recommend_for(cfg.data, model_dir, args.top_k, backbone=cfg.teacher.backbone,
                                               embeddings=not args.no_backbone, constraints=constraints, budget=cfg)
         start = choose_warm_start(rec, model_dir, feats, args.top_k, constraints=constraints, budget=cfg)
+        if not start.recommendations:
+            raise ValueError(no_candidate_text(args.constraint))
     except (FileNotFoundError, ModelVersionError, ConfigError, DataError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
