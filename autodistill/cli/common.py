@@ -42,15 +42,20 @@ class OutDirError(ValueError):
 SEARCH_OUT_MARKERS = ("space.yaml", "progress.json", "recommendations.json")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (argparse names the option in the error)."""
+def int_at_least(text: str, minimum: int) -> int:
+    """``text`` as a whole number >= ``minimum``, else an argparse error (argparse names the option)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    return int_at_least(text, 1)
 
 
 def positive_float(text: str) -> float:

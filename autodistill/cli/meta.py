@@ -22,7 +22,7 @@ from ..meta.portfolio import STUDENT_PRESETS
 from ..meta.columns import stated_meta_feature_columns
 from ..records import load_records
 from ..meta.warm_start import write_decision
-from .common import Commands
+from .common import Commands, int_at_least
 
 #: where a new build writes: the v1 records (meta_dataset/runs, the old preset) are no longer the default
 V2_RUNS = META_DATASET_DIR / "v2" / "runs"
@@ -211,15 +211,7 @@ def _positive_int(text: str) -> int:
 
 def _inner_folds(text: str) -> int | None:
     """``logo`` (leave-one-dataset-group-out: None) or a number of grouped folds >= 2."""
-    if text.strip().lower() == "logo":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'logo' or a number of folds >= 2, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected 'logo' or a number of folds >= 2, got {value}")
-    return value
+    return None if text.strip().lower() == "logo" else int_at_least(text, 2)
 
 
 def _records_args(p: argparse.ArgumentParser) -> None:
