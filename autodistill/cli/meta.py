@@ -211,7 +211,12 @@ def _positive_int(text: str) -> int:
 
 def _inner_folds(text: str) -> int | None:
     """``logo`` (leave-one-dataset-group-out: None) or a number of grouped folds >= 2."""
-    return None if text.strip().lower() == "logo" else int_at_least(text, 2)
+    if text.strip().lower() == "logo":
+        return None
+    try:
+        return int_at_least(text, 2)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"expected 'logo' or a number of folds >= 2: {err}") from None
 
 
 def _records_args(p: argparse.ArgumentParser) -> None:
