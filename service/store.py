@@ -108,10 +108,6 @@ class Store:
     def _owned_count(conn: Connection, table, owner: str) -> int:
         return conn.execute(select(func.count()).select_from(table).where(table.c.owner == owner)).scalar_one()
 
-    def count_datasets(self, owner: str) -> int:
-        with self.engine.connect() as conn:
-            return self._owned_count(conn, db.datasets, owner)
-
     def add_dataset(self, row: dict[str, Any], max_per_owner: int | None = None) -> bool:
         """Record a dataset unless its owner already keeps ``max_per_owner`` (then False); the count and the
         insert are one transaction, so concurrent creates cannot pass the cap together."""

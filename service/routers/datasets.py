@@ -180,8 +180,8 @@ class _Intake:
         """``handler`` run once per Idempotency-Key, refused up front (before any fetch or ingest) when the
         key already keeps its most datasets; ``add_dataset`` checks again as it records."""
         async def within_quota():
-            count = await run_in_threadpool(self.store.count_datasets, self.key["id"])
-            if count >= self.settings.max_datasets_per_key:
+            owned = await run_in_threadpool(self.store.dataset_ids, self.key["id"])
+            if len(owned) >= self.settings.max_datasets_per_key:
                 raise self._full()
             return await handler()
         return await idempotent(self.request, self.key, request_hash, within_quota)
