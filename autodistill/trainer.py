@@ -147,6 +147,21 @@ def mixed_precision(setting: str, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=getattr(torch, dtype))), scaler
 
 
+def optimizer_step(optimizer, scheduler, scaler: torch.amp.GradScaler, params, max_grad_norm: float) -> bool:
+    """Clip, step and update the loss scale; the learning-rate schedule advances only when the optimizer
+    stepped (under float16 the scaler skips a step whose gradients overflowed, and lowers its scale).
+    Returns whether it stepped."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    stepped = scale_before is None or scaler.get_scale() >= scale_before
+    if stepped:
+        scheduler.step()
+    return stepped
+
+
 class Trainer:
     """Trains ``model`` on ``objective``; ``dev`` is what it evaluates on to stop and to pick the best
     checkpoint (the dev slice of train: the caller scores the scored validation split afterwards)."""
@@ -207,11 +222,7 @@ class Trainer:
                     loss, logs = self.objective.loss(self.model, batch, state)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                optimizer_step(optimizer, scheduler, scaler, params, args.max_grad_norm)
                 state.global_step += 1
                 examples_seen += len(indices)
                 state.epoch = epoch + (b + 1) / len(batches)

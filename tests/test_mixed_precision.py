@@ -42,3 +42,25 @@ def test_a_kd_step_runs_under_autocast(case, tiny_backbone, tiny_data, monkeypat
     monkeypatch.setattr(trainer_module, "mixed_precision", cpu_bf16)
     result = run_distillation(parse_config(tiny_config(tiny_backbone, tiny_data, KD_CASES[case])))
     assert entered and math.isfinite(result.metrics["student_score"])
+
+
+def _one_step(grad_value: float) -> tuple[bool, int, torch.Tensor]:
+    """One float16-style step (an enabled scaler) of a one-weight model whose gradient is ``grad_value``:
+    (stepped, the schedule's step count, the weight)."""
+    from autodistill.trainer import build_optimizer, optimizer_step
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    optimizer, scheduler = build_optimizer([model], 0.1, 0.0, 0.0, total_steps=10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+    before = model.weight.detach().clone()
+    loss = model(torch.ones(1, 1)).sum() * grad_value
+    scaler.scale(loss).backward()
+    stepped = optimizer_step(optimizer, scheduler, scaler, list(model.parameters()), max_grad_norm=1.0)
+    return stepped, scheduler.last_epoch, model.weight.detach() - before
+
+
+def test_the_schedule_does_not_advance_on_a_step_the_scaler_skipped():
+    stepped, schedule_steps, moved = _one_step(float("inf"))
+    assert not stepped and schedule_steps == 0 and torch.all(moved == 0)
+    stepped, schedule_steps, moved = _one_step(1.0)
+    assert stepped and schedule_steps == 1 and torch.all(moved != 0)
