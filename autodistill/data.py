@@ -350,7 +350,8 @@ def _open(spec: str, cfg: DataConfig, want: str) -> dict[str, _Table]:
         return {want: _read_file(path, cfg)}
     if cfg.format == "hf" or (cfg.format == "auto" and _looks_like_hub_name(spec)):
         return _open_hub(spec, cfg, want)
-    raise DataError(f"{spec}: no such file or folder (data.{want})")
+    option = {"train": ", or --data on the command line", "validation": ", or --validation"}.get(want, "")
+    raise DataError(f"{spec}: no such file or folder (data.{want}{option})")
 
 
 def _resolve(cfg: DataConfig) -> tuple[_Table, _Table | None]:

@@ -82,6 +82,25 @@ def test_a_search_folder_is_left_to_the_search_to_judge(engine, tmp_path, comman
         main([command, "--data", CR, "--resume", "--out", str(out)])
 
 
+@pytest.mark.parametrize("command", ["search", "auto"])
+@pytest.mark.parametrize("case", ["a new folder", "an empty folder"])
+def test_resume_with_nothing_to_resume_is_refused(engine, tmp_path, capsys, command, case):
+    out = tmp_path / "out"
+    if case == "an empty folder":
+        out.mkdir()
+    assert main([command, "--data", CR, "--resume", "--out", str(out)]) == 2
+    assert f"--out {out}: nothing to resume there" in capsys.readouterr().err
+    assert not engine and out.exists() == (case == "an empty folder")
+
+
+def test_a_run_failing_before_it_writes_leaves_no_out_folder(tmp_path, capsys):
+    """A data error is found after --out is checked; the check's folders (its parents too) are gone."""
+    out = tmp_path / "new" / "out"
+    assert main(["distill", "--data", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert "missing.jsonl: no such file or folder (data.train, or --data on the command line)" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_search_may_run_in_the_folder_holding_its_own_inputs(engine, tmp_path):
     """As the service lays a search out: its config and warm start in --out before the search starts."""
     out = tmp_path / "out"

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_libraries(args.verbose)
     try:
         data = data_or_bundled(args.data, space_data_train(args.space))
-        prepare_out_dir(args.out, owns=is_search_out, inputs=(args.data, args.space))
+        prepare_out_dir(args.out, owns=is_search_out, inputs=(args.data, args.space), resume=args.resume)
         result = run_auto(data, args.out, args.model or DEFAULT_MODEL_DIR, space=args.space, trials=args.trials,
                           time_budget=args.time_budget, seeds=args.seeds, resume=args.resume,
                           verbose=args.verbose, max_train_examples=args.max_train_examples)

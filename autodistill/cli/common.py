@@ -84,12 +84,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def prepare_out_dir(out: Path, owns: Callable[[list[str]], bool], inputs: Sequence[str | None] = ()) -> Path:
-    """Make ``--out`` ready before any work is done, so that a long run never ends unable to save: the
-    folder is created (with its parents) and must be writable. A file, or a folder already holding
-    things that ``owns`` (given the folder's visible entries) does not recognise as this command's own
-    output, is refused: results are never mixed into an unrelated folder. The command's own ``inputs``
-    (e.g. its --config) may lie in the folder (as the service lays a search out)."""
+def prepare_out_dir(out: Path, owns: Callable[[list[str]], bool], inputs: Sequence[str | None] = (),
+                    resume: bool = False) -> Path:
+    """Check ``--out`` before any work is done, so that a long run never ends unable to save: the folder
+    must be creatable (with its parents) and writable; what the check creates it removes again, so a run
+    that fails before writing leaves nothing behind. A file, or a folder already holding things that
+    ``owns`` (given the folder's visible entries) does not recognise as this command's own output, is
+    refused: results are never mixed into an unrelated folder. The command's own ``inputs`` (e.g. its
+    --config) may lie in the folder (as the service lays a search out). ``resume``: the folder must hold
+    this command's output to continue."""
     if out.exists() and not out.is_dir():
         raise OutDirError(f"--out {out}: is a file, not a folder; give a new or empty folder")
     given = {Path(p).resolve() for p in inputs if p}
@@ -99,6 +102,10 @@ def prepare_out_dir(out: Path, owns: Callable[[list[str]], bool], inputs: Sequen
         shown = ", ".join(itertools.islice(entries, 5)) + (", ..." if len(entries) > 5 else "")
         raise OutDirError(f"--out {out}: the folder already holds files that are not this command's output "
                           f"({shown}); give a new or empty folder")
+    if resume and not entries:
+        raise OutDirError(f"--out {out}: nothing to resume there (no earlier run's output); drop --resume to "
+                          "start a new run, or give the folder of the run to continue")
+    created = _first_missing(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -106,7 +113,31 @@ def prepare_out_dir(out: Path, owns: Callable[[list[str]], bool], inputs: Sequen
     except OSError as err:
         raise OutDirError(f"--out {out}: cannot write there ({err.strerror or err}); give a writable folder") \
             from None
+    finally:
+        if created is not None:
+            _remove_empty_folders(out, up_to=created)
     return out
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what ``mkdir(parents=True)`` creates first)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_empty_folders(path: Path, up_to: Path) -> None:
+    """Remove ``path`` and its parents up to ``up_to`` while they are empty."""
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()
+        except OSError:   # missing, or not empty: leave it and what holds it
+            return
+        if folder == up_to:
+            return
 
 
 def is_search_out(entries: list[str]) -> bool:
