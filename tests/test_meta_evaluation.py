@@ -37,8 +37,8 @@ def test_ties_are_scored_at_their_expected_value():
     # one above, then a tie straddling position 2: E[max(0.5, a random one of {0.9, 0.7})] = 0.8
     m = ev.ranking_metrics([0.5, 0.9, 0.7], [1.0, 0.0, 0.0], k=2)
     assert m["regret1"] == pytest.approx(0.4) and m["rank1"] == 3.0
-    assert m["regret2"] == pytest.approx(0.9 - 0.8) and m["regret5"] == pytest.approx(0.1)
-    assert m["hit5"] == pytest.approx(0.5)
+    assert m["regret2"] == pytest.approx(0.9 - 0.8) and m["regret5"] == 0.0   # all three are in a top 5
+    assert m["hit2"] == pytest.approx(0.5) and "hit5" not in m
     # unscored (NaN) candidates come last, tied with each other
     m = ev.ranking_metrics([0.5, 0.9, 0.7], [np.nan, 1.0, np.nan], k=2)
     assert m["regret1"] == 0.0 and m["regret2"] == 0.0
@@ -51,10 +51,17 @@ def test_ties_are_scored_at_their_expected_value():
 def test_random_is_a_ranking_with_every_candidate_tied():
     r = ev.random_metrics([0.0, 1.0, 2.0, 3.0], k=2)
     assert r["regret1"] == pytest.approx(1.5)
-    assert r["regret5"] == r["regret2"] == pytest.approx(3 - 14 / 6)   # E[max of a random pair]
+    assert r["regret2"] == pytest.approx(3 - 14 / 6)                   # E[max of a random pair]
     assert r["regret3"] == pytest.approx(3 - (2 * 1 + 3 * 3) / 4)      # C(i,2)/C(4,3): maxes 2 (1/4), 3 (3/4)
-    assert r["hit5"] == pytest.approx(0.5) and r["rank1"] == pytest.approx(2.5) and r["spearman"] == 0.0
-    assert r["regret4"] == 0.0
+    assert r["hit2"] == pytest.approx(0.5) and r["rank1"] == pytest.approx(2.5) and r["spearman"] == 0.0
+    assert r["regret4"] == r["regret5"] == 0.0
+
+
+def test_the_top_k_of_hit_is_named_and_a_regret_beyond_five_is_kept():
+    y, s = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [6, 5, 4, 3, 2, 1, 0]   # the best ranked last
+    m = ev.ranking_metrics(y, s, k=6)
+    assert m["hit6"] == 0.0 and m["regret6"] == pytest.approx(1.0) and m["regret5"] == pytest.approx(2.0)
+    assert ev.ranking_metrics(y, s)["hit5"] == 0.0
 
 
 # --------------------------------------------------------------------------- fair single best

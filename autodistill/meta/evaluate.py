@@ -24,7 +24,8 @@ expected value under a uniformly random tie-break (:func:`ranking_metrics`):
 
 - ``regret<k>`` = y* − E[max y over the top-k], k = 1..5 (``regret1``: the pick's regret, in target
   units); ``nregret1`` = regret1 / (y* − y_min); ``rank1``: 1 + candidates strictly better than the
-  pick; ``hit5``: P(a best candidate is in the top-5); ``spearman`` of the scores with y.
+  pick; ``hit<k>``: P(a best candidate is in the top-k), k = 5 unless asked; ``spearman`` of the scores
+  with y.
 
 Paired per-dataset comparisons (:func:`paired_comparison`): wins / ties / losses, Wilcoxon signed-rank
 p, bootstrap CI over datasets of the mean regret difference. :func:`seed_noise_floor` gives the
@@ -164,15 +165,15 @@ def ranking_metrics(y_true: Sequence[float], scores: Sequence[float], k: int = T
     best, worst = y.max(), y.min()
     tied_top = s == s.max()
     regret1 = float(best - y[tied_top].mean())
-    e_top_k, p_hit = _expected_best_of_top(y, s, k)
+    _, p_hit = _expected_best_of_top(y, s, k)
     rank1 = float(np.mean([1 + np.sum(y > v) for v in y[tied_top]]))
     spear = float("nan")
     fin = np.isfinite(s)
     if with_spearman and fin.sum() > 2 and np.ptp(y[fin]) > 0 and np.ptp(s[fin]) > 0:
         spear = float(spearmanr(s[fin], y[fin]).statistic)
-    return {"regret1": regret1, "nregret1": regret1 / (best - worst) if best > worst else 0.0,
-            "regret5": float(best - e_top_k), "rank1": rank1, "hit5": float(p_hit), "spearman": spear,
-            **{key: v for key, v in best_of_k_regrets(y, s).items() if key not in ("regret1", "regret5")}}
+    regrets = best_of_k_regrets(y, s, sorted({*REGRET_KS, k}))
+    return {**regrets, "regret1": regret1, "nregret1": regret1 / (best - worst) if best > worst else 0.0,
+            "rank1": rank1, f"hit{k}": float(p_hit), "spearman": spear}
 
 
 def random_metrics(y_true: Sequence[float], k: int = TOP_K) -> dict[str, float]:
@@ -401,7 +402,7 @@ def seed_noise_floor(records: Sequence[RunRecord | Mapping[str, Any]], target: s
 
 @dataclass
 class NestedResult:
-    per_dataset: pd.DataFrame    # dataset, method, n_candidates, regret1..5, nregret1, rank1, hit5, spearman
+    per_dataset: pd.DataFrame    # dataset, method, n_candidates, regret1..5, nregret1, rank1, hit<k>, spearman
     summary: pd.DataFrame        # method -> mean metrics
     comparisons: pd.DataFrame    # (method, reference, metric) -> paired_comparison
     selections: pd.DataFrame     # held-out dataset, seed, chosen choice, the choices' inner means
@@ -470,7 +471,7 @@ def nested_lodo_evaluate(table: pd.DataFrame, choices: Sequence[ModelChoice] | N
     per = pd.DataFrame(rows)
     order = [META_MODEL, *(fixed or {}), "portfolio", "single_best", "single_best_naive", "nearest_dataset",
              "vanilla_kd", "random"]
-    metric_cols = [f"regret{j}" for j in REGRET_KS] + ["regret1_points", "nregret1", "rank1", "hit5", "spearman"]
+    metric_cols = [f"regret{j}" for j in REGRET_KS] + ["regret1_points", "nregret1", "rank1", f"hit{k}", "spearman"]
     summary = per.groupby("method")[metric_cols].mean().reindex([m for m in order if m in set(per["method"])])
     summary["n_contexts"] = per.groupby("method")["dataset"].nunique()   # the mean above is over these
     summary["n_datasets"] = per.groupby("method")["group"].nunique()
