@@ -31,6 +31,15 @@ def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
+def test_the_pairwise_ranker_trains_the_rounds_its_label_says():
+    """An evaluation's choice label ("pairwise(n_estimators=50)") is what was fitted, not half of it."""
+    rng = np.random.RandomState(0)
+    X, y, groups = rng.rand(40, 3), rng.rand(40), np.repeat(np.arange(4), 10)
+    model = PipelineScoreRegressor(method="pairwise", n_estimators=12, n_bags=1).fit(X, y, groups=groups)
+    assert [m.n_estimators for m in model.estimators_] == [12]
+    assert ev.default_model_params("pairwise")["n_estimators"] == 50
+
+
 # --------------------------------------------------------------------------- synthetic meta-dataset
 CANDIDATES = {
     "vanilla_kd": {},

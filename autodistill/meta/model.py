@@ -250,7 +250,7 @@ class PipelineScoreRegressor(_MetaEstimatorMixin, RegressorMixin, BaseEstimator)
                 self.estimators_.append(m.fit(_zero_missing(X[idx], empty), y[idx]))
         else:
             for b in range(self.n_bags):
-                m = PairwiseRanker(base=self.pairwise_base, n_estimators=self.n_estimators // 2 or 1,
+                m = PairwiseRanker(base=self.pairwise_base, n_estimators=self.n_estimators,
                                    context_columns=self.context_columns,
                                    random_state=rng.randint(2**31 - 1))
                 self.estimators_.append(m.fit(X, y, groups=groups))
