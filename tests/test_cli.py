@@ -93,6 +93,14 @@ def test_resume_with_nothing_to_resume_is_refused(engine, tmp_path, capsys, comm
     assert not engine and out.exists() == (case == "an empty folder")
 
 
+def test_resume_with_a_storage_path_is_left_to_the_search(engine, tmp_path):
+    """The search's state lives at --storage-path (as for a cluster job the service resubmits): a new --out
+    may resume it."""
+    with pytest.raises(Reached):
+        main(["search", "--data", CR, "--resume", "--storage-path", (tmp_path / "shared").as_uri(),
+              "--out", str(tmp_path / "out")])
+
+
 def test_a_run_failing_before_it_writes_leaves_no_out_folder(tmp_path, capsys):
     """A data error is found after --out is checked; the check's folders (its parents too) are gone."""
     out = tmp_path / "new" / "out"

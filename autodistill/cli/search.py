@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_warm_start(args)
         overrides = load_config_dict(args.config) if args.config else None
+        # with --storage-path the search's state lives there, not in --out (a resubmitted cluster job's is new)
         prepare_out_dir(args.out, owns=is_search_out, inputs=(args.config, args.warm_start, args.data, args.space),
-                        resume=args.resume)
+                        resume=args.resume and not args.storage_path)
         configured = (overrides or {}).get("data", {}).get("train") or space_data_train(args.space)
         data: str | dict = data_or_bundled(args.data, configured)
         if args.max_train_examples:
