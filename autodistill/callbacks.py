@@ -60,7 +60,8 @@ class ProgressCallback(Callback):
         self.bar: tqdm | None = None
 
     def on_train_begin(self, state: TrainerState, **kw: Any) -> None:
-        self.bar = tqdm(total=state.total_steps, desc=self.desc, disable=not progress_enabled(), leave=False)
+        self.bar = tqdm(total=state.total_steps, initial=state.global_step, desc=self.desc,
+                        disable=not progress_enabled(), leave=False)
 
     def on_step_end(self, state: TrainerState, loss: float, **kw: Any) -> None:
         if self.bar is not None:
@@ -91,7 +92,14 @@ class EarlyStoppingCallback(Callback):
 
     def on_evaluate(self, state: TrainerState, metrics: dict[str, float], control: TrainerControl | None = None,
                     **kw: Any) -> None:
-        score = state.history[-1]["score"]
+        self._observe(state.history[-1]["score"], control)
+
+    def replay(self, history: list[dict[str, Any]], control: TrainerControl) -> None:
+        """The clock of a resumed run: as if it had watched the run's curve so far."""
+        for row in history:
+            self._observe(row["score"], control)
+
+    def _observe(self, score: float, control: TrainerControl | None) -> None:
         self.started = self.started or score > self.start_above
         if self.best is None or score > self.best + self.min_delta:
             self.best, self.evals_without_improvement = score, 0
@@ -111,6 +119,11 @@ class EventLogCallback(Callback):
         self.desc = desc
         self.metric = metric
         self.events = events or EventLog()
+
+    def on_train_begin(self, state: TrainerState, **kw: Any) -> None:
+        if state.global_step:
+            self.events.emit(self.desc, f"resumed from its checkpoint at step {state.global_step} "
+                                        f"(epoch {state.epoch:.2f})")
 
     def on_evaluate(self, state: TrainerState, metrics: dict[str, float], **kw: Any) -> None:
         row = state.history[-1]

@@ -9,10 +9,12 @@ time per evaluation) is returned as ``history``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,6 +24,7 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from .callbacks import Callback, EarlyStoppingCallback, ProgressCallback, TrainerControl, TrainerState
+from .checkpoints import Checkpoint, Position, load_checkpoint, save_checkpoint
 from .config import TrainingRule
 from .batching import EncodedSplit, collate, model_inputs, shuffled_batches, to_device
 from .evaluation import evaluate, trivial_score
@@ -167,7 +170,13 @@ class Trainer:
     checkpoint (the dev slice of train: the caller scores the scored validation split afterwards)."""
 
     def __init__(self, model: nn.Module, objective: StepObjective, dev: EncodedSplit, args: TrainArgs,
-                 pad_id: int, device: torch.device, callbacks: Sequence[Callback] = (), desc: str = "train"):
+                 pad_id: int, device: torch.device, callbacks: Sequence[Callback] = (), desc: str = "train",
+                 checkpoint: str | Path | None = None):
+        """``checkpoint``: a file written after every evaluation and resumed from when present
+        (:mod:`autodistill.checkpoints`); the caller removes it once the run's result is kept. Plain
+        fine-tuning only: a KD objective's own state (augmented pools, meta-learners, selection) is not in it."""
+        if checkpoint and type(objective) is not StepObjective:
+            raise ValueError(f"a checkpoint resumes plain fine-tuning only, not {type(objective).__name__}")
         self.model = model.to(device)
         self.objective = objective
         self.dev = dev
@@ -185,6 +194,7 @@ class Trainer:
         self.best_state_dict: dict[str, torch.Tensor] | None = None
         self.eval_seconds = 0.0
         self._started = 0.0
+        self.checkpoint = Path(checkpoint) if checkpoint else None
 
     def _emit(self, hook: str, **kw: Any) -> None:
         for cb in self.callbacks:
@@ -202,17 +212,24 @@ class Trainer:
             args.warmup_ratio, state.total_steps)
         params = [p for m in [self.model, *self.objective.trainable_modules()] for p in m.parameters()]
         autocast, scaler = mixed_precision(self.args.mixed_precision, self.device)
-        self._started = time.perf_counter()
+        resumed = self._resume(optimizer, scheduler, scaler) if self.checkpoint else None
+        self._started = time.perf_counter() - state.seconds
         self._emit("on_train_begin")
-        examples_seen = 0
-        epoch = 0
+        examples_seen = resumed.examples_seen if resumed else 0
+        epoch = resumed.epoch if resumed else 0
         while state.global_step < state.total_steps and not control.should_training_stop:
             self.objective.on_epoch_start(epoch, math.ceil(args.epochs))
             split = self.objective.train_split()
+            resuming_this_epoch = resumed is not None and resumed.epoch == epoch
+            if resuming_this_epoch:
+                rng.setstate(resumed.epoch_rng)   # the epoch's batches, drawn again in the same order
+            epoch_rng = rng.getstate()
             batches = self.objective.batches(args.batch_size, rng)
             evals = args.evals_in_epoch(len(batches))
             eval_points = {round(len(batches) * (k + 1) / evals) - 1 for k in range(evals)}
             for b, indices in enumerate(batches):
+                if resuming_this_epoch and b < resumed.next_batch:
+                    continue
                 if state.global_step >= state.total_steps or control.should_training_stop:
                     break
                 self.model.train()
@@ -230,6 +247,8 @@ class Trainer:
                 self._emit("on_step_end", loss=float(loss.detach()), logs=logs)
                 if b in eval_points or state.global_step >= state.total_steps:
                     self._evaluate()
+                    if self.checkpoint:
+                        self._save(Position(epoch, b + 1, epoch_rng, examples_seen), optimizer, scheduler, scaler)
             epoch += 1
         train_seconds = time.perf_counter() - self._started
         state.stop_reason = control.stop_reason or self._cap_reached()
@@ -244,6 +263,43 @@ class Trainer:
             "train_examples_per_second": examples_seen / max(train_seconds - self.eval_seconds, 1e-9),
             "history": state.history, **self.objective.stats(),
         }
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"total_steps": self.state.total_steps, "train_rows": len(self.objective.train_split()),
+                "dev_rows": len(self.dev), "seed": self.args.seed}
+
+    def _save(self, position: Position, optimizer, scheduler, scaler) -> None:
+        state = self.state
+        best_is_current = state.best_step == state.global_step
+        save_checkpoint(self.checkpoint, Checkpoint(
+            position=position, state=dataclasses.asdict(state), eval_seconds=self.eval_seconds,
+            model=self.model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+            best=None if best_is_current else self.best_state_dict, torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            fingerprint=self._fingerprint()))
+
+    def _resume(self, optimizer, scheduler, scaler) -> Position | None:
+        """Load the checkpoint, if one was written for this run: weights, optimiser, schedule, scaler, state
+        (the early-stopping clock replayed from its curve) and random state. Returns where to continue."""
+        saved = load_checkpoint(self.checkpoint, self._fingerprint())
+        if saved is None:
+            return None
+        self.model.load_state_dict(saved.model)
+        optimizer.load_state_dict(saved.optimizer)
+        scheduler.load_state_dict(saved.scheduler)
+        scaler.load_state_dict(saved.scaler)
+        for name, value in saved.state.items():
+            setattr(self.state, name, value)
+        self.eval_seconds = saved.eval_seconds
+        self.best_state_dict = saved.best if saved.best is not None else \
+            {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        for cb in self.callbacks:
+            if isinstance(cb, EarlyStoppingCallback):
+                cb.replay(self.state.history, self.control)
+        torch.set_rng_state(saved.torch_rng.cpu())
+        if saved.cuda_rng is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([r.cpu() for r in saved.cuda_rng])
+        return saved.position
 
     def _cap_reached(self) -> str:
         by_epochs = math.ceil(self.objective.steps_per_epoch(self.args.batch_size) * self.args.epochs)

@@ -4,7 +4,7 @@ Every import between the project's modules counts - module level *and* inside fu
 import hidden in a function is still an arrow of the graph. The floors, lowest first:
 
     base        typed config, registries, events, devices
-    engine      data, models, teacher/, augmentation/, losses/, mappings, weighting, dynamic, trainer
+    engine      data, models, teacher/, augmentation/, losses/, mappings, weighting, dynamic, trainer, checkpoints
     pipeline    distil one student (distill) and what it ships to a trial
     search      Ray Tune + Optuna over the pipeline space
     meta        meta-features, meta-dataset, meta-model, portfolio
@@ -34,6 +34,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
              "autodistill.device", "autodistill.resources"),
     "engine": ("autodistill.data", "autodistill.models", "autodistill.metrics", "autodistill.batching",
                "autodistill.evaluation", "autodistill.pooling", "autodistill.trainer", "autodistill.callbacks",
+               "autodistill.checkpoints",
                "autodistill.teacher", "autodistill.augmentation", "autodistill.losses", "autodistill.mappings",
                "autodistill.weighting", "autodistill.dynamic", "autodistill.objective", "autodistill.augmented_pool",
                "autodistill.records"),

@@ -140,16 +140,17 @@ def test_ranking_metrics_golden():
     worst_first = ev.ranking_metrics(y, [-v for v in y], k=2)
     assert worst_first["regret1"] == pytest.approx(0.5)
     assert worst_first["nregret1"] == pytest.approx(1.0)
-    assert worst_first["regret5"] == pytest.approx(0.4)   # top-2 = {0.4, 0.5}
+    assert worst_first["regret2"] == pytest.approx(0.4)   # top-2 = {0.4, 0.5}
+    assert worst_first["regret5"] == pytest.approx(0.1)   # top-5 = all but the best
     assert worst_first["rank1"] == 6.0
-    assert worst_first["hit5"] == 0.0
+    assert worst_first["hit2"] == 0.0
     assert worst_first["spearman"] == pytest.approx(-1.0)
     m = ev.ranking_metrics(y, [0, 0, 1, 0, 0, 0], k=5)  # picks 0.7; then 4 of the 5 tied others at random
     assert (m["regret1"], m["rank1"], m["hit5"]) == (pytest.approx(0.2), 3.0, pytest.approx(0.8))
     r = ev.random_metrics([0.0, 1.0, 2.0, 3.0], k=2)
     assert r["regret1"] == pytest.approx(1.5)
-    assert r["regret5"] == pytest.approx(3 - 14 / 6)     # E[max of a random pair]
-    assert r["hit5"] == pytest.approx(0.5)
+    assert r["regret2"] == pytest.approx(3 - 14 / 6)     # E[max of a random pair]
+    assert r["hit2"] == pytest.approx(0.5)
     assert r["rank1"] == pytest.approx(2.5)
 
 

@@ -128,3 +128,109 @@ def test_a_constant_float32_prediction_scores_zero_correlation_not_nan():
         warnings.simplefilter("error")
         assert pearson(pred, gold) == 0.0 and spearman(pred, gold) == 0.0
     assert pearson(np.arange(10.0), gold) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- resuming from a checkpoint
+def _trainer(backbone, checkpoint=None):
+    """A tiny fine-tune that evaluates mid-epoch (every 4 of 12 steps) and stops on a plateau."""
+    import torch
+
+    from autodistill.config import DataConfig
+    from autodistill.models import load_classifier
+    from autodistill.trainer import StepObjective, TrainArgs, Trainer, set_seed
+
+    data_cfg = DataConfig(train=str(bundled_dataset_path()), max_train_examples=200, max_length=32)
+    task = load_task_data(data_cfg)
+    tok = load_tokenizer(backbone)
+    enc = encode_texts(tok, task.train.text_a, task.train.text_b, task.train.labels, 32, task.task_type)
+    train, dev = split_dev(enc, data_cfg, task.task_type)
+    set_seed(0)
+    model = load_classifier(backbone, task.num_labels, task.task_type, task.label_names)
+    args = TrainArgs(learning_rate=3e-3, epochs=6, batch_size=16, metric="accuracy", task_type=task.task_type,
+                     seed=1, max_steps_between_evals=4, early_stopping_patience=3)
+    return Trainer(model, StepObjective(train, task.task_type), dev, args, tok.pad_token_id, torch.device("cpu"),
+                   checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize("interrupted_at", ["mid-epoch", "the stopping evaluation"])
+def test_an_interrupted_run_resumes_exactly_where_it_last_evaluated(tiny_backbone, tmp_path, monkeypatch,
+                                                                   interrupted_at):
+    import torch
+
+    from autodistill.trainer import Trainer
+
+    reference = _trainer(tiny_backbone)
+    expected = reference.train()
+    checkpoint = tmp_path / "run.partial.pt"
+    # evaluation 4 is at step 16, mid-way through the second epoch (180 rows: 12 steps an epoch)
+    saves = 4 if interrupted_at == "mid-epoch" else len(expected["history"])
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_save", _interrupting_after_save(Trainer._save, saves))
+        with pytest.raises(KeyboardInterrupt):
+            _trainer(tiny_backbone, checkpoint).train()
+    assert checkpoint.is_file()
+    resumed = _trainer(tiny_backbone, checkpoint)
+    got = resumed.train()
+    # the same run as if never interrupted: curve, steps, why it stopped, and every weight
+    curve = lambda r: [(row["step"], row["score"]) for row in r["history"]]  # noqa: E731
+    assert curve(got) == curve(expected) and len(curve(got)) > 5
+    assert (got["steps"], got["stop_reason"], got["best_step"]) == \
+        (expected["steps"], expected["stop_reason"], expected["best_step"])
+    for name, weight in reference.model.state_dict().items():
+        assert torch.equal(weight, resumed.model.state_dict()[name]), name
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tiny_backbone, tmp_path, monkeypatch):
+    from autodistill.trainer import Trainer
+
+    checkpoint = tmp_path / "run.partial.pt"
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_save", _interrupting_after_save(Trainer._save, 1))
+        with pytest.raises(KeyboardInterrupt):
+            _trainer(tiny_backbone, checkpoint).train()
+    other = _trainer(tiny_backbone, checkpoint)
+    other.args.max_steps = 5           # another schedule: its total steps differ
+    with pytest.warns(UserWarning, match="cannot resume"):
+        result = other.train()
+    assert result["steps"] == 5 and result["history"][0]["step"] == 4
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="cannot resume"):
+        assert _trainer(tiny_backbone, checkpoint).train()["history"][0]["step"] == 4
+
+
+def test_an_interrupted_teacher_fine_tune_resumes_and_its_checkpoint_goes_once_cached(tiny_backbone, monkeypatch):
+    from autodistill.teacher import fine_tuned
+    from autodistill.teacher.cache import cache_root
+
+    import autodistill.trainer as trainer_module
+
+    base = tiny_cfg(tiny_backbone).to_dict()
+    cfg = parse_config({**base, "teachers": [{**base["teachers"][0], "seed": 7}]})   # a teacher no test cached
+    with monkeypatch.context() as m:
+        m.setattr(fine_tuned.Trainer, "_save", _interrupting_after_save(fine_tuned.Trainer._save, 1))
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(cfg)
+    partial = list((cache_root() / "teachers").glob("*.partial.pt"))
+    assert len(partial) == 1
+    loaded, real_load = [], trainer_module.load_checkpoint
+
+    def spy(*args):
+        loaded.append(real_load(*args))
+        return loaded[-1]
+    monkeypatch.setattr(trainer_module, "load_checkpoint", spy)
+    result = run_distillation(cfg)
+    assert loaded[0] is not None and loaded[0].state["global_step"] == 9   # the teacher went on from step 9
+    assert len(result.metrics["teacher_training"]["history"]) > 1
+    assert not partial[0].exists()
+
+
+def _interrupting_after_save(save, n: int):
+    """``Trainer._save`` that is Ctrl-C'd right after writing its ``n``-th checkpoint."""
+    written = []
+
+    def interrupting(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        written.append(True)
+        if len(written) == n:
+            raise KeyboardInterrupt
+    return interrupting

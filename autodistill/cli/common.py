@@ -176,7 +176,7 @@ def quiet_libraries(verbose: bool) -> None:
 def interrupted_before_a_student(out: Path, command: str) -> int:
     print(f"\ninterrupted before any student completed: nothing to keep yet. Continue with "
           f"`autodistill {command} --resume --out {out}` and the same options (a fine-tuned teacher is "
-          "cached and reused).", file=sys.stderr)
+          "cached and reused; one interrupted mid-way resumes from its last evaluation).", file=sys.stderr)
     return INTERRUPTED_EXIT
 
 

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted: no student was written to {args.out}. Run the same command again to start over "
-              "(a teacher already fine-tuned is cached and reused).", file=sys.stderr)
+              "(a teacher already fine-tuned is cached and reused; one interrupted mid-way resumes from its last "
+              "evaluation).", file=sys.stderr)
         return INTERRUPTED_EXIT
     print(format_report(result.metrics))
     print(f"\nstudent, metrics.json and config.yaml written to {out}")

@@ -66,12 +66,14 @@ def get_teacher(cfg: TeacherConfig, *, fingerprint: str, train: EncodedSplit, de
                                    warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed,
                                    mixed_precision=mixed_precision)
         FINE_TUNES[0] += 1
+        checkpoint = path.with_name(f"{key}.partial.pt")    # an interrupted fine-tune resumes from its last evaluation
         result = Trainer(model, StepObjective(train, task_type), dev, args, pad_id, device,
-                         callbacks, desc="teacher").train()
+                         callbacks, desc="teacher", checkpoint=checkpoint).train()
         score = evaluate(model, validation, metric, task_type, args.eval_batch_size, pad_id, device)
         training = {k: result[k] for k in TRAINING_KEYS}
         _store(path, model, {"key": key, "backbone": cfg.backbone, "score": score, "metric": metric,
                              "dataset_fingerprint": fingerprint, "training": training})
+        checkpoint.unlink(missing_ok=True)
         return TeacherResult(model.to(device).eval(), path, float(score), from_cache=False, training=training)
 
 
