@@ -13,6 +13,7 @@ import dataclasses
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -195,6 +196,8 @@ class Trainer:
         self.eval_seconds = 0.0
         self._started = 0.0
         self.checkpoint = Path(checkpoint) if checkpoint else None
+        self.checkpoint_seconds = 0.0
+        self._save_failed = False
 
     def _emit(self, hook: str, **kw: Any) -> None:
         for cb in self.callbacks:
@@ -251,6 +254,7 @@ class Trainer:
                         self._save(Position(epoch, b + 1, epoch_rng, examples_seen), optimizer, scheduler, scaler)
             epoch += 1
         train_seconds = time.perf_counter() - self._started
+        step_seconds = train_seconds - self.eval_seconds - self.checkpoint_seconds
         state.stop_reason = control.stop_reason or self._cap_reached()
         if self.best_state_dict is not None:
             self.model.load_state_dict(self.best_state_dict)
@@ -260,28 +264,43 @@ class Trainer:
             "epochs": state.epoch, "train_seconds": train_seconds, "stop_reason": state.stop_reason,
             "eval_seconds": self.eval_seconds, "dev_examples": len(self.dev),
             "dev_trivial_score": self.trivial_dev_score,
-            "train_examples_per_second": examples_seen / max(train_seconds - self.eval_seconds, 1e-9),
+            "checkpoint_seconds": self.checkpoint_seconds,
+            "train_examples_per_second": examples_seen / max(step_seconds, 1e-9),
             "history": state.history, **self.objective.stats(),
         }
 
-    def _fingerprint(self) -> dict[str, Any]:
+    def _fingerprint(self, scaler: torch.amp.GradScaler) -> dict[str, Any]:
+        """What a checkpoint must agree on to be resumed: the schedule, the data, the seed, and where and
+        in what precision it trained (a loss scaler's state, a device's random state, exist on one only)."""
         return {"total_steps": self.state.total_steps, "train_rows": len(self.objective.train_split()),
-                "dev_rows": len(self.dev), "seed": self.args.seed}
+                "dev_rows": len(self.dev), "seed": self.args.seed, "device": self.device.type,
+                "mixed_precision": self.args.mixed_precision, "loss_scaling": scaler.is_enabled()}
 
     def _save(self, position: Position, optimizer, scheduler, scaler) -> None:
+        """Write the checkpoint; one that cannot be written (a full disk) is said once, and training goes on
+        (the previous checkpoint stays valid). Its time is kept apart from the steps' (``checkpoint_seconds``)."""
+        started = time.perf_counter()
         state = self.state
-        best_is_current = state.best_step == state.global_step
-        save_checkpoint(self.checkpoint, Checkpoint(
-            position=position, state=dataclasses.asdict(state), eval_seconds=self.eval_seconds,
-            model=self.model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            best=None if best_is_current else self.best_state_dict, torch_rng=torch.get_rng_state(),
-            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            fingerprint=self._fingerprint()))
+        try:
+            save_checkpoint(self.checkpoint, Checkpoint(
+                position=position, state=dataclasses.asdict(state), eval_seconds=self.eval_seconds,
+                checkpoint_seconds=self.checkpoint_seconds,
+                model=self.model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict(), best=None if state.best_step == state.global_step else self.best_state_dict,
+                torch_rng=torch.get_rng_state(),
+                cuda_rng=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                fingerprint=self._fingerprint(scaler)))
+        except OSError as err:
+            if not self._save_failed:
+                warnings.warn(f"{self.checkpoint}: cannot write the checkpoint ({err}); training goes on without "
+                              "it", stacklevel=2)
+            self._save_failed = True
+        self.checkpoint_seconds += time.perf_counter() - started
 
     def _resume(self, optimizer, scheduler, scaler) -> Position | None:
         """Load the checkpoint, if one was written for this run: weights, optimiser, schedule, scaler, state
         (the early-stopping clock replayed from its curve) and random state. Returns where to continue."""
-        saved = load_checkpoint(self.checkpoint, self._fingerprint())
+        saved = load_checkpoint(self.checkpoint, self._fingerprint(scaler))
         if saved is None:
             return None
         self.model.load_state_dict(saved.model)
@@ -290,15 +309,15 @@ class Trainer:
         scaler.load_state_dict(saved.scaler)
         for name, value in saved.state.items():
             setattr(self.state, name, value)
-        self.eval_seconds = saved.eval_seconds
+        self.eval_seconds, self.checkpoint_seconds = saved.eval_seconds, saved.checkpoint_seconds
         self.best_state_dict = saved.best if saved.best is not None else \
             {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         for cb in self.callbacks:
             if isinstance(cb, EarlyStoppingCallback):
                 cb.replay(self.state.history, self.control)
-        torch.set_rng_state(saved.torch_rng.cpu())
-        if saved.cuda_rng is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([r.cpu() for r in saved.cuda_rng])
+        torch.set_rng_state(saved.torch_rng)
+        if saved.cuda_rng is not None:
+            torch.cuda.set_rng_state(saved.cuda_rng, self.device)
         return saved.position
 
     def _cap_reached(self) -> str:

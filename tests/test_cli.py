@@ -101,6 +101,25 @@ def test_resume_with_a_storage_path_is_left_to_the_search(engine, tmp_path):
               "--out", str(tmp_path / "out")])
 
 
+@pytest.mark.parametrize("written", [False, True], ids=["nothing written yet", "the search started"])
+def test_ctrl_c_before_any_student_says_resume_only_when_there_is_something_to_resume(tmp_path, monkeypatch,
+                                                                                     capsys, written):
+    out = tmp_path / "out"
+
+    def interrupted(*args, **kwargs):
+        out.mkdir()
+        if written:
+            (out / "space.yaml").write_text("name: x\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr("autodistill.cli.auto.run_auto", interrupted)
+    assert main(["auto", "--data", CR, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    if written:
+        assert f"`autodistill auto --resume --out {out}`" in err
+    else:
+        assert "--resume" not in err and "nothing in --out to resume yet" in err
+
+
 def test_a_run_failing_before_it_writes_leaves_no_out_folder(tmp_path, capsys):
     """A data error is found after --out is checked; the check's folders (its parents too) are gone."""
     out = tmp_path / "new" / "out"

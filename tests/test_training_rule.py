@@ -152,25 +152,44 @@ def _trainer(backbone, checkpoint=None):
                    checkpoint=checkpoint)
 
 
+@pytest.fixture
+def resumed_from(monkeypatch) -> list:
+    """What each Trainer loaded from its checkpoint (None: it started afresh)."""
+    import autodistill.trainer as trainer_module
+
+    loaded, real_load = [], trainer_module.load_checkpoint
+
+    def spy(*args):
+        loaded.append(real_load(*args))
+        return loaded[-1]
+    monkeypatch.setattr(trainer_module, "load_checkpoint", spy)
+    return loaded
+
+
+def _interrupted(backbone, checkpoint, monkeypatch, after_saves: int) -> None:
+    """A run Ctrl-C'd right after writing its ``after_saves``-th checkpoint."""
+    from autodistill.trainer import Trainer
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_save", _interrupting_after_save(Trainer._save, after_saves))
+        with pytest.raises(KeyboardInterrupt):
+            _trainer(backbone, checkpoint).train()
+
+
 @pytest.mark.parametrize("interrupted_at", ["mid-epoch", "the stopping evaluation"])
 def test_an_interrupted_run_resumes_exactly_where_it_last_evaluated(tiny_backbone, tmp_path, monkeypatch,
-                                                                   interrupted_at):
+                                                                   resumed_from, interrupted_at):
     import torch
-
-    from autodistill.trainer import Trainer
 
     reference = _trainer(tiny_backbone)
     expected = reference.train()
     checkpoint = tmp_path / "run.partial.pt"
     # evaluation 4 is at step 16, mid-way through the second epoch (180 rows: 12 steps an epoch)
     saves = 4 if interrupted_at == "mid-epoch" else len(expected["history"])
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "_save", _interrupting_after_save(Trainer._save, saves))
-        with pytest.raises(KeyboardInterrupt):
-            _trainer(tiny_backbone, checkpoint).train()
-    assert checkpoint.is_file()
+    _interrupted(tiny_backbone, checkpoint, monkeypatch, saves)
     resumed = _trainer(tiny_backbone, checkpoint)
     got = resumed.train()
+    assert resumed_from[-1].state["global_step"] == expected["history"][saves - 1]["step"]   # it did resume
     # the same run as if never interrupted: curve, steps, why it stopped, and every weight
     curve = lambda r: [(row["step"], row["score"]) for row in r["history"]]  # noqa: E731
     assert curve(got) == curve(expected) and len(curve(got)) > 5
@@ -180,29 +199,37 @@ def test_an_interrupted_run_resumes_exactly_where_it_last_evaluated(tiny_backbon
         assert torch.equal(weight, resumed.model.state_dict()[name]), name
 
 
-def test_a_checkpoint_of_another_run_is_not_resumed(tiny_backbone, tmp_path, monkeypatch):
-    from autodistill.trainer import Trainer
+def test_a_checkpoint_of_another_run_is_not_resumed(tiny_backbone, tmp_path, monkeypatch, resumed_from):
+    import contextlib
 
-    checkpoint = tmp_path / "run.partial.pt"
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "_save", _interrupting_after_save(Trainer._save, 1))
-        with pytest.raises(KeyboardInterrupt):
-            _trainer(tiny_backbone, checkpoint).train()
-    other = _trainer(tiny_backbone, checkpoint)
-    other.args.max_steps = 5           # another schedule: its total steps differ
-    with pytest.warns(UserWarning, match="cannot resume"):
-        result = other.train()
-    assert result["steps"] == 5 and result["history"][0]["step"] == 4
-    checkpoint.write_bytes(b"not a checkpoint")
-    with pytest.warns(UserWarning, match="cannot resume"):
-        assert _trainer(tiny_backbone, checkpoint).train()["history"][0]["step"] == 4
-
-
-def test_an_interrupted_teacher_fine_tune_resumes_and_its_checkpoint_goes_once_cached(tiny_backbone, monkeypatch):
-    from autodistill.teacher import fine_tuned
-    from autodistill.teacher.cache import cache_root
+    import torch
 
     import autodistill.trainer as trainer_module
+
+    checkpoint = tmp_path / "run.partial.pt"
+    _interrupted(tiny_backbone, checkpoint, monkeypatch, 1)
+    other = _trainer(tiny_backbone, checkpoint)
+    other.args.max_steps = 5           # another schedule: its total steps differ
+    with pytest.warns(UserWarning, match="written for another run"):
+        result = other.train()
+    assert result["steps"] == 5 and result["history"][0]["step"] == 4
+    # another precision: a float16 loss scaler has a state the float32 run's checkpoint lacks
+    checkpoint.unlink()
+    _interrupted(tiny_backbone, checkpoint, monkeypatch, 1)
+    monkeypatch.setattr(trainer_module, "mixed_precision",
+                        lambda setting, device: (contextlib.nullcontext, torch.amp.GradScaler("cpu")))
+    with pytest.warns(UserWarning, match="written for another run"):
+        assert _trainer(tiny_backbone, checkpoint).train()["history"][0]["step"] == 4
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="corrupt"):
+        assert _trainer(tiny_backbone, checkpoint).train()["history"][0]["step"] == 4
+    assert not any(resumed_from)
+
+
+def test_an_interrupted_teacher_fine_tune_resumes_and_its_checkpoint_goes_once_cached(tiny_backbone, monkeypatch,
+                                                                                    resumed_from):
+    from autodistill.teacher import fine_tuned
+    from autodistill.teacher.cache import cache_root
 
     base = tiny_cfg(tiny_backbone).to_dict()
     cfg = parse_config({**base, "teachers": [{**base["teachers"][0], "seed": 7}]})   # a teacher no test cached
@@ -210,18 +237,18 @@ def test_an_interrupted_teacher_fine_tune_resumes_and_its_checkpoint_goes_once_c
         m.setattr(fine_tuned.Trainer, "_save", _interrupting_after_save(fine_tuned.Trainer._save, 1))
         with pytest.raises(KeyboardInterrupt):
             run_distillation(cfg)
-    partial = list((cache_root() / "teachers").glob("*.partial.pt"))
-    assert len(partial) == 1
-    loaded, real_load = [], trainer_module.load_checkpoint
-
-    def spy(*args):
-        loaded.append(real_load(*args))
-        return loaded[-1]
-    monkeypatch.setattr(trainer_module, "load_checkpoint", spy)
+    [partial] = list((cache_root() / "teachers").glob("*.partial.pt"))
+    unfinished = partial.with_name(f".{partial.name}.abc123")      # a writer killed mid-write left it
+    unfinished.write_bytes(b"half")
+    resumed_from.clear()
     result = run_distillation(cfg)
-    assert loaded[0] is not None and loaded[0].state["global_step"] == 9   # the teacher went on from step 9
+    assert resumed_from[0].state["global_step"] == 9   # the teacher went on from step 9
     assert len(result.metrics["teacher_training"]["history"]) > 1
-    assert not partial[0].exists()
+    assert not partial.exists() and not unfinished.exists()
+    # killed between caching the teacher and removing its checkpoint: the next run removes it
+    partial.write_bytes(b"left behind")
+    run_distillation(cfg)
+    assert not partial.exists()
 
 
 def _interrupting_after_save(save, n: int):

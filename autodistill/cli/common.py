@@ -174,9 +174,12 @@ def quiet_libraries(verbose: bool) -> None:
 
 
 def interrupted_before_a_student(out: Path, command: str) -> int:
-    print(f"\ninterrupted before any student completed: nothing to keep yet. Continue with "
-          f"`autodistill {command} --resume --out {out}` and the same options (a fine-tuned teacher is "
-          "cached and reused; one interrupted mid-way resumes from its last evaluation).", file=sys.stderr)
+    """Ctrl-C before any student: how to go on (``--resume`` only once the run has written something)."""
+    resumable = out.is_dir() and is_search_out([p.name for p in out.iterdir()])
+    how = f"`autodistill {command} --resume --out {out}` and the same options" if resumable else \
+        "the same command (nothing in --out to resume yet)"
+    print(f"\ninterrupted before any student completed: nothing to keep yet. Continue with {how} (a fine-tuned "
+          "teacher is cached and reused; one interrupted mid-way resumes from its last evaluation).", file=sys.stderr)
     return INTERRUPTED_EXIT
 
 

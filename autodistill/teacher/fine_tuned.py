@@ -16,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from ..batching import EncodedSplit
 from ..callbacks import Callback
+from ..checkpoints import remove_checkpoint, remove_unfinished_writes
 from ..config import TeacherConfig
 from ..evaluation import evaluate
 from ..models import backbone_identity, load_classifier
@@ -56,9 +57,12 @@ def get_teacher(cfg: TeacherConfig, *, fingerprint: str, train: EncodedSplit, de
     key = teacher_cache_key(cfg, fingerprint, max_length, metric, dev)
     path = cache_root() / "teachers" / key
     path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = path.with_name(f"{key}.partial.pt")    # an interrupted fine-tune resumes from its last evaluation
     with FileLock(str(path) + ".lock"):
         if (path / "teacher.json").is_file():
+            remove_checkpoint(checkpoint)       # a process killed between storing the teacher and removing it
             return _load_cached(path, device)
+        remove_unfinished_writes(checkpoint)
         set_seed(cfg.seed)  # the new head's init: a function of the config, not of earlier draws
         model = load_classifier(cfg.backbone, num_labels, task_type, label_names)
         args = TrainArgs.from_rule(cfg, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
@@ -66,14 +70,13 @@ def get_teacher(cfg: TeacherConfig, *, fingerprint: str, train: EncodedSplit, de
                                    warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=cfg.seed,
                                    mixed_precision=mixed_precision)
         FINE_TUNES[0] += 1
-        checkpoint = path.with_name(f"{key}.partial.pt")    # an interrupted fine-tune resumes from its last evaluation
         result = Trainer(model, StepObjective(train, task_type), dev, args, pad_id, device,
                          callbacks, desc="teacher", checkpoint=checkpoint).train()
         score = evaluate(model, validation, metric, task_type, args.eval_batch_size, pad_id, device)
         training = {k: result[k] for k in TRAINING_KEYS}
         _store(path, model, {"key": key, "backbone": cfg.backbone, "score": score, "metric": metric,
                              "dataset_fingerprint": fingerprint, "training": training})
-        checkpoint.unlink(missing_ok=True)
+        remove_checkpoint(checkpoint)
         return TeacherResult(model.to(device).eval(), path, float(score), from_cache=False, training=training)
 
 
