@@ -2,6 +2,7 @@
 the meta-dataset never saw, trained for real (tiny models), resumable, paired in a report."""
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from autodistill.data import bundled_dataset_path
 from autodistill.meta.portfolio import META_PRESET, candidate_config
 from autodistill.meta.recommender import Recommender
 from autodistill.meta.table import records_to_table
+from autodistill.progress import EventLog
 from autodistill.meta.unseen import (cost_ratios, fair_single_best, run_unseen, unseen_comparisons, unseen_runs,
                                      unseen_table, write_unseen_report)
 from autodistill.records import RecordStore, RunRecord
@@ -51,7 +53,10 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
         "optim": {"epochs": 2, "batch_size": 16, "eval_batch_size": 64}})
     kwargs = dict(model_dir=tmp_path / "model", records=tmp_path / "records", out=tmp_path / "out", seeds=(1, 2),
                   budget=budget, log=lambda _: None)
-    assert run_unseen(tmp_path / "data", ["alpha"], limit=1, **kwargs) == (1, 0)       # bounded by --limit
+    lines = io.StringIO()
+    assert run_unseen(tmp_path / "data", ["alpha"], limit=1, events=EventLog(lines), **kwargs) == (1, 0)   # --limit
+    said = lines.getvalue()
+    assert "[teacher] epoch 1.00" in said and "[student] epoch 1.00" in said   # the long fine-tunes show progress
     partial = write_unseen_report(tmp_path / "out", ["alpha", "beta"]).read_text()
     assert "## Not paired" in partial and "- beta: not run: no plan yet" in partial
     assert "- alpha: not in recommended vs single_best: " in partial and "misses seed 2" in partial

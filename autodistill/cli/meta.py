@@ -306,6 +306,7 @@ def add_meta_model_commands(meta_commands: Commands) -> None:
 def run_unseen_test(args: argparse.Namespace) -> int:
     from ..config import ConfigError, load_config
     from ..meta.unseen import run_unseen, write_unseen_report
+    from ..progress import EventLog
 
     from ..meta.model_files import ModelVersionError
     failed = 0
@@ -316,7 +317,8 @@ def run_unseen_test(args: argparse.Namespace) -> int:
             ran, failed = run_unseen(args.datasets_root, datasets,
                                      model_dir=args.model, records=args.records, out=args.out,
                                      seeds=[int(s) for s in args.seeds.split(",")], budget=budget,
-                                     max_train_examples=args.max_train_examples, limit=args.limit)
+                                     max_train_examples=args.max_train_examples, limit=args.limit,
+                                     events=EventLog())
             print(f"trained {ran} runs; {failed} dataset(s) failed (logged above; a rerun retries them)")
         print(write_unseen_report(args.out, datasets).read_text(encoding="utf-8"))
     except (FileNotFoundError, ConfigError, ValueError, ModelVersionError) as err:

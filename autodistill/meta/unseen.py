@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import PipelineConfig, pipeline_only, with_pipeline
+from ..progress import EventLog
 from ..records import RecordStore
 from .build import claim_context, run_record, write_json_atomic
 from .evaluate import markdown_table, paired_comparison
@@ -171,10 +172,12 @@ def _model_fingerprint(model_dir: Path) -> str:
 def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir: str | Path,
                records: str | Path | Sequence[str | Path], out: str | Path, seeds: Sequence[int] = (42, 43),
                budget: PipelineConfig | None = None, max_train_examples: int | None = None,
-               limit: int | None = None, log: Callable[[str], None] = print) -> tuple[int, int]:
+               limit: int | None = None, log: Callable[[str], None] = print,
+               events: EventLog | None = None) -> tuple[int, int]:
     """Plan and train the missing (dataset, arm pipeline, seed) runs, at most ``limit``; a dataset that
     fails is logged and left for the next invocation, the others go on; a dataset another process holds
-    is skipped. Returns (runs trained, datasets failed)."""
+    is skipped. ``events``: a line per evaluation of the teacher's fine-tune and of each student (a
+    dataset's teacher can take most of an hour on CPU). Returns (runs trained, datasets failed)."""
     root, out, model_dir = Path(datasets_root), Path(out), Path(model_dir)
     missing = [d for d in datasets if not (root / d).is_dir()]
     if missing:
@@ -196,7 +199,7 @@ def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir:
             continue
         try:
             ran += _run_dataset(root / dataset, dataset, manifest, model_dir, base, out,
-                                None if limit is None else limit - ran, log)
+                                None if limit is None else limit - ran, log, events)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - one dataset's failure is logged; the others go on
@@ -208,7 +211,7 @@ def run_unseen(datasets_root: str | Path, datasets: Sequence[str], *, model_dir:
 
 
 def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_dir: Path, base: PipelineConfig,
-                 out: Path, limit: int | None, log: Callable[[str], None]) -> int:
+                 out: Path, limit: int | None, log: Callable[[str], None], events: EventLog | None = None) -> int:
     """``model_dir``: the folder this invocation was given, whose content the manifest has checked."""
     from ..distill import run_distillation
 
@@ -241,7 +244,7 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
             names = "/".join(dict.fromkeys(a.candidate for a in sharing))
             log(f"[{dataset}] {names} (seed {seed}) ...")
             t0 = time.perf_counter()
-            result = run_distillation(seeded)
+            result = run_distillation(seeded, events=events)
             wall = time.perf_counter() - t0
             record = run_record(seeded, result.metrics, wall, meta_features=plan["meta_features"], context=dataset,
                                 candidate=sharing[0].candidate, source=SOURCE, provenance={
