@@ -241,6 +241,42 @@ def test_the_best_student_is_chosen_by_dev_score_not_validation():
     assert [r["trial_id"] for r in sorted(rows, key=_rank, reverse=True)] == ["b", "a", "c", "d"]
 
 
+def test_a_trial_cut_short_by_ctrl_c_or_the_budget_is_unfinished_not_stopped_by_asha(tmp_path, monkeypatch):
+    """Ray marks the trials running at a Ctrl-C or at the end of the time budget TERMINATED (no
+    ``on_trial_complete``): they are unfinished, get no record, and a resume that runs them again keeps
+    their completed record; only the trials ASHA stopped are ``stopped_early``."""
+    from types import SimpleNamespace as NS
+
+    from autodistill.search import driver
+    from autodistill.search.space import load_space
+
+    monkeypatch.setattr(driver, "_STOPPED_BY_SCHEDULER", {"t_asha"})
+    store = RecordStore(tmp_path)
+    ctx = driver.SearchContext(load_space("cpu-fast"), store, "fp", {}, 0.9, 3,
+                               {"experiment": str(tmp_path / "search"), "space": "cpu-fast"})
+
+    def trial(trial_id, lr, last):
+        params = {"optim.learning_rate": lr, "loss.prediction.type": "kl", "loss.prediction.temperature": 2.0,
+                  "loss.hard_label_weight": 0.5, "loss.intermediate.objective": "none", "mixup.enabled": False,
+                  "augmentation.augmenters": "[]"}
+        return NS(trial_id=trial_id, status="TERMINATED", config=params, checkpoint=None, path=None, last_result=last)
+
+    final = {"score": 0.8, "best_score": 0.8, "final": True, "validation_score": 0.79, "training_iteration": 5,
+             "metrics_json": json.dumps({"best_dev_score": 0.8, "student_score": 0.79})}
+    cut = trial("t_cut", 2e-4, {"score": 0.6, "best_score": 0.6, "training_iteration": 2})
+    grid = NS(_experiment_analysis=NS(trials=[trial("t_done", 1e-4, final), cut,
+                                              trial("t_asha", 3e-4, {"score": 0.5, "training_iteration": 1})]))
+    rows = driver._reconcile(ctx, grid)
+    assert {r["trial_id"]: r["status"] for r in rows} == \
+        {"t_done": "completed", "t_cut": "unfinished", "t_asha": "stopped_early"}
+    assert {r.search["trial_id"]: r.status for r in store.read()} == {"t_done": "completed", "t_asha": "stopped_early"}
+    # resumed: the cut trial runs again and completes; its record is kept
+    assert store.append(driver.record_for(ctx, "t_cut", cut.config, final, 1.0, 5, stopped_early=False))
+    # and a trial ASHA stopped before the resume stays stopped_early (its record says so)
+    monkeypatch.setattr(driver, "_STOPPED_BY_SCHEDULER", set())
+    assert {r["trial_id"]: r["status"] for r in driver._reconcile(ctx, grid)}["t_asha"] == "stopped_early"
+
+
 def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):
     from autodistill.search.driver import SearchRequest, run_search
     space = tiny_space(tiny_backbone, max_concurrent_trials=1)

@@ -353,16 +353,30 @@ def _grid_trials(grid) -> list[Any]:
     return list(analysis.trials) if analysis is not None else []
 
 
+def _stopped_by_scheduler(ctx: SearchContext) -> set[str]:
+    """The trials ASHA stopped: in this process (the scheduler runs in the driver), or before a resume (their
+    records say so). Any other trial that ended without its final report was cut short by the time budget or
+    an interrupt: Ray marks those TERMINATED too, without calling ``on_trial_complete``."""
+    earlier = {(r.search or {}).get("trial_id") for r in ctx.store.read()
+               if r.status == "stopped_early" and (r.search or {}).get("experiment") == ctx.search_info.get("experiment")}
+    return _STOPPED_BY_SCHEDULER | earlier
+
+
 def _leaderboard(trials: Sequence[Any], ctx: SearchContext) -> list[dict[str, Any]]:
+    stopped = _stopped_by_scheduler(ctx)
     rows = []
     for t in trials:
         last = t.last_result or {}
         if t.status == "ERROR":
             status = "error"
-        elif t.status == "TERMINATED":
-            status = "completed" if last.get("final") else "stopped_early" if METRIC in last else "no result"
+        elif t.status == "TERMINATED" and last.get("final"):
+            status = "completed"
+        elif t.status == "TERMINATED" and t.trial_id in stopped:
+            status = "stopped_early"
+        elif t.status == "TERMINATED" and METRIC not in last:
+            status = "no result"
         else:
-            status = "unfinished"
+            status = "unfinished"   # cut short (time budget, interrupt) or still running: a resume continues it
         ckpt = t.checkpoint
         rows.append({
             "trial_id": t.trial_id, "status": status,
@@ -785,12 +799,13 @@ def _reconcile(ctx: SearchContext, grid) -> list[dict[str, Any]]:
     """Records for finished trials the callback did not write (e.g. after a crash); the leaderboard."""
     trials = _grid_trials(grid)
     recorded = {(r.search or {}).get("trial_id") for r in ctx.store.read()}
+    stopped = _stopped_by_scheduler(ctx)
     for t in trials:
         last = t.last_result or {}
         if t.status != "TERMINATED" or t.trial_id in recorded or METRIC not in last:
             continue
         rec = record_for(ctx, t.trial_id, t.config or {}, last, None, last.get("training_iteration"),
-                         stopped_early=not last.get("final"))
+                         stopped_early=t.trial_id in stopped)
         if rec is not None:
             ctx.store.append(rec)
     return _leaderboard(trials, ctx)
