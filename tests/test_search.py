@@ -277,6 +277,23 @@ def test_a_trial_cut_short_by_ctrl_c_or_the_budget_is_unfinished_not_stopped_by_
     assert {r["trial_id"]: r["status"] for r in driver._reconcile(ctx, grid)}["t_asha"] == "stopped_early"
 
 
+def test_a_resumed_search_reads_the_student_time_already_spent(tmp_path):
+    """From --out, else from the storage folder it was published to (a cluster job resubmitted into a new
+    --out), so the time budget counts what the interrupted run spent."""
+    from autodistill.search.export import make_storage, publish, student_seconds_spent, write_progress
+
+    first, resubmitted = tmp_path / "first", tmp_path / "resubmitted"
+    first.mkdir()
+    resubmitted.mkdir()
+    storage = make_storage(first, (tmp_path / "shared").as_uri())
+    assert student_seconds_spent(storage, first) == 0.0                  # a new search
+    write_progress(first / "progress.json", phase="trials", student_seconds=123.5)
+    assert student_seconds_spent(storage, first) == 123.5
+    publish(storage, first, ("progress.json",))
+    assert student_seconds_spent(storage, resubmitted) == 123.5
+    assert student_seconds_spent(make_storage(resubmitted, None), resubmitted) == 0.0
+
+
 def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):
     from autodistill.search.driver import SearchRequest, run_search
     space = tiny_space(tiny_backbone, max_concurrent_trials=1)
@@ -319,8 +336,11 @@ def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
     assert 1 <= len(before) < 4, output
     assert proc.returncode != 0, output
     kept = {r.search["trial_id"] for r in before}
+    spent = json.loads((out / "progress.json").read_text())["student_seconds"]
+    assert spent > 0
 
     result = run_search(SearchRequest(CR, space_file, out, trials=4, resume=True, quiet=True))
+    assert result.budget["student_seconds"] > spent      # the time budget counts the first run's students too
     after = RecordStore(out).read()
     assert len(after) == 4
     assert len({r.key for r in after}) == 4 and len({r.search["trial_id"] for r in after}) == 4

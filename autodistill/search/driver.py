@@ -35,7 +35,7 @@ from ..resources import concurrent_trials, trial_resources
 from ..shipping import SearchInputs, pack
 from ..teacher.fine_tuned import FINE_TUNES
 from .export import (EXPERIMENT_NAME, PROGRESS_FILE, Storage, checkpoint_uri, export_best, make_storage, publish,
-                     write_progress)
+                     student_seconds_spent, write_progress)
 from .space import Budget, SearchSpace, SpaceError, encode_points, load_space, load_warm_start
 from .trial import METRIC, distill_trainable
 
@@ -141,6 +141,11 @@ class SearchContext:
     metric: str = "score"
     inputs: SearchInputs | None = None   # the dataset, teachers and logits the trials get through Ray
     storage: Storage | None = None
+    students_started: float | None = None   # perf_counter() at which the student budget began (resumes included)
+
+    def student_seconds(self) -> float | None:
+        """Student time spent so far, before a resume included: what the time budget counts."""
+        return None if self.students_started is None else time.perf_counter() - self.students_started
 
     def origin(self, params: Mapping[str, Any]) -> str:
         """Which warm-start seed a trial's params are (e.g. a recommendation), or 'TPE'."""
@@ -289,7 +294,8 @@ def _make_callback(ctx: SearchContext):
         def _write_progress(self) -> None:
             if ctx.progress_path is None:
                 return
-            write_progress(ctx.progress_path, phase="trials", trials_total=ctx.trials_total, finished=self.done,
+            write_progress(ctx.progress_path, phase="trials", trials_total=ctx.trials_total,
+                           student_seconds=ctx.student_seconds(), finished=self.done,
                            stopped_early=self.stopped, failed=self.errors, running=len(self.running),
                            best_score=self.best.validation if self.best else None,
                            best_dev_score=self.best.dev if self.best else None,
@@ -603,6 +609,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     anchor = r.anchor or r.anchor_pipeline is not None
 
     base_cfg = sp.to_config({})
+    spent_before = student_seconds_spent(storage, out) if r.resume else 0.0   # read before progress is rewritten
     write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
     publish(storage, out, (PROGRESS_FILE,))
     events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
@@ -628,10 +635,14 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                                f"teacher(s) and logits through Ray's object store "
                                f"({teacher.inputs.nbytes() / 1e6:.1f} MB, sent once)")
 
-    t_students = time.perf_counter()
+    t_students = ctx.students_started = time.perf_counter() - spent_before
+    if spent_before:
+        events.emit("budget", f"{spent_before:.0f} s of student time were spent before the interruption"
+                              + (f"; {max(b.time_budget_s - spent_before, 0):.0f} s of the time budget are left"
+                                 if b.time_budget_s is not None else ""))
     anchor_row, anchor_error, interrupted = None, None, False
     if anchor:
-        write_progress(out / PROGRESS_FILE, phase="anchor", trials_total=b.trials)
+        write_progress(out / PROGRESS_FILE, phase="anchor", trials_total=b.trials, student_seconds=spent_before)
         if r.anchor_pipeline is not None:
             anchor_cfg, anchor_label = with_pipeline(base_cfg, r.anchor_pipeline[0]), r.anchor_pipeline[1]
         else:
@@ -699,6 +710,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
         {"interrupted": interrupted, "teacher_score": teacher.score, "best": result.best, "failure": result.failure,
          "budget": result.budget, "trials": rows}, indent=2, default=str), encoding="utf-8")
     write_progress(out / PROGRESS_FILE, phase="interrupted" if interrupted else "finished", trials_total=b.trials,
+                   student_seconds=student_seconds,
                    finished=sum(row["status"] == "completed" for row in rows),
                    stopped_early=sum(row["status"] == "stopped_early" for row in rows),
                    failed=sum(row["status"] == "error" for row in rows), running=0,
@@ -763,6 +775,8 @@ def _tune(ctx: SearchContext, sp: SearchSpace, storage: Storage, trials: int,
         tuner = tune.Tuner.restore(exp_uri, trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=True)
         tuner._local_tuner.get_run_config().callbacks = [callback]
+        # the restored TuneConfig holds the first run's whole budget: what is left of it instead
+        tuner._local_tuner._tune_config.time_budget_s = time_budget
         ctx.events.emit("search", f"resuming {exp_uri}")
     else:
         searcher = OptunaSearch(space=sp, metric=METRIC, mode="max", points_to_evaluate=points or None,

@@ -35,6 +35,27 @@ class Storage:
     scheme: str = ""        # its URI scheme ("s3", "gs", "file"), to name checkpoints by URI
 
 
+def student_seconds_spent(storage: "Storage", out: Path) -> float:
+    """The student time an earlier, interrupted run of this search spent (its last progress): from ``out``,
+    else from the storage folder it was published to (a cluster job resubmitted into a new folder)."""
+    raw = (out / PROGRESS_FILE).read_bytes() if (out / PROGRESS_FILE).is_file() else _read_published(storage)
+    try:
+        return float(json.loads(raw or b"{}").get("student_seconds") or 0.0)
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+
+
+def _read_published(storage: "Storage") -> bytes | None:
+    if not storage.remote:
+        return None
+    fs, root = _filesystem(storage)
+    try:
+        with fs.open_input_stream(f"{root}/{PROGRESS_FILE}") as fh:
+            return fh.read()
+    except (FileNotFoundError, OSError):
+        return None
+
+
 def make_storage(out: Path, storage_path: str | None) -> Storage:
     """The out folder (one machine), or ``storage_path``: this search's own folder on storage every node
     reaches (one folder per search, like ``--out``)."""
@@ -54,8 +75,7 @@ def publish(storage: "Storage | None", out: Path, names: Sequence[str] = PUBLISH
     if storage is None or not storage.remote:
         return
     import pyarrow.fs as pafs
-    fs, root = pafs.FileSystem.from_uri(storage.root) if "://" in storage.root \
-        else (pafs.LocalFileSystem(), storage.root)
+    fs, root = _filesystem(storage)
     fs.create_dir(root, recursive=True)
     for name in names:
         src = out / name
@@ -65,6 +85,14 @@ def publish(storage: "Storage | None", out: Path, names: Sequence[str] = PUBLISH
     if best and (out / "best").is_dir():
         pafs.copy_files(str(out / "best"), f"{root}/best", source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=fs)
+
+
+def _filesystem(storage: "Storage"):
+    """(pyarrow filesystem, path in it) of the storage folder."""
+    import pyarrow.fs as pafs
+    if "://" in storage.root:
+        return pafs.FileSystem.from_uri(storage.root)
+    return pafs.LocalFileSystem(), storage.root
 
 
 def checkpoint_uri(ckpt) -> str:
