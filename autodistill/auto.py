@@ -67,8 +67,9 @@ def run_auto(data: str | Path, out_dir: str | Path, model_dir: str | Path, space
     anchor_label = f"recommendation #{top.rank}: {top.candidate}"
     # the top pipeline is trained exactly as recommended; the search is seeded with the next ones, as
     # far as the space can express them
-    picked = [(k + 1, point) for k, point in distinct_points(sp, [r.config for r in recs[1:]], seeds - 1)
-              ] if seeds > 1 else []
+    anchor_config = with_pipeline(base, top.config)
+    picked = [(k + 1, point) for k, point in distinct_points(sp, [r.config for r in recs[1:]], seeds - 1,
+                                                             trained=[anchor_config])] if seeds > 1 else []
     points = [point for _, point in picked]
     labels = [f"recommendation #{recs[k].rank}: {recs[k].candidate}" for k, _ in picked]
     approximate = {k for k, point in picked if pipeline_only(sp.to_config(sp.encode(point)))

@@ -416,6 +416,21 @@ def test_full_configs_project_onto_a_space_as_distinct_points(tiny_backbone):
     assert len(points) == 2 and encode_points(space, points)     # duplicates dropped, all valid points
 
 
+def test_a_point_that_trains_the_anchor_again_is_not_a_seed():
+    """``auto`` trains its top recommendation first; a later one the space projects onto exactly that
+    student (vanilla KD then no_kd in cpu-fast, say) would spend a trial on it again."""
+    from autodistill.config import with_pipeline
+    from autodistill.search.space import distinct_points, load_space
+
+    space = load_space("cpu-fast")
+    base = space.to_config({})
+    anchor = with_pipeline(base, PipelineConfig().to_dict())
+    same = space.to_config(space.params_from_config(anchor))         # the anchor's student, as a trial
+    other = space.to_config({**space.params_from_config(anchor), "optim.learning_rate": 2e-4})
+    assert [k for k, _ in distinct_points(space, [same, other], 2)] == [0, 1]
+    assert [k for k, _ in distinct_points(space, [same, other], 2, trained=[anchor])] == [1]
+
+
 def test_auto_recommends_then_searches_seeded(tiny_backbone, tmp_path):
     from autodistill.auto import run_auto
     from autodistill.meta.fitting import DEFAULT_MODEL_DIR

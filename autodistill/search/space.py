@@ -513,13 +513,14 @@ def warm_start_points(space: SearchSpace, configs: Iterable[PipelineConfig | Map
     return [point for _, point in distinct_points(space, configs, n)]
 
 
-def distinct_points(space: SearchSpace, configs: Iterable[PipelineConfig | Mapping[str, Any]], n: int
-                    ) -> list[tuple[int, dict[str, Any]]]:
+def distinct_points(space: SearchSpace, configs: Iterable[PipelineConfig | Mapping[str, Any]], n: int,
+                    trained: Iterable[PipelineConfig] = ()) -> list[tuple[int, dict[str, Any]]]:
     """(index of the source config, point) for up to ``n`` projections that are complete (every active
     parameter set: what a value the space cannot express becomes is the space's base/default, not a
     sampler's draw, so a point names exactly one student) and distinct as trial configs (two configs
-    that differ only where the space cannot follow them would train the same student twice)."""
-    out, seen = [], set()
+    that differ only where the space cannot follow them would train the same student twice), also from
+    the ``trained`` configs (e.g. ``auto``'s anchor, trained before the search)."""
+    out, seen = [], {config_hash(cfg) for cfg in trained}
     for k, cfg in enumerate(configs):
         try:
             partial = space.params_from_config(cfg)
