@@ -3,7 +3,7 @@
 Every import between the project's modules counts - module level *and* inside functions - since an
 import hidden in a function is still an arrow of the graph. The floors, lowest first:
 
-    base        typed config, registries, events, devices
+    base        typed config, registries, events, devices, atomic files
     engine      data, models, teacher/, augmentation/, losses/, mappings, weighting, dynamic, trainer, checkpoints
     pipeline    distil one student (distill) and what it ships to a trial
     search      Ray Tune + Optuna over the pipeline space
@@ -31,7 +31,7 @@ PACKAGES = ("autodistill", "service")
 
 FLOORS: dict[str, tuple[str, ...]] = {
     "base": ("autodistill", "autodistill.config", "autodistill.registry", "autodistill.progress",
-             "autodistill.device", "autodistill.resources"),
+             "autodistill.device", "autodistill.resources", "autodistill.files"),
     "engine": ("autodistill.data", "autodistill.models", "autodistill.metrics", "autodistill.batching",
                "autodistill.evaluation", "autodistill.pooling", "autodistill.trainer", "autodistill.callbacks",
                "autodistill.checkpoints",

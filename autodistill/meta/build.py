@@ -27,6 +27,7 @@ from filelock import FileLock, Timeout
 
 from .. import ENGINE_VERSION
 from ..config import deep_merge
+from ..files import write_json_atomic
 from ..records import RecordStore, RunRecord
 from .features import META_FEATURES_VERSION, meta_features_for, resolve_backbone_model
 from .portfolio import (CONVERGED_RULE, META_PRESET, PORTFOLIO_VERSION, STUDENT_LEARNING_RATES, STUDENT_PRESETS,
@@ -262,15 +263,6 @@ def _teacher(cfg, task) -> tuple[Any, str, bool, float, Any]:
     score = float(compute_metric(prepared.metric, logits, validation.labels.numpy(), task.task_type))
     return (prepared.tokenizer, prepared.metric, bool(teacher.from_cache), score,
             logits if task.task_type == "classification" else None)
-
-
-def write_json_atomic(path: Path, payload: Mapping[str, Any], default: Any = None) -> None:
-    """Write ``path`` whole or not at all (a process reading it never sees half a file; two writers'
-    temporary files do not collide)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=default), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _run_one(ctx: DatasetContext, candidate: str, seed: int, preset: Mapping[str, Any],

@@ -32,7 +32,8 @@ import pandas as pd
 from ..config import PipelineConfig, pipeline_only, with_pipeline
 from ..progress import EventLog
 from ..records import RecordStore
-from .build import claim_context, run_record, write_json_atomic
+from ..files import write_json_atomic
+from .build import claim_context, run_record
 from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
 from .portfolio import RENAMED_CANDIDATES, candidate_config

@@ -27,6 +27,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ..callbacks import EventLogCallback
 from ..config import DataConfig, PipelineConfig, deep_merge, with_pipeline
 from ..data import TaskData
+from ..files import write_json_atomic
 from ..metrics import resolve_metric
 from ..prepare import prepare
 from ..progress import EventLog, fmt_score
@@ -497,7 +498,7 @@ def train_anchor(ctx: SearchContext, cfg: PipelineConfig, out: Path, label: str,
            "reports": len(m.get("history", [])), "seconds": seconds, "distill_seconds": seconds,
            "params": decoded, "checkpoint": str(out), "path": str(out), "origin": label,
            "dataset_fingerprint": m["dataset_fingerprint"], "config_hash": tag}
-    saved.write_text(json.dumps(row, indent=2, default=str), encoding="utf-8")
+    write_json_atomic(saved, row, default=str, sort_keys=False)
     ctx.events.emit("anchor", f"finished in {seconds:.0f} s: validation {m['metric']} {m['student_score']:.4f} "
                               f"({100 * (m['score_ratio'] or 0):.1f} % of the teacher), exported to {out}")
     return row
@@ -706,9 +707,9 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                                   "search_trials": max(0, search_trials), "max_concurrent_trials": b.max_concurrent_trials})
     if best_row is None:
         result.failure = _why_no_student(rows, anchor_error, b, interrupted)
-    (out / "leaderboard.json").write_text(json.dumps(
-        {"interrupted": interrupted, "teacher_score": teacher.score, "best": result.best, "failure": result.failure,
-         "budget": result.budget, "trials": rows}, indent=2, default=str), encoding="utf-8")
+    write_json_atomic(out / "leaderboard.json",
+                      {"interrupted": interrupted, "teacher_score": teacher.score, "best": result.best,
+                       "failure": result.failure, "budget": result.budget, "trials": rows}, default=str, sort_keys=False)
     write_progress(out / PROGRESS_FILE, phase="interrupted" if interrupted else "finished", trials_total=b.trials,
                    student_seconds=student_seconds,
                    finished=sum(row["status"] == "completed" for row in rows),

@@ -7,12 +7,13 @@ publishes its progress and results there for a process on another machine (the R
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from ..files import replace_folder, write_json_atomic
 
 EXPERIMENT_NAME = "search"
 PROGRESS_FILE = "progress.json"
@@ -20,9 +21,7 @@ PROGRESS_FILE = "progress.json"
 
 def write_progress(path: Path, **progress: Any) -> None:
     """Atomically replace ``path`` with the search's progress (read by `GET /searches/{id}`)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**progress, "updated_at": time.time()}), encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, {**progress, "updated_at": time.time()}, sort_keys=False, indent=None)
 
 
 @dataclass
@@ -117,12 +116,9 @@ def fetch_checkpoint(uri: str, dest: Path) -> Path:
 def export_best(best_row: Mapping[str, Any], out: Path) -> Path:
     """Copy the best completed student (a leaderboard row with its checkpoint) to ``out/best``, with
     ``trial.json`` saying which trial it is."""
-    best_dir = out / "best"
-    if best_dir.exists():
-        shutil.rmtree(best_dir)
-    fetch_checkpoint(best_row["checkpoint"], best_dir)
-    (best_dir / "trial.json").write_text(json.dumps(
-        {k: best_row.get(k) for k in ("trial_id", "score", "dev_score", "params", "path", "origin")}, indent=2,
-        default=str),
-        encoding="utf-8")
-    return best_dir
+    def fill(folder: Path) -> None:
+        fetch_checkpoint(best_row["checkpoint"], folder)
+        (folder / "trial.json").write_text(json.dumps(
+            {k: best_row.get(k) for k in ("trial_id", "score", "dev_score", "params", "path", "origin")}, indent=2,
+            default=str), encoding="utf-8")
+    return replace_folder(out / "best", fill)
