@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -197,6 +198,8 @@ def _read_jsonl(path: Path, cfg: DataConfig) -> _Table:
 def _read_delimited(path: Path, cfg: DataConfig, delimiter: str) -> _Table:
     """CSV/TSV with a header row and standard (double-quote) quoting; bad quoting is a malformed line."""
     text = _decode(_read_bytes(path, cfg), path)
+    # a field may be as long as the file may be (csv's own limit, 128 KiB, would call a long text bad quoting)
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     kind = "tab" if delimiter == "\t" else "comma"
     try:
@@ -216,10 +219,14 @@ def _read_delimited(path: Path, cfg: DataConfig, delimiter: str) -> _Table:
         except StopIteration:
             break
         except csv.Error as err:
-            span = f" (the quote runs to the end of the file, line {reader.line_num})" \
-                if "end of data" in str(err) else ""
+            end = reader.line_num
+            span = f" (the quote runs to the end of the file, line {end})" if "end of data" in str(err) else \
+                f" (lines {start}-{end} were read as one field)" if end > start else ""
             table.rows.append(_Row(start, None, f"bad quoting ({err}){span}; a field that starts with a double "
                                                 "quote must be quoted CSV-style, with inner quotes doubled"))
+            # every line the open quote swallowed is a row lost to it: counted, never dropped unsaid
+            table.rows += [_Row(line, None, f"inside the bad quoting that starts on line {start}")
+                           for line in range(start + 1, end + 1)]
             continue
         if not fields:
             table.blank_lines += 1
@@ -410,6 +417,9 @@ def _row_problem(table: _Table, row: _Row, text_cols: tuple[str, ...], label_col
         if text is None or not text.strip():
             what = "missing text" if text is None else "empty or whitespace-only text"
             return _Problem(row.loc, "empty_text", f"{table.where(row.loc, col)}: {what}")
+        if not _is_encodable(text):
+            return _Problem(row.loc, "bad_text", f"{table.where(row.loc, col)}: text holds a lone UTF-16 surrogate "
+                                                 "(an escape such as \\ud83d without its pair), which is no character")
     label = row.values.get(label_col)
     if _is_missing_label(label):
         return _Problem(row.loc, "missing_label", f"{table.where(row.loc, label_col)}: missing (null/empty/NaN) label")
@@ -462,16 +472,29 @@ def _label_kind(value: Any) -> tuple[str, Any] | None:
             return None
         return ("int", int(value)) if value.is_integer() else ("float", value)
     if isinstance(value, str):
-        try:
-            return "int", int(value.strip())
-        except ValueError:
-            pass
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return "str", value
+        if not _is_encodable(value):
+            return None
+        text = value.strip()
+        if _CANONICAL_INT.fullmatch(text):
+            return "int", int(text)
+        if not _CANONICAL_NUMBER.fullmatch(text):
+            return "str", value   # "01", "1_0", "3+": names, not numbers (int() would merge "01" with "1")
+        number = float(text)
         return _label_kind(number) if math.isfinite(number) else ("str", value)
     return None
+
+
+# numbers as CSV writers write them: no leading zeros, no Python-only underscores
+_CANONICAL_INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+_CANONICAL_NUMBER = re.compile(r"[+-]?((0|[1-9][0-9]*)(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass

@@ -282,6 +282,55 @@ def test_tsv_bad_quoting_is_a_malformed_line(tmp_path):
     assert data.report.dropped["train"] == {"malformed_line": 1} and data.train.text_a == ["ok", "fine"]
 
 
+def test_every_row_a_quote_left_open_swallows_is_counted(tmp_path):
+    """A field that opens a quote and closes it rows later reads those rows as one field: each of them is
+    counted as lost, not one "malformed line" for all."""
+    path = tmp_path / "t.tsv"
+    rows = [f"row {i}\t{i % 2}" for i in range(30)]
+    rows[9] = '"opens a quote\t1'
+    rows[19] = 'closes it "wow" here\t0'
+    path.write_text("text\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=msg(str(path), "line 11", "lines 11-21 were read as one field")):
+        load(path)
+    data = load(path, validation=write_jsonl(tmp_path / "v.jsonl", VAL), bad_rows="drop")
+    assert data.report.dropped["train"] == {"malformed_line": 11} and len(data.train.text_a) == 19
+
+
+def test_a_text_longer_than_csvs_own_field_limit_loads(tmp_path):
+    path = tmp_path / "t.csv"
+    long = "word " * 40_000                                      # 200,000 characters: over csv's 131,072
+    path.write_text(f"text,label\n{long},1\nshort,0\n", encoding="utf-8")
+    data = load(path, validation=write_jsonl(tmp_path / "v.jsonl", VAL))
+    assert data.train.text_a[0] == long
+
+
+def test_a_lone_surrogate_is_a_bad_row_not_a_crash(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "fine", "label": 1}\n{"text": "bad \\ud83d emoji", "label": 0}\n'
+                    '{"text": "also fine", "label": 0}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=msg(str(path), "line 2", "lone UTF-16 surrogate")):
+        load(path)
+    data = load(path, validation=write_jsonl(tmp_path / "v.jsonl", VAL), bad_rows="drop")
+    assert data.report.dropped["train"] == {"bad_text": 1} and data.train.text_a == ["fine", "also fine"]
+
+
+@pytest.mark.parametrize("labels", [["01", "1"], ["1_0", "10"]])
+def test_labels_that_are_not_plain_numbers_are_never_merged_into_one(tmp_path, labels):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\n" + "".join(f"row {i},{labels[i % 2]}\n" for i in range(10)), encoding="utf-8")
+    with pytest.raises(DataError, match="labels must share one type"):   # not one class, silently
+        load(path)
+
+
+def test_zero_padded_labels_are_names(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\n" + "".join(f"row {i},0{i % 3}\n" for i in range(12)), encoding="utf-8")
+    val = tmp_path / "v.csv"
+    val.write_text("text,label\na,00\nb,02\n", encoding="utf-8")
+    data = load(path, validation=str(val))
+    assert data.label_names == ["00", "01", "02"] and data.validation.labels == [0, 2]
+
+
 def test_non_utf8_bytes(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes(b"text,label\ngood,1\ncaf\xe9 bad,0\n")
