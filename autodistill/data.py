@@ -596,13 +596,31 @@ def holdout_indices(labels: Sequence[Any], fraction: float, seed: int | str, str
     rng = random.Random(seed)
     if max_rows is not None and len(labels) * fraction > max_rows:
         fraction = max_rows / len(labels)
-    held: list[int] = []
-    for group in _groups(labels, stratify):
+    groups = _groups(labels, stratify)
+    for group in groups:
         rng.shuffle(group)
-        k = min(int(len(group) * fraction + 0.5), len(group) - 1)
-        held.extend(group[:k])
+    quotas = [min(int(len(group) * fraction + 0.5), len(group) - 1) for group in groups]
+    target = min(round(len(labels) * fraction), max_rows if max_rows is not None else len(labels))
+    if (max_rows is not None and sum(quotas) > max_rows) or (not sum(quotas) and target):
+        # many small classes: rounding each class's share overshoots the cap, or holds out nothing at all
+        quotas = _largest_remainder([len(g) for g in groups], target, caps=[len(g) - 1 for g in groups])
+    held = [i for group, k in zip(groups, quotas) for i in group[:k]]
     held_set = set(held)
     return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+def _largest_remainder(sizes: Sequence[int], total: int, caps: Sequence[int] | None = None) -> list[int]:
+    """``total`` shared out in proportion to ``sizes`` (whole numbers, the largest remainders rounded up
+    first), none above its cap (a group's own size by default)."""
+    caps = list(caps if caps is not None else sizes)
+    total = min(total, sum(caps))
+    exact = [total * size / sum(sizes) for size in sizes]
+    quotas = [min(int(x), cap) for x, cap in zip(exact, caps)]
+    while sum(quotas) < total:
+        room = [i for i in range(len(sizes)) if quotas[i] < caps[i]]
+        for i in sorted(room, key=lambda i: (quotas[i] - exact[i], i))[: total - sum(quotas)]:
+            quotas[i] += 1
+    return quotas
 
 
 def split_off_validation(train: Split, fraction: float, seed: int, stratify: bool) -> tuple[Split, Split]:
@@ -618,11 +636,7 @@ def subsample(split: Split, n: int, seed: int, stratify: bool) -> Split:
     """Seeded subsample of ``n`` rows (proportional per class when stratified), original order kept."""
     rng = random.Random(f"{seed}:subsample")
     groups = _groups(split.labels, stratify)
-    exact = [n * len(g) / len(split) for g in groups]
-    quotas = [int(x) for x in exact]
-    by_remainder = sorted(range(len(groups)), key=lambda i: (quotas[i] - exact[i], i))
-    for i in by_remainder[: n - sum(quotas)]:
-        quotas[i] += 1
+    quotas = _largest_remainder([len(g) for g in groups], n)
     picked = [i for g, q in zip(groups, quotas) for i in rng.sample(g, q)]
     return split.take(sorted(picked))
 

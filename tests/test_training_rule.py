@@ -31,6 +31,18 @@ def test_dev_slice_is_seeded_stratified_and_capped():
     assert len(holdout_indices(labels, 0.2, "42:dev", True, max_rows=10)[1]) == 10
 
 
+@pytest.mark.parametrize("classes, rows_each, max_rows, held", [
+    (100, 4, None, 40),        # 0.4 a class rounds to 0 in every class: held out by largest remainder instead
+    (1500, 30, 1000, 1000),    # 0.67 a class rounds to 1: 1,500 rows over the cap of 1,000
+    (3, 100, None, 30),        # the usual case: 10 a class, as before
+])
+def test_a_stratified_hold_out_of_many_small_classes_keeps_its_size_and_cap(classes, rows_each, max_rows, held):
+    labels = [c for c in range(classes) for _ in range(rows_each)]
+    kept, out = holdout_indices(labels, 0.1, "42:dev", stratify=True, max_rows=max_rows)
+    assert len(out) == held and sorted(kept + out) == list(range(len(labels)))
+    assert set(labels[i] for i in kept) == set(labels)   # every class keeps a training row
+
+
 def test_teacher_and_student_stop_on_a_dev_plateau_and_keep_the_best(tiny_backbone, tmp_path):
     cfg = tiny_cfg(tiny_backbone)
     result = run_distillation(cfg)
