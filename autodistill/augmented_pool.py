@@ -5,6 +5,7 @@ Copies are made at epoch 0 and again every ``reaugment_every`` epochs.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -60,7 +61,7 @@ class PoolBuilder:
         if not self.copies:
             return TrainingPool(self.original, len(self.original), 0)
         self.augmentations += 1
-        aug_a, aug_b = self.augmenter.augment_split(self.text_a, self.text_b, seed=self.seed + epoch)
+        aug_a, aug_b = self.augmenter.augment_split(self.text_a, self.text_b, seed=epoch_seed(self.seed, epoch))
         placeholder = [0.0 if self.task_type == "regression" else 0] * len(aug_a)
         copies = encode_texts(self.tokenizer, aug_a, aug_b, placeholder, self.max_length, self.task_type)
         # an online teacher computes its hidden features in the step: the copies need only its labels
@@ -82,3 +83,12 @@ class PoolBuilder:
         if self.task_type == "regression":
             return logits[:, 0].float()
         return logits.argmax(-1).long()
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The augmentation seed of an epoch's copies: the run's seed at epoch 0, then one drawn from (seed, epoch),
+    so that runs at neighbouring seeds never share copies (``seed + epoch`` gave seed s at epoch 1 the copies
+    of seed s + 1 at epoch 0)."""
+    if epoch == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:4], "big")

@@ -317,3 +317,12 @@ def test_soft_target_cross_entropy():
     expected = 0.6 * F.cross_entropy(logits, y, reduction="none") + \
         0.4 * F.cross_entropy(logits, y[[1, 0, 3, 2, 5, 4]], reduction="none")
     assert torch.allclose(soft_target_cross_entropy(logits, mixed), expected, atol=1e-6)
+
+
+def test_reaugmented_copies_are_never_shared_by_neighbouring_seeds():
+    from autodistill.augmented_pool import epoch_seed
+
+    assert epoch_seed(42, 0) == 42                                    # epoch 0: the run's own seed, as before
+    seeds = {(s, e): epoch_seed(s, e) for s in range(5) for e in range(5)}
+    assert len(set(seeds.values())) == len(seeds)                    # seed s at epoch 1 is not seed s + 1 at 0
+    assert epoch_seed(3, 2) == epoch_seed(3, 2)
