@@ -319,6 +319,21 @@ def test_soft_target_cross_entropy():
     assert torch.allclose(soft_target_cross_entropy(logits, mixed), expected, atol=1e-6)
 
 
+def test_contextual_masks_only_what_the_masked_lm_reads(res, model_path, monkeypatch):
+    """A long text: words past the model's token window are never masked, and each masked copy is cut to that
+    window (a copy per chosen word of the whole text grew as words^2)."""
+    import autodistill.augmentation.text as text_module
+
+    monkeypatch.setattr(text_module, "_MAX_LENGTH", 16)
+    aug = make("contextual", res, p=0.5, top_k=4, mlm_model=str(model_path))
+    words = [f"word{i}" for i in range(200)]
+    jobs, masked = aug._masked_copies([words], random.Random(0))
+    assert jobs and all(wi < 16 for _, wi in jobs)
+    assert all(len(m.split()) == 16 and aug.tokenizer.mask_token in m for m in masked)
+    out = aug.augment_batch([" ".join(words)], random.Random(0))[0].split()
+    assert out[16:] == words[16:] and len(out) == 200
+
+
 def test_reaugmented_copies_are_never_shared_by_neighbouring_seeds():
     from autodistill.augmented_pool import epoch_seed
 

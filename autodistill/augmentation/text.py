@@ -259,19 +259,27 @@ class ContextualAugmenter(Augmenter):
                 banned[i] = False
         self._banned = banned.to(self.device)
 
+    def _masked_copies(self, split: list[list[str]], rng: random.Random) -> tuple[list[tuple[int, int]], list[str]]:
+        """The words to replace, (text, word) each, chosen deterministically given ``rng``, and one masked copy
+        per choice, cut to the words the model can read (at most ``_MAX_LENGTH`` tokens, so at most that many
+        words): a word past them is never chosen, and copies do not grow with the text."""
+        tok = self.tokenizer
+        special_words = set(tok.all_special_tokens)
+        jobs: list[tuple[int, int]] = []
+        masked: list[str] = []
+        for ti, words in enumerate(split):
+            window = words[:_MAX_LENGTH]
+            for wi in range(len(words)):
+                if rng.random() < self.cfg.p and words[wi] not in special_words and wi < _MAX_LENGTH:
+                    jobs.append((ti, wi))
+                    masked.append(" ".join(window[:wi] + [tok.mask_token] + window[wi + 1:]))
+        return jobs, masked
+
     @torch.no_grad()
     def _augment_mlm(self, texts: list[str], rng: random.Random) -> list[str]:
         tok = self.tokenizer
         split = [t.split() for t in texts]
-        special_words = set(tok.all_special_tokens)
-        # choose the words to replace (deterministic given rng), one masked sentence per choice
-        jobs: list[tuple[int, int]] = []
-        masked: list[str] = []
-        for ti, words in enumerate(split):
-            for wi in range(len(words)):
-                if rng.random() < self.cfg.p and words[wi] not in special_words:
-                    jobs.append((ti, wi))
-                    masked.append(" ".join(words[:wi] + [tok.mask_token] + words[wi + 1:]))
+        jobs, masked = self._masked_copies(split, rng)
         out = [list(w) for w in split]
         for start in range(0, len(masked), _BATCH):
             chunk = masked[start:start + _BATCH]
