@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,10 @@ def test_an_interrupted_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
     path = tmp_path / "progress.json"
     write_json_atomic(path, {"phase": "trials"})
 
-    def killed(self, *args, **kwargs):
+    real_write_text = Path.write_text
+
+    def killed(self, text, *args, **kwargs):   # half of the new text reaches the disk, then Ctrl-C
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
         raise KeyboardInterrupt
     monkeypatch.setattr("pathlib.Path.write_text", killed)
     with pytest.raises(KeyboardInterrupt):

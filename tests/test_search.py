@@ -1,6 +1,7 @@
 """Search: spaces as data, the Ray Tune + Optuna + ASHA runner, records, resume and a real local cluster."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import yaml
 from autodistill.config import PipelineConfig
 from autodistill.data import bundled_dataset_path
 from autodistill.meta import META_DATASET_DIR
+from autodistill.progress import EventLog
 from autodistill.records import RecordStore, RunRecord, load_records
 from service.ray_backend import free_ports
 from autodistill.search.space import SearchSpace, SpaceError, encode_points, preset_names
@@ -264,8 +266,7 @@ def test_a_trial_cut_short_by_ctrl_c_or_the_budget_is_unfinished_not_stopped_by_
     final = {"score": 0.8, "best_score": 0.8, "final": True, "validation_score": 0.79, "training_iteration": 5,
              "metrics_json": json.dumps({"best_dev_score": 0.8, "student_score": 0.79})}
     cut = trial("t_cut", 2e-4, {"score": 0.6, "best_score": 0.6, "training_iteration": 2})
-    grid = NS(_experiment_analysis=NS(trials=[trial("t_done", 1e-4, final), cut,
-                                              trial("t_asha", 3e-4, {"score": 0.5, "training_iteration": 1})]))
+    grid = [trial("t_done", 1e-4, final), cut, trial("t_asha", 3e-4, {"score": 0.5, "training_iteration": 1})]
     rows = driver._reconcile(ctx, grid)
     assert {r["trial_id"]: r["status"] for r in rows} == \
         {"t_done": "completed", "t_cut": "unfinished", "t_asha": "stopped_early"}
@@ -275,6 +276,40 @@ def test_a_trial_cut_short_by_ctrl_c_or_the_budget_is_unfinished_not_stopped_by_
     # and a trial ASHA stopped before the resume stays stopped_early (its record says so)
     monkeypatch.setattr(driver, "_STOPPED_BY_SCHEDULER", set())
     assert {r["trial_id"]: r["status"] for r in driver._reconcile(ctx, grid)}["t_asha"] == "stopped_early"
+
+
+def test_under_ray_client_a_trial_ended_without_its_final_report_counts_as_stopped_early(tmp_path, monkeypatch):
+    """Under Ray Client (ray://) ASHA runs in a remote actor, so the driver never learns which trials it stopped:
+    there the rule is the one from before the scheduler could be asked (a score without the final report)."""
+    from types import SimpleNamespace as NS
+
+    from autodistill.search import driver
+    from autodistill.search.space import load_space
+
+    monkeypatch.setattr(driver, "_STOPPED_BY_SCHEDULER", set())
+    params = {"optim.learning_rate": 1e-4, "loss.prediction.type": "kl", "loss.prediction.temperature": 2.0,
+              "loss.hard_label_weight": 0.5, "loss.intermediate.objective": "none", "mixup.enabled": False,
+              "augmentation.augmenters": "[]"}
+    trials = [NS(trial_id="t_stopped", status="TERMINATED", config=params, checkpoint=None, path=None,
+                 last_result={"score": 0.5, "best_score": 0.5, "training_iteration": 1}),
+              NS(trial_id="t_never_scored", status="TERMINATED", config=params, checkpoint=None, path=None,
+                 last_result={"training_iteration": 0})]
+    statuses = {}
+    for in_driver in (True, False):
+        ctx = driver.SearchContext(load_space("cpu-fast"), RecordStore(tmp_path / str(in_driver)), "fp", {}, 0.9, 2,
+                                   {"experiment": "e", "space": "cpu-fast"}, scheduler_in_driver=in_driver)
+        statuses[in_driver] = {r["trial_id"]: r["status"] for r in driver._reconcile(ctx, trials)}
+    assert statuses[True] == {"t_stopped": "unfinished", "t_never_scored": "no result"}
+    assert statuses[False] == {"t_stopped": "stopped_early", "t_never_scored": "no result"}
+
+
+def test_a_resume_through_ray_client_is_refused_before_any_work(tmp_path):
+    from autodistill.resources import ResourceError
+    from autodistill.search.driver import SearchRequest, run_search
+    with pytest.raises(ResourceError, match="--address auto"):
+        run_search(SearchRequest(CR, "cpu-fast", tmp_path / "out", resume=True, address="ray://10.0.0.1:10001",
+                                 quiet=True))
+    assert not (tmp_path / "out" / "progress.json").exists()
 
 
 def test_a_resumed_search_reads_the_student_time_already_spent(tmp_path):
@@ -292,6 +327,64 @@ def test_a_resumed_search_reads_the_student_time_already_spent(tmp_path):
     publish(storage, first, ("progress.json",))
     assert student_seconds_spent(storage, resubmitted) == 123.5
     assert student_seconds_spent(make_storage(resubmitted, None), resubmitted) == 0.0
+
+
+def test_an_interrupt_before_the_trials_keeps_the_student_time_already_spent(tiny_backbone, tmp_path, monkeypatch):
+    """A Ctrl-C while the teacher is prepared, or while the anchor trains, must not lose what earlier runs of the
+    search spent (a second early interrupt used to reset it to 0), and the anchor's own time counts."""
+    from autodistill.search import driver
+    from autodistill.search.export import write_progress
+
+    space_file = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    write_progress(out / "progress.json", phase="interrupted", student_seconds=123.5)
+    request = driver.SearchRequest(CR, space_file, out, trials=2, resume=True, quiet=True,
+                                   anchor_pipeline=(PipelineConfig().to_dict(), "the default"))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(driver, "prepare_teacher", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            driver.run_search(request)
+    assert json.loads((out / "progress.json").read_text())["student_seconds"] == 123.5
+
+    def anchor_interrupted(*args, **kwargs):
+        time.sleep(2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "train_anchor", anchor_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        driver.run_search(request)
+    assert json.loads((out / "progress.json").read_text())["student_seconds"] >= 125.5
+
+
+def test_a_restored_search_gets_the_budget_left_and_a_fresh_callback():
+    """Tune has no public way to change a restored run's budget or callbacks: ``_restored_tuner`` sets them on the
+    installed Ray's TunerInternal (this pins that layout: an upgrade that moves it fails here), and says so
+    when a Ray lacks it instead of silently granting the first run's whole budget again."""
+    from types import SimpleNamespace as NS
+
+    from ray import tune
+
+    from autodistill.search.driver import _restored_tuner
+
+    def restore_as(tuner):
+        return NS(Tuner=NS(restore=lambda *args, **kwargs: tuner))
+
+    said = io.StringIO()
+    first_run = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(time_budget_s=100.0))
+    callback = object()
+    tuner = _restored_tuner(restore_as(first_run), "exp", None, callback, 40.0, EventLog(said))
+    assert tuner._local_tuner._tune_config.time_budget_s == 40.0
+    assert tuner._local_tuner.get_run_config().callbacks == [callback]
+    assert said.getvalue() == ""
+
+    other_layout = NS(_local_tuner=NS(get_run_config=lambda: NS(callbacks=None)))
+    _restored_tuner(restore_as(other_layout), "exp", None, callback, 40.0, EventLog(said))
+    assert "may spend it again, not only the 40 s left" in said.getvalue()
 
 
 def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):
@@ -339,7 +432,9 @@ def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
     spent = json.loads((out / "progress.json").read_text())["student_seconds"]
     assert spent > 0
 
-    result = run_search(SearchRequest(CR, space_file, out, trials=4, resume=True, quiet=True))
+    said = io.StringIO()
+    result = run_search(SearchRequest(CR, space_file, out, trials=4, resume=True), EventLog(said))
+    assert f"{spent:.0f} s of student time were spent before the interruption" in said.getvalue()
     assert result.budget["student_seconds"] > spent      # the time budget counts the first run's students too
     after = RecordStore(out).read()
     assert len(after) == 4
@@ -347,6 +442,13 @@ def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
     assert kept <= {r.search["trial_id"] for r in after}        # finished trials were kept, not re-run
     assert sum(r["status"] in ("completed", "stopped_early") for r in result.trials) == 4
     assert not result.interrupted
+
+    # resumed again with less budget than one student: the search is skipped, its trials and best student stay
+    again = run_search(SearchRequest(CR, space_file, out, trials=4, resume=True, time_budget=1, quiet=True))
+    assert {r["trial_id"]: r["status"] for r in again.trials} == {r["trial_id"]: r["status"] for r in result.trials}
+    assert again.best["trial_id"] == result.best["trial_id"] and (out / "best" / "student").is_dir()
+    assert len(json.loads((out / "leaderboard.json").read_text())["trials"]) == 4
+    assert len(RecordStore(out).read()) == 4
 
 
 def test_search_on_a_local_cluster(tiny_backbone, tmp_path):

@@ -32,7 +32,7 @@ from ..metrics import resolve_metric
 from ..prepare import prepare
 from ..progress import EventLog, fmt_score
 from ..records import RecordStore, RunRecord, config_hash
-from ..resources import concurrent_trials, trial_resources
+from ..resources import ResourceError, concurrent_trials, trial_resources
 from ..shipping import SearchInputs, pack
 from ..teacher.fine_tuned import FINE_TUNES
 from .export import (EXPERIMENT_NAME, PROGRESS_FILE, Storage, checkpoint_uri, export_best, make_storage, publish,
@@ -143,6 +143,7 @@ class SearchContext:
     inputs: SearchInputs | None = None   # the dataset, teachers and logits the trials get through Ray
     storage: Storage | None = None
     students_started: float | None = None   # perf_counter() at which the student budget began (resumes included)
+    scheduler_in_driver: bool = True   # False under Ray Client (ray://): Tune, ASHA included, runs in a remote actor
 
     def student_seconds(self) -> float | None:
         """Student time spent so far, before a resume included: what the time budget counts."""
@@ -360,6 +361,14 @@ def _grid_trials(grid) -> list[Any]:
     return list(analysis.trials) if analysis is not None else []
 
 
+def _earlier_trials(storage: Storage) -> list[Any]:
+    """The trials an earlier run of this search left, read from its experiment state without running any."""
+    from ray import tune
+    if not tune.Tuner.can_restore(storage.experiment):
+        return []
+    return list(tune.ExperimentAnalysis(storage.experiment).trials)
+
+
 def _stopped_by_scheduler(ctx: SearchContext) -> set[str]:
     """The trials ASHA stopped: in this process (the scheduler runs in the driver), or before a resume (their
     records say so). Any other trial that ended without its final report was cut short by the time budget or
@@ -367,6 +376,15 @@ def _stopped_by_scheduler(ctx: SearchContext) -> set[str]:
     earlier = {(r.search or {}).get("trial_id") for r in ctx.store.read()
                if r.status == "stopped_early" and (r.search or {}).get("experiment") == ctx.search_info.get("experiment")}
     return _STOPPED_BY_SCHEDULER | earlier
+
+
+def _was_stopped_early(ctx: SearchContext, trial_id: str, last: Mapping[str, Any], stopped: set[str]) -> bool:
+    """Whether a TERMINATED trial without its final report was stopped by ASHA. Under Ray Client the scheduler
+    runs in a remote actor, so what it stopped is not known here: there every such trial with a score counts
+    as stopped early, as a budget cut cannot be told apart."""
+    if trial_id in stopped:
+        return True
+    return not ctx.scheduler_in_driver and METRIC in last and not last.get("final")
 
 
 def _leaderboard(trials: Sequence[Any], ctx: SearchContext) -> list[dict[str, Any]]:
@@ -378,7 +396,7 @@ def _leaderboard(trials: Sequence[Any], ctx: SearchContext) -> list[dict[str, An
             status = "error"
         elif t.status == "TERMINATED" and last.get("final"):
             status = "completed"
-        elif t.status == "TERMINATED" and t.trial_id in stopped:
+        elif t.status == "TERMINATED" and _was_stopped_early(ctx, t.trial_id, last, stopped):
             status = "stopped_early"
         elif t.status == "TERMINATED" and METRIC not in last:
             status = "no result"
@@ -584,6 +602,10 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                        or storage.remote and tune.Tuner.can_restore(storage.experiment)):
         raise FileExistsError(f"{out} holds a previous search: pass resume=True (--resume) to continue it, "
                               "or choose another output folder")
+    if r.resume and (r.address or "").startswith("ray://"):
+        # under Ray Client, Tune runs in a remote actor: a restored run's callbacks and budget cannot be set
+        raise ResourceError(f"--resume through Ray Client (--address {r.address}) is not supported: run the "
+                            "resume on a node of the cluster with --address auto")
 
     sp = load_space(r.space)
     data_part = r.data.model_dump(mode="json", exclude_unset=True) if isinstance(r.data, DataConfig) \
@@ -611,7 +633,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
 
     base_cfg = sp.to_config({})
     spent_before = student_seconds_spent(storage, out) if r.resume else 0.0   # read before progress is rewritten
-    write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials)
+    write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials, student_seconds=spent_before)
     publish(storage, out, (PROGRESS_FILE,))
     events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
                            "counted in the time budget")
@@ -630,7 +652,8 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                         {"experiment": str(exp_path), "space": sp.name}, out / PROGRESS_FILE, events,
                         [(sp.decode(p), label) for p, label in zip(points or [], labels)],
                         metric=resolve_metric(base_cfg.optim.metric, teacher.task.task_type),
-                        inputs=teacher.inputs, storage=storage)
+                        inputs=teacher.inputs, storage=storage,
+                        scheduler_in_driver=not (r.address or "").startswith("ray://"))
     if teacher.inputs is not None:
         events.emit("teacher", f"{teacher.fine_tunes} teacher fine-tune(s) in this run; the trials get the dataset, "
                                f"teacher(s) and logits through Ray's object store "
@@ -652,7 +675,9 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
         try:
             anchor_row = train_anchor(ctx, anchor_cfg, out / "anchor", anchor_label, r.resume)
             release_gpu_cache()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:   # the anchor's time was spent: a resume counts it
+            write_progress(out / PROGRESS_FILE, phase="interrupted", trials_total=b.trials,
+                           student_seconds=ctx.student_seconds())
             raise
         except Exception as err:  # noqa: BLE001 - the search may still produce a student: say so, go on
             anchor_error = f"{type(err).__name__}: {err}"
@@ -678,6 +703,8 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
             f"{max(remaining, 0):.0f} s of the time budget are left, less than one student takes "
             f"(the anchor took {anchor_row['seconds']:.0f} s)" if anchor_row else
             "no time budget left"))
+        if r.resume:   # the earlier run's trials stay on the leaderboard
+            rows = _reconcile(ctx, _earlier_trials(storage))
     else:
         ctx.trials_total = search_trials
         owns_ray = _init_ray(r.address, r.num_cpus, r.verbose)
@@ -773,11 +800,7 @@ def _tune(ctx: SearchContext, sp: SearchSpace, storage: Storage, trials: int,
     interrupted = False
     exp_uri = storage.experiment
     if resume and tune.Tuner.can_restore(exp_uri):
-        tuner = tune.Tuner.restore(exp_uri, trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=True)
-        tuner._local_tuner.get_run_config().callbacks = [callback]
-        # the restored TuneConfig holds the first run's whole budget: what is left of it instead
-        tuner._local_tuner._tune_config.time_budget_s = time_budget
+        tuner = _restored_tuner(tune, exp_uri, trainable, callback, time_budget, ctx.events)
         ctx.events.emit("search", f"resuming {exp_uri}")
     else:
         searcher = OptunaSearch(space=sp, metric=METRIC, mode="max", points_to_evaluate=points or None,
@@ -803,16 +826,33 @@ def _tune(ctx: SearchContext, sp: SearchSpace, storage: Storage, trials: int,
             if tune.Tuner.can_restore(exp_uri) else None
     finally:
         ctx.events.close_bar()
-    rows = _reconcile(ctx, grid) if grid is not None else []
+    rows = _reconcile(ctx, _grid_trials(grid)) if grid is not None else []
     finished = sum(r["status"] in ("completed", "stopped_early", "error") for r in rows)
     if finished < trials and (time_budget is None or time.perf_counter() - started < time_budget):
         interrupted = True
     return rows, interrupted
 
 
-def _reconcile(ctx: SearchContext, grid) -> list[dict[str, Any]]:
+def _restored_tuner(tune, exp_uri: str, trainable, callback, time_budget: float | None, events: EventLog):
+    """The interrupted run, with a fresh callback and what is left of the time budget (the restored TuneConfig
+    holds the first run's whole budget). Tune offers no public way to change either on restore, so both are
+    set on its TunerInternal; a Ray whose layout differs is said, not silently ignored."""
+    import ray
+    tuner = tune.Tuner.restore(exp_uri, trainable, resume_unfinished=True, resume_errored=False,
+                               restart_errored=True)
+    local = tuner._local_tuner
+    local.get_run_config().callbacks = [callback]
+    tune_config = getattr(local, "_tune_config", None)
+    if tune_config is not None and hasattr(tune_config, "time_budget_s"):
+        tune_config.time_budget_s = time_budget
+    elif time_budget is not None:
+        events.emit("budget", f"Ray {ray.__version__} keeps a restored run's first time budget: this resume "
+                              f"may spend it again, not only the {time_budget:.0f} s left")
+    return tuner
+
+
+def _reconcile(ctx: SearchContext, trials: Sequence[Any]) -> list[dict[str, Any]]:
     """Records for finished trials the callback did not write (e.g. after a crash); the leaderboard."""
-    trials = _grid_trials(grid)
     recorded = {(r.search or {}).get("trial_id") for r in ctx.store.read()}
     stopped = _stopped_by_scheduler(ctx)
     for t in trials:
@@ -820,7 +860,7 @@ def _reconcile(ctx: SearchContext, grid) -> list[dict[str, Any]]:
         if t.status != "TERMINATED" or t.trial_id in recorded or METRIC not in last:
             continue
         rec = record_for(ctx, t.trial_id, t.config or {}, last, None, last.get("training_iteration"),
-                         stopped_early=t.trial_id in stopped)
+                         stopped_early=_was_stopped_early(ctx, t.trial_id, last, stopped))
         if rec is not None:
             ctx.store.append(rec)
     return _leaderboard(trials, ctx)
