@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -303,19 +304,23 @@ def test_under_ray_client_a_trial_ended_without_its_final_report_counts_as_stopp
     assert statuses[False] == {"t_stopped": "stopped_early", "t_never_scored": "no result"}
 
 
-def test_a_resume_through_ray_client_is_refused_before_any_work(tmp_path):
+def test_a_resume_through_ray_client_is_refused_before_any_work(tmp_path, monkeypatch):
     from autodistill.resources import ResourceError
     from autodistill.search.driver import SearchRequest, run_search
     with pytest.raises(ResourceError, match="--address auto"):
         run_search(SearchRequest(CR, "cpu-fast", tmp_path / "out", resume=True, address="ray://10.0.0.1:10001",
                                  quiet=True))
-    assert not (tmp_path / "out" / "progress.json").exists()
+    monkeypatch.setenv("RAY_ADDRESS", "ray://10.0.0.1:10001")      # as ray.init reads it for "auto"
+    with pytest.raises(ResourceError, match="RAY_ADDRESS unset"):
+        run_search(SearchRequest(CR, "cpu-fast", tmp_path / "out", resume=True, address="auto", quiet=True))
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_resumed_search_reads_the_student_time_already_spent(tmp_path):
     """From --out, else from the storage folder it was published to (a cluster job resubmitted into a new
     --out), so the time budget counts what the interrupted run spent."""
-    from autodistill.search.export import make_storage, publish, student_seconds_spent, write_progress
+    from autodistill.search.export import (make_storage, publish, restore_published, student_seconds_spent,
+                                           write_progress)
 
     first, resubmitted = tmp_path / "first", tmp_path / "resubmitted"
     first.mkdir()
@@ -327,6 +332,29 @@ def test_a_resumed_search_reads_the_student_time_already_spent(tmp_path):
     publish(storage, first, ("progress.json",))
     assert student_seconds_spent(storage, resubmitted) == 123.5
     assert student_seconds_spent(make_storage(resubmitted, None), resubmitted) == 0.0
+    # and its records (which trials ASHA stopped), unless the new folder has its own
+    (first / "records.jsonl").write_text('{"a": 1}\n')
+    publish(storage, first, ("records.jsonl",))
+    assert restore_published(storage, resubmitted, "records.jsonl")
+    assert (resubmitted / "records.jsonl").read_text() == '{"a": 1}\n'
+    (first / "records.jsonl").write_text('{"a": 2}\n')
+    publish(storage, first, ("records.jsonl",))
+    assert not restore_published(storage, resubmitted, "records.jsonl")
+    assert (resubmitted / "records.jsonl").read_text() == '{"a": 1}\n'
+
+
+def test_a_run_interrupted_before_its_first_snapshot_left_no_trials(tmp_path):
+    """Tune writes tuner.pkl (so ``can_restore``) when the run is set up and its first experiment snapshot only
+    once it steps: a Ctrl-C between the two leaves no trial to list, not an error."""
+    from ray import tune
+
+    from autodistill.search.driver import _earlier_trials
+    from autodistill.search.export import EXPERIMENT_NAME, make_storage
+
+    tune.Tuner(lambda config: None, run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=str(tmp_path)))
+    storage = make_storage(tmp_path, None)
+    assert tune.Tuner.can_restore(storage.experiment)
+    assert _earlier_trials(storage) == []
 
 
 def test_an_interrupt_before_the_trials_keeps_the_student_time_already_spent(tiny_backbone, tmp_path, monkeypatch):
@@ -339,8 +367,10 @@ def test_an_interrupt_before_the_trials_keeps_the_student_time_already_spent(tin
     out = tmp_path / "out"
     out.mkdir()
     write_progress(out / "progress.json", phase="interrupted", student_seconds=123.5)
+    shared = tmp_path / "shared"     # a cluster job's storage folder, which a resubmitted job reads
     request = driver.SearchRequest(CR, space_file, out, trials=2, resume=True, quiet=True,
-                                   anchor_pipeline=(PipelineConfig().to_dict(), "the default"))
+                                   anchor_pipeline=(PipelineConfig().to_dict(), "the default"),
+                                   storage_path=shared.as_uri())
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -359,9 +389,10 @@ def test_an_interrupt_before_the_trials_keeps_the_student_time_already_spent(tin
     with pytest.raises(KeyboardInterrupt):
         driver.run_search(request)
     assert json.loads((out / "progress.json").read_text())["student_seconds"] >= 125.5
+    assert json.loads((shared / "progress.json").read_text())["student_seconds"] >= 125.5
 
 
-def test_a_restored_search_gets_the_budget_left_and_a_fresh_callback():
+def test_a_restored_search_gets_the_budget_left_and_a_fresh_callback(tmp_path):
     """Tune has no public way to change a restored run's budget or callbacks: ``_restored_tuner`` sets them on the
     installed Ray's TunerInternal (this pins that layout: an upgrade that moves it fails here), and says so
     when a Ray lacks it instead of silently granting the first run's whole budget again."""
@@ -375,7 +406,8 @@ def test_a_restored_search_gets_the_budget_left_and_a_fresh_callback():
         return NS(Tuner=NS(restore=lambda *args, **kwargs: tuner))
 
     said = io.StringIO()
-    first_run = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(time_budget_s=100.0))
+    first_run = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(time_budget_s=100.0),
+                           run_config=tune.RunConfig(storage_path=str(tmp_path)))
     callback = object()
     tuner = _restored_tuner(restore_as(first_run), "exp", None, callback, 40.0, EventLog(said))
     assert tuner._local_tuner._tune_config.time_budget_s == 40.0
@@ -385,6 +417,8 @@ def test_a_restored_search_gets_the_budget_left_and_a_fresh_callback():
     other_layout = NS(_local_tuner=NS(get_run_config=lambda: NS(callbacks=None)))
     _restored_tuner(restore_as(other_layout), "exp", None, callback, 40.0, EventLog(said))
     assert "may spend it again, not only the 40 s left" in said.getvalue()
+    with pytest.raises(RuntimeError, match="start a new search"):
+        _restored_tuner(restore_as(NS()), "exp", None, callback, 40.0, EventLog(said))
 
 
 def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):
@@ -402,7 +436,8 @@ def test_asha_stops_a_bad_region_early(tiny_backbone, tmp_path):
     assert len(records) == 3 and any(r.status == "stopped_early" for r in records)
 
 
-def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
+def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path, monkeypatch):
+    from autodistill.search import driver
     from autodistill.search.driver import SearchRequest, run_search
     space_file = write_space(tmp_path, tiny_space(tiny_backbone, max_concurrent_trials=1))
     out = tmp_path / "out"
@@ -443,10 +478,13 @@ def test_interrupted_search_resumes_without_duplicates(tiny_backbone, tmp_path):
     assert sum(r["status"] in ("completed", "stopped_early") for r in result.trials) == 4
     assert not result.interrupted
 
-    # resumed again with less budget than one student: the search is skipped, its trials and best student stay
+    # resumed again (a new process: ASHA's stops known from the records only) with less budget than one student:
+    # the search is skipped, its trials and best student stay
+    shutil.rmtree(out / "best")
+    monkeypatch.setattr(driver, "_STOPPED_BY_SCHEDULER", set())
     again = run_search(SearchRequest(CR, space_file, out, trials=4, resume=True, time_budget=1, quiet=True))
     assert {r["trial_id"]: r["status"] for r in again.trials} == {r["trial_id"]: r["status"] for r in result.trials}
-    assert again.best["trial_id"] == result.best["trial_id"] and (out / "best" / "student").is_dir()
+    assert again.best["dev_score"] == result.best["dev_score"] and (out / "best" / "student").is_dir()
     assert len(json.loads((out / "leaderboard.json").read_text())["trials"]) == 4
     assert len(RecordStore(out).read()) == 4
 

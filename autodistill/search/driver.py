@@ -36,7 +36,7 @@ from ..resources import ResourceError, concurrent_trials, trial_resources
 from ..shipping import SearchInputs, pack
 from ..teacher.fine_tuned import FINE_TUNES
 from .export import (EXPERIMENT_NAME, PROGRESS_FILE, Storage, checkpoint_uri, export_best, make_storage, publish,
-                     student_seconds_spent, write_progress)
+                     restore_published, student_seconds_spent, write_progress)
 from .space import Budget, SearchSpace, SpaceError, encode_points, load_space, load_warm_start
 from .trial import METRIC, distill_trainable
 
@@ -366,7 +366,10 @@ def _earlier_trials(storage: Storage) -> list[Any]:
     from ray import tune
     if not tune.Tuner.can_restore(storage.experiment):
         return []
-    return list(tune.ExperimentAnalysis(storage.experiment).trials)
+    try:
+        return list(tune.ExperimentAnalysis(storage.experiment).trials)
+    except ValueError:   # interrupted after Tune set up the run, before its first snapshot: no trial ran
+        return []
 
 
 def _stopped_by_scheduler(ctx: SearchContext) -> set[str]:
@@ -556,6 +559,18 @@ def _runtime_env() -> dict[str, Any]:
     return {"env_vars": env}
 
 
+def _ray_client_address(address: str | None) -> str | None:
+    """The ray:// address the search will connect through (Ray Client), if any: ``address``, or RAY_ADDRESS
+    when it is unset or "auto" (as ``ray.init`` reads it)."""
+    effective = os.environ.get("RAY_ADDRESS") if address in (None, "auto") else address
+    return effective if (effective or "").startswith("ray://") else None
+
+
+def _connected_through_ray_client() -> bool:
+    import ray
+    return ray.util.client.ray.is_connected()
+
+
 def _init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> bool:
     """Start Ray in-process (or connect to ``address``); returns whether we started/connected it here."""
     import ray
@@ -595,6 +610,10 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     t_start = time.perf_counter()
     events = events or EventLog(quiet=r.quiet)
     out = Path(r.out_dir).resolve()
+    if r.resume and _ray_client_address(r.address):
+        # under Ray Client, Tune runs in a remote actor: a restored run's callbacks and budget cannot be set
+        raise ResourceError(f"--resume through Ray Client ({_ray_client_address(r.address)}) is not supported: "
+                            "run the resume on a node of the cluster, with --address auto and RAY_ADDRESS unset")
     out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_NAME
     storage = make_storage(out, r.storage_path)
@@ -602,10 +621,6 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                        or storage.remote and tune.Tuner.can_restore(storage.experiment)):
         raise FileExistsError(f"{out} holds a previous search: pass resume=True (--resume) to continue it, "
                               "or choose another output folder")
-    if r.resume and (r.address or "").startswith("ray://"):
-        # under Ray Client, Tune runs in a remote actor: a restored run's callbacks and budget cannot be set
-        raise ResourceError(f"--resume through Ray Client (--address {r.address}) is not supported: run the "
-                            "resume on a node of the cluster with --address auto")
 
     sp = load_space(r.space)
     data_part = r.data.model_dump(mode="json", exclude_unset=True) if isinstance(r.data, DataConfig) \
@@ -632,12 +647,18 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     anchor = r.anchor or r.anchor_pipeline is not None
 
     base_cfg = sp.to_config({})
+    if r.resume and r.records_path is None:
+        restore_published(storage, out, "records.jsonl")   # which trials ASHA stopped, kept as they were
     spent_before = student_seconds_spent(storage, out) if r.resume else 0.0   # read before progress is rewritten
     write_progress(out / PROGRESS_FILE, phase="teacher", trials_total=b.trials, student_seconds=spent_before)
     publish(storage, out, (PROGRESS_FILE,))
     events.emit("teacher", f"fine-tuning {base_cfg.teacher.backbone} (or loading it from the cache); not "
                            "counted in the time budget")
-    teacher = prepare_teacher(base_cfg, events)
+    try:
+        teacher = prepare_teacher(base_cfg, events)
+    except KeyboardInterrupt:
+        _save_interrupted_progress(storage, out, b, spent_before)
+        raise
     release_gpu_cache()
     meta: dict[str, Any] = {}
     if r.meta_features is not None:
@@ -653,7 +674,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                         [(sp.decode(p), label) for p, label in zip(points or [], labels)],
                         metric=resolve_metric(base_cfg.optim.metric, teacher.task.task_type),
                         inputs=teacher.inputs, storage=storage,
-                        scheduler_in_driver=not (r.address or "").startswith("ray://"))
+                        scheduler_in_driver=not _ray_client_address(r.address))
     if teacher.inputs is not None:
         events.emit("teacher", f"{teacher.fine_tunes} teacher fine-tune(s) in this run; the trials get the dataset, "
                                f"teacher(s) and logits through Ray's object store "
@@ -676,8 +697,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
             anchor_row = train_anchor(ctx, anchor_cfg, out / "anchor", anchor_label, r.resume)
             release_gpu_cache()
         except KeyboardInterrupt:   # the anchor's time was spent: a resume counts it
-            write_progress(out / PROGRESS_FILE, phase="interrupted", trials_total=b.trials,
-                           student_seconds=ctx.student_seconds())
+            _save_interrupted_progress(storage, out, b, ctx.student_seconds())
             raise
         except Exception as err:  # noqa: BLE001 - the search may still produce a student: say so, go on
             anchor_error = f"{type(err).__name__}: {err}"
@@ -708,6 +728,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     else:
         ctx.trials_total = search_trials
         owns_ray = _init_ray(r.address, r.num_cpus, r.verbose)
+        ctx.scheduler_in_driver = not _connected_through_ray_client()
         try:
             rows, interrupted = _tune(ctx, sp, storage, search_trials, remaining, points, r.resume, tune,
                                       OptunaSearch, optuna)
@@ -746,6 +767,13 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                    best_trial=result.best["trial_id"] if result.best else None)
     publish(storage, out, best=True)
     return result
+
+
+def _save_interrupted_progress(storage: Storage, out: Path, b: Budget, student_seconds: float | None) -> None:
+    """progress.json after a Ctrl-C before the trials, with the student time spent so far (a resume counts it),
+    published for a resubmitted job that reads it from the storage folder."""
+    write_progress(out / PROGRESS_FILE, phase="interrupted", trials_total=b.trials, student_seconds=student_seconds)
+    publish(storage, out, (PROGRESS_FILE,))
 
 
 def _note_pace(events: EventLog, wall: float, b: Budget, used: float) -> None:
@@ -840,7 +868,10 @@ def _restored_tuner(tune, exp_uri: str, trainable, callback, time_budget: float 
     import ray
     tuner = tune.Tuner.restore(exp_uri, trainable, resume_unfinished=True, resume_errored=False,
                                restart_errored=True)
-    local = tuner._local_tuner
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None or not hasattr(local, "get_run_config"):
+        raise RuntimeError(f"Ray {ray.__version__} restores a search in a way this version of autodistill cannot "
+                           "continue (its callbacks cannot be set); start a new search in another --out")
     local.get_run_config().callbacks = [callback]
     tune_config = getattr(local, "_tune_config", None)
     if tune_config is not None and hasattr(tune_config, "time_budget_s"):

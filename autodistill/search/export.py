@@ -37,22 +37,34 @@ class Storage:
 def student_seconds_spent(storage: "Storage", out: Path) -> float:
     """The student time an earlier, interrupted run of this search spent (its last progress): from ``out``,
     else from the storage folder it was published to (a cluster job resubmitted into a new folder)."""
-    raw = (out / PROGRESS_FILE).read_bytes() if (out / PROGRESS_FILE).is_file() else _read_published(storage)
+    raw = (out / PROGRESS_FILE).read_bytes() if (out / PROGRESS_FILE).is_file() else _read_published(storage, PROGRESS_FILE)
     try:
         return float(json.loads(raw or b"{}").get("student_seconds") or 0.0)
     except (ValueError, TypeError, AttributeError):
         return 0.0
 
 
-def _read_published(storage: "Storage") -> bytes | None:
+def _read_published(storage: "Storage", name: str) -> bytes | None:
     if not storage.remote:
         return None
     fs, root = _filesystem(storage)
     try:
-        with fs.open_input_stream(f"{root}/{PROGRESS_FILE}") as fh:
+        with fs.open_input_stream(f"{root}/{name}") as fh:
             return fh.read()
     except (FileNotFoundError, OSError):
         return None
+
+
+def restore_published(storage: "Storage", out: Path, name: str) -> bool:
+    """Copy ``name`` from the storage folder an earlier run of this search published to into ``out``, when
+    ``out`` lacks it: a cluster job resubmitted into a new folder goes on from the earlier run's records."""
+    if (out / name).exists():
+        return False
+    raw = _read_published(storage, name)
+    if raw is None:
+        return False
+    (out / name).write_bytes(raw)
+    return True
 
 
 def make_storage(out: Path, storage_path: str | None) -> Storage:
