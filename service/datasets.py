@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from autodistill.config import DataConfig
-from autodistill.data import TaskData, load_task_data
+from autodistill.data import FILE_FORMATS, TaskData, load_task_data
 
 from .errors import ApiError, public_text
 
@@ -204,11 +204,17 @@ def _too_big(field: str, what: str) -> ApiError:
     return ApiError(413, "payload_too_large", f"{field}: {what}", field=field)
 
 
-def _count_lines(path: Path, stop_after: int) -> int:
+def _count_lines(path: Path, stop_after: int, cr_ends_lines: bool) -> int:
+    """Line ends in ``path``, counting as the reader will: "\n" (JSON lines), or also a lone "\r" (the csv
+    module's rows); stops counting past ``stop_after``."""
     lines = 0
+    previous = b""
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             lines += chunk.count(b"\n")
+            if cr_ends_lines:   # a "\r\n" is one line end, also when a chunk ends between the two
+                lines += chunk.count(b"\r") - chunk.count(b"\r\n") - (previous == b"\r" and chunk[:1] == b"\n")
+            previous = chunk[-1:]
             if lines > stop_after:
                 break
     return lines
@@ -256,24 +262,26 @@ def _check_parquet(path: Path, max_rows: int, max_bytes: int, field: str) -> int
     return max(stored, decoded)
 
 
-def _check_file(path: Path, max_rows: int, max_bytes: int, field: str) -> int:
-    """Bytes a data file decodes to (413 past ``max_rows`` rows or ``max_bytes``)."""
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
+def _check_file(path: Path, max_rows: int, max_bytes: int, field: str, fmt: str) -> int:
+    """Bytes a data file decodes to (413 past ``max_rows`` rows or ``max_bytes``), measured in the format the
+    loader will read it in: ``data.format``, else the one its extension names."""
+    kind = fmt if fmt not in ("auto", "hf") else FILE_FORMATS.get(path.suffix.lower())
+    if kind == "parquet":
         return _check_parquet(path, max_rows, max_bytes, field)
     size = path.stat().st_size
     if size > max_bytes:
         raise _too_big(field, f"{size / 2**20:.1f} MB, over the cap of {max_bytes / 2**20:.1f} MB")
-    if suffix != ".arrow" and _count_lines(path, max_rows + 1) > max_rows + 1:   # + a CSV header
+    if kind is not None and _count_lines(path, max_rows + 1, kind in ("csv", "tsv")) > max_rows + 1:  # + a header
         raise _too_big(field, f"more than {max_rows} rows (max_rows)")
-    return size
+    return size   # no format (kind None): the loader refuses the file and says why
 
 
-def check_bounds(spec: Path, max_rows: int, max_bytes: int, field: str) -> None:
+def check_bounds(spec: Path, max_rows: int, max_bytes: int, field: str, fmt: str = "auto") -> None:
     """``spec`` (a data file, a folder of train/validation files, or a saved HF dataset folder) fits in
-    ``max_rows`` rows per file and ``max_bytes`` decoded bytes in all; else 413, before anything is parsed."""
+    ``max_rows`` rows per file and ``max_bytes`` decoded bytes in all; else 413, before anything is parsed.
+    ``fmt`` is the dataset's ``data.format``."""
     if spec.is_file():
-        _check_file(spec, max_rows, max_bytes, field)
+        _check_file(spec, max_rows, max_bytes, field, fmt)
         return
     arrows = sorted(spec.rglob("*.arrow"))
     if arrows:   # a saved HF dataset: Arrow stores values as they decode; rows from its state files
@@ -289,7 +297,7 @@ def check_bounds(spec: Path, max_rows: int, max_bytes: int, field: str) -> None:
     total = 0
     for path in sorted(spec.iterdir()):
         if path.is_file() and path.stem in ("train", "validation"):
-            total += _check_file(path, max_rows, max_bytes - total, field)
+            total += _check_file(path, max_rows, max_bytes - total, field, fmt)
 
 
 def dataset_stats(task: TaskData) -> dict[str, Any]:
@@ -326,7 +334,7 @@ def describe_dataset(cfg: DataConfig, field: str, public_names: dict[str, str], 
     meta_features), or an ApiError (413/422) naming ``field`` in the client's own names."""
     for spec in (cfg.train, cfg.validation):
         if spec:
-            check_bounds(Path(spec), max_rows, max_bytes, field)
+            check_bounds(Path(spec), max_rows, max_bytes, field, cfg.format)
     task = load_validated(cfg, field, public_names)
     try:
         features = meta_features(task, backbone)

@@ -5,6 +5,7 @@ Every read of a user resource takes the owner (the API key id): a key never sees
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 import uuid
@@ -25,6 +26,16 @@ ACTIVE_STATES = ("queued", "running")
 
 def new_id(kind: str) -> str:
     return f"{kind}_{uuid.uuid4().hex[:20]}"
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def well_formed_id(rid: str) -> bool:
+    """Whether ``rid`` can be a row's id (:func:`new_id`'s, or a short one of letters, digits, _ and -): any
+    other (with a NUL byte, which PostgreSQL refuses in a query, say) names no row on any backend, so it is not
+    looked up."""
+    return isinstance(rid, str) and _ID.fullmatch(rid) is not None
 
 
 def hash_key(secret: str) -> str:
@@ -54,6 +65,8 @@ class Store:
     def _locked_dataset(conn: Connection, owner: str, dataset_id: str, exclusive: bool) -> bool:
         """Whether the dataset exists, locking its row until the transaction ends (shared: a search
         referencing it; exclusive: deleting it), so a delete and a new reference cannot interleave."""
+        if not well_formed_id(dataset_id):
+            return False
         q = select(db.datasets.c.id).where(and_(db.datasets.c.id == dataset_id, db.datasets.c.owner == owner))
         q = q.with_for_update(read=not exclusive) if conn.dialect.name == "postgresql" else q
         return conn.execute(q).first() is not None
@@ -90,6 +103,8 @@ class Store:
 
     # ------------------------------------------------------------------ generic owned rows
     def _get(self, table, owner: str | None, rid: str) -> dict[str, Any] | None:
+        if not well_formed_id(rid):
+            return None
         cond = table.c.id == rid if owner is None else and_(table.c.id == rid, table.c.owner == owner)
         with self.engine.connect() as conn:
             row = conn.execute(select(table).where(cond)).mappings().first()
@@ -169,6 +184,8 @@ class Store:
     def delete_search(self, owner: str, search_id: str) -> str:
         """"deleted", "missing", or "active" (queued or running: it still writes its files)."""
         s = db.searches.c
+        if not well_formed_id(search_id):
+            return "missing"
         mine = and_(s.id == search_id, s.owner == owner)
         with self._check_then_write() as conn:
             query = select(s.state).where(mine)

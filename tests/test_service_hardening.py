@@ -127,6 +127,47 @@ def test_parquet_is_capped_by_rows_and_by_decoded_size(tmp_path, database_url):
         client.__exit__(None, None, None)
 
 
+def test_the_caps_measure_a_file_in_the_format_it_is_read_in(tmp_path, database_url):
+    """A Parquet file named .jsonl with columns.format "parquet", and a CSV whose rows end in a lone carriage
+    return, were measured as JSON lines (one \\n-line each) and then loaded whole: both are refused."""
+    import numpy as np
+    import pyarrow as pa
+    client = _client(_app(tmp_path / "svc", database_url, max_rows=100))
+    try:
+        n = 20_000
+        texts = pa.DictionaryArray.from_arrays(pa.array(np.arange(n) % 2, type=pa.int8()), pa.array(["good", "bad"]))
+        disguised = _parquet(tmp_path / "train.jsonl", texts, pa.array(np.arange(n) % 2))
+        body = _is_json_error(upload(client, client.keys["alice"], disguised, columns=json.dumps({"format": "parquet"})),
+                              413, "file")
+        assert "rows" in body["detail"]
+        carriage = tmp_path / "train.csv"
+        carriage.write_bytes(b"text,label\r" + b"".join(b"item %d,%d\r" % (i, i % 2) for i in range(150)))
+        assert _is_json_error(upload(client, client.keys["alice"], carriage), 413, "file")
+        windows = tmp_path / "few.csv"   # \r\n is one line end: 90 rows fit
+        windows.write_bytes(b"text,label\r\n" + b"".join(b"item %d %s,%d\r\n" % (i, b"good" if i % 2 else b"bad", i % 2)
+                                                       for i in range(90)))
+        assert upload(client, client.keys["alice"], windows).status_code == 201
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_an_id_no_row_can_have_is_not_found_on_every_database(tmp_path, database_url):
+    """A NUL byte in an id made PostgreSQL refuse the query (503) where SQLite answered 404."""
+    client = _client(_app(tmp_path / "svc", database_url))
+    try:
+        alice = client.keys["alice"]
+        for path in ("/searches/a%00b", "/searches/a%00b/trials", "/searches/a%00b/best", "/datasets/ds%00x"):
+            _is_json_error(client.get(path, headers=alice), 404)
+        _is_json_error(client.delete("/datasets/ds%00x", headers=alice), 404)
+        _is_json_error(client.delete("/searches/a%00b", headers=alice), 404)
+        r = client.post("/recommendations", json={"dataset_id": "ds\u0000x"}, headers=alice)
+        assert r.status_code in (404, 422), r.text
+        r = client.post("/searches", json={"dataset_id": "ds\u0000x"}, headers=alice)
+        assert r.status_code in (404, 422), r.text
+    finally:
+        client.__exit__(None, None, None)
+
+
 def test_text_files_are_capped_by_rows(tmp_path, database_url):
     client = _client(_app(tmp_path / "svc", database_url, max_rows=100))
     try:
