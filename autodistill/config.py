@@ -412,3 +412,19 @@ def with_pipeline(base: PipelineConfig | Mapping[str, Any], pipeline: Mapping[st
     which replace ``base``'s whole (they are complete sections, not partial updates)."""
     data = base.to_dict() if isinstance(base, PipelineConfig) else dict(base)
     return parse_config({**data, **pipeline_only(pipeline)}, source="recommended pipeline")
+
+
+def unknown_config_path(path: str) -> str | None:
+    """Why dotted ``path`` names no setting of :class:`PipelineConfig` that a candidate's config holds (None
+    when it does): a constraint with a typo would otherwise silently match no candidate."""
+    model: type[BaseModel] | None = PipelineConfig
+    done: list[str] = []
+    for part in path.split("."):
+        if model is None:
+            return f"{'.'.join(done)} is a setting, not a section"
+        if part not in model.model_fields:
+            return f"{'.'.join(done) or 'the config'} has no setting {part!r} (it has: {', '.join(model.model_fields)})"
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        done.append(part)
+    return None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, create_model, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, create_model,
+                      field_validator, model_validator)
 from pydantic_core import core_schema
 
-from autodistill.config import DataConfig, PipelineConfig
+from autodistill.config import DataConfig, PipelineConfig, unknown_config_path
 
 
 class Strict(BaseModel):
@@ -81,6 +82,15 @@ class Constraints(Strict):
     config: dict[str, Any] | None = Field(
         None, description="dotted config path -> required value or list of values, e.g. "
         "{\"student.num_layers\": [2, 3]}")
+
+    @field_validator("config")
+    @classmethod
+    def _paths_name_settings(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
+        for path in config or {}:
+            why = unknown_config_path(path)
+            if why:
+                raise ValueError(f"{path!r}: {why}")
+        return config
 
 
 class RecommendationRequest(Strict):

@@ -68,6 +68,7 @@ class SearchManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._submitting: set[str] = set()   # rows written, job not yet submitted: not "lost"
+        self._unpulled: dict[str, float] = {}  # ended jobs whose results are not yet read back: since when
 
     # ------------------------------------------------------------------ submitting
     @property
@@ -134,11 +135,12 @@ class SearchManager:
         shutil.copy2(space.source, job / "space.yaml")
         return job
 
-    def _pull(self, search: dict[str, Any], final: bool) -> None:
+    def _pull(self, search: dict[str, Any], final: bool) -> bool:
         """A remote search's progress and records (and when it ended, its leaderboard and best student)
-        from the search storage into the service's folder, where the rest of the service reads them."""
+        from the search storage into the service's folder, where the rest of the service reads them;
+        whether that worked."""
         if not self.remote:
-            return
+            return True
         out, uri = Path(search["out_dir"]), self.storage_uri(search)
         names = (PROGRESS_FILE, "records.jsonl") + (("leaderboard.json",) if final else ())
         try:
@@ -148,6 +150,14 @@ class SearchManager:
                 storage.fetch_dir(storage.join(uri, "best"), out / "best")
         except OSError as err:   # storage unreachable for a moment: the next refresh retries
             log.warning("reading %s from the search storage failed: %s", search["id"], err)
+            return False
+        return True
+
+    def _results_still_unread(self, search: dict[str, Any]) -> bool:
+        """The job ended but its results could not be read back: leave the search unfinished, so a later
+        refresh reads them, for up to ``search_grace_s``; after that it ends without them (its error says so)."""
+        since = self._unpulled.setdefault(search["id"], time.time())
+        return time.time() - since < self.settings.search_grace_s
 
     def _env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in ENV_FORWARD if os.environ.get(k)}
@@ -239,7 +249,13 @@ class SearchManager:
             # the user's cancel writes "cancelled" itself, so this stop was the service's
             state, fields["error"] = "failed", self._over_time_error(search)
         if state in TERMINAL_STATES:
-            self._pull(search, final=True)
+            if not self._pull(search, final=True):
+                if self._results_still_unread(search):
+                    return search
+                fields["error"] = (fields.get("error") or f"the search job {state}") + \
+                    "; its results could not be read from the search storage"
+                state = "failed"
+            self._unpulled.pop(search["id"], None)
             progress = _read_json(out / PROGRESS_FILE)
             if progress is not None and progress != search.get("progress"):
                 fields["progress"] = progress
@@ -282,7 +298,7 @@ class SearchManager:
         """What the client learns of a failed job: the last error line, without server paths; the whole
         log (command line, traceback) goes to the server log."""
         try:
-            logs = self.backend.logs(search["id"])
+            logs = self.backend.logs(search["id"])[-64 * 1024:]   # the error is at the end: parse only that
         except Exception:  # noqa: BLE001
             logs = ""
         log.warning("search %s failed; job log tail:\n%s", search["id"], logs[-4000:])

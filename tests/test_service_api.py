@@ -305,6 +305,10 @@ def test_recommendation_constraints(api, cr):
     assert body["source"] == "meta_model"
     if read_decision(DEFAULT_MODEL_DIR)["source"] == "portfolio":
         assert "none of its members" in body["reason"]
+    # a path that names no setting would match no candidate: an error naming it, not an empty answer
+    typo = {"dataset_id": cr["id"], "constraints": {"config": {"student.num_layer": [2]}}}
+    r = api.post("/recommendations", json=typo, headers=api.keys["alice"])
+    assert r.status_code == 422 and "student has no setting 'num_layer'" in r.text, r.text
 
 
 @pytest.mark.parametrize("body,status,field", [

@@ -97,3 +97,25 @@ def test_a_remote_search_sends_its_inputs_with_the_job_not_as_paths(tmp_path):
     row = {**row, "request": {**row["request"], "gpus_per_trial": 2}}
     cmd = manager.entrypoint(row, store.get_dataset(None, "ds1"), resume=False)
     assert cmd[cmd.index("--gpus-per-trial") + 1] == "2"                   # the request's own
+
+
+def test_an_ended_remote_search_whose_results_cannot_be_read_yet_stays_unfinished(manager, tmp_path, monkeypatch):
+    """A terminal row is never refreshed again: ending it while the storage is unreachable lost its leaderboard
+    and best student for good. It stays unfinished (later refreshes read them) for up to search_grace_s,
+    then ends failed, saying why."""
+    search = _search(manager, tmp_path)
+    manager.backend.states["s1"] = "succeeded"
+    reachable = {"now": False}
+    monkeypatch.setattr(SearchManager, "_pull", lambda self, s, final: reachable["now"] or not final)
+    row = manager.refresh(search)
+    assert row["state"] == "running" and manager.store.get_search(None, "s1")["state"] == "running"
+    reachable["now"] = True
+    assert manager.refresh(row)["state"] == "succeeded"
+
+    second = manager.store.add_search({**search, "id": "s2", "out_dir": str(tmp_path / "s2")})
+    assert second == "added"
+    manager.backend.states["s2"] = "succeeded"
+    reachable["now"] = False
+    monkeypatch.setattr(manager.settings, "search_grace_s", 0.0)
+    row = manager.refresh(manager.store.get_search(None, "s2"))
+    assert row["state"] == "failed" and "could not be read from the search storage" in row["error"]

@@ -9,9 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from ..config import ConfigError, PipelineConfig, load_config, with_pipeline
+from ..config import ConfigError, PipelineConfig, load_config, unknown_config_path, with_pipeline
 from ..data import DataError
 from ..meta.fitting import DEFAULT_MODEL_DIR
 from ..meta.model_files import ModelVersionError
@@ -45,30 +43,15 @@ def parse_constraints(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"--constraint {item!r}: expected PATH=VALUE")
         path, raw = item.split("=", 1)
-        check_config_path(path.strip(), item)
+        why = unknown_config_path(path.strip())
+        if why:
+            raise ValueError(f"--constraint {item!r}: {why}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
         out.setdefault(path.strip(), []).append(value)
     return out
-
-
-def check_config_path(path: str, item: str) -> None:
-    """``path`` (dotted) names a setting of :class:`PipelineConfig` that a candidate's config holds, else
-    a ValueError listing the settings where it went wrong (a typo would silently match no candidate)."""
-    model: type[BaseModel] | None = PipelineConfig
-    done: list[str] = []
-    for part in path.split("."):
-        if model is None:
-            raise ValueError(f"--constraint {item!r}: {'.'.join(done)} is a setting, not a section")
-        if part not in model.model_fields:
-            where = ".".join(done) or "the config"
-            raise ValueError(f"--constraint {item!r}: {where} has no setting {part!r} "
-                             f"(it has: {', '.join(model.model_fields)})")
-        annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        done.append(part)
 
 
 def no_candidate_text(constraints: list[str]) -> str:
