@@ -6,6 +6,7 @@ paths) go to the server log under a reference the body gives, never into the bod
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from typing import Any, Iterable
@@ -52,6 +53,26 @@ def public_text(text: str, replacements: Iterable[tuple[str, str]] = ()) -> str:
         if server:
             text = text.replace(server, public)
     return _ABS_PATH.sub("<server path>", text)
+
+
+def public_model_names(cfg, backbone_roots: Iterable[str]):
+    """``cfg`` (a PipelineConfig) with each model folder under a backbone root (the real path a search ran
+    with) named as a client names it: relative to that root."""
+    roots = [os.path.realpath(root) for root in backbone_roots]
+
+    def public(name: str | None) -> str | None:
+        for root in roots:
+            if name and name.startswith(root.rstrip("/") + "/"):
+                return os.path.relpath(name, root)
+        return name
+    cfg = cfg.model_copy(deep=True)
+    for teacher in cfg.teachers:
+        teacher.backbone = public(teacher.backbone)
+    for aug in cfg.augmentation.augmenters:
+        aug.mlm_model = public(aug.mlm_model)
+        if aug.translation_models:
+            aug.translation_models = [public(m) for m in aug.translation_models]
+    return cfg
 
 
 def not_found(kind: str, rid: str) -> ApiError:

@@ -49,6 +49,10 @@ class JobBackend(abc.ABC):
 
 
 class RayJobsBackend(JobBackend):
+    # (connect, read) seconds for each call to the cluster's job server: Ray's SDK sets none, so a cluster that
+    # accepts and never answers would hold a request thread (GET /searches/{id}, a cancel) forever
+    REQUEST_TIMEOUT: tuple[float, float] = (5.0, 60.0)
+
     def __init__(self, address: str, token: str | None = None, entrypoint_cpus: float | None = None,
                  entrypoint_gpus: float | None = None):
         self.address = address
@@ -61,8 +65,15 @@ class RayJobsBackend(JobBackend):
     def client(self):
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
+            timeout = self.REQUEST_TIMEOUT
+
+            class BoundedClient(JobSubmissionClient):
+                def _do_request(self, method, endpoint, **kwargs):   # every SDK call goes through here
+                    kwargs.setdefault("timeout", timeout)
+                    return super()._do_request(method, endpoint, **kwargs)
+
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-            self._client = JobSubmissionClient(self.address, headers=headers)
+            self._client = BoundedClient(self.address, headers=headers)
         return self._client
 
     def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str], files: Path | None = None) -> None:
@@ -138,6 +149,22 @@ def free_port_range(width: int, taken: set[int] | frozenset[int] = frozenset()) 
     raise RuntimeError("no free port range for Ray's workers")
 
 
+def _is_head_process(pid: int) -> bool:
+    """Whether ``pid`` is a live `ray start --head` (not a process that reused the number after a reboot, nor
+    a zombie, whose command line is empty)."""
+    if not Path("/proc/self/cmdline").is_file():   # no /proc: whether the process exists at all
+        try:
+            os.kill(pid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"start\x00" in cmdline and b"--head\x00" in cmdline
+
+
 def _answers(url: str, token: str | None, timeout: float = 3.0) -> bool:
     req = urllib.request.Request(f"{url}/api/version",
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -177,17 +204,25 @@ class LocalRayHead:
         except (ValueError, TypeError):
             return None
 
-    def running(self) -> HeadInfo | None:
-        info = self.read()
-        return info if info is not None and _answers(info.dashboard_url, info.token) else None
-
     def ensure(self, timeout: float = 120.0) -> HeadInfo:
-        """The running head recorded in head.json, or a new one (one per state folder, across processes)."""
+        """The running head recorded in head.json, or a new one (one per state folder, across processes).
+        A recorded head whose process lives is waited for, never replaced: a second head beside a slow one
+        would not know its jobs, and the service would submit every search again."""
         from filelock import FileLock
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with FileLock(str(self.dir / "head.lock")):
-            info = self.running()
-            return info if info is not None else self.start(timeout)
+            info = self.read()
+            if info is None or not _is_head_process(info.pid):
+                return self.start(timeout)
+            deadline = time.time() + timeout
+            while not _answers(info.dashboard_url, info.token):
+                if not _is_head_process(info.pid):
+                    return self.start(timeout)
+                if time.time() > deadline:
+                    raise RuntimeError(f"the local Ray head (pid {info.pid}) runs but has not answered for "
+                                       f"{timeout:.0f} s; see {self.dir / 'head.log'}")
+                time.sleep(1)
+            return info
 
     def start(self, timeout: float = 120.0) -> HeadInfo:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -31,7 +31,7 @@ from autodistill.meta.recommender import Recommender, matches_constraints
 from autodistill.meta.warm_start import DECISION_FILE, WarmStart, choose_warm_start
 from autodistill.records import RecordStore
 
-from .errors import ApiError
+from .errors import ApiError, public_model_names
 from .settings import ServiceSettings
 from .store import Store
 
@@ -176,7 +176,8 @@ class RecommenderService:
                 continue
             # the KD pipeline (as it runs on the dataset's task) on the default budget, never the meta-dataset's
             # build budget nor where its data lived on the server
-            cfg = _without_data_paths(with_pipeline(PipelineConfig(), r.config))
+            cfg = public_model_names(_without_data_paths(with_pipeline(PipelineConfig(), r.config)),
+                                     self.settings.backbone_roots)
             if config_constraints and not matches_constraints(cfg.to_dict(), config_constraints):
                 continue
             params = student_parameters_of(cfg, num_labels)

@@ -42,6 +42,9 @@ log = logging.getLogger("autodistill.service")
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 MAX_SUBMISSIONS = 3
+# a job submitted this recently may not be known to Ray yet (its submission still in flight, perhaps from
+# another service process): not taken for lost
+SUBMIT_GRACE_S = 60.0
 PURGE_EVERY_S = 60.0
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b")   # how often the monitor forgets idempotency records past their retention
 ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "AUTODISTILL_CACHE", "OMP_NUM_THREADS")
@@ -194,9 +197,11 @@ class SearchManager:
         row = {"id": sid, "owner": owner, "dataset_id": dataset["id"], "state": "queued", "request": request,
                "out_dir": str(out), "progress": {}, "best": None, "error": None, "submissions": 1,
                "created_at": now, "started_at": None, "finished_at": None, "updated_at": now, "folded": False}
+        self._submitting.add(sid)   # before the row exists: this process's monitor must not take it for lost
         added = self.store.add_search(row, self.settings.max_searches_per_key, self.settings.max_searches_total,
                                       self.settings.max_stored_searches_per_key)
         if added != "added":
+            self._submitting.discard(sid)
             shutil.rmtree(out, ignore_errors=True)
             if added == "no_dataset":
                 raise ApiError(404, "not_found", f"no dataset {dataset['id']!r} for this API key", field="dataset_id")
@@ -209,11 +214,12 @@ class SearchManager:
                    else f"{self.settings.max_searches_total} on this service")
             raise ApiError(429, "too_many_requests", f"searches in flight are capped at {cap}; retry when one "
                            "ends or cancel one", headers={"Retry-After": str(int(self.settings.poll_seconds * 5) + 1)})
-        self._submitting.add(sid)
         try:
             self.backend.submit(sid, self.entrypoint(row, dataset, resume=False), self._env(), out / "job"
                                 if self.remote else None)
         except Exception as err:  # noqa: BLE001 - the cluster refused: record why, tell the client
+            if self._known_to_ray(sid):   # it took the job after all (an answer lost on the way)
+                return self.store.get_search(owner, sid)
             log.error("submitting %s to Ray failed: %s", sid, err)
             self.store.update_search(sid, state="failed", error="submission to the Ray cluster failed",
                                      finished_at=time.time())
@@ -221,6 +227,12 @@ class SearchManager:
         finally:
             self._submitting.discard(sid)
         return self.store.get_search(owner, sid)
+
+    def _known_to_ray(self, sid: str) -> bool:
+        try:
+            return self.backend.status(sid) is not None
+        except Exception:  # noqa: BLE001 - unreachable: not known
+            return False
 
     # ------------------------------------------------------------------ following
     def refresh(self, search: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +251,8 @@ class SearchManager:
             log.warning("cannot reach Ray for %s: %s", search["id"], err)
             state = search["state"]
         if state is None:
+            if time.time() - (search.get("updated_at") or search["created_at"]) < SUBMIT_GRACE_S:
+                return search
             return self._lost(search, fields)
         if state == "running" and not search.get("started_at"):
             fields["started_at"] = time.time()

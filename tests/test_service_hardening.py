@@ -251,7 +251,7 @@ def test_deep_json_bodies_are_422_not_500(api, path):
     r = api.post(path, content=deep, headers={**api.keys["alice"], "content-type": "application/json"})
     body = _is_json_error(r, 422, "body")
     assert "nested" in body["detail"]
-    shallow = {"dataset_id": "nope", "constraints": {"config": {"a": [[[[1]]]]}}}   # ordinary nesting passes
+    shallow = {"dataset_id": "nope", "constraints": {"config": {"student.num_layers": [[[[1]]]]}}}   # ordinary nesting passes
     assert api.post("/recommendations", json=shallow, headers=api.keys["alice"]).status_code == 404
 
 
@@ -775,6 +775,34 @@ def test_the_embedded_ray_head_listens_on_loopback_only(tmp_path):
         assert stat.S_IMODE((tmp_path / "state" / "ray" / "head.json").stat().st_mode) == 0o600
     finally:
         head.stop()
+
+
+def test_a_slow_embedded_head_is_waited_for_never_replaced(tmp_path, monkeypatch):
+    """A head that answers slowly (2 busy cores) used to be taken for dead: a second head started beside it,
+    knew none of its jobs, and every search was submitted again. A recorded head whose process lives is
+    waited for (then an error); a new one starts only when that process is gone."""
+    import subprocess
+    import sys
+
+    from service.ray_backend import HeadInfo, LocalRayHead, free_ports
+    head = LocalRayHead(tmp_path / "state")
+    started = []
+    monkeypatch.setattr(LocalRayHead, "start", lambda self, timeout=120.0: started.append(timeout) or "new head")
+    # a process that looks like `ray start --head` but whose dashboard never answers
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "start", "--head"])
+    while not Path(f"/proc/{silent.pid}/cmdline").read_bytes():   # until it has exec'd
+        time.sleep(0.05)
+    try:
+        head.dir.mkdir(parents=True)
+        head.info_path.write_text(HeadInfo(f"http://127.0.0.1:{free_ports(1)[0]}", "127.0.0.1:1", silent.pid,
+                                           "t", str(tmp_path)).to_json())
+        with pytest.raises(RuntimeError, match="runs but has not answered"):
+            head.ensure(timeout=2)
+        assert not started
+    finally:
+        silent.kill()
+        silent.wait()
+    assert head.ensure(timeout=2) == "new head" and started      # its process is gone: a new head
 
 
 @pytest.mark.stops_ingest_workers

@@ -223,7 +223,7 @@ def test_deep_json_is_422_whatever_its_encoding(client_with, path):
     for encoding, body in DEEP_BODIES.items():
         r = client.post(path, content=body, headers={**client.keys["alice"], "content-type": "application/json"})
         assert "nested" in _is_json_error(r, 422, "body")["detail"], encoding
-    bom_shallow = b"\xef\xbb\xbf" + b'{"dataset_id": "nope", "constraints": {"config": {"a": [[1]]}}}'
+    bom_shallow = b"\xef\xbb\xbf" + b'{"dataset_id": "nope", "constraints": {"config": {"student.num_layers": [[1]]}}}'
     r = client.post("/recommendations", content=bom_shallow,
                     headers={**client.keys["alice"], "content-type": "application/json"})
     _is_json_error(r, 404)                                   # ordinary JSON with a BOM still parses

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from service import db
-from service.searches import MAX_SUBMISSIONS, SearchManager
+from service.searches import MAX_SUBMISSIONS, SUBMIT_GRACE_S, SearchManager
 from service.settings import ServiceSettings
 from service.store import Store
 from service_support import ScriptedBackend
@@ -24,10 +24,10 @@ def manager(tmp_path):
     return SearchManager(store, ScriptedBackend(), ServiceSettings(state_dir=tmp_path))
 
 
-def _search(manager, tmp_path, state="running"):
+def _search(manager, tmp_path, state="running", age=2 * SUBMIT_GRACE_S):
     out = tmp_path / "searches" / "s1"
     (out / "search").mkdir(parents=True)          # an experiment folder: a resumable search
-    now = time.time()
+    now = time.time() - age
     manager.store.add_search({"id": "s1", "owner": "k", "dataset_id": "ds1", "state": state,
                               "request": {"space": "cpu-fast", "trials": 4}, "out_dir": str(out), "progress": {},
                               "best": None, "error": None, "submissions": 1, "created_at": now, "started_at": now,
@@ -35,12 +35,13 @@ def _search(manager, tmp_path, state="running"):
     return manager.store.get_search(None, "s1")
 
 
-def test_a_job_the_cluster_lost_is_resubmitted_to_resume(manager, tmp_path):
+def test_a_job_the_cluster_lost_is_resubmitted_to_resume(manager, tmp_path, monkeypatch):
     search = _search(manager, tmp_path)
     row = manager.refresh(search)
     assert row["state"] == "queued" and row["submissions"] == 2
     job_id, cmd = manager.backend.submitted[-1]
     assert job_id == "s1" and "--resume" in cmd and cmd[cmd.index("--trials") + 1] == "4"
+    monkeypatch.setattr("service.searches.SUBMIT_GRACE_S", 0.0)   # each loss below comes long after its submission
     for _ in range(MAX_SUBMISSIONS - 1):              # lost again and again: gives up, says why
         manager.backend.states.pop("s1")
         row = manager.refresh(manager.store.get_search(None, "s1"))
@@ -119,3 +120,45 @@ def test_an_ended_remote_search_whose_results_cannot_be_read_yet_stays_unfinishe
     monkeypatch.setattr(manager.settings, "search_grace_s", 0.0)
     row = manager.refresh(manager.store.get_search(None, "s2"))
     assert row["state"] == "failed" and "could not be read from the search storage" in row["error"]
+
+
+def test_a_cluster_that_never_answers_does_not_hold_a_request_forever(monkeypatch):
+    """Ray's job SDK sets no timeout: a job server that accepts the connection and never answers held the
+    request thread (a GET, a cancel) for good. Every call is bounded by RayJobsBackend.REQUEST_TIMEOUT."""
+    import socket
+    import threading
+
+    from service.ray_backend import RayJobsBackend
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    monkeypatch.setattr(RayJobsBackend, "REQUEST_TIMEOUT", (1.0, 1.0))
+    backend = RayJobsBackend(f"http://127.0.0.1:{server.getsockname()[1]}")
+    started = time.monotonic()
+    with pytest.raises(Exception):
+        backend.status("search_x")
+    assert time.monotonic() - started < 30
+    server.close()
+
+
+def test_a_job_submitted_moments_ago_is_not_taken_for_lost(manager, tmp_path):
+    """Its submission may still be in flight (from another service process): resubmitting it made create's own
+    submit fail as a duplicate, the search marked failed while its job ran."""
+    search = _search(manager, tmp_path, state="queued", age=1.0)
+    assert manager.refresh(search)["state"] == "queued" and not manager.backend.submitted
+
+
+def test_a_submission_ray_took_though_its_answer_was_lost_is_not_failed(manager, tmp_path, monkeypatch):
+    backend = manager.backend
+    real_submit = backend.submit
+
+    def took_it_then_failed(job_id, entrypoint, env, files=None):
+        real_submit(job_id, entrypoint, env, files)
+        raise ConnectionError("the answer was lost")
+    monkeypatch.setattr(backend, "submit", took_it_then_failed)
+    monkeypatch.setattr(SearchManager, "_package", lambda self, out, dataset, config, space: None)
+    row = manager.create("k", manager.store.get_dataset(None, "ds1"), {"space": "cpu-fast", "trials": 2}, None)
+    assert row["state"] == "queued" and not row["error"]

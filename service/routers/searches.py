@@ -15,7 +15,7 @@ from autodistill.config import ConfigError, PipelineConfig
 from autodistill.search.space import SearchSpace, SpaceError, encode_points, warm_start_points
 
 from ..auth import current_key
-from ..errors import ApiError, not_found
+from ..errors import ApiError, not_found, public_model_names
 from ..recommend import RecommenderService
 from ..schemas import BestStudent, ErrorBody, Search, SearchPage, SearchRequest, Trial, TrialPage
 from ..searches import TERMINAL_STATES, SearchManager, check_search_request, search_space
@@ -147,6 +147,7 @@ def get_best(search_id: str, key: dict = Depends(current_key), store: Store = De
     metrics.pop("history", None)
     config = PipelineConfig.model_validate(yaml.safe_load((best / "config.yaml").read_text(encoding="utf-8")) or {})
     config.data.train, config.data.validation = f"dataset:{row['dataset_id']}", None   # not the server's path
+    config = public_model_names(config, manager.settings.backbone_roots)
     trial = json.loads((best / "trial.json").read_text(encoding="utf-8")) if (best / "trial.json").is_file() else {}
     return {"search_id": search_id, "trial_id": trial.get("trial_id"), "score": trial.get("score"),
             "dev_score": trial.get("dev_score"),
