@@ -360,6 +360,7 @@ class IngestWorkers:
     _slots: threading.Semaphore | None = None
     _lock = threading.Lock()
     _waiting = 0
+    _waiting_by_owner: dict[str, int] = {}
 
     def __init__(self, workers: int, timeout: float):
         self.workers, self.timeout = workers, timeout
@@ -397,14 +398,21 @@ class IngestWorkers:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def describe(self, *args, field: str) -> dict[str, Any]:
+    def describe(self, *args, field: str, owner: str) -> dict[str, Any]:
         """``describe_dataset(*args)`` in a worker; 429 when ``QUEUE_PER_WORKER`` datasets per worker are
-        already waiting; the timeout runs from when a worker is free for it."""
+        already waiting, or half of them are ``owner``'s (one key cannot fill the queue); the timeout runs
+        from when a worker is free for it."""
+        capacity = self.workers * QUEUE_PER_WORKER
         with IngestWorkers._lock:
-            if IngestWorkers._waiting >= self.workers * QUEUE_PER_WORKER:
+            mine = IngestWorkers._waiting_by_owner.get(owner, 0)
+            if mine >= max(1, capacity // 2):
+                raise ApiError(429, "too_many_requests", f"this API key has {mine} datasets being read, the most "
+                               "it may at once; retry when one is done", field=field, headers={"Retry-After": "10"})
+            if IngestWorkers._waiting >= capacity:
                 raise ApiError(429, "too_many_requests", "too many datasets are being read; retry later",
                                field=field, headers={"Retry-After": "10"})
             IngestWorkers._waiting += 1
+            IngestWorkers._waiting_by_owner[owner] = mine + 1
         try:
             with self._slot():
                 for _attempt in range(2):
@@ -417,6 +425,9 @@ class IngestWorkers:
         finally:
             with IngestWorkers._lock:
                 IngestWorkers._waiting -= 1
+                left = IngestWorkers._waiting_by_owner.pop(owner) - 1
+                if left:
+                    IngestWorkers._waiting_by_owner[owner] = left
 
     def _run(self, args: tuple, field: str) -> dict[str, Any]:
         """One attempt on the current pool; ``_PoolLost`` when the pool is torn down under it."""

@@ -23,6 +23,7 @@ STATUS_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: 
                 422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "unavailable"}
 # an absolute path in a message: a "/" that starts a word (after a quote, a space or the start)
 _ABS_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s'"(),:;]+/)*[^\s'"(),:;]*""")
+_URI = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'"(),;:]*""")   # file:///srv/x, s3://bucket/key
 
 
 class ApiError(Exception):
@@ -48,11 +49,11 @@ def validation_error(err: Any, prefix: str = "", default_field: str = "body") ->
 
 def public_text(text: str, replacements: Iterable[tuple[str, str]] = ()) -> str:
     """``text`` fit for a client: each known server path replaced by what the client calls it, and any
-    other absolute path by ``<server path>``."""
+    other absolute path or URI (a storage location) by ``<server path>``."""
     for server, public in sorted(replacements, key=lambda r: -len(r[0])):
         if server:
             text = text.replace(server, public)
-    return _ABS_PATH.sub("<server path>", text)
+    return _ABS_PATH.sub("<server path>", _URI.sub("<server path>", text))
 
 
 def public_model_names(cfg, backbone_roots: Iterable[str]):

@@ -102,6 +102,9 @@ class ServiceSettings(BaseModel):
                                        description="server folders holding backbones a search may name by path")
     idempotency_retention_s: float = Field(24 * 3600.0, gt=0, description="how long an Idempotency-Key is "
                                            "remembered; a retry after that is a new request")
+    max_idempotency_keys_per_key: int = Field(
+        10_000, ge=1, description="Idempotency-Keys one API key may have remembered at once (each keeps its "
+        "response for idempotency_retention_s); a request with a new one beyond that is a 429")
     idempotency_lease_s: float | None = Field(
         None, gt=0, description="how long a request in progress holds its Idempotency-Key without renewing it "
         "(it renews it every third of this while it runs): a retry after the lease lapsed (the server died "

@@ -227,10 +227,11 @@ class Store:
 
     # ------------------------------------------------------------------ idempotency
     def idempotency_begin(self, owner: str, key: str, endpoint: str, request_hash: str,
-                          retention_s: float | None = None,
-                          lease_s: float | None = None) -> tuple[str, dict[str, Any] | None]:
+                          retention_s: float | None = None, lease_s: float | None = None,
+                          max_per_owner: int | None = None) -> tuple[str, dict[str, Any] | None]:
         """("new", None) for a first request; ("replay", row) for a finished identical one; ("conflict",
-        row) when the key was used for another request; ("in_progress", row) while the first one runs.
+        row) when the key was used for another request; ("in_progress", row) while the first one runs;
+        ("limit", None) for a new key when the owner already has ``max_per_owner`` keys remembered.
         A record older than ``retention_s`` is forgotten first: the key starts a new request. An identical
         request in progress whose lease (``lease_s`` since it began or last renewed it) has lapsed died with
         its server: this one takes the key over ("new")."""
@@ -241,6 +242,9 @@ class Store:
                     c.owner == owner, c.key == key, c.created_at < time.time() - retention_s)))
         row = {"owner": owner, "key": key, "endpoint": endpoint, "request_hash": request_hash,
                "status_code": None, "body": None, "location": None, "created_at": time.time()}
+        if max_per_owner is not None and not self._idempotency_known(owner, key) and \
+                self._owned_count_of(db.idempotency, owner) >= max_per_owner:
+            return "limit", None
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(db.idempotency).values(**row))
@@ -260,6 +264,15 @@ class Store:
         if lease_s is not None and self._idempotency_take_over(owner, key, lease_s):
             return "new", None
         return "in_progress", old
+
+    def _idempotency_known(self, owner: str, key: str) -> bool:
+        c = db.idempotency.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(c.key).where(and_(c.owner == owner, c.key == key))).first() is not None
+
+    def _owned_count_of(self, table, owner: str) -> int:
+        with self.engine.connect() as conn:
+            return self._owned_count(conn, table, owner)
 
     def _idempotency_take_over(self, owner: str, key: str, lease_s: float) -> bool:
         """Whether the in-progress record's lease had lapsed and is now ours (renewed); of concurrent

@@ -168,6 +168,22 @@ def test_an_id_no_row_can_have_is_not_found_on_every_database(tmp_path, database
         client.__exit__(None, None, None)
 
 
+def test_an_api_key_with_too_many_idempotency_keys_remembered_gets_a_429(tmp_path, database_url):
+    client = _client(_app(tmp_path / "svc", database_url, max_idempotency_keys_per_key=1))
+    try:
+        alice = client.keys["alice"]
+        first = upload(client, {**alice, "Idempotency-Key": "a"}, small_jsonl(tmp_path / "a.jsonl"), name="a")
+        assert first.status_code == 201, first.text
+        body = _is_json_error(upload(client, {**alice, "Idempotency-Key": "b"}, small_jsonl(tmp_path / "b.jsonl"),
+                                     name="b"), 429, "Idempotency-Key")
+        assert "this API key" in body["detail"]
+        assert upload(client, {**alice, "Idempotency-Key": "a"}, small_jsonl(tmp_path / "a.jsonl"),
+                      name="a").headers.get("Idempotent-Replayed") == "true"
+        assert upload(client, alice, small_jsonl(tmp_path / "c.jsonl"), name="c").status_code == 201
+    finally:
+        client.__exit__(None, None, None)
+
+
 def test_text_files_are_capped_by_rows(tmp_path, database_url):
     client = _client(_app(tmp_path / "svc", database_url, max_rows=100))
     try:

@@ -41,13 +41,14 @@ def stand_in_ingest(monkeypatch):
     datasets.IngestWorkers.shutdown()
 
 
-def _read_in_threads(ingest, jobs: dict[str, dict], pause: float = 1.0) -> dict:
-    """Each job read on its own thread (as concurrent requests do), ``pause`` apart; name -> result or error."""
+def _read_in_threads(ingest, jobs: dict[str, dict], pause: float = 1.0, owner: str | None = None) -> dict:
+    """Each job read on its own thread (as concurrent requests do), ``pause`` apart, for ``owner`` (by default
+    each job its own API key's); name -> result or error."""
     results: dict = {}
 
     def read(name, job):
         try:
-            results[name] = ingest.describe(*_args(job), field="file")
+            results[name] = ingest.describe(*_args(job), field="file", owner=owner or name)
         except BaseException as err:  # noqa: BLE001 - the test asserts what each got
             results[name] = err
     threads = []
@@ -65,6 +66,28 @@ def _warm(workers_cls, workers: int) -> None:
     warm = workers_cls(workers, 120)
     assert _read_in_threads(warm, {f"w{i}": {"sleep": 0.5} for i in range(workers)}, pause=0) \
         == {f"w{i}": {"slept": 0.5} for i in range(workers)}
+
+
+@pytest.mark.stops_ingest_workers
+def test_one_key_cannot_fill_the_ingest_queue(stand_in_ingest):
+    """Half the queue at most is one key's: its next dataset is a 429 that speaks of that key only, while
+    another key's dataset is still taken."""
+    from service.datasets import QUEUE_PER_WORKER
+    from service.errors import ApiError
+    _warm(stand_in_ingest, 1)
+    ingest = stand_in_ingest(1, 120)
+    share = QUEUE_PER_WORKER // 2
+    jobs = {f"a{i}": {"sleep": 1.0} for i in range(share + 1)}
+    results: dict = {}
+    busy = threading.Thread(target=lambda: results.update(_read_in_threads(ingest, jobs, pause=0.05, owner="alice")))
+    busy.start()
+    time.sleep(0.05 * (share + 2))
+    other = _read_in_threads(ingest, {"b": {"sleep": 0.1}}, pause=0, owner="bob")
+    busy.join(120)
+    refused = [r for r in results.values() if isinstance(r, ApiError)]
+    assert len(refused) == 1 and refused[0].status == 429 and "this API key" in refused[0].detail
+    assert sum(r == {"slept": 1.0} for r in results.values()) == share
+    assert other == {"b": {"slept": 0.1}}
 
 
 # --------------------------------------------------------------------------- 1. one dataset's kill spares the others

@@ -41,3 +41,12 @@ def test_no_generated_request_is_a_server_error(api_schema):
         no_server_error()
     assert len(statuses) >= 3 * len(operations) and all(s < 500 for s in statuses)
     assert {200, 404, 422} <= set(statuses)   # the generated requests reach past validation too
+
+
+def test_public_text_hides_server_paths_and_storage_uris():
+    from service.errors import public_text
+    assert public_text("cannot read file:///mnt/nfs/x/y.jsonl: gone") == "cannot read <server path>: gone"
+    assert public_text("no such key s3://corp-bucket/a/b") == "no such key <server path>"
+    assert public_text("at /srv/data/x.csv, line 3") == "at <server path>, line 3"
+    assert public_text("at /srv/data/x.csv", [("/srv/data/x.csv", "train.csv")]) == "at train.csv"
+    assert public_text("the hub dataset user/name, ratio 0.5: fine") == "the hub dataset user/name, ratio 0.5: fine"

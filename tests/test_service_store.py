@@ -98,6 +98,15 @@ def test_idempotency_records(store):
     assert store.idempotency_begin("key_b", "k1", "POST /x", "h2") == ("new", None)
 
 
+def test_an_api_key_remembers_a_bounded_number_of_idempotency_keys(store):
+    for k in ("k1", "k2"):
+        assert store.idempotency_begin("key_a", k, "POST /x", "h", max_per_owner=2) == ("new", None)
+        store.idempotency_finish("key_a", k, 201, {"id": k}, None)
+    assert store.idempotency_begin("key_a", "k3", "POST /x", "h", max_per_owner=2) == ("limit", None)
+    assert store.idempotency_begin("key_a", "k1", "POST /x", "h", max_per_owner=2)[0] == "replay"   # known keys work
+    assert store.idempotency_begin("key_b", "k3", "POST /x", "h", max_per_owner=2) == ("new", None)  # per API key
+
+
 def test_an_idempotency_key_in_progress_past_its_lease_is_taken_over_once(store):
     from concurrent.futures import ThreadPoolExecutor
     assert store.idempotency_begin("key_a", "k1", "POST /x", "h1", lease_s=60) == ("new", None)

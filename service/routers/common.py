@@ -105,7 +105,12 @@ async def idempotent(request: Request, key: dict[str, Any], request_hash: str, h
     settings = get_settings(request)
     lease = settings.idempotency_lease
     state, old = await run_in_threadpool(db.idempotency_begin, key["id"], idem, endpoint, request_hash,
-                                         settings.idempotency_retention_s, lease)
+                                         settings.idempotency_retention_s, lease, settings.max_idempotency_keys_per_key)
+    if state == "limit":
+        raise ApiError(429, "too_many_requests", f"this API key has {settings.max_idempotency_keys_per_key} "
+                       f"{IDEMPOTENCY_HEADER}s remembered, the most it may (each for idempotency_retention_s); "
+                       "retry later or without the header", field=IDEMPOTENCY_HEADER,
+                       headers={"Retry-After": "3600"})
     if state == "conflict":
         raise ApiError(409, "conflict", f"{IDEMPOTENCY_HEADER} {idem!r} was used for a different request",
                        field=IDEMPOTENCY_HEADER)

@@ -160,7 +160,7 @@ class _Intake:
         settings = self.settings
         try:
             described = self.ingest.describe(cfg, field, public_names, settings.max_rows, settings.max_decoded_bytes,
-                                             settings.meta_features_backbone, field=field)
+                                             settings.meta_features_backbone, field=field, owner=self.key["id"])
             row = {"id": dataset_id, "owner": self.key["id"], "name": name, "source_kind": kind, "source": source,
                    "data_config": cfg.model_dump(mode="json"), **described, "created_at": time.time()}
             if not self.store.add_dataset(row, settings.max_datasets_per_key):
