@@ -15,7 +15,7 @@ import re
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from autodistill.config import DataConfig
 from autodistill.data import FILE_FORMATS, TaskData, load_task_data
@@ -168,7 +168,9 @@ class HubWorkers:
         with self._lock:
             self.busy -= 1
 
-    async def run(self, fn, *args, field: str = "hf_name"):
+    async def run(self, fn, *args, field: str = "hf_name", abandoned: Callable[[], None] | None = None):
+        """``fn(*args)`` on a hub worker, at most ``timeout`` s; a fetch given up on keeps its thread until it
+        ends (a thread cannot be stopped), and ``abandoned`` then cleans up what it wrote meanwhile."""
         import asyncio
         with self._lock:
             if self.busy >= self.workers:
@@ -180,6 +182,8 @@ class HubWorkers:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except asyncio.TimeoutError:
+            if abandoned is not None:
+                future.add_done_callback(lambda _future: abandoned())
             raise hub_timeout_error(field, self.timeout) from None
 
     def shutdown(self) -> None:

@@ -214,3 +214,29 @@ def test_orphaned_folders_are_removed_at_startup(tmp_path, database_url):
     _client_on(state, database_url, idempotency_lease_s=60).__exit__(None, None, None)   # a restart
     kept = {name for name, folder in folders.items() if folder.exists()}
     assert kept == {known_ds, known_search, "ds_" + "e" * 20, "notes"}
+
+
+def test_a_hub_fetch_given_up_on_leaves_no_files_once_it_ends(tmp_path):
+    """The request answers at the timeout, but the fetch's thread runs on and writes its dataset: once it
+    ends, what it wrote is removed (it was left until the next startup)."""
+    import asyncio
+
+    from service.datasets import HubWorkers, remove_dataset_files
+    from service.errors import ApiError
+
+    folder = tmp_path / "ds_x"
+
+    def slow_fetch():
+        time.sleep(1.0)
+        folder.mkdir()
+        (folder / "hf").write_text("late")
+
+    hub = HubWorkers(1, 0.2)
+    with pytest.raises(ApiError, match="did not answer"):
+        asyncio.run(hub.run(slow_fetch, abandoned=lambda: remove_dataset_files(folder)))
+    deadline = time.time() + 10
+    while hub.busy and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.2)
+    assert not folder.exists()
+    hub.shutdown()

@@ -269,7 +269,8 @@ class _Intake:
 
             async def handler():
                 try:
-                    saved = await hub.run(fetch_from_hub, name, private_dir(folder), settings)
+                    saved = await hub.run(fetch_from_hub, name, private_dir(folder), settings,
+                                          abandoned=lambda: remove_dataset_files(folder))
                 except BaseException:
                     remove_dataset_files(folder)
                     raise
