@@ -134,7 +134,7 @@ def fetch_from_hub(name: str, dest: Path, settings: Any, field: str = "hf_name")
                        f"({type(err).__name__})", field=field) from None
     left = settings.max_decoded_bytes
     for path in sorted(p for p in repo.rglob("*") if p.is_file() and p.name.lower().endswith(HUB_DATA_SUFFIXES)):
-        left -= _check_file(path, settings.max_rows, left, field)   # before anything parses them
+        left -= _check_file(path, settings.max_rows, left, field, "auto")   # before anything parses them (by extension)
     try:
         obj = datasets.load_dataset(str(repo), cache_dir=str(dest / "cache"))
         obj.save_to_disk(str(dest / "hf"))

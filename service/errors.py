@@ -23,7 +23,8 @@ STATUS_NAMES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: 
                 422: "validation_error", 429: "too_many_requests", 500: "internal_error", 503: "unavailable"}
 # an absolute path in a message: a "/" that starts a word (after a quote, a space or the start)
 _ABS_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s'"(),:;]+/)*[^\s'"(),:;]*""")
-_URI = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'"(),;:]*""")   # file:///srv/x, s3://bucket/key
+# a URI names a server location (file:///srv/x, s3://bucket/key, http://10.0.0.5:8265/api), except the public hub's
+_URI = re.compile(r"""\b(?!https?://(?:www\.)?huggingface\.co\b)[A-Za-z][A-Za-z0-9+.-]*://[^\s'"(),;]*[^\s'"(),;:.]""")
 
 
 class ApiError(Exception):

@@ -149,9 +149,10 @@ def free_port_range(width: int, taken: set[int] | frozenset[int] = frozenset()) 
     raise RuntimeError("no free port range for Ray's workers")
 
 
-def _is_head_process(pid: int) -> bool:
-    """Whether ``pid`` is a live `ray start --head` (not a process that reused the number after a reboot, nor
-    a zombie, whose command line is empty)."""
+def _is_head_process(info: "HeadInfo") -> bool:
+    """Whether ``info.pid`` is still the `ray start --head` recorded in ``info`` (not a process, another Ray
+    head included, that reused the number after a reboot, nor a zombie, whose command line is empty)."""
+    pid = info.pid
     if not Path("/proc/self/cmdline").is_file():   # no /proc: whether the process exists at all
         try:
             os.kill(pid, 0)
@@ -162,7 +163,7 @@ def _is_head_process(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"start\x00" in cmdline and b"--head\x00" in cmdline
+    return b"--head\x00" in cmdline and f"--temp-dir={info.temp_dir}\x00".encode() in cmdline
 
 
 def _answers(url: str, token: str | None, timeout: float = 3.0) -> bool:
@@ -212,11 +213,11 @@ class LocalRayHead:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with FileLock(str(self.dir / "head.lock")):
             info = self.read()
-            if info is None or not _is_head_process(info.pid):
+            if info is None or not _is_head_process(info):
                 return self.start(timeout)
             deadline = time.time() + timeout
             while not _answers(info.dashboard_url, info.token):
-                if not _is_head_process(info.pid):
+                if not _is_head_process(info):
                     return self.start(timeout)
                 if time.time() > deadline:
                     raise RuntimeError(f"the local Ray head (pid {info.pid}) runs but has not answered for "

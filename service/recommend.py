@@ -176,11 +176,11 @@ class RecommenderService:
                 continue
             # the KD pipeline (as it runs on the dataset's task) on the default budget, never the meta-dataset's
             # build budget nor where its data lived on the server
-            cfg = public_model_names(_without_data_paths(with_pipeline(PipelineConfig(), r.config)),
-                                     self.settings.backbone_roots)
+            cfg = _without_data_paths(with_pipeline(PipelineConfig(), r.config))
+            params = student_parameters_of(cfg, num_labels)   # from the model folder as the server names it
+            cfg = public_model_names(cfg, self.settings.backbone_roots)
             if config_constraints and not matches_constraints(cfg.to_dict(), config_constraints):
                 continue
-            params = student_parameters_of(cfg, num_labels)
             if max_params is not None and (params is None or params > max_params):
                 continue
             out.append({"rank": len(out) + 1, "candidate": r.candidate, "config": cfg,

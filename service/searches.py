@@ -198,11 +198,15 @@ class SearchManager:
                "out_dir": str(out), "progress": {}, "best": None, "error": None, "submissions": 1,
                "created_at": now, "started_at": None, "finished_at": None, "updated_at": now, "folded": False}
         self._submitting.add(sid)   # before the row exists: this process's monitor must not take it for lost
-        added = self.store.add_search(row, self.settings.max_searches_per_key, self.settings.max_searches_total,
-                                      self.settings.max_stored_searches_per_key)
+        added = "error"   # if the database raises
+        try:
+            added = self.store.add_search(row, self.settings.max_searches_per_key, self.settings.max_searches_total,
+                                          self.settings.max_stored_searches_per_key)
+        finally:
+            if added != "added":
+                self._submitting.discard(sid)
+                shutil.rmtree(out, ignore_errors=True)
         if added != "added":
-            self._submitting.discard(sid)
-            shutil.rmtree(out, ignore_errors=True)
             if added == "no_dataset":
                 raise ApiError(404, "not_found", f"no dataset {dataset['id']!r} for this API key", field="dataset_id")
             if added == "stored_limit":
@@ -381,6 +385,8 @@ class SearchManager:
         search = self.refresh(search)
         if search["state"] in TERMINAL_STATES:
             raise ApiError(409, "conflict", f"search {search['id']} is already {search['state']}")
+        if search["id"] in self._unpulled:   # its job ended; only its results are still being read back
+            raise ApiError(409, "conflict", f"search {search['id']} has ended; its results are being read back")
         try:
             self.backend.stop(search["id"])
         except Exception as err:  # noqa: BLE001 - the cluster's error names its addresses: server log only

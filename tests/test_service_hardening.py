@@ -805,7 +805,8 @@ def test_a_slow_embedded_head_is_waited_for_never_replaced(tmp_path, monkeypatch
     started = []
     monkeypatch.setattr(LocalRayHead, "start", lambda self, timeout=120.0: started.append(timeout) or "new head")
     # a process that looks like `ray start --head` but whose dashboard never answers
-    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "start", "--head"])
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "start", "--head",
+                               f"--temp-dir={tmp_path}"])
     while not Path(f"/proc/{silent.pid}/cmdline").read_bytes():   # until it has exec'd
         time.sleep(0.05)
     try:
@@ -815,6 +816,11 @@ def test_a_slow_embedded_head_is_waited_for_never_replaced(tmp_path, monkeypatch
         with pytest.raises(RuntimeError, match="runs but has not answered"):
             head.ensure(timeout=2)
         assert not started
+        # a head of another state folder that got the recorded number after a reboot is not ours
+        head.info_path.write_text(HeadInfo("http://127.0.0.1:1", "127.0.0.1:1", silent.pid, "t",
+                                           str(tmp_path / "other")).to_json())
+        assert head.ensure(timeout=2) == "new head"
+        started.clear()
     finally:
         silent.kill()
         silent.wait()

@@ -181,6 +181,36 @@ def test_hub_datasets_are_fetched_without_the_servers_token(tmp_path, monkeypatc
         {"HfApi": False, "dataset_info": False, "snapshot_download": False}
 
 
+def test_a_hub_dataset_is_measured_then_saved(tmp_path, monkeypatch):
+    """Past the download (faked: the files land in the local folder), the files are bounded by the caps, then
+    loaded and saved as an HF dataset folder."""
+    import huggingface_hub
+    from types import SimpleNamespace
+
+    from service.datasets import fetch_from_hub
+    from service.errors import ApiError
+    rows = {"few": 20, "many": 30}
+
+    class FakeApi:
+        def __init__(self, **kwargs):
+            pass
+
+        def dataset_info(self, name, **kwargs):
+            return SimpleNamespace(sha="0" * 40, siblings=[SimpleNamespace(rfilename="train.csv", size=10)])
+
+    def fake_download(name, local_dir, **kwargs):
+        lines = "".join(f"item {i},{i % 2}\n" for i in range(rows[name.split("/")[1]]))
+        (Path(local_dir) / "train.csv").write_text("text,label\n" + lines, encoding="utf-8")
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    settings = ServiceSettings(state_dir=tmp_path, max_rows=25)
+    saved = fetch_from_hub("someone/few", tmp_path / "few", settings)
+    assert saved == tmp_path / "few" / "hf" and (saved / "dataset_dict.json").is_file()
+    with pytest.raises(ApiError) as err:
+        fetch_from_hub("someone/many", tmp_path / "many", settings)
+    assert err.value.status == 413
+
+
 # --------------------------------------------------------------------------- 5. every size in a search is capped
 SEARCH_SIZES = [
     ({"max_concurrent_trials": 10**6}, "max_concurrent_trials"),

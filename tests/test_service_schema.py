@@ -50,3 +50,5 @@ def test_public_text_hides_server_paths_and_storage_uris():
     assert public_text("at /srv/data/x.csv, line 3") == "at <server path>, line 3"
     assert public_text("at /srv/data/x.csv", [("/srv/data/x.csv", "train.csv")]) == "at train.csv"
     assert public_text("the hub dataset user/name, ratio 0.5: fine") == "the hub dataset user/name, ratio 0.5: fine"
+    assert public_text("GET http://10.0.0.5:8265/api/jobs failed.") == "GET <server path> failed."
+    assert public_text("no answer from https://huggingface.co/api/x") == "no answer from https://huggingface.co/api/x"

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from service import db
+from service.errors import ApiError
 from service.searches import MAX_SUBMISSIONS, SUBMIT_GRACE_S, SearchManager
 from service.settings import ServiceSettings
 from service.store import Store
@@ -110,6 +111,9 @@ def test_an_ended_remote_search_whose_results_cannot_be_read_yet_stays_unfinishe
     monkeypatch.setattr(SearchManager, "_pull", lambda self, s, final: reachable["now"] or not final)
     row = manager.refresh(search)
     assert row["state"] == "running" and manager.store.get_search(None, "s1")["state"] == "running"
+    with pytest.raises(ApiError) as refused:        # ended: a cancel would lose its results for good
+        manager.cancel(row)
+    assert refused.value.status == 409 and manager.store.get_search(None, "s1")["state"] == "running"
     reachable["now"] = True
     assert manager.refresh(row)["state"] == "succeeded"
 
