@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from autodistill.config import ConfigError, PipelineConfig
 from autodistill.records import RecordStore
 from autodistill.search.export import PROGRESS_FILE
@@ -32,7 +35,7 @@ from autodistill.search.space import SearchSpace, SpaceError
 
 from . import storage
 from .datasets import private_dir
-from .errors import ApiError, not_found, public_text
+from .errors import ApiError, not_found, public_model_names, public_text
 from .ray_backend import JobBackend
 from .schemas import SearchRequest
 from .settings import ServiceSettings
@@ -431,17 +434,36 @@ class SearchManager:
         best = Path(search["out_dir"]) / "best"
         return best if (best / "student").is_dir() and search["state"] in TERMINAL_STATES else None
 
-    @staticmethod
-    def best_archive(search: dict[str, Any], best: Path) -> Path:
-        """``best/`` as a .tar.gz (built once, next to it)."""
-        archive = Path(search["out_dir"]) / f"{search['id']}-best.tar.gz"
+    def public_config(self, search: dict[str, Any], best: Path) -> PipelineConfig:
+        """The best student's config as its owner may see it: the data named by dataset id and the model
+        folders as the client names them, never by a server path."""
+        config = PipelineConfig.model_validate(yaml.safe_load((best / "config.yaml").read_text(encoding="utf-8")) or {})
+        config.data.train, config.data.validation = f"dataset:{search['dataset_id']}", None
+        return public_model_names(config, self.settings.backbone_roots)
+
+    def best_archive(self, search: dict[str, Any], best: Path) -> Path:
+        """``best/`` as a .tar.gz (built once, next to it), with :meth:`public_config` as its config.yaml and
+        without the trial's server folder in trial.json."""
+        archive = Path(search["out_dir"]) / f"{search['id']}-best.v2.tar.gz"
         if not archive.is_file():
             # one temporary file per request: two first downloads at once each build their own, and the
             # second replace swaps in an identical archive
             tmp = archive.with_name(f".{archive.name}.{uuid.uuid4().hex}.tmp")
+            root = f"{search['id']}-best"
+            rewritten = {"config.yaml": yaml.safe_dump(self.public_config(search, best).to_dict(), sort_keys=False)}
+            if (best / "trial.json").is_file():
+                trial = json.loads((best / "trial.json").read_text(encoding="utf-8"))
+                trial.pop("path", None)
+                rewritten["trial.json"] = json.dumps(trial, indent=2)
             try:
                 with tarfile.open(tmp, "w:gz") as tar:
-                    tar.add(best, arcname=f"{search['id']}-best")
+                    tar.add(best, arcname=root, filter=lambda info: None if info.name.removeprefix(root + "/")
+                            in rewritten else info)
+                    for name, text in rewritten.items():
+                        data = text.encode("utf-8")
+                        info = tarfile.TarInfo(f"{root}/{name}")
+                        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+                        tar.addfile(info, io.BytesIO(data))
                 os.replace(tmp, archive)
             finally:
                 tmp.unlink(missing_ok=True)

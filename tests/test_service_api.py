@@ -339,6 +339,11 @@ def test_finished_search_reports_trials_and_best(api, finished_search, tiny_back
     assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
     with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
         names = tar.getnames()
+        config = tar.extractfile(f"{sid}-best/config.yaml").read().decode()
+        trial = json.loads(tar.extractfile(f"{sid}-best/trial.json").read())
+    # what the student was trained with, without a server path: the dataset by id, the teacher by its name
+    assert f"dataset:{finished_search['dataset_id']}" in config and str(Path(tiny_backbone).parent) not in config
+    assert "path" not in trial and trial["trial_id"] == best["trial_id"]
     assert any(n.endswith("student/config.json") for n in names)
     assert any(n.endswith("model.safetensors") for n in names)
     assert api.post(f"/searches/{sid}/cancel", headers=alice).status_code == 409   # already finished

@@ -6,16 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from autodistill.config import ConfigError, PipelineConfig
+from autodistill.config import ConfigError
 from autodistill.search.space import SearchSpace, SpaceError, encode_points, warm_start_points
 
 from ..auth import current_key
-from ..errors import ApiError, not_found, public_model_names
+from ..errors import ApiError, not_found
 from ..recommend import RecommenderService
 from ..schemas import BestStudent, ErrorBody, Search, SearchPage, SearchRequest, Trial, TrialPage
 from ..searches import TERMINAL_STATES, SearchManager, check_search_request, search_space
@@ -145,9 +144,7 @@ def get_best(search_id: str, key: dict = Depends(current_key), store: Store = De
     row, best = _best(store, manager, key, search_id)
     metrics = json.loads((best / "metrics.json").read_text(encoding="utf-8")) if (best / "metrics.json").is_file() else {}
     metrics.pop("history", None)
-    config = PipelineConfig.model_validate(yaml.safe_load((best / "config.yaml").read_text(encoding="utf-8")) or {})
-    config.data.train, config.data.validation = f"dataset:{row['dataset_id']}", None   # not the server's path
-    config = public_model_names(config, manager.settings.backbone_roots)
+    config = manager.public_config(row, best)
     trial = json.loads((best / "trial.json").read_text(encoding="utf-8")) if (best / "trial.json").is_file() else {}
     return {"search_id": search_id, "trial_id": trial.get("trial_id"), "score": trial.get("score"),
             "dev_score": trial.get("dev_score"),
@@ -160,5 +157,5 @@ def get_best(search_id: str, key: dict = Depends(current_key), store: Store = De
 def download_best(search_id: str, key: dict = Depends(current_key), store: Store = Depends(get_store),
                   manager: SearchManager = Depends(get_searches)) -> FileResponse:
     row, best = _best(store, manager, key, search_id)
-    archive = SearchManager.best_archive(row, best)
+    archive = manager.best_archive(row, best)
     return FileResponse(archive, media_type="application/gzip", filename=archive.name)
