@@ -444,6 +444,7 @@ class SearchManager:
     def best_archive(self, search: dict[str, Any], best: Path) -> Path:
         """``best/`` as a .tar.gz (built once, next to it), with :meth:`public_config` as its config.yaml and
         without the trial's server folder in trial.json."""
+        # ".v2": an archive built before the public config existed (with server paths) is never served
         archive = Path(search["out_dir"]) / f"{search['id']}-best.v2.tar.gz"
         if not archive.is_file():
             # one temporary file per request: two first downloads at once each build their own, and the

@@ -16,6 +16,7 @@ from service.searches import SearchManager
 from service.settings import ServiceSettings
 from service.store import Store
 from service_support import ScriptedBackend, small_jsonl
+from autodistill.config import PipelineConfig
 from autodistill.meta import META_DATASET_DIR
 from test_service_hardening import _app, _asgi_post, _client, _finished_search_of, _is_json_error, upload
 
@@ -388,7 +389,9 @@ def test_two_first_downloads_of_a_student_both_get_it(tmp_path, monkeypatch):
     out = tmp_path / "search_x"
     (out / "best" / "student").mkdir(parents=True)
     (out / "best" / "student" / "model.safetensors").write_bytes(b"w" * 4096)
-    search = {"id": "search_x", "out_dir": str(out)}
+    PipelineConfig().save(out / "best" / "config.yaml")
+    search = {"id": "search_x", "out_dir": str(out), "dataset_id": "ds_x"}
+    manager = SearchManager(None, None, ServiceSettings(state_dir=tmp_path))
     both_writing = threading.Barrier(2, timeout=10)
     real_open = tarfile.open
 
@@ -398,8 +401,8 @@ def test_two_first_downloads_of_a_student_both_get_it(tmp_path, monkeypatch):
         return tar
     monkeypatch.setattr(searches.tarfile, "open", open_together)
     with ThreadPoolExecutor(2) as pool:
-        archives = list(pool.map(lambda _: SearchManager.best_archive(search, out / "best"), range(2)))
-    assert archives[0] == archives[1] == out / "search_x-best.tar.gz"
+        archives = list(pool.map(lambda _: manager.best_archive(search, out / "best"), range(2)))
+    assert archives[0] == archives[1] == out / "search_x-best.v2.tar.gz"
     with real_open(archives[0]) as tar:
         assert "search_x-best/student/model.safetensors" in tar.getnames()
-    assert sorted(p.name for p in out.iterdir()) == ["best", "search_x-best.tar.gz"]   # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == ["best", "search_x-best.v2.tar.gz"]   # no temporary file left

@@ -158,4 +158,4 @@ def download_best(search_id: str, key: dict = Depends(current_key), store: Store
                   manager: SearchManager = Depends(get_searches)) -> FileResponse:
     row, best = _best(store, manager, key, search_id)
     archive = manager.best_archive(row, best)
-    return FileResponse(archive, media_type="application/gzip", filename=archive.name)
+    return FileResponse(archive, media_type="application/gzip", filename=f"{search_id}-best.tar.gz")
