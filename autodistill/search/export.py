@@ -37,7 +37,8 @@ class Storage:
 def student_seconds_spent(storage: "Storage", out: Path) -> float:
     """The student time an earlier, interrupted run of this search spent (its last progress): from ``out``,
     else from the storage folder it was published to (a cluster job resubmitted into a new folder)."""
-    raw = (out / PROGRESS_FILE).read_bytes() if (out / PROGRESS_FILE).is_file() else _read_published(storage, PROGRESS_FILE)
+    local = out / PROGRESS_FILE
+    raw = local.read_bytes() if local.is_file() else _read_published(storage, PROGRESS_FILE)
     try:
         return float(json.loads(raw or b"{}").get("student_seconds") or 0.0)
     except (ValueError, TypeError, AttributeError):
