@@ -207,12 +207,13 @@ def test_the_verdict_says_plainly_whether_the_ci_lies_above_zero():
     import pandas as pd
     key = (ev.META_MODEL, "single_best", "regret1")
 
-    def verdict(low, high):
+    def verdict(low, high, p=0.01):
         row = {"n": 15, "wins": 5, "ties": 4, "losses": 6, "mean_difference": (low + high) / 2, "ci_low": low,
-               "ci_high": high}
+               "ci_high": high, "wilcoxon_p": p}
         return ev.primary_verdict(pd.DataFrame([row], index=pd.MultiIndex.from_tuples([key])))
     assert "**the meta-model beats the fair single best.**" in verdict(0.001, 0.02)
-    assert "does not beat the fair single best** (the CI does not lie above 0)" in verdict(-0.0347, 0.0057)
+    assert "does not beat the fair single best** (the CI does not lie above 0" in verdict(-0.0347, 0.0057)
+    assert "does not beat" in verdict(0.001, 0.02, p=0.2)
     assert "does not beat" in verdict(0.0, 0.01)
     assert "5 wins, 4 ties, 6 losses" in verdict(-0.01, 0.01)
     assert ev.primary_verdict(pd.DataFrame()).startswith("No paired comparison")
@@ -222,11 +223,23 @@ def test_the_verdict_says_plainly_whether_the_ci_lies_above_zero():
 
 
 # --------------------------------------------------------------------------- the decision
-def test_decide_needs_the_ci_above_zero():
-    assert ws.decide({"ci_low": 0.001}) == ws.META_MODEL
-    assert ws.decide({"ci_low": 0.0}) == ws.PORTFOLIO
-    assert ws.decide({"ci_low": float("nan")}) == ws.PORTFOLIO
+def test_decide_needs_the_ci_above_zero_and_a_wilcoxon_p_below_005():
+    assert ws.decide({"ci_low": 0.001, "wilcoxon_p": 0.01}) == ws.META_MODEL
+    assert ws.decide({"ci_low": 0.0, "wilcoxon_p": 0.01}) == ws.PORTFOLIO
+    assert ws.decide({"ci_low": float("nan"), "wilcoxon_p": 0.01}) == ws.PORTFOLIO
     assert ws.decide({}) == ws.PORTFOLIO
+    # mostly ties: 4 wins, 11 ties, 0 losses put the CI above 0, but the signed-rank test does not call it
+    c = ev.paired_comparison([0.0] * 4 + [0.01] * 11, [0.004, 0.002, 0.003, 0.001] + [0.01] * 11)
+    assert c["ci_low"] > 0 and c["wilcoxon_p"] == pytest.approx(0.125)
+    assert ws.decide(c) == ws.PORTFOLIO
+
+
+def test_ties_within_float_noise_cannot_make_a_win():
+    tied = ev.paired_comparison([0.1] * 5, [(0.1 + 0.1 + 0.1) / 3] * 5)
+    assert (tied["wins"], tied["ties"], tied["losses"]) == (0, 5, 0)
+    assert tied["mean_difference"] == 0.0 and tied["ci_low"] == 0.0 and ws.decide(tied) == ws.PORTFOLIO
+    one = ev.paired_comparison([0.0], [0.05])
+    assert one["wins"] == 1 and np.isnan(one["ci_low"])          # a single dataset has no interval
 
 
 def test_choose_warm_start_follows_the_committed_decision(tmp_path):
@@ -269,7 +282,7 @@ def test_choose_warm_start_follows_the_committed_decision(tmp_path):
     (tmp_path / ws.DECISION_FILE).write_text(json.dumps({"source": "portfolio", "k": 2}))
     empty = ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2)
     assert empty.source == ws.META_MODEL and "names no member" in empty.reason
-    ws.write_decision(tmp_path, ["t4", "vanilla_kd"], 2, {"ci_low": 0.01, "ci_high": 0.02})
+    ws.write_decision(tmp_path, ["t4", "vanilla_kd"], 2, {"ci_low": 0.01, "ci_high": 0.02, "wilcoxon_p": 0.01})
     assert ws.choose_warm_start(rec, tmp_path, {"log_n_train": 7}, top_k=2).source == ws.META_MODEL
 
 

@@ -50,7 +50,7 @@ from .columns import (FEATURE_SETS, PF_PREFIX, feature_columns, meta_feature_col
 from .distances import l1_distances, scale_stats
 from .model import METHODS, PipelineScoreRegressor
 from .table import groups_of, records_to_table, uninformative_datasets
-from .warm_start import candidate_effects, ci_above_zero, decide, greedy_portfolio, portfolio_scores
+from .warm_start import candidate_effects, decide, greedy_portfolio, portfolio_scores, shows_a_win
 
 TOP_K = 5
 #: best-of-k regrets in every per-dataset table (the product warm-starts its search from a few pipelines)
@@ -349,11 +349,13 @@ def paired_comparison(method_regret: Sequence[float], reference_regret: Sequence
     """Per-dataset paired comparison of a method with a reference (lower regret is better):
     wins / ties / losses of the method, the two-sided Wilcoxon signed-rank p on the non-zero
     differences, and the mean of d = reference − method (> 0: the method is better) with a percentile
-    bootstrap 95% CI over datasets."""
+    bootstrap 95% CI over datasets (none for a single dataset). A difference within ``tol`` is a tie and
+    counts as 0 in the mean and the CI too, so float noise on ties cannot lift the CI above 0."""
     from scipy.stats import wilcoxon
 
     d = np.asarray(reference_regret, dtype=float) - np.asarray(method_regret, dtype=float)
     d = d[np.isfinite(d)]
+    d = np.where(np.abs(d) <= tol, 0.0, d)
     n = len(d)
     if n == 0:
         return {"n": 0, "wins": 0, "ties": 0, "losses": 0, "wilcoxon_p": float("nan"),
@@ -361,7 +363,7 @@ def paired_comparison(method_regret: Sequence[float], reference_regret: Sequence
     nonzero = d[np.abs(d) > tol]
     p = float(wilcoxon(nonzero).pvalue) if len(nonzero) else 1.0
     boots = d[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))].mean(axis=1)
-    low, high = np.percentile(boots, [2.5, 97.5])
+    low, high = np.percentile(boots, [2.5, 97.5]) if n > 1 else (float("nan"), float("nan"))
     return {"n": n, "wins": int(np.sum(d > tol)), "ties": int(np.sum(np.abs(d) <= tol)),
             "losses": int(np.sum(d < -tol)), "wilcoxon_p": p, "mean_difference": float(d.mean()),
             "ci_low": float(low), "ci_high": float(high)}
@@ -528,14 +530,14 @@ def markdown_table(df: pd.DataFrame, index_name: str = "") -> str:
 
 def primary_verdict(comparisons: pd.DataFrame) -> str:
     """One plain sentence on the primary comparison: does the meta-model beat the fair single best in
-    top-1 regret, i.e. does the bootstrap CI of the mean difference lie above 0 (the rule of
-    :func:`~autodistill.meta.warm_start.ci_above_zero`)?"""
+    top-1 regret, by the rule of :func:`~autodistill.meta.warm_start.shows_a_win`?"""
     key = (META_MODEL, "single_best", "regret1")
     c = comparisons.loc[key] if key in comparisons.index else None
     if c is None or not c["n"] or not np.isfinite(c["ci_low"]):
         return "No paired comparison of the meta-model with the fair single best (no dataset has both)."
-    verdict = ("beats the fair single best.**" if ci_above_zero(c.to_dict()) else
-               "does not beat the fair single best** (the CI does not lie above 0).")
+    verdict = ("beats the fair single best.**" if shows_a_win(c.to_dict()) else
+               "does not beat the fair single best** (the CI does not lie above 0, or the Wilcoxon p is not "
+               "below 0.05).")
     return (f"Paired over {int(c['n'])} held-out datasets: {int(c['wins'])} wins, {int(c['ties'])} ties, "
             f"{int(c['losses'])} losses, mean difference {_fmt(c['mean_difference'])}, 95 % CI "
             f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]: **the meta-model {verdict}")
