@@ -616,7 +616,8 @@ def write_nested_report(result: NestedResult, out_dir: str | Path, title: str = 
     lines += ["## Decision: what the product warm-starts from", "",
               f"Meta-model top-{k} vs the best-of-{k} portfolio: mean difference "
               f"{_fmt(cmp_.get('mean_difference', float('nan')))}, CI [{_fmt(cmp_.get('ci_low', float('nan')))}, "
-              f"{_fmt(cmp_.get('ci_high', float('nan')))}]. Rule: the meta-model only when that CI lies above 0. "
+              f"{_fmt(cmp_.get('ci_high', float('nan')))}]. Rule: the meta-model only when that CI lies above 0 "
+              f"and the Wilcoxon p ({_fmt(cmp_.get('wilcoxon_p', float('nan')))}) is below 0.05. "
               f"**Warm start from: {src}**" + (f" (portfolio on all evaluated datasets: {', '.join(result.portfolio)})."
                                                if src == "portfolio" else "."), ""]
     piv = result.per_dataset.pivot(index="dataset", columns="method", values="regret1")

@@ -12,8 +12,8 @@
   warm-start pipelines with the source it used; ``auto`` and the service call it.
 
 The decision rule (:func:`decide`): the meta-model's top-k only when the evaluation's bootstrap CI of
-(portfolio's best-of-k regret − meta-model's) lies above 0; otherwise the portfolio, which needs no
-model to be right on a new dataset.
+(portfolio's best-of-k regret − meta-model's) lies above 0 and its Wilcoxon p is below 0.05; otherwise the
+portfolio, which needs no model to be right on a new dataset.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .table import groups_of
 DECISION_FILE = "warm_start.json"
 META_MODEL, PORTFOLIO = "meta_model", "portfolio"
 PORTFOLIO_FIRST = ("the evaluation did not find the meta-model better than the best-of-k portfolio (bootstrap CI "
-                   "of the difference not above 0): the portfolio's members first (`why.portfolio_member`), then "
+                   "of the difference not above 0, or Wilcoxon p not below 0.05): the portfolio's members first (`why.portfolio_member`), then "
                    "the meta-model's ranking")
 NO_MEMBER_LEFT = ("the evaluation chose the best-of-k portfolio, but none of its members applies here (the dataset's "
                   "task, the constraints or what the requester may see): the meta-model's ranking")
