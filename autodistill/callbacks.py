@@ -23,7 +23,7 @@ class TrainerState:
     best_step: int | None = None
     seconds: float = 0.0                  # wall time since training began
     history: list[dict[str, Any]] = field(default_factory=list)   # the learning curve: one row per evaluation
-    stop_reason: str | None = None        # "plateau", "max_steps", "max_epochs" or "interrupted"
+    stop_reason: str | None = None        # "plateau", "max_steps" or "max_epochs"
 
 
 @dataclass

@@ -135,16 +135,21 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor, task_type: str) 
     return F.cross_entropy(logits, labels, reduction="none")
 
 
+def training_dtype(setting: str, device: torch.device) -> str | None:
+    """The autocast dtype ``optim.mixed_precision=setting`` means on ``device`` (None: full precision)."""
+    from .resources import amp_dtype
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    # native only: with emulation (the default) a pre-Ampere GPU "supports" bf16 at a fraction of the speed
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return amp_dtype(setting, device.type, capability, bf16)
+
+
 def mixed_precision(setting: str, device: torch.device):
     """(autocast context factory, gradient scaler) for ``setting`` on ``device``; a disabled pair on CPU
     or with ``off``. float16 needs the scaler (its gradients underflow), bfloat16 does not."""
     import contextlib
 
-    from .resources import amp_dtype
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    # native only: with emulation (the default) a pre-Ampere GPU "supports" bf16 at a fraction of the speed
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    dtype = amp_dtype(setting, device.type, capability, bf16)
+    dtype = training_dtype(setting, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
     if dtype is None:
         return contextlib.nullcontext, scaler

@@ -273,3 +273,18 @@ def _interrupting_after_save(save, n: int):
         if len(written) == n:
             raise KeyboardInterrupt
     return interrupting
+
+
+def test_a_teacher_trained_in_half_precision_is_cached_apart():
+    """A teacher fine-tuned under fp16/bf16 autocast has other weights than a full-precision one: another
+    cache entry (full-precision keys stay as they were)."""
+    import torch
+
+    from autodistill.batching import EncodedSplit
+    from autodistill.config import TeacherConfig
+    from autodistill.teacher.fine_tuned import teacher_cache_key
+    dev = EncodedSplit(input_ids=[[1, 2]] * 4, token_type_ids=None, labels=torch.tensor([0, 1, 0, 1]))
+    full = teacher_cache_key(TeacherConfig(), "fp", 64, "accuracy", dev)
+    assert teacher_cache_key(TeacherConfig(), "fp", 64, "accuracy", dev, None) == full
+    assert len({full, teacher_cache_key(TeacherConfig(), "fp", 64, "accuracy", dev, "float16"),
+                teacher_cache_key(TeacherConfig(), "fp", 64, "accuracy", dev, "bfloat16")}) == 3

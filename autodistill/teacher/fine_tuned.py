@@ -20,7 +20,7 @@ from ..checkpoints import remove_checkpoint, remove_unfinished_writes
 from ..config import TeacherConfig
 from ..evaluation import evaluate
 from ..models import backbone_identity, load_classifier
-from ..trainer import TRAINING_KEYS, StepObjective, TrainArgs, Trainer, set_seed
+from ..trainer import TRAINING_KEYS, StepObjective, TrainArgs, Trainer, set_seed, training_dtype
 from .cache import cache_root, split_hash
 
 # 2: the new head is initialised from the teacher's seed (version 1 teachers depended on earlier draws)
@@ -29,12 +29,15 @@ TEACHER_CACHE_VERSION = 3
 FINE_TUNES = [0]   # teachers fine-tuned by this process (a search asserts its trials never do)
 
 
-def teacher_cache_key(cfg: TeacherConfig, fingerprint: str, max_length: int, metric: str, dev: EncodedSplit
-                      ) -> str:
+def teacher_cache_key(cfg: TeacherConfig, fingerprint: str, max_length: int, metric: str, dev: EncodedSplit,
+                      precision: str | None = None) -> str:
+    """The cached teacher's name: everything its weights depend on. ``precision`` is the autocast dtype it
+    trains in (None, full precision, adds nothing, so full-precision keys are as before)."""
     payload = {
         "version": TEACHER_CACHE_VERSION, "backbone": backbone_identity(cfg.backbone),
         "dataset": fingerprint, "training": cfg.model_dump(mode="json", exclude={"backbone"}),
         "max_length": max_length, "metric": metric, "dev": split_hash(dev),
+        **({"precision": precision} if precision else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -54,7 +57,7 @@ def get_teacher(cfg: TeacherConfig, *, fingerprint: str, train: EncodedSplit, de
                 callbacks: Sequence[Callback] = (), mixed_precision: str = "auto") -> TeacherResult:
     """Load the cached teacher for this key, or fine-tune it by the training rule on ``train`` (early
     stopping on ``dev``), score it on ``validation`` and store it (atomically, under a lock)."""
-    key = teacher_cache_key(cfg, fingerprint, max_length, metric, dev)
+    key = teacher_cache_key(cfg, fingerprint, max_length, metric, dev, training_dtype(mixed_precision, device))
     path = cache_root() / "teachers" / key
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = path.with_name(f"{key}.partial.pt")    # an interrupted fine-tune resumes from its last evaluation
