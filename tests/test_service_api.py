@@ -431,3 +431,25 @@ def test_the_app_on_each_database(database_url, tmp_path):
         assert client.get("/datasets", headers=h).json()["total"] == 1
         assert client.delete(r.headers["location"], headers=h).status_code == 204
         assert client.get("/healthz").json()["schema_version"] == 1
+
+
+def test_recommendations_size_students_from_the_model_folders_the_server_knows(api, cr, monkeypatch):
+    """A candidate's student size is read from its teacher's folder as the server names it; only the answer
+    names it as the client does (renamed first, the size lookup went to the working directory or the hub)."""
+    from service import recommend
+    seen = []
+    real_size = recommend.student_parameters_of
+
+    def size(cfg, num_labels):
+        seen.append(cfg.teacher.backbone)
+        return real_size(cfg, num_labels)
+
+    def rename(cfg, roots):
+        cfg = cfg.model_copy(deep=True)
+        cfg.teachers[0].backbone = "as-the-client-names-it"
+        return cfg
+    monkeypatch.setattr(recommend, "student_parameters_of", size)
+    monkeypatch.setattr(recommend, "public_model_names", rename)
+    recs = api.post("/recommendations", json={"dataset_id": cr["id"]}, headers=api.keys["alice"]).json()
+    assert seen and "as-the-client-names-it" not in seen
+    assert {r["config"]["teachers"][0]["backbone"] for r in recs["recommendations"]} == {"as-the-client-names-it"}
