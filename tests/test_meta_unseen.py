@@ -197,3 +197,53 @@ def test_the_cost_ratio_is_the_recommended_runs_mean_training_seconds_over_vanil
     assert cost_ratios(runs).round(4).to_dict() == {"a": 4.0, "b": 1.0, "c": 1.0}
     assert cost_ratios(runs, "single_best").round(4).to_dict() == {"a": 4.0, "b": 10.0}
     assert cost_ratios(runs.iloc[:0]).empty
+
+
+def test_a_failing_run_leaves_its_siblings_their_turn(tmp_path, tiny_backbone, monkeypatch):
+    """One run that fails (every session, say) used to abort the rest of its dataset after the teacher's
+    fine-tune: every other run is still tried, and the dataset counts as failed, saying which runs."""
+    from autodistill import distill
+    from autodistill.config import PipelineConfig
+
+    store = _records(tmp_path / "records")
+    Recommender.fit(records_to_table(store.read()), method="rf", model_params={"n_estimators": 10}).save(
+        tmp_path / "model")
+    _tiny_dataset(tmp_path / "data", "alpha")
+    budget = PipelineConfig.model_validate({"teachers": [{"backbone": tiny_backbone}], "data": {"max_length": 32}})
+    tried = []
+
+    def fails(config, **kwargs):
+        tried.append((config.optim.seed, json.dumps(pipeline_only(config), sort_keys=True)))
+        raise RuntimeError("boom")
+    monkeypatch.setattr(distill, "run_distillation", fails)
+    logged = []
+    assert run_unseen(tmp_path / "data", ["alpha"], model_dir=tmp_path / "model", records=tmp_path / "records",
+                      out=tmp_path / "out", seeds=(1, 2), budget=budget, log=logged.append) == (0, 1)
+    plan = json.loads((tmp_path / "out" / "plans" / "alpha.json").read_text())
+    distinct = len({json.dumps(a["pipeline"], sort_keys=True) for a in plan["arms"]})
+    assert len(set(tried)) == len(tried) == 2 * distinct
+    assert any("run(s) failed" in line and "boom" in line for line in logged)
+    assert any("Traceback" in line for line in logged)
+
+
+def test_runs_of_one_dataset_must_share_their_teacher(tmp_path):
+    from autodistill.meta.build import TeacherMismatch
+    from autodistill.meta.unseen import _check_same_teacher
+
+    def record(teacher_score, seed):
+        return RunRecord.create(dataset_fingerprint="fp", meta_features={}, config=candidate_config("vanilla_kd"),
+                                metrics={"student_score": 0.8}, teacher_score=teacher_score, wall_seconds=1.0,
+                                student_parameters=1, status="completed", search={"dataset": "d"}).replace(seed=seed)
+    store = RecordStore(tmp_path / "runs.jsonl")
+    _check_same_teacher(store, record(0.9, 1), "d")           # the first run sets the teacher
+    store.append(record(0.9, 1))
+    _check_same_teacher(store, record(0.9, 2), "d")
+    with pytest.raises(TeacherMismatch, match="would not pair"):
+        _check_same_teacher(store, record(0.88, 2), "d")
+
+
+def test_a_plans_relative_data_path_is_read_from_this_invocations_dataset_folder(tmp_path):
+    from autodistill.config import PipelineConfig
+    from autodistill.meta.unseen import _trained_from
+    planned = PipelineConfig.model_validate({"data": {"train": "../shared/datasets/alpha"}})
+    assert _trained_from(planned, tmp_path / "data" / "alpha").data.train == str((tmp_path / "data" / "alpha").resolve())

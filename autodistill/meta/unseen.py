@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -33,7 +34,7 @@ from ..config import PipelineConfig, pipeline_only, with_pipeline
 from ..progress import EventLog
 from ..records import RecordStore
 from ..files import write_json_atomic
-from .build import claim_context, run_record
+from .build import TeacherMismatch, claim_context, run_record
 from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
 from .portfolio import RENAMED_CANDIDATES, candidate_config
@@ -234,7 +235,7 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
         if arm.pipeline is not None:
             run_cfg = _arm_config(plan, arm.pipeline)
             runs.setdefault(_pipeline_id(run_cfg), (run_cfg, []))[1].append(arm)
-    ran = 0
+    ran, failures = 0, []
     for seed in plan["seeds"]:
         for pid, (run_cfg, sharing) in runs.items():
             if (pid, seed) in done:
@@ -245,16 +246,43 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
             names = "/".join(dict.fromkeys(a.candidate for a in sharing))
             log(f"[{dataset}] {names} (seed {seed}) ...")
             t0 = time.perf_counter()
-            result = run_distillation(seeded, events=events)
+            try:   # the plan's data path may be relative to another folder: train on this invocation's copy
+                result = run_distillation(_trained_from(seeded, path), events=events)
+            except (KeyboardInterrupt, TeacherMismatch):
+                raise
+            except Exception as err:  # noqa: BLE001 - one run's failure must not cost its siblings their turn
+                failures.append(f"{names} (seed {seed}): {type(err).__name__}: {err}")
+                log(f"[{dataset}] {names} (seed {seed}) failed:\n{traceback.format_exc()}")
+                continue
             wall = time.perf_counter() - t0
             record = run_record(seeded, result.metrics, wall, meta_features=plan["meta_features"], context=dataset,
                                 candidate=sharing[0].candidate, source=SOURCE, provenance={
                                     "seed": seed, "arms": [a.name for a in sharing], "model": manifest["model"]})
+            _check_same_teacher(store, record, dataset)
             if not store.append(record):
                 raise RuntimeError(f"{dataset}: the record of {names} (seed {seed}) has the key of an existing one")
             ran += 1
             log(f"[{dataset}] {names} (seed {seed}): ratio {result.metrics.get('score_ratio') or 0:.4f} in {wall:.0f} s")
+    if failures:
+        raise RuntimeError(f"{len(failures)} run(s) failed (the others were recorded): " + "; ".join(failures))
     return ran
+
+
+def _trained_from(config: PipelineConfig, path: Path) -> PipelineConfig:
+    """``config`` reading its training data from ``path`` (this invocation's dataset folder, resolved), not
+    from the path the plan recorded (relative to the folder its first invocation ran in)."""
+    return config.model_copy(update={"data": config.data.model_copy(update={"train": str(Path(path).resolve())})})
+
+
+def _check_same_teacher(store: RecordStore, record, dataset: str, tol: float = 1e-6) -> None:
+    """A dataset's arms pair only if their runs share one teacher (ratio = student / teacher score). A
+    teacher is fine-tuned again on every machine and comes out the same where the setup is the same (one
+    thread, full precision); this refuses a run whose teacher scores otherwise, before it is recorded."""
+    earlier = {r.teacher_score for r in store if r.teacher_score is not None}
+    if record.teacher_score is not None and any(abs(record.teacher_score - t) > tol for t in earlier):
+        raise TeacherMismatch(f"{dataset}: this run's teacher scores {record.teacher_score:.6f}, the dataset's "
+                              f"recorded runs {sorted(earlier)}: its arms would not pair. Run it where the earlier "
+                              "runs ran (one thread: OMP_NUM_THREADS=1, full precision), or in a new --out")
 
 
 def _plans(out: Path) -> list[dict[str, Any]]:
