@@ -92,6 +92,15 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     assert runs["steps"].gt(0).all() and "## Runs: convergence and cost" in report and "Stop reasons: " in report
     assert "The recommended pipeline's student training costs " in report and "(mean train seconds per dataset, 2 " \
         "datasets)" in report
+    # runs of one dataset from two engine commits are named (their pairing assumes the training did not change)
+    assert "more than one engine commit" not in report and runs["commit"].notna().all()
+    runs_file = tmp_path / "out" / "runs" / "alpha.jsonl"
+    lines = runs_file.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["provenance"]["git"] = {"commit": "deadbeef" * 5, "dirty": False}
+    runs_file.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    report = write_unseen_report(tmp_path / "out", ["alpha", "beta"]).read_text()
+    assert "more than one engine commit" in report and "alpha: " in report and "deadbee" in report
 
 
 def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_single_best(tmp_path):

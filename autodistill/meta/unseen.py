@@ -319,8 +319,16 @@ def unseen_runs(out: str | Path) -> pd.DataFrame:
             rows.append({"dataset": plan["dataset"], "candidate": r.candidate_name,
                          "arms": "+".join((r.provenance or {}).get("arms", [])), "seed": _seed_of(r),
                          "ratio": (r.target or {}).get("ratio"), "stop_reason": m.get("stop_reason"),
-                         "steps": m.get("steps"), "epochs": m.get("epochs"), "train_seconds": m.get("train_seconds")})
+                         "steps": m.get("steps"), "epochs": m.get("epochs"), "train_seconds": m.get("train_seconds"),
+                         "commit": _commit_of(r)})
     return pd.DataFrame(rows)
+
+
+def _commit_of(record) -> str | None:
+    """The engine commit a run was trained with (short; ``+dirty`` for uncommitted changes)."""
+    git = (record.provenance or {}).get("git") or {}
+    commit = git.get("commit")
+    return None if not commit else commit[:7] + ("+dirty" if git.get("dirty") else "")
 
 
 def cost_ratios(runs: pd.DataFrame, arm: str = "recommended", reference: str = "vanilla_kd") -> pd.Series:
@@ -438,6 +446,11 @@ def _runs_section(out: Path) -> list[str]:
              markdown_table(_shown(runs).sort_values(["dataset", "candidate", "seed"]).set_index("dataset")), ""]
     stopped = runs["stop_reason"].fillna("not recorded").value_counts()
     lines.append("Stop reasons: " + ", ".join(f"{reason} {n}" for reason, n in stopped.items()) + ".")
+    mixed = {d: sorted(g.dropna()) for d, g in runs.groupby("dataset")["commit"].unique().items() if len(g.dropna()) > 1}
+    if mixed:
+        lines.append("Runs of one dataset trained with more than one engine commit (their pairing assumes the "
+                     "training did not change between them): " + "; ".join(f"{d}: {', '.join(c)}"
+                                                                          for d, c in mixed.items()) + ".")
     ratios = cost_ratios(runs)
     if len(ratios):
         span = f"{ratios.iloc[0]:.1f}x" if len(ratios) == 1 else f"{ratios.min():.1f}-{ratios.max():.1f}x"
