@@ -539,6 +539,7 @@ def check_search_request(body: SearchRequest, settings: ServiceSettings) -> dict
     _cap(cfg.optim.epochs, settings.max_epochs, "config.optim.epochs")
     _cap(cfg.optim.batch_size, settings.max_batch_size, "config.optim.batch_size")
     _cap(cfg.optim.eval_batch_size, settings.max_batch_size, "config.optim.eval_batch_size")
+    _check_batch_memory(cfg, settings)
     st = cfg.student
     _cap(st.num_layers, settings.max_student_layers, "config.student.num_layers")
     _cap(st.hidden_size, settings.max_student_hidden_size, "config.student.hidden_size")
@@ -546,6 +547,19 @@ def check_search_request(body: SearchRequest, settings: ServiceSettings) -> dict
     _cap(st.num_attention_heads, settings.max_student_heads, "config.student.num_attention_heads")
     _check_auxiliary_widths(cfg, settings.max_auxiliary_width)
     return config
+
+
+def _check_batch_memory(cfg: PipelineConfig, settings: ServiceSettings) -> None:
+    """What one batch's activations take grows with batch size x sequence length (attention with the length
+    squared): both capped, so no config a client sends can ask a job for unbounded memory."""
+    _cap(cfg.data.max_length, settings.max_sequence_length, "config.data.max_length")
+    batches = [(f"config.teachers.{i}.batch_size", t.batch_size) for i, t in enumerate(cfg.teachers)]
+    batches += [("config.optim.batch_size", cfg.optim.batch_size), ("config.optim.eval_batch_size",
+                                                                    cfg.optim.eval_batch_size)]
+    for field, size in batches:
+        if size * cfg.data.max_length > settings.max_batch_tokens:
+            raise _bad(field, f"{size} x data.max_length {cfg.data.max_length} tokens per batch; at most "
+                              f"{settings.max_batch_tokens} on this server (max_batch_tokens)")
 
 
 def _check_auxiliary_widths(cfg: PipelineConfig, limit: int) -> None:

@@ -88,6 +88,10 @@ class ServiceSettings(BaseModel):
     max_student_intermediate_size: int = Field(16384, ge=8)
     max_student_heads: int = Field(64, ge=1)
     max_batch_size: int = Field(1024, ge=1, description="cap on every batch size of a search config")
+    max_sequence_length: int = Field(512, ge=8, description="cap on data.max_length of a search config (attention "
+                                     "memory grows with its square)")
+    max_batch_tokens: int = Field(131_072, ge=8, description="cap on every batch size x data.max_length of a search "
+                                  "config: what one batch's activations take grows with it")
     max_auxiliary_width: int = Field(4096, ge=4, description="cap on the widths of the small networks a search "
                                      "config trains besides the student (loss.intermediate.critic_hidden, "
                                      "critic_dim, projection_dim; weighting.meta_hidden)")

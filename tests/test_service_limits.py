@@ -223,6 +223,9 @@ SEARCH_SIZES = [
     ({"config": {"augmentation": {"augmenters": [{"name": "random", "top_k": 10**8}]}}},
      "config.augmentation.augmenters.0.top_k"),
     ({"config": {"augmentation": {"augmenters": [{"name": "random"}] * 1000}}}, "config.augmentation.augmenters"),
+    ({"config": {"data": {"max_length": 4096}}}, "config.data.max_length"),
+    ({"config": {"data": {"max_length": 512}, "optim": {"eval_batch_size": 1024}}}, "config.optim.eval_batch_size"),
+    ({"config": {"data": {"max_length": 512}, "teachers": [{"batch_size": 512}]}}, "config.teachers.0.batch_size"),
 ]
 
 
