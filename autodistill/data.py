@@ -250,10 +250,14 @@ def _read_parquet(path: Path, cfg: DataConfig) -> _Table:
     return _Table(str(path), "row index", rows, list(arrow.column_names))
 
 
+def format_for(path: Path, fmt: str) -> str | None:
+    """The format a data file is read in: ``data.format`` when it names one, else its extension's (None
+    when the extension names none)."""
+    return fmt if fmt not in ("auto", "hf") else FILE_FORMATS.get(Path(path).suffix.lower())
+
+
 def _file_format(path: Path, cfg: DataConfig) -> str:
-    if cfg.format not in ("auto", "hf"):
-        return cfg.format
-    fmt = FILE_FORMATS.get(path.suffix.lower())
+    fmt = format_for(path, cfg.format)
     if fmt is None:
         raise DataError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
                         f"use one of {sorted(FILE_FORMATS)} or set data.format")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from autodistill.config import DataConfig
-from autodistill.data import FILE_FORMATS, TaskData, load_task_data
+from autodistill.data import TaskData, format_for, load_task_data
 
 from .errors import ApiError, public_text
 
@@ -269,7 +269,7 @@ def _check_parquet(path: Path, max_rows: int, max_bytes: int, field: str) -> int
 def _check_file(path: Path, max_rows: int, max_bytes: int, field: str, fmt: str) -> int:
     """Bytes a data file decodes to (413 past ``max_rows`` rows or ``max_bytes``), measured in the format the
     loader will read it in: ``data.format``, else the one its extension names."""
-    kind = fmt if fmt not in ("auto", "hf") else FILE_FORMATS.get(path.suffix.lower())
+    kind = format_for(path, fmt)
     if kind == "parquet":
         return _check_parquet(path, max_rows, max_bytes, field)
     size = path.stat().st_size

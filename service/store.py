@@ -242,8 +242,7 @@ class Store:
                     c.owner == owner, c.key == key, c.created_at < time.time() - retention_s)))
         row = {"owner": owner, "key": key, "endpoint": endpoint, "request_hash": request_hash,
                "status_code": None, "body": None, "location": None, "created_at": time.time()}
-        if max_per_owner is not None and not self._idempotency_known(owner, key) and \
-                self._owned_count_of(db.idempotency, owner) >= max_per_owner:
+        if max_per_owner is not None and self._idempotency_keys_full(owner, key, max_per_owner):
             return "limit", None
         try:
             with self.engine.begin() as conn:
@@ -265,14 +264,12 @@ class Store:
             return "new", None
         return "in_progress", old
 
-    def _idempotency_known(self, owner: str, key: str) -> bool:
+    def _idempotency_keys_full(self, owner: str, key: str, max_per_owner: int) -> bool:
+        """Whether ``key`` would be a new key of an owner who already has ``max_per_owner`` remembered."""
         c = db.idempotency.c
         with self.engine.connect() as conn:
-            return conn.execute(select(c.key).where(and_(c.owner == owner, c.key == key))).first() is not None
-
-    def _owned_count_of(self, table, owner: str) -> int:
-        with self.engine.connect() as conn:
-            return self._owned_count(conn, table, owner)
+            known = conn.execute(select(c.key).where(and_(c.owner == owner, c.key == key))).first() is not None
+            return not known and self._owned_count(conn, db.idempotency, owner) >= max_per_owner
 
     def _idempotency_take_over(self, owner: str, key: str, lease_s: float) -> bool:
         """Whether the in-progress record's lease had lapsed and is now ours (renewed); of concurrent

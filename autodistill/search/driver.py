@@ -610,9 +610,10 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     t_start = time.perf_counter()
     events = events or EventLog(quiet=r.quiet)
     out = Path(r.out_dir).resolve()
-    if r.resume and _ray_client_address(r.address):
+    client_address = _ray_client_address(r.address)
+    if r.resume and client_address:
         # under Ray Client, Tune runs in a remote actor: a restored run's callbacks and budget cannot be set
-        raise ResourceError(f"--resume through Ray Client ({_ray_client_address(r.address)}) is not supported: "
+        raise ResourceError(f"--resume through Ray Client ({client_address}) is not supported: "
                             "run the resume on a node of the cluster, with --address auto and RAY_ADDRESS unset")
     out.mkdir(parents=True, exist_ok=True)
     exp_path = out / EXPERIMENT_NAME
@@ -674,7 +675,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
                         [(sp.decode(p), label) for p, label in zip(points or [], labels)],
                         metric=resolve_metric(base_cfg.optim.metric, teacher.task.task_type),
                         inputs=teacher.inputs, storage=storage,
-                        scheduler_in_driver=not _ray_client_address(r.address))
+                        scheduler_in_driver=not client_address)
     if teacher.inputs is not None:
         events.emit("teacher", f"{teacher.fine_tunes} teacher fine-tune(s) in this run; the trials get the dataset, "
                                f"teacher(s) and logits through Ray's object store "
