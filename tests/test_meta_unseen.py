@@ -235,6 +235,36 @@ def test_a_failing_run_leaves_its_siblings_their_turn(tmp_path, tiny_backbone, m
     assert any("Traceback" in line for line in logged)
 
 
+def test_the_cheaper_pipelines_run_first_all_their_seeds(tmp_path, tiny_backbone, monkeypatch):
+    """A dataset whose runs take hours: a session that ends mid-dataset should have recorded what it could, so
+    pipelines that train no augmented copies run before those that do, each with all its seeds."""
+    from autodistill import distill
+    from autodistill.config import PipelineConfig
+
+    store = _records(tmp_path / "records")
+    Recommender.fit(records_to_table(store.read()), method="rf", model_params={"n_estimators": 10}).save(
+        tmp_path / "model")
+    _tiny_dataset(tmp_path / "data", "alpha")
+    budget = PipelineConfig.model_validate({"teachers": [{"backbone": tiny_backbone}], "data": {"max_length": 32}})
+    tried = []
+
+    def fails(config, **kwargs):
+        tried.append((config.optim.seed, bool(config.augmentation.augmenters)))
+        raise RuntimeError("boom")
+    monkeypatch.setattr(distill, "run_distillation", fails)
+    kwargs = dict(model_dir=tmp_path / "model", records=tmp_path / "records", out=tmp_path / "out", seeds=(1, 2),
+                  budget=budget, log=lambda _: None)
+    run_unseen(tmp_path / "data", ["alpha"], **kwargs)
+    plan_file = tmp_path / "out" / "plans" / "alpha.json"
+    plan = json.loads(plan_file.read_text())
+    plan["arms"][0]["pipeline"] = pipeline_only(candidate_config("aug_random"))   # the pick augments, listed first
+    plan_file.write_text(json.dumps(plan))
+    tried.clear()
+    run_unseen(tmp_path / "data", ["alpha"], **kwargs)
+    assert tried[-2:] == [(1, True), (2, True)] and not any(augmented for _, augmented in tried[:-2])
+    assert [seed for seed, _ in tried[:2]] == [1, 2]
+
+
 def test_runs_of_one_dataset_must_share_their_teacher(tmp_path):
     from autodistill.meta.build import TeacherMismatch
     from autodistill.meta.unseen import _check_same_teacher

@@ -236,8 +236,8 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
             run_cfg = _arm_config(plan, arm.pipeline)
             runs.setdefault(_pipeline_id(run_cfg), (run_cfg, []))[1].append(arm)
     ran, failures = 0, []
-    for seed in plan["seeds"]:
-        for pid, (run_cfg, sharing) in runs.items():
+    for pid, (run_cfg, sharing) in sorted(runs.items(), key=lambda item: _examples_per_row(item[1][0])):
+        for seed in plan["seeds"]:
             if (pid, seed) in done:
                 continue
             if limit is not None and ran >= limit:
@@ -266,6 +266,13 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
     if failures:
         raise RuntimeError(f"{len(failures)} run(s) failed (the others were recorded): " + "; ".join(failures))
     return ran
+
+
+def _examples_per_row(config: PipelineConfig) -> int:
+    """Examples an epoch trains per original row: augmented copies join the epoch. The cheaper pipelines run
+    first, all their seeds, so a session that ends mid-dataset has recorded as many runs as it could."""
+    augmentation = config.augmentation
+    return 1 + (augmentation.copies if augmentation.augmenters else 0)
 
 
 def _trained_from(config: PipelineConfig, path: Path) -> PipelineConfig:
