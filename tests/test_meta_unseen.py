@@ -18,6 +18,16 @@ from autodistill.meta.unseen import (cost_ratios, fair_single_best, run_unseen, 
 from autodistill.records import RecordStore, RunRecord
 
 
+@pytest.fixture(autouse=True)
+def clean_checkout(monkeypatch):
+    """The runner refuses to continue a dataset from a dirty checkout; the tests' own may be dirty: their runs
+    record one clean commit, as a worktree's would."""
+    from autodistill.meta import build, unseen
+    engine = {"commit": "c" * 40, "dirty": False}
+    monkeypatch.setattr(build, "git_commit", lambda: engine)
+    monkeypatch.setattr(unseen, "git_commit", lambda: engine)
+
+
 def _records(folder):
     """Three datasets where mixup is the best pipeline everywhere (so it is the fair single best)."""
     store = RecordStore(folder / "runs.jsonl")
@@ -279,6 +289,26 @@ def test_runs_of_one_dataset_must_share_their_teacher(tmp_path):
     _check_same_teacher(store, record(0.9, 2), "d")
     with pytest.raises(TeacherMismatch, match="would not pair"):
         _check_same_teacher(store, record(0.88, 2), "d")
+
+
+def test_a_datasets_runs_continue_only_from_a_clean_checkout_of_its_engine_commit(tmp_path):
+    from autodistill.meta.unseen import EngineMismatch, _check_same_engine
+
+    def record(seed, commit):
+        return RunRecord.create(dataset_fingerprint="fp", meta_features={}, config=candidate_config("vanilla_kd"),
+                                metrics={"student_score": 0.8}, teacher_score=0.9, wall_seconds=1.0,
+                                student_parameters=1, status="completed", search={"dataset": "d"},
+                                provenance={"git": {"commit": commit, "dirty": False}}).replace(seed=seed)
+    store = RecordStore(tmp_path / "runs.jsonl")
+    _check_same_engine(store, "d", {"commit": "b" * 40, "dirty": True})      # no runs yet: any checkout starts
+    store.append(record(1, "a" * 40))
+    _check_same_engine(store, "d", {"commit": "a" * 40, "dirty": False})
+    _check_same_engine(store, "d", {"commit": None, "dirty": None})          # git cannot say: the teacher check
+    with pytest.raises(EngineMismatch, match="trained at aaaaaaa, this checkout is bbbbbbb: .* add --detach "
+                                             "<folder> aaaaaaa"):
+        _check_same_engine(store, "d", {"commit": "b" * 40, "dirty": False})
+    with pytest.raises(EngineMismatch, match="aaaaaaa with uncommitted changes"):
+        _check_same_engine(store, "d", {"commit": "a" * 40, "dirty": True})
 
 
 def test_a_plans_relative_data_path_is_read_from_this_invocations_dataset_folder(tmp_path):

@@ -34,7 +34,7 @@ from ..config import PipelineConfig, pipeline_only, with_pipeline
 from ..progress import EventLog
 from ..records import RecordStore
 from ..files import write_json_atomic
-from .build import TeacherMismatch, claim_context, run_record
+from .build import TeacherMismatch, claim_context, git_commit, run_record
 from .evaluate import markdown_table, paired_comparison
 from .fitting import meta_model_table
 from .portfolio import RENAMED_CANDIDATES, candidate_config
@@ -229,6 +229,7 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
     log(f"[{dataset}] " + ", ".join(f"{a.name}: {a.candidate}" + ("" if a.pipeline else " (n/a to the task)")
                                     for a in arms))
     store = RecordStore(out / "runs" / f"{dataset}.jsonl")
+    _check_same_engine(store, dataset, git_commit())
     done = {(_pipeline_id(r.config), _seed_of(r)) for r in store}
     runs: dict[str, tuple[PipelineConfig, list[Arm]]] = {}
     for arm in arms:
@@ -279,6 +280,23 @@ def _trained_from(config: PipelineConfig, path: Path) -> PipelineConfig:
     """``config`` reading its training data from ``path`` (this invocation's dataset folder, resolved), not
     from the path the plan recorded (relative to the folder its first invocation ran in)."""
     return config.model_copy(update={"data": config.data.model_copy(update={"train": str(Path(path).resolve())})})
+
+
+class EngineMismatch(RuntimeError):
+    """This checkout is not the engine a dataset's recorded runs trained with."""
+
+
+def _check_same_engine(store: RecordStore, dataset: str, engine: Mapping[str, Any]) -> None:
+    """A dataset's arms pair only if they trained with one engine, and its runs can take several sessions:
+    each continues from a clean checkout of a commit its recorded runs used, checked before the teacher's
+    fine-tune. Where git cannot say (no checkout), only the teacher check below applies."""
+    earlier = sorted({((r.provenance or {}).get("git") or {}).get("commit") for r in store} - {None})
+    if not earlier or engine.get("commit") is None or (engine["commit"] in earlier and not engine.get("dirty")):
+        return
+    this = engine["commit"][:7] + (" with uncommitted changes" if engine.get("dirty") else "")
+    raise EngineMismatch(f"{dataset}: its recorded runs trained at {', '.join(c[:7] for c in earlier)}, this "
+                         f"checkout is {this}: its arms would not pair. Run from a clean worktree at that "
+                         f"commit: git worktree add --detach <folder> {earlier[0][:7]}")
 
 
 def _check_same_teacher(store: RecordStore, record, dataset: str, tol: float = 1e-6) -> None:
