@@ -284,11 +284,35 @@ def test_runs_of_one_dataset_must_share_their_teacher(tmp_path):
                                 metrics={"student_score": 0.8}, teacher_score=teacher_score, wall_seconds=1.0,
                                 student_parameters=1, status="completed", search={"dataset": "d"}).replace(seed=seed)
     store = RecordStore(tmp_path / "runs.jsonl")
-    _check_same_teacher(store, record(0.9, 1), "d")           # the first run sets the teacher
+    _check_same_teacher(store, 0.9, "d")           # the first run sets the teacher
     store.append(record(0.9, 1))
-    _check_same_teacher(store, record(0.9, 2), "d")
+    _check_same_teacher(store, 0.9, "d")
     with pytest.raises(TeacherMismatch, match="would not pair"):
-        _check_same_teacher(store, record(0.88, 2), "d")
+        _check_same_teacher(store, 0.88, "d")
+
+
+def test_a_teacher_unlike_the_recorded_runs_is_refused_before_any_student_trains(tmp_path, tiny_backbone,
+                                                                                 monkeypatch):
+    """The check used to come after a whole student run (an hour on a tweet dataset), on its record."""
+    from autodistill import distill
+    from autodistill.config import PipelineConfig
+
+    store = _records(tmp_path / "records")
+    Recommender.fit(records_to_table(store.read()), method="rf", model_params={"n_estimators": 10}).save(
+        tmp_path / "model")
+    _tiny_dataset(tmp_path / "data", "alpha")
+    RecordStore(tmp_path / "out" / "runs" / "alpha.jsonl").append(RunRecord.create(
+        dataset_fingerprint="fp", meta_features={}, config=candidate_config("vanilla_kd"), metrics={},
+        teacher_score=0.123, wall_seconds=1.0, student_parameters=1, status="completed", search={"dataset": "alpha"},
+        provenance={"seed": 7}))
+    trained = []
+    monkeypatch.setattr(distill, "run_distillation", lambda config, **kwargs: trained.append(config))
+    budget = PipelineConfig.model_validate({"teachers": [{"backbone": tiny_backbone, "epochs": 1}],
+                                            "data": {"max_length": 32}})
+    logged = []
+    assert run_unseen(tmp_path / "data", ["alpha"], model_dir=tmp_path / "model", records=tmp_path / "records",
+                      out=tmp_path / "out", seeds=(1,), budget=budget, log=logged.append) == (0, 1)
+    assert trained == [] and any("would not pair" in line and "0.123" in line for line in logged), logged
 
 
 def test_a_datasets_runs_continue_only_from_a_clean_checkout_of_its_engine_commit(tmp_path):

@@ -236,6 +236,9 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
         if arm.pipeline is not None:
             run_cfg = _arm_config(plan, arm.pipeline)
             runs.setdefault(_pipeline_id(run_cfg), (run_cfg, []))[1].append(arm)
+    pending = [(pid, seed) for pid in runs for seed in plan["seeds"] if (pid, seed) not in done]
+    if pending and (limit is None or limit > 0):
+        _check_same_teacher(store, _teacher_score(_trained_from(runs[pending[0][0]][0], path), events), dataset)
     ran, failures = 0, []
     for pid, (run_cfg, sharing) in sorted(runs.items(), key=lambda item: _examples_per_row(item[1][0])):
         for seed in plan["seeds"]:
@@ -259,7 +262,7 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
             record = run_record(seeded, result.metrics, wall, meta_features=plan["meta_features"], context=dataset,
                                 candidate=sharing[0].candidate, source=SOURCE, provenance={
                                     "seed": seed, "arms": [a.name for a in sharing], "model": manifest["model"]})
-            _check_same_teacher(store, record, dataset)
+            _check_same_teacher(store, record.teacher_score, dataset)
             if not store.append(record):
                 raise RuntimeError(f"{dataset}: the record of {names} (seed {seed}) has the key of an existing one")
             ran += 1
@@ -299,15 +302,24 @@ def _check_same_engine(store: RecordStore, dataset: str, engine: Mapping[str, An
                          f"commit: git worktree add --detach <folder> {earlier[0][:7]}")
 
 
-def _check_same_teacher(store: RecordStore, record, dataset: str, tol: float = 1e-6) -> None:
+def _teacher_score(config: PipelineConfig, events: EventLog | None) -> float:
+    """The score of the teacher ``config``'s runs train with: fine-tuned here into the disk cache they then
+    load it from, so a teacher unlike the recorded runs' is refused before the first student trains."""
+    from ..prepare import prepare_task, prepare_teachers
+
+    return prepare_teachers(config, prepare_task(config), events=events)[0].score
+
+
+def _check_same_teacher(store: RecordStore, score: float | None, dataset: str, tol: float = 1e-6) -> None:
     """A dataset's arms pair only if their runs share one teacher (ratio = student / teacher score). A
-    teacher is fine-tuned again on every machine and comes out the same where the setup is the same (one
-    thread, full precision); this refuses a run whose teacher scores otherwise, before it is recorded."""
+    teacher is fine-tuned again on every machine and comes out the same where the setup is the same (the
+    thread count, full precision); this refuses a teacher that scores otherwise, before a run is recorded."""
     earlier = {r.teacher_score for r in store if r.teacher_score is not None}
-    if record.teacher_score is not None and any(abs(record.teacher_score - t) > tol for t in earlier):
-        raise TeacherMismatch(f"{dataset}: this run's teacher scores {record.teacher_score:.6f}, the dataset's "
-                              f"recorded runs {sorted(earlier)}: its arms would not pair. Run it where the earlier "
-                              "runs ran (one thread: OMP_NUM_THREADS=1, full precision), or in a new --out")
+    if score is not None and any(abs(score - t) > tol for t in earlier):
+        threads = sorted({str(((r.provenance or {}).get("machine") or {}).get("torch_threads")) for r in store})
+        raise TeacherMismatch(f"{dataset}: this teacher scores {score:.6f}, the dataset's recorded runs' "
+                              f"{sorted(earlier)}: its arms would not pair. Run as the earlier runs ran (torch "
+                              f"threads {', '.join(threads)}: OMP_NUM_THREADS; full precision), or in a new --out")
 
 
 def _plans(out: Path) -> list[dict[str, Any]]:
