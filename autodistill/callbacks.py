@@ -80,7 +80,8 @@ class ProgressCallback(Callback):
 class EarlyStoppingCallback(Callback):
     """Stop after ``patience`` evaluations in a row that did not beat the best by more than ``min_delta``,
     counted only once a score has beaten ``start_above`` (when given: the best constant prediction's
-    dev score; a model that has not left it is at the start of its curve, not on a plateau)."""
+    dev score, or chance for a correlation; a model that has not left it is at the start of its curve, not
+    on a plateau)."""
 
     def __init__(self, patience: int, min_delta: float = 0.0, start_above: float | None = None):
         self.patience = patience

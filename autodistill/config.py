@@ -68,8 +68,8 @@ class TrainingRule(StrictModel):
     Evaluate on the dev slice (data.dev_fraction of train) every epoch - ``evals_per_epoch`` times, and
     at least every ``max_steps_between_evals`` steps on large data - stop once
     ``early_stopping_patience`` evaluations in a row did not beat the best by more than
-    ``early_stopping_min_delta`` (counted once the dev score beats every constant prediction's:
-    ``early_stopping_start``), never train past ``max_steps`` (nor ``epochs``, a cap), and restore
+    ``early_stopping_min_delta`` (counted once the dev score beats every constant prediction's, and
+    chance for a correlation: ``early_stopping_start``), never train past ``max_steps`` (nor ``epochs``, a cap), and restore
     the best checkpoint at the end.
     """
 
@@ -79,7 +79,8 @@ class TrainingRule(StrictModel):
     early_stopping_start: Literal["first_evaluation", "above_trivial"] = Field(
         "above_trivial", description="when the patience clock starts: at the first dev evaluation, or once the dev "
         "score beats the best constant prediction (a model still predicting one class has not started to learn: "
-        "a flat start is not a plateau)")
+        "a flat start is not a plateau) and, for a correlation metric, the level chance passes only 5 % of the "
+        "time on the dev slice")
     max_steps: int | None = Field(3000, ge=1, description="optimisation-step cap, whatever the epochs")
     evals_per_epoch: int = Field(1, ge=1)
     max_steps_between_evals: int = Field(500, ge=1, description="evaluate at least this often (large data)")

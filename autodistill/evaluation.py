@@ -1,5 +1,5 @@
 """A model scored on a split: its logits, its metric and its CPU latency per example; what a constant
-prediction scores there."""
+prediction scores there, and the score past which a learning curve has started."""
 from __future__ import annotations
 
 import math
@@ -41,6 +41,26 @@ def trivial_score(split: EncodedSplit, metric: str, task_type: str) -> float:
         scores = [compute_metric(metric, np.eye(int(labels.max()) + 1)[np.full(len(labels), c)], labels, task_type)
                   for c in np.unique(labels)]
     return max(0.0 if math.isnan(v) else float(v) for v in scores)
+
+
+#: metrics a constant prediction leaves undefined (scored 0) and an unrelated prediction scatters around 0
+CORRELATION_METRICS = frozenset({"mcc", "pearson", "spearman"})
+#: the one-sided 5 % point of the standard normal
+_CHANCE_Z = 1.645
+
+
+def learning_start_score(split: EncodedSplit, metric: str, task_type: str) -> float:
+    """The dev score past which a curve has left its start (the early-stopping clock starts there): the
+    best constant prediction's, and for a correlation also the level an unrelated prediction passes by
+    chance only 5 % of the time on this many rows, tanh(1.645 / sqrt(n - 3)) (Fisher's z). An untrained
+    model's correlation is noise around 0 that passes 0 half the time: no start of a curve."""
+    trivial = trivial_score(split, metric, task_type)
+    return max(trivial, chance_correlation(len(split))) if metric in CORRELATION_METRICS else trivial
+
+
+def chance_correlation(n_rows: int) -> float:
+    """The correlation an unrelated prediction passes by chance 5 % of the time on ``n_rows`` rows."""
+    return math.tanh(_CHANCE_Z / math.sqrt(max(n_rows - 3, 1)))
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from .callbacks import Callback, EarlyStoppingCallback, ProgressCallback, Traine
 from .checkpoints import Checkpoint, Position, load_checkpoint, save_checkpoint
 from .config import TrainingRule
 from .batching import EncodedSplit, collate, model_inputs, shuffled_batches, to_device
-from .evaluation import evaluate, trivial_score
+from .evaluation import evaluate, learning_start_score, trivial_score
 
 
 # what a run records about its training (metrics.json, the run record): budget used and the learning curve
@@ -192,7 +192,8 @@ class Trainer:
         self.callbacks: list[Callback] = [ProgressCallback(desc), *callbacks]
         self.trivial_dev_score = trivial_score(dev, args.metric, args.task_type)
         if args.early_stopping_patience:
-            start_above = self.trivial_dev_score if args.early_stopping_start == "above_trivial" else None
+            start_above = learning_start_score(dev, args.metric, args.task_type) \
+                if args.early_stopping_start == "above_trivial" else None
             self.callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_min_delta,
                                                         start_above))
         self.state = TrainerState()

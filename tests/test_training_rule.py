@@ -124,6 +124,66 @@ def test_the_trainer_knows_the_constant_predictions_dev_score():
     assert trivial_score(split([0.1, 0.5, 0.9]), "pearson", "regression") == 0.0     # undefined for a constant
 
 
+def test_a_correlations_clock_starts_above_chance_not_above_zero(tiny_backbone):
+    """An untrained model's dev correlation is noise around 0 that passes 0 half the time: counting from the
+    first score above 0 stopped such a student on "plateau" before it learned. The clock now starts above
+    the level chance passes 5 % of the time on the dev slice (Fisher z), for MCC as for Pearson/Spearman."""
+    import math
+
+    import torch
+
+    from autodistill.batching import EncodedSplit
+    from autodistill.callbacks import EarlyStoppingCallback
+    from autodistill.evaluation import learning_start_score
+
+    def split(labels):
+        return EncodedSplit(input_ids=[[1, 2]] * len(labels), token_type_ids=None, labels=torch.tensor(labels))
+
+    dev = split([float(i % 5) for i in range(1003)])
+    assert learning_start_score(dev, "pearson", "regression") == pytest.approx(0.05197, abs=1e-5)
+    assert learning_start_score(dev, "spearman", "regression") == pytest.approx(math.tanh(1.645 / math.sqrt(1000)))
+    assert learning_start_score(split([0, 1] * 50 + [1, 1, 1]), "mcc", "classification") == pytest.approx(0.16303, abs=1e-5)
+    assert learning_start_score(split([0, 0, 0, 1]), "accuracy", "classification") == 0.75   # the constant's, as before
+    noise = [0.03, 0.01, 0.02, 0.00, 0.03, 0.01, 0.02]
+    assert _stops_at(noise, patience=3, start_above=0.0) == 4            # the old start: a "plateau" of noise
+    assert _stops_at(noise, patience=3, start_above=0.05197) is None     # never learned: the caps end it
+
+    trainer = _trainer(tiny_backbone, metric="pearson")                   # the trainer starts its clock there
+    start = next(c.start_above for c in trainer.callbacks if isinstance(c, EarlyStoppingCallback))
+    assert start == pytest.approx(math.tanh(1.645 / math.sqrt(len(trainer.dev) - 3)))
+
+
+def test_the_committed_regression_runs_stop_where_they_stopped_under_the_current_start():
+    """The start above chance came after the v2 build: replayed on their recorded dev curves, its stsb
+    students and teachers stop at the same evaluation under it, so the committed records stand."""
+    from pathlib import Path
+
+    from autodistill.callbacks import EarlyStoppingCallback, TrainerControl
+    from autodistill.evaluation import chance_correlation
+
+    def stop_index(history, rule, start):
+        callback, control = EarlyStoppingCallback(rule["early_stopping_patience"], rule["early_stopping_min_delta"],
+                                                  start), TrainerControl()
+        for i, row in enumerate(history):
+            callback._observe(row["score"], control)
+            if control.should_training_stop:
+                return i
+        return None
+
+    files = sorted((Path(__file__).parents[1] / "meta_dataset" / "v2" / "runs").glob("stsb@*.jsonl"))
+    replayed = 0
+    for record in (json.loads(line) for f in files for line in f.read_text().splitlines()):
+        m, rule = record["metrics"], record["config"]["optim"]
+        teacher, teacher_rule = m["teacher_training"], record["config"]["teachers"][0]
+        start = max(m["dev_trivial_score"], chance_correlation(m["dev_examples"]))
+        for curve, how, stopped in ((m["history"], rule, m["stop_reason"]),
+                                    (teacher["history"], teacher_rule, teacher["stop_reason"])):
+            assert how["early_stopping_start"] == "above_trivial"
+            assert stop_index(curve, how, start) == (len(curve) - 1 if stopped == "plateau" else None), record["key"]
+            replayed += 1
+    assert replayed == 56                                                 # 28 students, each with its teacher
+
+
 def test_a_constant_float32_prediction_scores_zero_correlation_not_nan():
     """float32 rounding gives a constant prediction a tiny spread that scipy reads as constant (NaN): the
     metric says 0, the same as for an exactly constant one, so early stopping never compares with NaN."""
@@ -143,7 +203,7 @@ def test_a_constant_float32_prediction_scores_zero_correlation_not_nan():
 
 
 # --------------------------------------------------------------------------- resuming from a checkpoint
-def _trainer(backbone, checkpoint=None):
+def _trainer(backbone, checkpoint=None, metric="accuracy"):
     """A tiny fine-tune that evaluates mid-epoch (every 4 of 12 steps) and stops on a plateau."""
     import torch
 
@@ -158,7 +218,7 @@ def _trainer(backbone, checkpoint=None):
     train, dev = split_dev(enc, data_cfg, task.task_type)
     set_seed(0)
     model = load_classifier(backbone, task.num_labels, task.task_type, task.label_names)
-    args = TrainArgs(learning_rate=3e-3, epochs=6, batch_size=16, metric="accuracy", task_type=task.task_type,
+    args = TrainArgs(learning_rate=3e-3, epochs=6, batch_size=16, metric=metric, task_type=task.task_type,
                      seed=1, max_steps_between_evals=4, early_stopping_patience=3)
     return Trainer(model, StepObjective(train, task.task_type), dev, args, tok.pad_token_id, torch.device("cpu"),
                    checkpoint=checkpoint)
