@@ -348,3 +348,27 @@ def test_a_teacher_trained_in_half_precision_is_cached_apart():
     assert teacher_cache_key(TeacherConfig(), "fp", 64, "accuracy", dev, None) == full
     assert len({full, teacher_cache_key(TeacherConfig(), "fp", 64, "accuracy", dev, "float16"),
                 teacher_cache_key(TeacherConfig(), "fp", 64, "accuracy", dev, "bfloat16")}) == 3
+
+
+def test_a_correlation_teacher_cached_under_the_old_start_is_not_reused():
+    """Before the start above chance, a regression teacher's clock started above 0: it may have stopped on
+    noise, so it has another key; an accuracy teacher's key is what it was (golden payload)."""
+    import hashlib
+
+    import torch
+
+    from autodistill.batching import EncodedSplit
+    from autodistill.config import TeacherConfig
+    from autodistill.models import backbone_identity
+    from autodistill.teacher.cache import split_hash
+    from autodistill.teacher.fine_tuned import TEACHER_CACHE_VERSION, teacher_cache_key
+    dev = EncodedSplit(input_ids=[[1, 2]] * 4, token_type_ids=None, labels=torch.tensor([0.1, 0.5, 0.9, 0.2]))
+    cfg = TeacherConfig()
+
+    def before(metric):
+        payload = {"version": TEACHER_CACHE_VERSION, "backbone": backbone_identity(cfg.backbone), "dataset": "fp",
+                   "training": cfg.model_dump(mode="json", exclude={"backbone"}), "max_length": 64,
+                   "metric": metric, "dev": split_hash(dev)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    assert teacher_cache_key(cfg, "fp", 64, "accuracy", dev) == before("accuracy")
+    assert teacher_cache_key(cfg, "fp", 64, "pearson", dev) != before("pearson")

@@ -18,7 +18,7 @@ from ..batching import EncodedSplit
 from ..callbacks import Callback
 from ..checkpoints import remove_checkpoint, remove_unfinished_writes
 from ..config import TeacherConfig
-from ..evaluation import evaluate
+from ..evaluation import CORRELATION_METRICS, evaluate
 from ..models import backbone_identity, load_classifier
 from ..trainer import TRAINING_KEYS, StepObjective, TrainArgs, Trainer, set_seed, training_dtype
 from .cache import cache_root, split_hash
@@ -32,12 +32,15 @@ FINE_TUNES = [0]   # teachers fine-tuned by this process (a search asserts its t
 def teacher_cache_key(cfg: TeacherConfig, fingerprint: str, max_length: int, metric: str, dev: EncodedSplit,
                       precision: str | None = None) -> str:
     """The cached teacher's name: everything its weights depend on. ``precision`` is the autocast dtype it
-    trains in (None, full precision, adds nothing, so full-precision keys are as before)."""
+    trains in (None, full precision, adds nothing, so full-precision keys are as before). A correlation's
+    early-stopping clock starts above chance since 2026-12-06 (above 0 before): such a teacher is keyed
+    apart from one cached under the old start; every other key is as before."""
+    chance_start = metric in CORRELATION_METRICS and cfg.early_stopping_start == "above_trivial"
     payload = {
         "version": TEACHER_CACHE_VERSION, "backbone": backbone_identity(cfg.backbone),
         "dataset": fingerprint, "training": cfg.model_dump(mode="json", exclude={"backbone"}),
         "max_length": max_length, "metric": metric, "dev": split_hash(dev),
-        **({"precision": precision} if precision else {}),
+        **({"precision": precision} if precision else {}), **({"start": "above_chance"} if chance_start else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
