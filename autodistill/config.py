@@ -79,8 +79,8 @@ class TrainingRule(StrictModel):
     early_stopping_start: Literal["first_evaluation", "above_trivial"] = Field(
         "above_trivial", description="when the patience clock starts: at the first dev evaluation, or once the dev "
         "score beats the best constant prediction (a model still predicting one class has not started to learn: "
-        "a flat start is not a plateau) and, for a correlation metric, the level chance passes only 5 % of the "
-        "time on the dev slice")
+        "a flat start is not a plateau) and, for a correlation metric, the level chance passes about 5 % of the "
+        "time on the dev slice, tanh(1.645 / sqrt(n_dev - 3))")
     max_steps: int | None = Field(3000, ge=1, description="optimisation-step cap, whatever the epochs")
     evals_per_epoch: int = Field(1, ge=1)
     max_steps_between_evals: int = Field(500, ge=1, description="evaluate at least this often (large data)")

@@ -52,8 +52,9 @@ _CHANCE_Z = 1.645
 def learning_start_score(split: EncodedSplit, metric: str, task_type: str) -> float:
     """The dev score past which a curve has left its start (the early-stopping clock starts there): the
     best constant prediction's, and for a correlation also the level an unrelated prediction passes by
-    chance only 5 % of the time on this many rows, tanh(1.645 / sqrt(n - 3)) (Fisher's z). An untrained
-    model's correlation is noise around 0 that passes 0 half the time: no start of a curve."""
+    chance only 5 % of the time on this many rows, tanh(1.645 / sqrt(n - 3)) (Fisher's z: exact for Pearson,
+    close for Spearman, stricter than 5 % for a multi-class MCC, whose chance spread is narrower). An
+    untrained model's correlation is noise around 0 that passes 0 half the time: no start of a curve."""
     trivial = trivial_score(split, metric, task_type)
     return max(trivial, chance_correlation(len(split))) if metric in CORRELATION_METRICS else trivial
 

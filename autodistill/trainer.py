@@ -191,9 +191,9 @@ class Trainer:
         self.device = device
         self.callbacks: list[Callback] = [ProgressCallback(desc), *callbacks]
         self.trivial_dev_score = trivial_score(dev, args.metric, args.task_type)
+        self.start_dev_score = learning_start_score(dev, args.metric, args.task_type)
         if args.early_stopping_patience:
-            start_above = learning_start_score(dev, args.metric, args.task_type) \
-                if args.early_stopping_start == "above_trivial" else None
+            start_above = self.start_dev_score if args.early_stopping_start == "above_trivial" else None
             self.callbacks.append(EarlyStoppingCallback(args.early_stopping_patience, args.early_stopping_min_delta,
                                                         start_above))
         self.state = TrainerState()
@@ -269,7 +269,7 @@ class Trainer:
             "best_score": state.best_score, "best_step": state.best_step, "steps": state.global_step,
             "epochs": state.epoch, "train_seconds": train_seconds, "stop_reason": state.stop_reason,
             "eval_seconds": self.eval_seconds, "dev_examples": len(self.dev),
-            "dev_trivial_score": self.trivial_dev_score,
+            "dev_trivial_score": self.trivial_dev_score, "dev_start_score": self.start_dev_score,
             "checkpoint_seconds": self.checkpoint_seconds,
             "train_examples_per_second": examples_seen / max(step_seconds, 1e-9),
             "history": state.history, **self.objective.stats(),

@@ -134,3 +134,7 @@ def test_runs_a_cap_stopped_are_told_apart_as_failures_or_still_rising():
                _rec("a", "late", 43, 0.6, steps=290, stop="interrupted")]   # stopped by hand: no cap
     row = pilot_report(records).convergence().loc["a"]
     assert (row["runs"], row["capped"], row["capped_never_learned"], row["capped_still_rising"]) == (6, 3, 1, 1)
+    # a correlation's curve starts above chance (recorded as dev_start_score): a best between 0 and chance is no start
+    records[3]["metrics"].update(dev_trivial_score=0.0, dev_start_score=0.75)
+    row = pilot_report(records).convergence().loc["a"]
+    assert (row["capped_never_learned"], row["capped_still_rising"]) == (2, 0)

@@ -48,7 +48,7 @@ def _tiny_dataset(root, name, rows=48):
         (root / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_path, tiny_backbone):
+def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_path, tiny_backbone, monkeypatch):
     from autodistill.config import PipelineConfig
 
     store = _records(tmp_path / "records")
@@ -88,6 +88,9 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     distinct = sum(len({json.dumps(a["pipeline"], sort_keys=True) for a in p["arms"]}) for p in plans.values())
     assert ran + 1 == 2 * distinct                                          # arms that agree share their runs
     assert run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs) == (0, 0)   # resumed: nothing left
+    from autodistill.meta import unseen
+    monkeypatch.setattr(unseen, "git_commit", lambda: {"commit": "d" * 40, "dirty": True})
+    assert run_unseen(tmp_path / "data", ["alpha", "beta"], **kwargs) == (0, 0)   # another engine, nothing to run
     with pytest.raises(ValueError, match="another seeds"):                 # a different plan needs a new --out
         run_unseen(tmp_path / "data", ["alpha"], **{**kwargs, "seeds": (1,)})
     table = unseen_table(tmp_path / "out")
@@ -318,11 +321,11 @@ def test_a_teacher_unlike_the_recorded_runs_is_refused_before_any_student_trains
 def test_a_datasets_runs_continue_only_from_a_clean_checkout_of_its_engine_commit(tmp_path):
     from autodistill.meta.unseen import EngineMismatch, _check_same_engine
 
-    def record(seed, commit):
-        return RunRecord.create(dataset_fingerprint="fp", meta_features={}, config=candidate_config("vanilla_kd"),
+    def record(seed, commit, dirty=False):
+        return RunRecord.create(dataset_fingerprint=f"fp{seed}", meta_features={}, config=candidate_config("vanilla_kd"),
                                 metrics={"student_score": 0.8}, teacher_score=0.9, wall_seconds=1.0,
                                 student_parameters=1, status="completed", search={"dataset": "d"},
-                                provenance={"git": {"commit": commit, "dirty": False}}).replace(seed=seed)
+                                provenance={"git": {"commit": commit, "dirty": dirty}}).replace(seed=seed)
     store = RecordStore(tmp_path / "runs.jsonl")
     _check_same_engine(store, "d", {"commit": "b" * 40, "dirty": True})      # no runs yet: any checkout starts
     store.append(record(1, "a" * 40))
@@ -333,6 +336,13 @@ def test_a_datasets_runs_continue_only_from_a_clean_checkout_of_its_engine_commi
         _check_same_engine(store, "d", {"commit": "b" * 40, "dirty": False})
     with pytest.raises(EngineMismatch, match="aaaaaaa with uncommitted changes"):
         _check_same_engine(store, "d", {"commit": "a" * 40, "dirty": True})
+    store.append(record(2, "0" * 40))                                         # a later commit, sorted first
+    with pytest.raises(EngineMismatch, match="trained at aaaaaaa, 0000000, .* <folder> aaaaaaa"):
+        _check_same_engine(store, "d", {"commit": "b" * 40, "dirty": False})  # the first run's commit advised
+    dirty = RecordStore(tmp_path / "dirty.jsonl")
+    dirty.append(record(1, "e" * 40, dirty=True))                            # a dirty run names no engine
+    with pytest.raises(EngineMismatch, match="none from a clean checkout.*new --out"):
+        _check_same_engine(dirty, "d", {"commit": "e" * 40, "dirty": False})
 
 
 def test_a_plans_relative_data_path_is_read_from_this_invocations_dataset_folder(tmp_path):

@@ -64,6 +64,7 @@ def test_teacher_and_student_stop_on_a_dev_plateau_and_keep_the_best(tiny_backbo
     _, dev = split_dev(enc(task.train), cfg.data, task.task_type)
     # patience counted once the dev score beat a constant prediction's, which the record keeps
     assert m["dev_trivial_score"] == pytest.approx(trivial_score(dev, m["metric"], task.task_type))
+    assert m["dev_start_score"] == m["dev_trivial_score"]                     # accuracy: no chance level above it
     assert max(r["score"] for r in m["history"]) > m["dev_trivial_score"]
     assert evaluate(result.student, dev, m["metric"], task.task_type, 256, tok.pad_token_id, "cpu") \
         == pytest.approx(m["best_dev_score"])
@@ -150,7 +151,7 @@ def test_a_correlations_clock_starts_above_chance_not_above_zero(tiny_backbone):
 
     trainer = _trainer(tiny_backbone, metric="pearson")                   # the trainer starts its clock there
     start = next(c.start_above for c in trainer.callbacks if isinstance(c, EarlyStoppingCallback))
-    assert start == pytest.approx(math.tanh(1.645 / math.sqrt(len(trainer.dev) - 3)))
+    assert start == trainer.start_dev_score == pytest.approx(math.tanh(1.645 / math.sqrt(len(trainer.dev) - 3)))
 
 
 def test_the_committed_regression_runs_stop_where_they_stopped_under_the_current_start():

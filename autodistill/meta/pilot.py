@@ -108,8 +108,10 @@ def pilot_runs(records: Sequence[RunRecord | Mapping[str, Any]],
 
 
 def _left_the_constant(metrics: Mapping[str, Any]) -> bool | None:
-    """Whether the best dev score beat the best constant prediction (None for records without both)."""
-    best, trivial = metrics.get("best_dev_score"), metrics.get("dev_trivial_score")
+    """Whether the best dev score beat the score where a curve starts (the best constant prediction's; for a
+    correlation also chance, recorded as ``dev_start_score`` since) (None for records without both)."""
+    best = metrics.get("best_dev_score")
+    trivial = metrics.get("dev_start_score", metrics.get("dev_trivial_score"))
     return None if best is None or trivial is None else bool(float(best) > float(trivial))
 
 

@@ -229,7 +229,6 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
     log(f"[{dataset}] " + ", ".join(f"{a.name}: {a.candidate}" + ("" if a.pipeline else " (n/a to the task)")
                                     for a in arms))
     store = RecordStore(out / "runs" / f"{dataset}.jsonl")
-    _check_same_engine(store, dataset, git_commit())
     done = {(_pipeline_id(r.config), _seed_of(r)) for r in store}
     runs: dict[str, tuple[PipelineConfig, list[Arm]]] = {}
     for arm in arms:
@@ -238,6 +237,7 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
             runs.setdefault(_pipeline_id(run_cfg), (run_cfg, []))[1].append(arm)
     pending = [(pid, seed) for pid in runs for seed in plan["seeds"] if (pid, seed) not in done]
     if pending and (limit is None or limit > 0):
+        _check_same_engine(store, dataset, git_commit())
         _check_same_teacher(store, _teacher_score(_trained_from(runs[pending[0][0]][0], path), events), dataset)
     ran, failures = 0, []
     for pid, (run_cfg, sharing) in sorted(runs.items(), key=lambda item: _examples_per_row(item[1][0])):
@@ -292,14 +292,20 @@ class EngineMismatch(RuntimeError):
 def _check_same_engine(store: RecordStore, dataset: str, engine: Mapping[str, Any]) -> None:
     """A dataset's arms pair only if they trained with one engine, and its runs can take several sessions:
     each continues from a clean checkout of a commit its recorded runs used, checked before the teacher's
-    fine-tune. Where git cannot say (no checkout), only the teacher check below applies."""
-    earlier = sorted({((r.provenance or {}).get("git") or {}).get("commit") for r in store} - {None})
-    if not earlier or engine.get("commit") is None or (engine["commit"] in earlier and not engine.get("dirty")):
+    fine-tune. A run recorded from a dirty checkout names no engine: its commit matches nothing. Where git
+    cannot say (no checkout), only the teacher check below applies."""
+    gits = [(r.provenance or {}).get("git") or {} for r in store]            # in the order they were recorded
+    if not any(g.get("commit") for g in gits) or engine.get("commit") is None:
+        return
+    clean = list(dict.fromkeys(g["commit"] for g in gits if g.get("commit") and not g.get("dirty")))
+    if engine["commit"] in clean and not engine.get("dirty"):
         return
     this = engine["commit"][:7] + (" with uncommitted changes" if engine.get("dirty") else "")
-    raise EngineMismatch(f"{dataset}: its recorded runs trained at {', '.join(c[:7] for c in earlier)}, this "
-                         f"checkout is {this}: its arms would not pair. Run from a clean worktree at that "
-                         f"commit: git worktree add --detach <folder> {earlier[0][:7]}")
+    recorded = ", ".join(c[:7] for c in clean) or "none from a clean checkout"
+    advice = (f"Run from a clean worktree at that commit: git worktree add --detach <folder> {clean[0][:7]}"
+              if clean else "Run it in a new --out")
+    raise EngineMismatch(f"{dataset}: its recorded runs trained at {recorded}, this checkout is {this}: its arms "
+                         f"would not pair. {advice}")
 
 
 def _teacher_score(config: PipelineConfig, events: EventLog | None) -> float:
