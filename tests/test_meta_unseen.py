@@ -48,6 +48,20 @@ def _tiny_dataset(root, name, rows=48):
         (root / name / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _planned(tmp_path, tiny_backbone, **teacher):
+    """The runner's arguments for the dataset ``alpha``: a model fitted on :func:`_records`, a tiny budget."""
+    from autodistill.config import PipelineConfig
+
+    store = _records(tmp_path / "records")
+    Recommender.fit(records_to_table(store.read()), method="rf", model_params={"n_estimators": 10}).save(
+        tmp_path / "model")
+    _tiny_dataset(tmp_path / "data", "alpha")
+    budget = PipelineConfig.model_validate({"teachers": [{"backbone": tiny_backbone, **teacher}],
+                                            "data": {"max_length": 32}})
+    return dict(model_dir=tmp_path / "model", records=tmp_path / "records", out=tmp_path / "out", seeds=(1, 2),
+                budget=budget)
+
+
 def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_path, tiny_backbone, monkeypatch):
     from autodistill.config import PipelineConfig
 
@@ -225,13 +239,8 @@ def test_a_failing_run_leaves_its_siblings_their_turn(tmp_path, tiny_backbone, m
     """One run that fails (every session, say) used to abort the rest of its dataset after the teacher's
     fine-tune: every other run is still tried, and the dataset counts as failed, saying which runs."""
     from autodistill import distill
-    from autodistill.config import PipelineConfig
 
-    store = _records(tmp_path / "records")
-    Recommender.fit(records_to_table(store.read()), method="rf", model_params={"n_estimators": 10}).save(
-        tmp_path / "model")
-    _tiny_dataset(tmp_path / "data", "alpha")
-    budget = PipelineConfig.model_validate({"teachers": [{"backbone": tiny_backbone}], "data": {"max_length": 32}})
+    kwargs = _planned(tmp_path, tiny_backbone)
     tried = []
 
     def fails(config, **kwargs):
@@ -239,8 +248,7 @@ def test_a_failing_run_leaves_its_siblings_their_turn(tmp_path, tiny_backbone, m
         raise RuntimeError("boom")
     monkeypatch.setattr(distill, "run_distillation", fails)
     logged = []
-    assert run_unseen(tmp_path / "data", ["alpha"], model_dir=tmp_path / "model", records=tmp_path / "records",
-                      out=tmp_path / "out", seeds=(1, 2), budget=budget, log=logged.append) == (0, 1)
+    assert run_unseen(tmp_path / "data", ["alpha"], log=logged.append, **kwargs) == (0, 1)
     plan = json.loads((tmp_path / "out" / "plans" / "alpha.json").read_text())
     distinct = len({json.dumps(a["pipeline"], sort_keys=True) for a in plan["arms"]})
     assert len(set(tried)) == len(tried) == 2 * distinct
@@ -252,21 +260,14 @@ def test_the_cheaper_pipelines_run_first_all_their_seeds(tmp_path, tiny_backbone
     """A dataset whose runs take hours: a session that ends mid-dataset should have recorded what it could, so
     pipelines that train no augmented copies run before those that do, each with all its seeds."""
     from autodistill import distill
-    from autodistill.config import PipelineConfig
 
-    store = _records(tmp_path / "records")
-    Recommender.fit(records_to_table(store.read()), method="rf", model_params={"n_estimators": 10}).save(
-        tmp_path / "model")
-    _tiny_dataset(tmp_path / "data", "alpha")
-    budget = PipelineConfig.model_validate({"teachers": [{"backbone": tiny_backbone}], "data": {"max_length": 32}})
+    kwargs = dict(_planned(tmp_path, tiny_backbone), log=lambda _: None)
     tried = []
 
     def fails(config, **kwargs):
         tried.append((config.optim.seed, bool(config.augmentation.augmenters)))
         raise RuntimeError("boom")
     monkeypatch.setattr(distill, "run_distillation", fails)
-    kwargs = dict(model_dir=tmp_path / "model", records=tmp_path / "records", out=tmp_path / "out", seeds=(1, 2),
-                  budget=budget, log=lambda _: None)
     run_unseen(tmp_path / "data", ["alpha"], **kwargs)
     plan_file = tmp_path / "out" / "plans" / "alpha.json"
     plan = json.loads(plan_file.read_text())
@@ -298,23 +299,16 @@ def test_a_teacher_unlike_the_recorded_runs_is_refused_before_any_student_trains
                                                                                  monkeypatch):
     """The check used to come after a whole student run (an hour on a tweet dataset), on its record."""
     from autodistill import distill
-    from autodistill.config import PipelineConfig
 
-    store = _records(tmp_path / "records")
-    Recommender.fit(records_to_table(store.read()), method="rf", model_params={"n_estimators": 10}).save(
-        tmp_path / "model")
-    _tiny_dataset(tmp_path / "data", "alpha")
+    kwargs = dict(_planned(tmp_path, tiny_backbone, epochs=1), seeds=(1,))
     RecordStore(tmp_path / "out" / "runs" / "alpha.jsonl").append(RunRecord.create(
         dataset_fingerprint="fp", meta_features={}, config=candidate_config("vanilla_kd"), metrics={},
         teacher_score=0.123, wall_seconds=1.0, student_parameters=1, status="completed", search={"dataset": "alpha"},
         provenance={"seed": 7}))
     trained = []
     monkeypatch.setattr(distill, "run_distillation", lambda config, **kwargs: trained.append(config))
-    budget = PipelineConfig.model_validate({"teachers": [{"backbone": tiny_backbone, "epochs": 1}],
-                                            "data": {"max_length": 32}})
     logged = []
-    assert run_unseen(tmp_path / "data", ["alpha"], model_dir=tmp_path / "model", records=tmp_path / "records",
-                      out=tmp_path / "out", seeds=(1,), budget=budget, log=logged.append) == (0, 1)
+    assert run_unseen(tmp_path / "data", ["alpha"], log=logged.append, **kwargs) == (0, 1)
     assert trained == [] and any("would not pair" in line and "0.123" in line for line in logged), logged
 
 

@@ -238,7 +238,8 @@ def _run_dataset(path: Path, dataset: str, manifest: Mapping[str, Any], model_di
     pending = [(pid, seed) for pid in runs for seed in plan["seeds"] if (pid, seed) not in done]
     if pending and (limit is None or limit > 0):
         _check_same_engine(store, dataset, git_commit())
-        _check_same_teacher(store, _teacher_score(_trained_from(runs[pending[0][0]][0], path), events), dataset)
+        if any(r.teacher_score is not None for r in store):   # else the first run sets the dataset's teacher
+            _check_same_teacher(store, _teacher_score(_trained_from(runs[pending[0][0]][0], path), events), dataset)
     ran, failures = 0, []
     for pid, (run_cfg, sharing) in sorted(runs.items(), key=lambda item: _examples_per_row(item[1][0])):
         for seed in plan["seeds"]:
