@@ -69,8 +69,8 @@ class TrainingRule(StrictModel):
     at least every ``max_steps_between_evals`` steps on large data - stop once
     ``early_stopping_patience`` evaluations in a row did not beat the best by more than
     ``early_stopping_min_delta`` (counted once the dev score beats every constant prediction's, and
-    chance for a correlation: ``early_stopping_start``), never train past ``max_steps`` (nor ``epochs``, a cap), and restore
-    the best checkpoint at the end.
+    chance for a correlation: ``early_stopping_start``), never train past ``max_steps`` (nor ``epochs``,
+    a cap), and restore the best checkpoint at the end.
     """
 
     early_stopping_patience: int | None = Field(

@@ -55,8 +55,12 @@ def learning_start_score(split: EncodedSplit, metric: str, task_type: str) -> fl
     chance only 5 % of the time on this many rows, tanh(1.645 / sqrt(n - 3)) (Fisher's z: exact for Pearson,
     close for Spearman, stricter than 5 % for a multi-class MCC, whose chance spread is narrower). An
     untrained model's correlation is noise around 0 that passes 0 half the time: no start of a curve."""
-    trivial = trivial_score(split, metric, task_type)
-    return max(trivial, chance_correlation(len(split))) if metric in CORRELATION_METRICS else trivial
+    return start_score(trivial_score(split, metric, task_type), metric, len(split))
+
+
+def start_score(trivial: float, metric: str, n_rows: int) -> float:
+    """:func:`learning_start_score` from a split's constant-prediction score and size."""
+    return max(trivial, chance_correlation(n_rows)) if metric in CORRELATION_METRICS else trivial
 
 
 def chance_correlation(n_rows: int) -> float:

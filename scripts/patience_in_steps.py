@@ -15,7 +15,7 @@ import math
 import sys
 
 from autodistill.callbacks import EarlyStoppingCallback, TrainerControl
-from autodistill.evaluation import CORRELATION_METRICS, chance_correlation
+from autodistill.evaluation import start_score
 
 
 def best_index_when_stopped(history, patience, start):
@@ -34,9 +34,7 @@ def replayed(record):
     m, config = record["metrics"], record["config"]
     copies = config["augmentation"]["copies"]
     matched = config["optim"]["early_stopping_patience"] / (1 + copies)
-    start = m["dev_trivial_score"]
-    if m["metric"] in CORRELATION_METRICS:
-        start = max(start, chance_correlation(m["dev_examples"]))
+    start = start_score(m["dev_trivial_score"], m["metric"], m["dev_examples"])
     history = m["history"]
     recorded = best_index_when_stopped(history, len(history) + 1, start)
     below, above = (best_index_when_stopped(history, max(1, p), start) for p in (math.floor(matched),

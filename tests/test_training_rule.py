@@ -160,7 +160,7 @@ def test_the_committed_regression_runs_stop_where_they_stopped_under_the_current
     from pathlib import Path
 
     from autodistill.callbacks import EarlyStoppingCallback, TrainerControl
-    from autodistill.evaluation import chance_correlation
+    from autodistill.evaluation import start_score
 
     def stop_index(history, rule, start):
         callback, control = EarlyStoppingCallback(rule["early_stopping_patience"], rule["early_stopping_min_delta"],
@@ -176,7 +176,7 @@ def test_the_committed_regression_runs_stop_where_they_stopped_under_the_current
     for record in (json.loads(line) for f in files for line in f.read_text().splitlines()):
         m, rule = record["metrics"], record["config"]["optim"]
         teacher, teacher_rule = m["teacher_training"], record["config"]["teachers"][0]
-        start = max(m["dev_trivial_score"], chance_correlation(m["dev_examples"]))
+        start = start_score(m["dev_trivial_score"], m["metric"], m["dev_examples"])
         for curve, how, stopped in ((m["history"], rule, m["stop_reason"]),
                                     (teacher["history"], teacher_rule, teacher["stop_reason"])):
             assert how["early_stopping_start"] == "above_trivial"
