@@ -9,6 +9,7 @@ must score what the recorded runs' teacher scored, and the new run's dev curve m
 patience-3 run's curve (the same run, trained on past where patience 3 stopped it).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python scripts/patience_matched_vanilla.py DATASETS_ROOT OUT DATASET...
+    PYTHONPATH=. .venv/bin/python scripts/patience_matched_vanilla.py --summary OUT
 """
 import json
 import sys
@@ -61,7 +62,30 @@ def run(datasets_root, out, dataset):
               f"same curve start {same_start}", flush=True)
 
 
+def summary(out):
+    """Per dataset with both seeds: the pick's mean ratio (the recommended arm), vanilla KD's at patience 3 and
+    6, and the pick's lead over each."""
+    import pandas as pd
+
+    rows = pd.DataFrame([json.loads(line) for line in out.read_text().splitlines()])
+    lines = []
+    for dataset, runs in rows.groupby("dataset"):
+        if len(runs) < 2:
+            continue
+        pick = [r.target["ratio"] for r in RecordStore(UNSEEN / "runs" / f"{dataset}.jsonl")
+                if "recommended" in (r.provenance or {}).get("arms", [])]
+        p3, p6, mean_pick = runs["ratio_patience_3"].mean(), runs["ratio"].mean(), sum(pick) / len(pick)
+        lines.append({"dataset": dataset, "pick": mean_pick, "vanilla_p3": p3, "vanilla_p6": p6,
+                      "p6_minus_p3": p6 - p3, "pick_minus_p3": mean_pick - p3, "pick_minus_p6": mean_pick - p6,
+                      "steps_p3": runs["steps_patience_3"].mean(), "steps_p6": runs["steps"].mean(),
+                      "exact_pairs": bool(runs["same_teacher"].all() and runs["same_curve_start"].all())})
+    print(pd.DataFrame(lines).round(4).to_string(index=False))
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--summary":
+        summary(Path(sys.argv[2]))
+        sys.exit(0)
     root, out_path, *names = sys.argv[1:]
     out_file = Path(out_path)
     out_file.parent.mkdir(parents=True, exist_ok=True)
