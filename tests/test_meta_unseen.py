@@ -344,3 +344,25 @@ def test_a_plans_relative_data_path_is_read_from_this_invocations_dataset_folder
     from autodistill.meta.unseen import _trained_from
     planned = PipelineConfig.model_validate({"data": {"train": "../shared/datasets/alpha"}})
     assert _trained_from(planned, tmp_path / "data" / "alpha").data.train == str((tmp_path / "data" / "alpha").resolve())
+
+
+def test_only_the_engine_makes_a_checkout_dirty(tmp_path, monkeypatch):
+    """The records, reports and logs a run writes into the tree are not the engine: a second session from the
+    same worktree was refused "with uncommitted changes" because its first had rewritten the report."""
+    import subprocess
+
+    monkeypatch.undo()                                                        # the real git_commit, not clean_checkout's
+    from autodistill.meta.build import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+    for name in ("autodistill/engine.py", "meta_dataset/report.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("one\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    (tmp_path / "meta_dataset" / "report.md").write_text("rewritten\n")
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "autodistill" / "engine.py").write_text("changed\n")
+    assert git_commit.__wrapped__(tmp_path)["dirty"] is True                # uncached: the tree changed

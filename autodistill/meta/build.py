@@ -109,13 +109,13 @@ def build_preset(preset_override: Mapping[str, Any] | None = None, train_size: i
 
 
 @functools.cache
-def git_commit() -> dict[str, Any]:
+def git_commit(repo: Path | None = None) -> dict[str, Any]:
     """The commit the build runs from, and whether the engine (``autodistill/``, ``pyproject.toml``) had
     uncommitted changes (recorded in every record: a v2 build runs from its own worktree at a fixed commit;
     the records, reports and logs it writes into the tree do not make it dirty)."""
     import subprocess
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
