@@ -9,7 +9,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
@@ -108,6 +108,18 @@ class EarlyStoppingCallback(Callback):
             self.evals_without_improvement += 1
         if self.evals_without_improvement >= self.patience and control is not None:
             control.stop("plateau")
+
+
+def replay_stop(scores: Sequence[float], patience: int, min_delta: float = 0.0,
+                start_above: float | None = None) -> int | None:
+    """The index of the evaluation at which :class:`EarlyStoppingCallback` stops a recorded dev curve (None:
+    it never does), e.g. to ask what another patience or start would have done with the same run."""
+    callback, control = EarlyStoppingCallback(patience, min_delta, start_above), TrainerControl()
+    for i, score in enumerate(scores):
+        callback._observe(score, control)
+        if control.should_training_stop:
+            return i
+    return None
 
 
 class EventLogCallback(Callback):

@@ -14,20 +14,16 @@ import json
 import math
 import sys
 
-from autodistill.callbacks import EarlyStoppingCallback, TrainerControl
+from autodistill.callbacks import replay_stop
 from autodistill.evaluation import start_score
 
 
 def best_index_when_stopped(history, patience, start):
     """The index of the best dev evaluation when ``patience`` would have stopped the curve (its end if never)."""
-    callback, control, best = EarlyStoppingCallback(patience, 0.0, start), TrainerControl(), 0
-    for i, row in enumerate(history):
-        if row["score"] > history[best]["score"]:
-            best = i
-        callback._observe(row["score"], control)
-        if control.should_training_stop:
-            break
-    return best
+    scores = [row["score"] for row in history]
+    stop = replay_stop(scores, patience, 0.0, start)
+    seen = scores if stop is None else scores[:stop + 1]
+    return seen.index(max(seen))
 
 
 def replayed(record):

@@ -159,17 +159,12 @@ def test_the_committed_regression_runs_stop_where_they_stopped_under_the_current
     students and teachers stop at the same evaluation under it, so the committed records stand."""
     from pathlib import Path
 
-    from autodistill.callbacks import EarlyStoppingCallback, TrainerControl
+    from autodistill.callbacks import replay_stop
     from autodistill.evaluation import start_score
 
     def stop_index(history, rule, start):
-        callback, control = EarlyStoppingCallback(rule["early_stopping_patience"], rule["early_stopping_min_delta"],
-                                                  start), TrainerControl()
-        for i, row in enumerate(history):
-            callback._observe(row["score"], control)
-            if control.should_training_stop:
-                return i
-        return None
+        return replay_stop([row["score"] for row in history], rule["early_stopping_patience"],
+                           rule["early_stopping_min_delta"], start)
 
     files = sorted((Path(__file__).parents[1] / "meta_dataset" / "v2" / "runs").glob("stsb@*.jsonl"))
     replayed = 0
