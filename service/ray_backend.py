@@ -1,6 +1,6 @@
 """Where searches run: Ray Jobs on a Ray cluster, through the Ray Jobs API.
 
-``JobBackend`` is the small interface the service needs (submit / status / stop / logs);
+``JobBackend`` is the small interface the service needs (submit / status / stop / log tail);
 ``RayJobsBackend`` implements it with ``ray.job_submission.JobSubmissionClient``. With no cluster
 configured, ``LocalRayHead`` starts one (``ray start --head --block`` in its own session, GCS and
 dashboard on loopback, free ports, token auth) and records it in ``<state_dir>/ray/head.json``: the head
@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+LOG_TAIL_LINES = 200
+LOG_TAIL_BYTES = 64 * 1024
+
 # Ray job states -> search states
 JOB_STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed",
               "STOPPED": "cancelled"}
@@ -45,7 +48,9 @@ class JobBackend(abc.ABC):
     def stop(self, job_id: str) -> None: ...
 
     @abc.abstractmethod
-    def logs(self, job_id: str) -> str: ...
+    def log_tail(self, job_id: str, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the job's output, at most LOG_TAIL_BYTES of them: a job's whole log
+        can be any size, and the service reads it only to tell why a job failed."""
 
 
 class RayJobsBackend(JobBackend):
@@ -95,8 +100,26 @@ class RayJobsBackend(JobBackend):
     def stop(self, job_id: str) -> None:
         self.client.stop_job(job_id)
 
-    def logs(self, job_id: str) -> str:
-        return self.client.get_job_logs(job_id)
+    def log_tail(self, job_id: str, lines: int = LOG_TAIL_LINES) -> str:
+        # the dashboard's log API tails the driver's log file on its node (the Jobs API's get_job_logs
+        # sends the whole log); the stream is read only up to a bound, whatever the lines' length
+        node = self.client.get_job_info(job_id).driver_node_id   # the API reads a file on one node
+        response = self.client._do_request(
+            "GET", "/api/v0/logs/file", params={"submission_id": job_id, "node_id": node, "lines": int(lines)},
+            stream=True)
+        with response:
+            if response.status_code != 200:
+                raise RuntimeError(f"the job log of {job_id} was not available ({response.status_code}): "
+                                   f"{response.text[:300]}")
+            return bounded_tail(response.iter_content(chunk_size=16 * 1024), LOG_TAIL_BYTES)
+
+
+def bounded_tail(chunks, max_bytes: int) -> str:
+    """The last ``max_bytes`` of a byte stream, holding at most that plus one chunk in memory."""
+    kept = b""
+    for chunk in chunks:
+        kept = (kept + chunk)[-max_bytes:]
+    return kept.decode("utf-8", errors="replace")
 
 
 def job_runtime_env(env: dict[str, str], files: Path | None) -> dict[str, Any]:
@@ -363,5 +386,5 @@ class LazyLocalBackend(JobBackend):
     def stop(self, job_id: str) -> None:
         self._get().stop(job_id)
 
-    def logs(self, job_id: str) -> str:
-        return self._get().logs(job_id)
+    def log_tail(self, job_id: str, lines: int = LOG_TAIL_LINES) -> str:
+        return self._get().log_tail(job_id, lines)

@@ -319,7 +319,7 @@ class SearchManager:
         """What the client learns of a failed job: the last error line, without server paths; the whole
         log (command line, traceback) goes to the server log."""
         try:
-            logs = self.backend.logs(search["id"])[-64 * 1024:]   # the error is at the end: parse only that
+            logs = self.backend.log_tail(search["id"])   # the error is at the end
         except Exception:  # noqa: BLE001
             logs = ""
         log.warning("search %s failed; job log tail:\n%s", search["id"], logs[-4000:])

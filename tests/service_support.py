@@ -61,5 +61,5 @@ class ScriptedBackend(JobBackend):
     def stop(self, job_id):
         self.states[job_id] = "cancelled"
 
-    def logs(self, job_id):
-        return self.log_text
+    def log_tail(self, job_id, lines=200):
+        return "\n".join(self.log_text.splitlines()[-lines:])

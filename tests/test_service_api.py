@@ -362,7 +362,24 @@ def test_a_search_driver_is_counted_in_rays_cpus(api, ray_head):
         assert time.time() < deadline
         time.sleep(1)
     total = 3.0   # the module's head
-    assert f"FREE_CPU {total - api.app.state.settings.search_entrypoint_cpus}" in backend.logs("cpu-probe")
+    assert f"FREE_CPU {total - api.app.state.settings.search_entrypoint_cpus}" in backend.log_tail("cpu-probe")
+
+
+def test_a_failed_jobs_log_is_read_as_a_bounded_tail(api, ray_head):
+    """Only the end of a long log crosses the wire: its last lines, at most LOG_TAIL_BYTES, error included."""
+    import sys
+
+    from service.ray_backend import LOG_TAIL_BYTES
+    backend = api.app.state.searches.backend
+    noisy = "for i in range(100_000): print(f'line {i:06d} ' + 'x' * 90)\nraise ValueError('the real cause')"
+    backend.submit("log-tail", [sys.executable, "-c", noisy], {})   # ~10 MB of output, then the error
+    deadline = time.time() + 120
+    while backend.status("log-tail") not in ("succeeded", "failed"):
+        assert time.time() < deadline
+        time.sleep(1)
+    tail = backend.log_tail("log-tail", lines=50)
+    assert len(tail.encode()) <= LOG_TAIL_BYTES and len(tail.splitlines()) <= 50
+    assert tail.rstrip().endswith("ValueError: the real cause") and "line 099999" in tail and "line 000000" not in tail
 
 
 def test_cancel_a_running_search(api, cr, tiny_backbone):

@@ -852,3 +852,11 @@ def test_a_failed_cancel_does_not_show_the_clusters_error(api, dataset_of, monke
     r = api.post(f"/searches/{sid}/cancel", headers=api.keys["alice"])
     assert r.status_code == 503 and "10.1.2.3" not in r.text and r.headers["Retry-After"]
     assert api.get(f"/searches/{sid}", headers=api.keys["alice"]).json()["state"] == "queued"
+
+
+def test_bounded_tail_keeps_the_last_bytes_of_any_stream():
+    from service.ray_backend import bounded_tail
+    chunks = (bytes([65 + i % 26]) * 1000 for i in range(1000))   # 1 MB in 1 KB chunks
+    tail = bounded_tail(chunks, 2500)
+    assert tail == "J" * 500 + "K" * 1000 + "L" * 1000   # chunks 997-999: 997 % 26 = 9
+    assert bounded_tail(iter([]), 10) == "" and bounded_tail(iter([b"ab\xc3", b"\xa9"]), 10) == "ab\u00e9"

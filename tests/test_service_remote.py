@@ -75,7 +75,7 @@ def test_a_remote_search_ships_code_and_data_and_reports_through_storage(tiny_ba
             assert time.time() < deadline, f"search still {search['state']}"
             time.sleep(2)
             search = manager.refresh(store.get_search(None, search["id"]))
-        assert search["state"] == "succeeded", backend.logs(search["id"])[-3000:]
+        assert search["state"] == "succeeded", backend.log_tail(search["id"])
     finally:
         head.stop()
     out = Path(search["out_dir"])
