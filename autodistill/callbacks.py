@@ -2,7 +2,7 @@
 
 Every hook receives the :class:`TrainerState` (what happened: steps, scores, the learning curve) and,
 as ``control``, the :class:`TrainerControl` (what the loop should do next); a callback changes the
-loop only through ``control``."""
+loop only through ``control``, or ends the run by raising an error (:class:`MemoryLimitCallback`)."""
 from __future__ import annotations
 
 import json
@@ -170,3 +170,22 @@ class MetricsReporterCallback(Callback):
 
     def on_evaluate(self, state: TrainerState, metrics: dict[str, float], **kw: Any) -> None:
         self.report({**metrics, "epoch": state.epoch, "step": state.global_step})
+
+
+class MemoryLimitCallback(Callback):
+    """Fails the run once this process has held more than ``limit_gb`` of resident memory (checked after
+    every step against the kernel's high-water mark, so a peak inside a step counts): a search trial stays
+    within the memory its search was given instead of taking the node's."""
+
+    def __init__(self, limit_gb: float, setting: str = "memory_gb_per_trial"):
+        self.limit_gb = limit_gb
+        self.setting = setting
+
+    def on_step_end(self, state: TrainerState, **kw: Any) -> None:
+        from .resources import GIB, MemoryLimitExceeded, peak_rss_bytes
+        peak = peak_rss_bytes()
+        if peak > self.limit_gb * GIB:
+            raise MemoryLimitExceeded(
+                f"this process held {peak / GIB:.2f} GiB at step {state.global_step}, over {self.setting}="
+                f"{self.limit_gb:g}: raise {self.setting}, or lower optim.batch_size, data.max_length or the "
+                "student's size")

@@ -7,13 +7,29 @@ Nothing here touches a GPU or a cluster: callers pass what they know (``ray.clus
 from __future__ import annotations
 
 import math
+import resource
+import sys
 from typing import Mapping
 
 RESERVED = ("CPU", "GPU", "memory", "object_store_memory")
 
 
+GIB = 1024 ** 3
+
+
 class ResourceError(ValueError):
     """Resources that cannot be granted; the message names the setting to change."""
+
+
+class MemoryLimitExceeded(RuntimeError):
+    """A process went over the memory it was given (``memory_gb_per_trial``)."""
+
+
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held so far (the kernel's high-water mark, so a peak
+    inside a step counts too)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)   # bytes on macOS, KiB on Linux
 
 
 def resolve_gpus_per_trial(requested: float | None, cluster: Mapping[str, float]) -> float:
@@ -36,9 +52,10 @@ def resolve_gpus_per_trial(requested: float | None, cluster: Mapping[str, float]
 
 
 def trial_resources(cpus_per_trial: float, gpus_per_trial: float | None, extra: Mapping[str, float] | None,
-                    cluster: Mapping[str, float]) -> dict[str, float]:
+                    cluster: Mapping[str, float], memory_gb: float | None = None) -> dict[str, float]:
     """The resource request of one trial, e.g. ``{"cpu": 1, "gpu": 0.5, "worker_only": 1}``
-    (the keys ``tune.with_resources`` takes), checked against the cluster's totals."""
+    (the keys ``tune.with_resources`` takes), checked against the cluster's totals. ``memory_gb`` asks
+    for Ray's ``memory`` resource (in bytes), so a node runs only as many trials as its memory holds."""
     if cpus_per_trial <= 0:
         raise ResourceError(f"cpus_per_trial={cpus_per_trial}: must be > 0")
     if cpus_per_trial > float(cluster.get("CPU", 0) or 0):
@@ -55,7 +72,19 @@ def trial_resources(cpus_per_trial: float, gpus_per_trial: float | None, extra: 
                                 f"(cluster has {float(cluster.get(name, 0) or 0):g}); start a node with "
                                 f"`ray start --resources='{{\"{name}\": {amount:g}}}'` or drop the setting")
         out[name] = float(amount)
+    if memory_gb is not None:
+        out["memory"] = _memory_request(memory_gb, cluster)
     return out
+
+
+def _memory_request(memory_gb: float, cluster: Mapping[str, float]) -> float:
+    if memory_gb <= 0:
+        raise ResourceError(f"memory_gb_per_trial={memory_gb}: must be > 0")
+    total = float(cluster.get("memory", 0) or 0)
+    if memory_gb * GIB > total:
+        raise ResourceError(f"memory_gb_per_trial={memory_gb:g}, but the Ray cluster offers {total / GIB:.1f} GiB "
+                            "of memory to tasks in all: lower memory_gb_per_trial")
+    return float(math.floor(memory_gb * GIB))
 
 
 def concurrent_trials(request: Mapping[str, float], cluster: Mapping[str, float]) -> int:

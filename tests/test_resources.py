@@ -100,3 +100,31 @@ def test_space_budgets_carry_gpu_settings(tiny_backbone):
         SearchSpace.from_dict(tiny_space(tiny_backbone, gpus_per_trial=1.5))
     with pytest.raises(SpaceError, match="mixed_precision"):
         SearchSpace.from_dict({**tiny_space(tiny_backbone), "base": {"optim": {"mixed_precision": "fp8"}}})
+
+
+def test_a_memory_request_is_rays_memory_resource_in_bytes_and_bounds_concurrency():
+    from autodistill.resources import GIB
+    req = trial_resources(1, None, None, CPU_ONLY, memory_gb=8)
+    assert req == {"cpu": 1.0, "gpu": 0.0, "memory": 8.0 * GIB}
+    assert concurrent_trials(req, CPU_ONLY) == 3                     # 3e10 bytes hold three 8 GiB trials, not 8
+    with pytest.raises(ResourceError, match=r"memory_gb_per_trial=40, but the Ray cluster offers 27.9 GiB"):
+        trial_resources(1, None, None, CPU_ONLY, memory_gb=40)
+    with pytest.raises(ResourceError, match="must be > 0"):
+        trial_resources(1, None, None, CPU_ONLY, memory_gb=0)
+
+
+def test_the_memory_limit_fails_a_run_past_its_peak_and_names_the_setting():
+    from autodistill.callbacks import MemoryLimitCallback, TrainerState
+    from autodistill.resources import GIB, MemoryLimitExceeded, peak_rss_bytes
+    peak = peak_rss_bytes()
+    assert 10 * 2 ** 20 < peak < 64 * GIB                           # this test process: tens of MB to some GB
+    MemoryLimitCallback(2 * peak / GIB).on_step_end(TrainerState(global_step=3))   # under: nothing happens
+    with pytest.raises(MemoryLimitExceeded, match=r"held \d+\.\d\d GiB at step 3, over memory_gb_per_trial=0.001"):
+        MemoryLimitCallback(0.001).on_step_end(TrainerState(global_step=3))
+
+
+def test_a_budgets_memory_limit_must_be_positive():
+    from autodistill.search.space import Budget, SpaceError
+    assert Budget.from_dict({"memory_gb_per_trial": 2.5}).memory_gb_per_trial == 2.5
+    with pytest.raises(SpaceError, match="memory_gb_per_trial=0"):
+        Budget.from_dict({"memory_gb_per_trial": 0})

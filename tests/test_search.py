@@ -233,6 +233,19 @@ def test_four_trial_search_in_process(tiny_backbone, tmp_path):
     assert "completed" in format_leaderboard(result.trials)
 
 
+def test_a_trial_over_its_memory_limit_fails_saying_so(tiny_backbone, tmp_path):
+    """memory_gb_per_trial is asked of Ray and enforced in the trial: below what a trial's process holds,
+    every trial fails, and the search says which setting to change."""
+    from autodistill.search.driver import SearchRequest, run_search
+    log = io.StringIO()
+    space = tiny_space(tiny_backbone, trials=2, max_failures=0, memory_gb_per_trial=0.05)
+    result = run_search(SearchRequest(CR, space, tmp_path / "out", trials=2), events=EventLog(stream=log))
+    said = log.getvalue()
+    assert "each trial asks Ray for 1 cpu, 0.05 GiB of memory (its limit)" in said
+    assert all(r["status"] == "error" for r in result.trials) and "every trial failed" in result.failure
+    assert said.count("over memory_gb_per_trial=0.05: raise memory_gb_per_trial") == 2
+
+
 def test_the_best_student_is_chosen_by_dev_score_not_validation():
     """Choosing on the scored validation split would inflate the score the user is shown: the leaderboard
     puts completed trials first, then by dev score, and ignores validation."""

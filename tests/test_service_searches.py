@@ -93,6 +93,7 @@ def test_a_remote_search_sends_its_inputs_with_the_job_not_as_paths(tmp_path):
     assert cmd[cmd.index("--data") + 1] == "data/train.jsonl" and cmd[cmd.index("--space") + 1] == "space.yaml"
     assert cmd[cmd.index("--storage-path") + 1] == f"s3://bucket/searches/{job_id}"
     assert cmd[cmd.index("--gpus-per-trial") + 1] == "0.5"                 # the service's default
+    assert cmd[cmd.index("--memory-per-trial") + 1] == "4.0"               # every trial is bounded in memory
     assert not any(str(tmp_path) in part for part in cmd[2:])              # no path of this machine
     assert "AUTODISTILL_CACHE" not in manager._env()
     row = manager.store.get_search(None, job_id)

@@ -42,6 +42,8 @@ def register(commands: Commands) -> None:
                    "between trials (default: 1 on a cluster with GPUs, 0 without)")
     s.add_argument("--trial-resources", type=json.loads, help='custom Ray resources each trial needs, JSON, '
                    'e.g. \'{"worker_only": 1}\'')
+    s.add_argument("--memory-per-trial", type=positive_float, metavar="GIB", help="memory each trial asks Ray for "
+                   "and may hold, in GiB: a trial that holds more fails with an error naming it (default: no limit)")
     s.add_argument("--storage-path", default=os.environ.get("AUTODISTILL_STORAGE_PATH"), help=(
         "where Tune keeps results and checkpoints (the best student among them): a URI every node reaches "
         "(s3://, gs://, file:// on shared storage); default $AUTODISTILL_STORAGE_PATH, else --out (one machine)"))
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent_trials=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, seed=args.seed, verbose=args.verbose,
             storage_path=args.storage_path, trial_resources=args.trial_resources,
-            meta_features=search_meta_features))
+            memory_gb_per_trial=args.memory_per_trial, meta_features=search_meta_features))
     except (ConfigError, DataError, ModelLoadError, SpaceError, ResourceError, OutDirError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from ..metrics import resolve_metric
 from ..prepare import prepare
 from ..progress import EventLog, fmt_score
 from ..records import RecordStore, RunRecord, config_hash
-from ..resources import ResourceError, concurrent_trials, trial_resources
+from ..resources import GIB, ResourceError, concurrent_trials, trial_resources
 from ..shipping import SearchInputs, pack
 from ..teacher.fine_tuned import FINE_TUNES
 from .export import (EXPERIMENT_NAME, PROGRESS_FILE, Storage, checkpoint_uri, export_best, make_storage, publish,
@@ -103,6 +103,7 @@ class SearchRequest:
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
     trial_resources: Mapping[str, float] | None = None
+    memory_gb_per_trial: float | None = None
     reuse_actors: bool | None = None
     max_failures: int | None = None
     # what it says
@@ -633,7 +634,7 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
     sp = sp.with_budget(trials=r.trials, time_budget_s=r.time_budget, max_concurrent_trials=r.max_concurrent_trials,
                         cpus_per_trial=r.cpus_per_trial, gpus_per_trial=r.gpus_per_trial,
                         reuse_actors=r.reuse_actors, resources=dict(r.trial_resources) if r.trial_resources else None,
-                        max_failures=r.max_failures, seed=r.seed)
+                        max_failures=r.max_failures, seed=r.seed, memory_gb_per_trial=r.memory_gb_per_trial)
     b = sp.budget
     (out / "space.yaml").write_text(_yaml_dump(sp.to_dict()), encoding="utf-8")
 
@@ -818,9 +819,10 @@ def _tune(ctx: SearchContext, sp: SearchSpace, storage: Storage, trials: int,
     b = sp.budget
     started = time.perf_counter()
     cluster = ray.cluster_resources()
-    request = trial_resources(b.cpus_per_trial, b.gpus_per_trial, b.resources, cluster)
+    request = trial_resources(b.cpus_per_trial, b.gpus_per_trial, b.resources, cluster, b.memory_gb_per_trial)
     fits = concurrent_trials(request, cluster)
-    ctx.events.emit("search", "each trial asks Ray for " + ", ".join(f"{v:g} {k}" for k, v in request.items() if v)
+    asked = [f"{v / GIB:g} GiB of memory (its limit)" if k == "memory" else f"{v:g} {k}" for k, v in request.items() if v]
+    ctx.events.emit("search", "each trial asks Ray for " + ", ".join(asked)
                     + f" (the cluster holds {fits} such trial{'s' if fits != 1 else ''} at a time)")
     # the dataset, the teachers and their logits go to the trials through the object store (once)
     trainable = tune.with_resources(

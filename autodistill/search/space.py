@@ -52,6 +52,7 @@ class Budget:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None   # None: one GPU per trial on a cluster with GPUs, none without
     resources: dict[str, float] = field(default_factory=dict)   # custom Ray resources a trial needs
+    memory_gb_per_trial: float | None = None   # Ray memory a trial asks for, and the most it may hold (it fails above)
     grace_period: int = 1           # ASHA: evaluations before a trial can be stopped
     reduction_factor: float = 2.0   # ASHA
     max_t: int = 100                # ASHA: most evaluations a trial can report
@@ -73,6 +74,8 @@ class Budget:
             resolve_gpus_per_trial(b.gpus_per_trial, {"GPU": max(1.0, float(b.gpus_per_trial or 0))})
         except ResourceError as err:
             raise SpaceError(f"budget: {err}") from None
+        if b.memory_gb_per_trial is not None and not b.memory_gb_per_trial > 0:
+            raise SpaceError(f"budget: memory_gb_per_trial={b.memory_gb_per_trial}: must be > 0 (GiB)")
         if b.trials < 1 or b.max_concurrent_trials < 1:
             raise SpaceError("budget: trials and max_concurrent_trials must be >= 1")
         if b.reduction_factor <= 1 or b.grace_period < 1 or b.max_t < b.grace_period:

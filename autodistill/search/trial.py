@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any
 
-from ..callbacks import MetricsReporterCallback
+from ..callbacks import MemoryLimitCallback, MetricsReporterCallback
 from ..shipping import SearchInputs, materialize
 from .space import SearchSpace
 
@@ -46,8 +46,10 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
                      "epoch": float(metrics["epoch"]), "step": int(metrics["step"]), "final": False})
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    result = run_distillation(cfg, callbacks=[MetricsReporterCallback(report)], share_teacher_outputs=True,
-                              given=given)
+    callbacks: list = [MetricsReporterCallback(report)]
+    if space.budget.memory_gb_per_trial:
+        callbacks.append(MemoryLimitCallback(space.budget.memory_gb_per_trial))
+    result = run_distillation(cfg, callbacks=callbacks, share_teacher_outputs=True, given=given)
     distill_seconds = time.perf_counter() - t0
     m = result.metrics
     m["distill_cpu_seconds"] = time.process_time() - cpu0     # CPU time this trial's process got
