@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 class TrainerState:
     epoch: float = 0.0
     global_step: int = 0
+    skipped_steps: int = 0                # of global_step: float16 steps the loss scaler skipped (an overflow)
     total_steps: int = 0
     best_score: float | None = None
     best_step: int | None = None

@@ -248,7 +248,8 @@ class Trainer:
                     loss, logs = self.objective.loss(self.model, batch, state)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                optimizer_step(optimizer, scheduler, scaler, params, args.max_grad_norm)
+                if not optimizer_step(optimizer, scheduler, scaler, params, args.max_grad_norm):
+                    state.skipped_steps += 1
                 state.global_step += 1
                 examples_seen += len(indices)
                 state.epoch = epoch + (b + 1) / len(batches)
@@ -267,7 +268,8 @@ class Trainer:
         self._emit("on_train_end")
         return {
             "best_score": state.best_score, "best_step": state.best_step, "steps": state.global_step,
-            "epochs": state.epoch, "train_seconds": train_seconds, "stop_reason": state.stop_reason,
+            "epochs": state.epoch, "skipped_steps": state.skipped_steps, "train_seconds": train_seconds,
+            "stop_reason": state.stop_reason,
             "eval_seconds": self.eval_seconds, "dev_examples": len(self.dev),
             "dev_trivial_score": self.trivial_dev_score, "dev_start_score": self.start_dev_score,
             "checkpoint_seconds": self.checkpoint_seconds,

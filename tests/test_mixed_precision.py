@@ -64,3 +64,26 @@ def test_the_schedule_does_not_advance_on_a_step_the_scaler_skipped():
     assert not stepped and schedule_steps == 0 and torch.all(moved == 0)
     stepped, schedule_steps, moved = _one_step(1.0)
     assert stepped and schedule_steps == 1 and torch.all(moved != 0)
+
+
+def test_a_run_records_the_steps_its_loss_scaler_skipped(tiny_backbone, tiny_data, monkeypatch):  # noqa: F811
+    """Under float16 the scaler skips a step whose gradients overflowed: the run says how many of its steps
+    were skipped (they count towards its steps and caps, as in HF's Trainer). Every third step's gradients
+    are made infinite here, and a real (CPU) scaler skips them."""
+    import contextlib
+    real_step, calls = trainer_module.optimizer_step, []
+
+    def overflow_every_third(optimizer, scheduler, scaler, params, max_grad_norm):
+        calls.append(1)
+        if len(calls) % 3 == 0:
+            params[0].grad.fill_(float("inf"))
+        return real_step(optimizer, scheduler, scaler, params, max_grad_norm)
+
+    monkeypatch.setattr(trainer_module, "mixed_precision",
+                        lambda setting, device: (contextlib.nullcontext, torch.amp.GradScaler("cpu")))
+    monkeypatch.setattr(trainer_module, "optimizer_step", overflow_every_third)
+    result = run_distillation(parse_config(tiny_config(tiny_backbone, tiny_data, {})))
+    steps = result.metrics["steps"]   # the student's steps are the last calls (a teacher may have trained first)
+    poisoned = sum(call % 3 == 0 for call in range(len(calls) - steps + 1, len(calls) + 1))
+    assert steps >= 3 and result.metrics["skipped_steps"] == poisoned >= 1
+    assert math.isfinite(result.metrics["student_score"])
