@@ -7,8 +7,11 @@ Nothing here touches a GPU or a cluster: callers pass what they know (``ray.clus
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
+import threading
+import time
 from typing import Mapping
 
 RESERVED = ("CPU", "GPU", "memory", "object_store_memory")
@@ -135,3 +138,22 @@ def amp_dtype(setting: str, device_type: str, capability: tuple[int, int] | None
     if bf16_supported and major >= 8:
         return "bfloat16"
     return "float16" if major >= 7 else None
+
+
+def watch_memory(limit_gb: float, setting: str, every_s: float = 0.5, exit_code: int = 137) -> threading.Thread:
+    """End this process, saying why on stderr, as soon as it has held more than ``limit_gb`` of resident
+    memory: a daemon thread checks the high-water mark every ``every_s`` seconds, wherever the process is
+    (loading data, fine-tuning a teacher, in a library). For a process with no step loop to check in."""
+    def watch() -> None:
+        while True:
+            peak = peak_rss_bytes()
+            if peak > limit_gb * GIB:
+                print(f"error: this process held {peak / GIB:.2f} GiB, over {setting}={limit_gb:g} GiB: raise "
+                      f"{setting}, or lower the teacher's batch size, data.max_length or the data's rows",
+                      file=sys.stderr, flush=True)
+                os._exit(exit_code)
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=watch, name="memory-watchdog", daemon=True)
+    thread.start()
+    return thread

@@ -106,6 +106,8 @@ class SearchManager:
             cmd += ["--cpus-per-trial", str(self.settings.search_cpus_per_trial)]
         if self.settings.search_memory_gb_per_trial:
             cmd += ["--memory-per-trial", str(self.settings.search_memory_gb_per_trial)]
+        if self.settings.search_memory_gb_per_driver:
+            cmd += ["--driver-memory", str(self.settings.search_memory_gb_per_driver)]
         gpus = req.get("gpus_per_trial", self.settings.search_gpus_per_trial)
         if gpus is None:
             gpus = self.settings.search_gpus_per_trial

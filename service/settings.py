@@ -81,6 +81,9 @@ class ServiceSettings(BaseModel):
     search_memory_gb_per_trial: float | None = Field(4.0, gt=0, description=(
         "memory (GiB) each trial of a search asks Ray for and may hold: a trial whose process holds more fails, "
         "naming the setting, so no config a client sends can take a node's memory (unset: no limit)"))
+    search_memory_gb_per_driver: float | None = Field(8.0, gt=0, description=(
+        "memory (GiB) a search's driver (data, teacher fine-tune) may hold: above it the job exits, saying so "
+        "(unset: no limit)"))
     search_entrypoint_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for a search's driver "
                                           "(teacher fine-tune, final training)")
     search_entrypoint_gpus: float = Field(0.0, ge=0, description="GPUs Ray gives a search's driver for the "

@@ -342,3 +342,23 @@ def test_a_nan_text_label_is_missing_not_a_class(tmp_path, missing):
         load_task_data(DataConfig(train=str(path)))
     task = load_task_data(DataConfig(train=str(path), bad_rows="drop"))
     assert task.label_names == ["neg", "pos"] and task.report.dropped["train"] == {"missing_label": 1}
+
+
+def test_a_search_driver_over_its_memory_limit_exits_saying_so(tmp_path):
+    """--driver-memory ends the whole process, wherever it is, once it has held more: here at once, since
+    importing torch alone takes more than 0.05 GiB."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "autodistill.cli", "search", "--data", CR, "--driver-memory", "0.05",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 137
+    assert re.search(r"error: this process held \d+\.\d\d GiB, over --driver-memory=0.05 GiB", done.stderr)
+
+
+def test_the_memory_watchdog_leaves_a_process_under_its_limit_alone():
+    import subprocess
+    import sys
+    code = ("import time; from autodistill.resources import watch_memory; watch_memory(64, 'x', every_s=0.05); "
+            "time.sleep(0.5); print('alive')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "alive"

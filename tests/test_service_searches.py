@@ -94,6 +94,7 @@ def test_a_remote_search_sends_its_inputs_with_the_job_not_as_paths(tmp_path):
     assert cmd[cmd.index("--storage-path") + 1] == f"s3://bucket/searches/{job_id}"
     assert cmd[cmd.index("--gpus-per-trial") + 1] == "0.5"                 # the service's default
     assert cmd[cmd.index("--memory-per-trial") + 1] == "4.0"               # every trial is bounded in memory
+    assert cmd[cmd.index("--driver-memory") + 1] == "8.0"                  # and so is the driver
     assert not any(str(tmp_path) in part for part in cmd[2:])              # no path of this machine
     assert "AUTODISTILL_CACHE" not in manager._env()
     row = manager.store.get_search(None, job_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import ConfigError, load_config_dict
 from ..data import DataError
 from ..meta.features import search_meta_features
-from ..resources import ResourceError
+from ..resources import ResourceError, watch_memory
 from ..search.driver import SearchRequest, run_search
 from ..search.space import SpaceError
 from .common import (BUDGET_HELP, Commands, OutDirError, data_or_bundled, interrupted_before_a_student, is_search_out,
@@ -44,6 +44,9 @@ def register(commands: Commands) -> None:
                    'e.g. \'{"worker_only": 1}\'')
     s.add_argument("--memory-per-trial", type=positive_float, metavar="GIB", help="memory each trial asks Ray for "
                    "and may hold, in GiB: a trial that holds more fails with an error naming it (default: no limit)")
+    s.add_argument("--driver-memory", type=positive_float, metavar="GIB", help="the most memory this process (the "
+                   "driver: data, teacher fine-tune, the anchor student) may hold, in GiB: above it, it exits "
+                   "saying so (default: no limit)")
     s.add_argument("--storage-path", default=os.environ.get("AUTODISTILL_STORAGE_PATH"), help=(
         "where Tune keeps results and checkpoints (the best student among them): a URI every node reaches "
         "(s3://, gs://, file:// on shared storage); default $AUTODISTILL_STORAGE_PATH, else --out (one machine)"))
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models import ModelLoadError  # torch (~4 s): only when a search runs, not for --help or the others
 
     quiet_libraries(args.verbose)
+    if args.driver_memory:
+        watch_memory(args.driver_memory, "--driver-memory")
     try:
         check_warm_start(args)
         overrides = load_config_dict(args.config) if args.config else None
