@@ -48,8 +48,8 @@ MAX_SUBMISSIONS = 3
 # a job submitted this recently may not be known to Ray yet (its submission still in flight, perhaps from
 # another service process): not taken for lost
 SUBMIT_GRACE_S = 60.0
-PURGE_EVERY_S = 60.0
-_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b")   # how often the monitor forgets idempotency records past their retention
+PURGE_EVERY_S = 60.0   # how often the monitor forgets idempotency records past their retention
+_EXCEPTION_LINE = re.compile(r"^([\w.]*(Error|Exception)\b|error: )")   # a Python exception, or a CLI error
 ENV_FORWARD = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "AUTODISTILL_CACHE", "OMP_NUM_THREADS")
 
 

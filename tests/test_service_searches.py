@@ -168,3 +168,14 @@ def test_a_submission_ray_took_though_its_answer_was_lost_is_not_failed(manager,
     monkeypatch.setattr(SearchManager, "_package", lambda self, out, dataset, config, space: None)
     row = manager.create("k", manager.store.get_dataset(None, "ds1"), {"space": "cpu-fast", "trials": 2}, None)
     assert row["state"] == "queued" and not row["error"]
+
+
+def test_a_failed_jobs_error_is_its_last_exception_or_cli_error(manager, tmp_path):
+    """The job's own last word: a retried trial's earlier exception is not why the job failed."""
+    search = _search(manager, tmp_path, state="running")
+    manager.backend.log_text = ("(trial) ValueError: a trial failed and was retried\n"
+                                "error: this process held 9.10 GiB, over --driver-memory=8 GiB: raise --driver-memory\n"
+                                "\n")
+    manager.backend.states["s1"] = "failed"
+    row = manager.refresh(search)
+    assert row["state"] == "failed" and "held 9.10 GiB, over --driver-memory=8 GiB" in row["error"]
