@@ -173,9 +173,9 @@ def test_a_submission_ray_took_though_its_answer_was_lost_is_not_failed(manager,
 def test_a_failed_jobs_error_is_its_last_exception_or_cli_error(manager, tmp_path):
     """The job's own last word: a retried trial's earlier exception is not why the job failed."""
     search = _search(manager, tmp_path, state="running")
-    manager.backend.log_text = ("(trial) ValueError: a trial failed and was retried\n"
+    manager.backend.log_text = ("ValueError: a trial failed and was retried\n"
                                 "error: this process held 9.10 GiB, over --driver-memory=8 GiB: raise --driver-memory\n"
-                                "\n")
+                                "(raylet) a line Ray adds after\n")
     manager.backend.states["s1"] = "failed"
     row = manager.refresh(search)
     assert row["state"] == "failed" and "held 9.10 GiB, over --driver-memory=8 GiB" in row["error"]
