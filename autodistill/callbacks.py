@@ -174,19 +174,26 @@ class MetricsReporterCallback(Callback):
 
 
 class MemoryLimitCallback(Callback):
-    """Fails the run once this process has held more than ``limit_gb`` of resident memory (checked after
-    every step against the kernel's high-water mark, so a peak inside a step counts): a search trial stays
-    within the memory its search was given instead of taking the node's."""
+    """Fails the run once this process has held more than ``limit_gb`` of resident memory: checked against
+    the kernel's high-water mark (so a peak inside a step counts) after every step, evaluation and at the
+    end, which the caller starts from the run's beginning (:func:`autodistill.resources.reset_peak_rss`).
+    A search trial stays within the memory its search was given instead of taking the node's."""
 
     def __init__(self, limit_gb: float, setting: str = "memory_gb_per_trial"):
         self.limit_gb = limit_gb
         self.setting = setting
 
+    def _check(self, state: TrainerState) -> None:
+        from .resources import MemoryLimitExceeded, memory_over
+        said = memory_over(self.limit_gb, self.setting, "lower optim.batch_size, data.max_length or the student's size")
+        if said:
+            raise MemoryLimitExceeded(f"at step {state.global_step}, {said}")
+
     def on_step_end(self, state: TrainerState, **kw: Any) -> None:
-        from .resources import GIB, MemoryLimitExceeded, peak_rss_bytes
-        peak = peak_rss_bytes()
-        if peak > self.limit_gb * GIB:
-            raise MemoryLimitExceeded(
-                f"this process held {peak / GIB:.2f} GiB at step {state.global_step}, over {self.setting}="
-                f"{self.limit_gb:g}: raise {self.setting}, or lower optim.batch_size, data.max_length or the "
-                "student's size")
+        self._check(state)
+
+    def on_evaluate(self, state: TrainerState, **kw: Any) -> None:
+        self._check(state)
+
+    def on_train_end(self, state: TrainerState, **kw: Any) -> None:
+        self._check(state)

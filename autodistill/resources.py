@@ -29,10 +29,38 @@ class MemoryLimitExceeded(RuntimeError):
 
 
 def peak_rss_bytes() -> int:
-    """The most resident memory this process has held so far (the kernel's high-water mark, so a peak
-    inside a step counts too)."""
+    """The most resident memory this process has held since it started or since :func:`reset_peak_rss` (the
+    kernel's high-water mark, so a peak inside a step counts too). Linux: ``VmHWM``, this process's own;
+    elsewhere ``ru_maxrss``, which on Linux would also carry the peak of the process that started this one."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024   # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)   # bytes on macOS, KiB on Linux
+    return int(peak if sys.platform == "darwin" else peak * 1024)   # bytes on macOS, KiB elsewhere
+
+
+def reset_peak_rss() -> bool:
+    """Start the high-water mark again from what this process holds now (Linux: ``/proc/self/clear_refs``),
+    so that a process that runs one job after another (a reused Ray actor) is judged on each job's own
+    peak. False where the kernel offers no reset."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_over(limit_gb: float, setting: str, advice: str) -> str | None:
+    """What to say when this process has held more than ``limit_gb`` GiB; None while it has not."""
+    peak = peak_rss_bytes()
+    if peak <= limit_gb * GIB:
+        return None
+    return f"this process held {peak / GIB:.2f} GiB, over {setting}={limit_gb:g} GiB: raise {setting}, or {advice}"
 
 
 def resolve_gpus_per_trial(requested: float | None, cluster: Mapping[str, float]) -> float:
@@ -146,11 +174,9 @@ def watch_memory(limit_gb: float, setting: str, every_s: float = 0.5, exit_code:
     (loading data, fine-tuning a teacher, in a library). For a process with no step loop to check in."""
     def watch() -> None:
         while True:
-            peak = peak_rss_bytes()
-            if peak > limit_gb * GIB:
-                print(f"error: this process held {peak / GIB:.2f} GiB, over {setting}={limit_gb:g} GiB: raise "
-                      f"{setting}, or lower the teacher's batch size, data.max_length or the data's rows",
-                      file=sys.stderr, flush=True)
+            said = memory_over(limit_gb, setting, "lower the teacher's batch size, data.max_length or the data's rows")
+            if said:
+                print(f"error: {said}", file=sys.stderr, flush=True)
                 os._exit(exit_code)
             time.sleep(every_s)
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autodistill.resources import GIB
+
 LOG_TAIL_LINES = 200
 LOG_TAIL_BYTES = 64 * 1024
 
@@ -59,11 +61,12 @@ class RayJobsBackend(JobBackend):
     REQUEST_TIMEOUT: tuple[float, float] = (5.0, 60.0)
 
     def __init__(self, address: str, token: str | None = None, entrypoint_cpus: float | None = None,
-                 entrypoint_gpus: float | None = None):
+                 entrypoint_gpus: float | None = None, entrypoint_memory_gb: float | None = None):
         self.address = address
         self.token = token
         self.entrypoint_cpus = entrypoint_cpus   # Ray counts the job's driver (teacher fine-tune) too
         self.entrypoint_gpus = entrypoint_gpus   # a GPU for the driver's teacher fine-tune, if any
+        self.entrypoint_memory_gb = entrypoint_memory_gb   # the memory the driver may hold, reserved with Ray
         self._client = None
 
     @property
@@ -86,7 +89,8 @@ class RayJobsBackend(JobBackend):
         self.client.submit_job(entrypoint=shlex.join(entrypoint), submission_id=job_id,
                                runtime_env=job_runtime_env(env, files), metadata={"autodistill_search": job_id},
                                entrypoint_num_cpus=self.entrypoint_cpus or None,
-                               entrypoint_num_gpus=self.entrypoint_gpus or None)
+                               entrypoint_num_gpus=self.entrypoint_gpus or None,
+                               entrypoint_memory=int(self.entrypoint_memory_gb * GIB) if self.entrypoint_memory_gb else None)
 
     def status(self, job_id: str) -> str | None:
         try:
@@ -101,17 +105,27 @@ class RayJobsBackend(JobBackend):
         self.client.stop_job(job_id)
 
     def log_tail(self, job_id: str, lines: int = LOG_TAIL_LINES) -> str:
-        # the dashboard's log API tails the driver's log file on its node (the Jobs API's get_job_logs
-        # sends the whole log); the stream is read only up to a bound, whatever the lines' length
-        node = self.client.get_job_info(job_id).driver_node_id   # the API reads a file on one node
-        response = self.client._do_request(
-            "GET", "/api/v0/logs/file", params={"submission_id": job_id, "node_id": node, "lines": int(lines)},
-            stream=True)
-        with response:
-            if response.status_code != 200:
-                raise RuntimeError(f"the job log of {job_id} was not available ({response.status_code}): "
-                                   f"{response.text[:300]}")
-            return bounded_tail(response.iter_content(chunk_size=16 * 1024), LOG_TAIL_BYTES)
+        # the dashboard's log API tails the driver's log file on its node (the Jobs API's get_job_logs sends
+        # the whole log); a job that failed before its driver ran has no such file, only Ray's message
+        info = self.client.get_job_info(job_id)
+        tail = ""
+        if info.driver_node_id:   # the API's options need a node, though with a submission id it finds its own
+            c = self.client
+            tail = read_log_tail(f"{c._address}/api/v0/logs/file",
+                                 {"submission_id": job_id, "node_id": info.driver_node_id, "lines": int(lines)},
+                                 headers=c._headers, cookies=c._cookies, verify=c._verify, timeout=self.REQUEST_TIMEOUT)
+        return tail or (info.message or "")[-LOG_TAIL_BYTES:]
+
+
+def read_log_tail(url: str, params: dict[str, Any], **request: Any) -> str:
+    """GET a log, streamed, keeping only its last LOG_TAIL_BYTES (not through the SDK's request helper, which
+    reads the whole body for its error check)."""
+    import requests
+    with requests.get(url, params=params, stream=True, **request) as response:
+        if response.status_code != 200:
+            said = next(response.iter_content(300), b"").decode("utf-8", errors="replace")
+            raise RuntimeError(f"the job log was not available ({response.status_code}): {said}")
+        return bounded_tail(response.iter_content(chunk_size=16 * 1024), LOG_TAIL_BYTES)
 
 
 def bounded_tail(chunks, max_bytes: int) -> str:
@@ -356,17 +370,19 @@ def _reap(pid: int) -> bool:
 def backend_from_settings(settings: Any) -> tuple[JobBackend, LocalRayHead | None]:
     if settings.ray_address:
         return RayJobsBackend(settings.ray_address, settings.ray_auth_token, settings.search_entrypoint_cpus,
-                              settings.search_entrypoint_gpus), None
+                              settings.search_entrypoint_gpus, settings.search_memory_gb_per_driver), None
     head = LocalRayHead(settings.state_dir, settings.ray_host, settings.ray_num_cpus)
-    return LazyLocalBackend(head, settings.search_entrypoint_cpus), head
+    return LazyLocalBackend(head, settings.search_entrypoint_cpus, settings.search_memory_gb_per_driver), head
 
 
 class LazyLocalBackend(JobBackend):
     """The embedded default: the local head is started (or found) on first use, not at import."""
 
-    def __init__(self, head: LocalRayHead, entrypoint_cpus: float | None = None):
+    def __init__(self, head: LocalRayHead, entrypoint_cpus: float | None = None,
+                 entrypoint_memory_gb: float | None = None):
         self.head = head
         self.entrypoint_cpus = entrypoint_cpus
+        self.entrypoint_memory_gb = entrypoint_memory_gb
         self._backend: RayJobsBackend | None = None
         self._lock = threading.Lock()   # the monitor and a request must not both start a head
 
@@ -374,7 +390,8 @@ class LazyLocalBackend(JobBackend):
         with self._lock:
             if self._backend is None or not _answers(self._backend.address, self._backend.token, timeout=2):
                 info = self.head.ensure()
-                self._backend = RayJobsBackend(info.dashboard_url, info.token, self.entrypoint_cpus)
+                self._backend = RayJobsBackend(info.dashboard_url, info.token, self.entrypoint_cpus,
+                                               entrypoint_memory_gb=self.entrypoint_memory_gb)
             return self._backend
 
     def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str], files: Path | None = None) -> None:

@@ -320,8 +320,8 @@ class SearchManager:
         return fields
 
     def _public_failure(self, search: dict[str, Any]) -> str:
-        """What the client learns of a failed job: the last error line, without server paths; the whole
-        log (command line, traceback) goes to the server log."""
+        """What the client learns of a failed job: the last error line, without server paths; the end of
+        the log (command line, traceback) goes to the server log."""
         try:
             logs = self.backend.log_tail(search["id"])   # the error is at the end
         except Exception:  # noqa: BLE001

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "AUTODISTILL_SERVICE_"
 LIST_SETTINGS = ("allowed_roots", "base_records", "allowed_backbones", "backbone_roots")
+NULLABLE_SETTINGS = ("meta_features_backbone", "search_memory_gb_per_trial", "search_memory_gb_per_driver")
 
 
 def default_state_dir() -> Path:
@@ -80,10 +81,12 @@ class ServiceSettings(BaseModel):
                                              "included; 429 beyond (DELETE /searches/{id} makes room)")
     search_memory_gb_per_trial: float | None = Field(4.0, gt=0, description=(
         "memory (GiB) each trial of a search asks Ray for and may hold: a trial whose process holds more fails, "
-        "naming the setting, so no config a client sends can take a node's memory (unset: no limit)"))
-    search_memory_gb_per_driver: float | None = Field(8.0, gt=0, description=(
-        "memory (GiB) a search's driver (data, teacher fine-tune) may hold: above it the job exits, saying so "
-        "(unset: no limit)"))
+        "naming the setting, so no config a client sends can take a node's memory (empty: no limit)"))
+    search_memory_gb_per_driver: float | None = Field(6.0, gt=0, description=(
+        "memory (GiB) a search's driver (data, teacher fine-tune) is given: reserved with Ray for the job (Ray "
+        "starts it only where that much is free) and enforced (above it the job exits, saying so). A node must "
+        "hold one driver and one trial: Ray offers ~60 % of a node's RAM as memory, ~14.7 GiB of 24 GiB (empty: "
+        "no limit)"))
     search_entrypoint_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for a search's driver "
                                           "(teacher fine-tune, final training)")
     search_entrypoint_gpus: float = Field(0.0, ge=0, description="GPUs Ray gives a search's driver for the "
@@ -143,8 +146,9 @@ class ServiceSettings(BaseModel):
             name = key[len(ENV_PREFIX):].lower()
             values[name] = [p for p in raw.split(os.pathsep) if p] if name in LIST_SETTINGS else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if values.get("meta_features_backbone") == "":
-            values["meta_features_backbone"] = None
+        for name in NULLABLE_SETTINGS:   # an empty variable unsets it
+            if values.get(name) == "":
+                values[name] = None
         try:
             return cls.model_validate(values)
         except ValidationError as err:

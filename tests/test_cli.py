@@ -355,10 +355,15 @@ def test_a_search_driver_over_its_memory_limit_exits_saying_so(tmp_path):
     assert re.search(r"error: this process held \d+\.\d\d GiB, over --driver-memory=0.05 GiB", done.stderr)
 
 
-def test_the_memory_watchdog_leaves_a_process_under_its_limit_alone():
+def test_the_memory_watchdog_judges_a_process_on_its_own_memory():
+    """A small process started by a large one is left alone: on Linux ru_maxrss would carry the parent's
+    resident memory into the child (across fork and exec), VmHWM does not."""
     import subprocess
     import sys
-    code = ("import time; from autodistill.resources import watch_memory; watch_memory(64, 'x', every_s=0.05); "
+    parent = bytearray(700 * 2 ** 20)
+    parent[::4096] = b"x" * len(parent[::4096])                   # this process now holds >= 700 MB
+    code = ("import time; from autodistill.resources import watch_memory; watch_memory(0.5, 'x', every_s=0.05); "
             "time.sleep(0.5); print('alive')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "alive"
+    del parent
+    assert done.returncode == 0 and done.stdout.strip() == "alive", done.stderr

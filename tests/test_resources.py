@@ -118,9 +118,27 @@ def test_the_memory_limit_fails_a_run_past_its_peak_and_names_the_setting():
     from autodistill.resources import GIB, MemoryLimitExceeded, peak_rss_bytes
     peak = peak_rss_bytes()
     assert 10 * 2 ** 20 < peak < 64 * GIB                           # this test process: tens of MB to some GB
-    MemoryLimitCallback(2 * peak / GIB).on_step_end(TrainerState(global_step=3))   # under: nothing happens
-    with pytest.raises(MemoryLimitExceeded, match=r"held \d+\.\d\d GiB at step 3, over memory_gb_per_trial=0.001"):
-        MemoryLimitCallback(0.001).on_step_end(TrainerState(global_step=3))
+    under = MemoryLimitCallback(2 * peak / GIB)
+    for hook in (under.on_step_end, under.on_evaluate, under.on_train_end):   # under: nothing happens
+        hook(TrainerState(global_step=3), metrics={})
+    over = MemoryLimitCallback(0.001)
+    for hook in (over.on_step_end, over.on_evaluate, over.on_train_end):
+        with pytest.raises(MemoryLimitExceeded, match=r"at step 3, this process held \d+\.\d\d GiB, over "
+                                                      r"memory_gb_per_trial=0.001 GiB: raise memory_gb_per_trial"):
+            hook(TrainerState(global_step=3), metrics={})
+
+
+def test_the_peak_is_this_processs_own_and_starts_again_on_reset():
+    """A reused Ray actor runs trial after trial: each is judged on its own peak, not on an earlier one's."""
+    from autodistill.resources import peak_rss_bytes, reset_peak_rss
+    before = peak_rss_bytes()
+    block = bytearray(400 * 2 ** 20)
+    block[::4096] = b"x" * len(block[::4096])                     # touch every page: resident
+    held = peak_rss_bytes()
+    assert held >= before + 390 * 2 ** 20
+    del block
+    assert peak_rss_bytes() > held - 16 * 2 ** 20                    # freed, but the high-water mark stays
+    assert reset_peak_rss() and peak_rss_bytes() < held - 390 * 2 ** 20
 
 
 def test_a_budgets_memory_limit_must_be_positive():

@@ -243,7 +243,8 @@ def test_a_trial_over_its_memory_limit_fails_saying_so(tiny_backbone, tmp_path):
     said = log.getvalue()
     assert "each trial asks Ray for 1 cpu, 0.05 GiB of memory (its limit)" in said
     assert all(r["status"] == "error" for r in result.trials) and "every trial failed" in result.failure
-    assert said.count("over memory_gb_per_trial=0.05: raise memory_gb_per_trial") == 2
+    assert said.count("over memory_gb_per_trial=0.05 GiB: raise memory_gb_per_trial") == 2
+    assert "most often: autodistill.resources.MemoryLimitExceeded: at step 1, this process held" in result.failure
 
 
 def test_the_best_student_is_chosen_by_dev_score_not_validation():

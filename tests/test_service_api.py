@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -351,18 +352,23 @@ def test_finished_search_reports_trials_and_best(api, finished_search, tiny_back
     assert sid in {s["id"] for s in listed["items"]}
 
 
-def test_a_search_driver_is_counted_in_rays_cpus(api, ray_head):
-    """The job's driver (where the teacher is fine-tuned) holds search_entrypoint_cpus of Ray's CPUs."""
+def test_a_search_driver_is_counted_in_rays_cpus_and_memory(api, ray_head):
+    """The job's driver (where the teacher is fine-tuned) holds search_entrypoint_cpus of Ray's CPUs and
+    search_memory_gb_per_driver of its memory."""
     import sys
     backend = api.app.state.searches.backend
-    probe = "import ray; ray.init(address='auto'); print('FREE_CPU', ray.available_resources().get('CPU', 0.0))"
+    probe = ("import ray; ray.init(address='auto'); free = ray.available_resources(); "
+             "print('FREE', free.get('CPU', 0.0), free.get('memory', 0.0), ray.cluster_resources()['memory'])")
     backend.submit("cpu-probe", [sys.executable, "-c", probe], {})
     deadline = time.time() + 120
     while backend.status("cpu-probe") not in ("succeeded", "failed"):
         assert time.time() < deadline
         time.sleep(1)
     total = 3.0   # the module's head
-    assert f"FREE_CPU {total - api.app.state.settings.search_entrypoint_cpus}" in backend.log_tail("cpu-probe")
+    settings = api.app.state.settings
+    cpus, memory, memory_total = re.search(r"FREE (\S+) (\S+) (\S+)", backend.log_tail("cpu-probe")).groups()
+    assert float(cpus) == total - settings.search_entrypoint_cpus
+    assert float(memory_total) - float(memory) == pytest.approx(settings.search_memory_gb_per_driver * 2 ** 30)
 
 
 def test_a_failed_jobs_log_is_read_as_a_bounded_tail(api, ray_head):

@@ -860,3 +860,35 @@ def test_bounded_tail_keeps_the_last_bytes_of_any_stream():
     tail = bounded_tail(chunks, 2500)
     assert tail == "J" * 500 + "K" * 1000 + "L" * 1000   # chunks 997-999: 997 % 26 = 9
     assert bounded_tail(iter([]), 10) == "" and bounded_tail(iter([b"ab\xc3", b"\xa9"]), 10) == "ab\u00e9"
+
+
+def test_a_log_is_read_from_its_server_as_a_bounded_stream():
+    """5 MB of log on the wire, never 5 MB in memory: what is kept is the tail, read chunk by chunk."""
+    import http.server
+    import threading
+    import tracemalloc
+
+    from service.ray_backend import LOG_TAIL_BYTES, read_log_tail
+
+    class FiveMegabytes(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            for i in range(5000):
+                self.wfile.write(f"{i:04d} ".encode() + b"x" * 994 + b"\n")
+            self.wfile.write(b"ValueError: the end\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FiveMegabytes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tracemalloc.start()
+        tail = read_log_tail(f"http://127.0.0.1:{server.server_port}/api/v0/logs/file", {"lines": 200}, timeout=30)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        server.shutdown()
+    assert tail.endswith("ValueError: the end\n") and len(tail.encode()) == LOG_TAIL_BYTES
+    assert peak < 1_000_000, f"{peak} bytes held while reading"

@@ -94,7 +94,7 @@ def test_a_remote_search_sends_its_inputs_with_the_job_not_as_paths(tmp_path):
     assert cmd[cmd.index("--storage-path") + 1] == f"s3://bucket/searches/{job_id}"
     assert cmd[cmd.index("--gpus-per-trial") + 1] == "0.5"                 # the service's default
     assert cmd[cmd.index("--memory-per-trial") + 1] == "4.0"               # every trial is bounded in memory
-    assert cmd[cmd.index("--driver-memory") + 1] == "8.0"                  # and so is the driver
+    assert cmd[cmd.index("--driver-memory") + 1] == "6.0"                  # and so is the driver
     assert not any(str(tmp_path) in part for part in cmd[2:])              # no path of this machine
     assert "AUTODISTILL_CACHE" not in manager._env()
     row = manager.store.get_search(None, job_id)
@@ -179,3 +179,13 @@ def test_a_failed_jobs_error_is_its_last_exception_or_cli_error(manager, tmp_pat
     manager.backend.states["s1"] = "failed"
     row = manager.refresh(search)
     assert row["state"] == "failed" and "held 9.10 GiB, over --driver-memory=8 GiB" in row["error"]
+
+
+def test_an_empty_memory_setting_means_no_limit(tmp_path):
+    from service.settings import ServiceSettings
+    env = {"AUTODISTILL_SERVICE_STATE_DIR": str(tmp_path), "AUTODISTILL_SERVICE_SEARCH_MEMORY_GB_PER_TRIAL": "",
+           "AUTODISTILL_SERVICE_SEARCH_MEMORY_GB_PER_DRIVER": "2.5"}
+    settings = ServiceSettings.from_env(env)
+    assert settings.search_memory_gb_per_trial is None and settings.search_memory_gb_per_driver == 2.5
+    with pytest.raises(ValueError, match="SEARCH_MEMORY_GB_PER_DRIVER"):
+        ServiceSettings.from_env({**env, "AUTODISTILL_SERVICE_SEARCH_MEMORY_GB_PER_DRIVER": "0"})

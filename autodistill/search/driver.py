@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -417,6 +418,7 @@ def _leaderboard(trials: Sequence[Any], ctx: SearchContext) -> list[dict[str, An
             "params": ctx.space.decode(t.config or {}), "origin": ctx.origin(t.config or {}),
             "checkpoint": checkpoint_uri(ckpt) if ckpt is not None and last.get("final") else None,
             "path": getattr(t, "path", None),
+            **({"error": _first_error_line(t)} if status == "error" else {}),
         })
     rows.sort(key=_rank, reverse=True)
     return rows
@@ -801,7 +803,9 @@ def _why_no_student(rows: Sequence[Mapping[str, Any]], anchor_error: str | None,
                 f"produced none ({seen}). Fix the setting the error names in the search space (--space) or "
                 "the config (--config), or the data (--data)")
     if counts["error"] and counts["error"] == len(rows):
-        return (f"no student could be trained: every trial failed ({seen}); the trials' error files say why "
+        errors = Counter(r.get("error") for r in rows if r.get("error") not in (None, "an error"))
+        said = f"; most often: {errors.most_common(1)[0][0]}" if errors else ""
+        return (f"no student could be trained: every trial failed ({seen}){said}; the trials' error files say why "
                 "(fix the setting they name in --space or --config)")
     if interrupted:
         return f"interrupted before any student completed ({seen}): continue with --resume"

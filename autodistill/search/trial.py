@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ..callbacks import MemoryLimitCallback, MetricsReporterCallback
+from ..resources import reset_peak_rss
 from ..shipping import SearchInputs, materialize
 from .space import SearchSpace
 
@@ -47,7 +48,8 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     callbacks: list = [MetricsReporterCallback(report)]
-    if space.budget.memory_gb_per_trial:
+    if space.budget.memory_gb_per_trial:   # this trial's own peak, not an earlier one's in a reused actor
+        reset_peak_rss()
         callbacks.append(MemoryLimitCallback(space.budget.memory_gb_per_trial))
     result = run_distillation(cfg, callbacks=callbacks, share_teacher_outputs=True, given=given)
     distill_seconds = time.perf_counter() - t0
