@@ -33,7 +33,7 @@ def peak_rss_bytes() -> int:
     kernel's high-water mark, so a peak inside a step counts too). Linux: ``VmHWM``, this process's own;
     elsewhere ``ru_maxrss``, which on Linux would also carry the peak of the process that started this one."""
     try:
-        with open("/proc/self/status", encoding="ascii") as fh:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:   # Name: may be any bytes
             for line in fh:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024   # kB

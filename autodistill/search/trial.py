@@ -36,6 +36,7 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
     from ..teacher.fine_tuned import FINE_TUNES
 
     started = time.perf_counter()
+    reset_peak_rss()   # the memory limit judges this trial's own peak, not an earlier one's in a reused actor
     fine_tunes_before = FINE_TUNES[0]
     given = materialize(inputs) if inputs is not None else None
     space = SearchSpace.from_dict(space_dict, validate=False)
@@ -48,8 +49,7 @@ def distill_trainable(config: dict[str, Any], space_dict: dict[str, Any] | None 
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     callbacks: list = [MetricsReporterCallback(report)]
-    if space.budget.memory_gb_per_trial:   # this trial's own peak, not an earlier one's in a reused actor
-        reset_peak_rss()
+    if space.budget.memory_gb_per_trial:
         callbacks.append(MemoryLimitCallback(space.budget.memory_gb_per_trial))
     result = run_distillation(cfg, callbacks=callbacks, share_teacher_outputs=True, given=given)
     distill_seconds = time.perf_counter() - t0
