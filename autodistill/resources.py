@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -168,16 +169,17 @@ def amp_dtype(setting: str, device_type: str, capability: tuple[int, int] | None
     return "float16" if major >= 7 else None
 
 
-def watch_memory(limit_gb: float, setting: str, every_s: float = 0.5, exit_code: int = 137) -> threading.Thread:
+def watch_memory(limit_gb: float, setting: str, every_s: float = 0.5) -> threading.Thread:
     """End this process, saying why on stderr, as soon as it has held more than ``limit_gb`` of resident
     memory: a daemon thread checks the high-water mark every ``every_s`` seconds, wherever the process is
-    (loading data, fine-tuning a teacher, in a library). For a process with no step loop to check in."""
+    (loading data, fine-tuning a teacher, in a library), and kills it (SIGKILL: no handler can keep it
+    alive). For a process with no step loop to check in."""
     def watch() -> None:
         while True:
             said = memory_over(limit_gb, setting, "lower the teacher's batch size, data.max_length or the data's rows")
             if said:
                 print(f"error: {said}", file=sys.stderr, flush=True)
-                os._exit(exit_code)
+                os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(every_s)
 
     thread = threading.Thread(target=watch, name="memory-watchdog", daemon=True)
