@@ -84,8 +84,8 @@ class ServiceSettings(BaseModel):
         "naming the setting, so no config a client sends can take a node's memory (empty: no limit)"))
     search_memory_gb_per_driver: float | None = Field(6.0, gt=0, description=(
         "memory (GiB) a search's driver (data, teacher fine-tune) may hold: above it the job exits, saying so. "
-        "Not reserved with Ray: drivers reserving it left running searches' trials no memory to start in (empty: "
-        "no limit)"))
+        "Not reserved with Ray: by arithmetic, drivers reserving it would leave running searches' trials no memory to "
+        "start in (empty: no limit)"))
     search_entrypoint_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for a search's driver "
                                           "(teacher fine-tune, final training)")
     search_entrypoint_gpus: float = Field(0.0, ge=0, description="GPUs Ray gives a search's driver for the "
