@@ -49,7 +49,9 @@ class DataConfig(StrictModel):
     task: Literal["auto", "classification", "regression"] = "auto"
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.9)
     split_seed: int = 42
-    max_file_mb: float = Field(500.0, gt=0)
+    max_file_mb: float = Field(500.0, gt=0, description=(
+        "cap on each data file read; for a Hugging Face dataset by name, on the total of its repository's data "
+        "files (checked before downloading when the hub states their sizes) and on each loaded split"))
     max_train_examples: int | None = Field(None, gt=0, description="seeded subsample of train")
     dev_fraction: float = Field(0.1, gt=0.0, lt=0.5, description=(
         "share of the (subsampled) train rows held out as the dev slice that early stopping watches; "

@@ -24,6 +24,9 @@ from .config import DataConfig
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",
                 ".parquet": "parquet", ".pq": "parquet"}
 SPLITS = ("train", "validation")
+# the files of a Hugging Face hub dataset repository that hold its rows (what loading it downloads)
+HUB_DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv", ".arrow")
+HUB_LOOKUP_TIMEOUT_S = 30.0
 # reasons a row can be dropped (bad_rows="drop"); everything else is file-level and always raises
 ROW_REASONS = ("malformed_line", "empty_text", "bad_text", "missing_label", "bad_label", "unseen_label")
 
@@ -279,6 +282,7 @@ def _is_saved_hf(folder: Path) -> bool:
 
 
 def _hf_table(ds: Any, name: str, cfg: DataConfig) -> _Table:
+    _check_split_size(ds, name, cfg)
     columns = list(ds.column_names)
     data = ds.to_dict()
     rows = [_Row(i, {c: data[c][i] for c in columns}) for i in range(len(ds))]
@@ -320,7 +324,33 @@ def _open_saved_hf(folder: Path, cfg: DataConfig, want: str) -> dict[str, _Table
     return _hf_splits(obj, str(folder), cfg, want)
 
 
+def _check_split_size(ds: Any, name: str, cfg: DataConfig) -> None:
+    """A split's Arrow data against the file cap, before its rows are read into memory (Arrow tables of
+    loaded datasets are memory-mapped, so this costs no reading)."""
+    size = ds.data.nbytes
+    if size > cfg.max_file_mb * 1024 * 1024:
+        raise DataError(f"{name}: the split holds {size / 1024 / 1024:.2f} MB ({size} bytes) of Arrow data, over "
+                        f"the cap data.max_file_mb={cfg.max_file_mb:g} MB")
+
+
+def _check_hub_size(name: str, cfg: DataConfig) -> None:
+    """The hub's stated size of a dataset repository's data files against the cap, before anything is
+    downloaded. A hub that cannot say (offline, unreachable, no such dataset) leaves the check to the
+    loaded splits (:func:`_check_split_size`) and the error to ``load_dataset``."""
+    try:
+        from huggingface_hub import HfApi
+        info = HfApi().dataset_info(name, files_metadata=True, timeout=HUB_LOOKUP_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - any lookup failure: load_dataset reports it in its own words
+        return
+    files = [f for f in info.siblings or [] if f.rfilename.lower().endswith(HUB_DATA_SUFFIXES)]
+    total = sum(f.size or 0 for f in files)
+    if total > cfg.max_file_mb * 1024 * 1024:
+        raise DataError(f"{name!r}: the hub lists {total / 1024 / 1024:.2f} MB in {len(files)} data files, over the "
+                        f"cap data.max_file_mb={cfg.max_file_mb:g} MB; nothing was downloaded")
+
+
 def _open_hub(name: str, cfg: DataConfig, want: str) -> dict[str, _Table]:
+    _check_hub_size(name, cfg)
     try:
         import datasets
         obj = datasets.load_dataset(name)

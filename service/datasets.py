@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from autodistill.config import DataConfig
-from autodistill.data import TaskData, format_for, load_task_data
+from autodistill.data import HUB_DATA_SUFFIXES, TaskData, format_for, load_task_data
 
 from .errors import ApiError, public_text
 
@@ -88,7 +88,6 @@ def _under_a_root(real: Path, roots: list[Path]) -> bool:
 
 
 _HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-HUB_DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv", ".arrow")
 
 
 def check_hf_name(name: str, field: str = "hf_name") -> str:

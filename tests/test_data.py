@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -111,7 +112,41 @@ def test_hf_classlabel_names_are_kept(tmp_path):
     assert data.label_names == ["neg", "pos"] and data.num_labels == 2
 
 
-def test_hub_name_failure_is_a_data_error(monkeypatch):
+@pytest.fixture
+def hub_lists(monkeypatch):
+    """The hub's file listing, faked (no network in tests): ``hub_lists(None)`` makes the lookup fail."""
+    import huggingface_hub
+
+    def listing(files):
+        def dataset_info(self, name, **kwargs):
+            if files is None:
+                raise ConnectionError("offline")
+            return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f, size=size) for f, size in files.items()])
+        monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    listing(None)
+    return listing
+
+
+def test_hub_name_over_the_cap_is_refused_before_download(monkeypatch, hub_lists):
+    import datasets
+    hub_lists({"data/train-0.parquet": 3 * 2**20, "data/test-0.parquet": 2**20, "README.md": 50 * 2**20})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: pytest.fail("downloaded despite the cap"))
+    with pytest.raises(DataError, match=msg("'user/big'", "4.00 MB in 2 data files", "max_file_mb=3",
+                                            "nothing was downloaded")):
+        load("user/big", max_file_mb=3)
+
+
+def test_hub_split_over_the_cap_is_refused_before_its_rows_are_read(monkeypatch, hub_lists):
+    import datasets
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(TRAIN)})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: dd)
+    monkeypatch.setattr(datasets.Dataset, "to_dict", lambda self: pytest.fail("rows read despite the cap"))
+    size = dd["train"].data.nbytes
+    with pytest.raises(DataError, match=msg("user/cr[train]", f"({size} bytes) of Arrow data", "max_file_mb=0.0001")):
+        load("user/cr", max_file_mb=0.0001)
+
+
+def test_hub_name_failure_is_a_data_error(monkeypatch, hub_lists):
     import datasets
 
     def fail(name, *a, **k):
@@ -121,8 +156,9 @@ def test_hub_name_failure_is_a_data_error(monkeypatch):
         load("someuser/no-such-dataset")
 
 
-def test_hub_name_loads_through_load_dataset(monkeypatch):
+def test_hub_name_loads_through_load_dataset(monkeypatch, hub_lists):
     import datasets
+    hub_lists({"data/train.parquet": 2**20})   # under the cap
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(TRAIN),
                                "validation": datasets.Dataset.from_list(VAL)})
     monkeypatch.setattr(datasets, "load_dataset", lambda name: dd)
