@@ -623,22 +623,55 @@ def _groups(labels: Sequence[Any], stratify: bool) -> list[list[int]]:
     return [by_label[k] for k in sorted(by_label)]
 
 
+def _unit_groups(labels: Sequence[Any], stratify: bool, keys: Sequence[Any] | None) -> list[list[list[int]]]:
+    """The rows as units that are held out or kept whole (rows sharing a key, else each row alone), grouped
+    by class when stratified. A unit whose rows disagree on the label is in no group: it is always kept, so
+    that no class can lose its last training row to another class's hold-out."""
+    if keys is None:
+        return [[[i] for i in group] for group in _groups(labels, stratify)]
+    rows_of: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        rows_of.setdefault(key, []).append(i)
+    units = list(rows_of.values())
+    if not stratify:
+        return [units]
+    by_label: dict[Any, list[list[int]]] = defaultdict(list)
+    for unit in units:
+        if len({labels[i] for i in unit}) == 1:
+            by_label[labels[unit[0]]].append(unit)
+    return [by_label[k] for k in sorted(by_label)]
+
+
+def _first_units(units: list[list[int]], quota: int) -> list[int]:
+    """The rows of the leading units that fit in ``quota`` rows (a unit that would overshoot is passed over)."""
+    rows: list[int] = []
+    for unit in units:
+        if len(rows) == quota:
+            break
+        if len(rows) + len(unit) <= quota:
+            rows.extend(unit)
+    return rows
+
+
 def holdout_indices(labels: Sequence[Any], fraction: float, seed: int | str, stratify: bool,
-                    max_rows: int | None = None) -> tuple[list[int], list[int]]:
+                    max_rows: int | None = None, keys: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
     """Seeded (stratified) hold-out of ``fraction`` of the rows, at most ``max_rows`` of them (fewer per
-    class in proportion); every class keeps at least one row. Returns (kept, held), both sorted."""
+    class in proportion); every class keeps at least one row. Rows with equal ``keys`` (e.g. identical
+    texts) fall on one side together; without keys, or with distinct keys, each row is split alone.
+    Returns (kept, held), both sorted."""
     rng = random.Random(seed)
     if max_rows is not None and len(labels) * fraction > max_rows:
         fraction = max_rows / len(labels)
-    groups = _groups(labels, stratify)
+    groups = _unit_groups(labels, stratify, keys)
     for group in groups:
         rng.shuffle(group)
-    quotas = [min(int(len(group) * fraction + 0.5), len(group) - 1) for group in groups]
+    sizes = [sum(len(unit) for unit in group) for group in groups]
+    quotas = [min(int(size * fraction + 0.5), size - 1) for size in sizes]
     target = min(round(len(labels) * fraction), max_rows if max_rows is not None else len(labels))
     if (max_rows is not None and sum(quotas) > max_rows) or (not sum(quotas) and target):
         # many small classes: rounding each class's share overshoots the cap, or holds out nothing at all
-        quotas = _largest_remainder([len(g) for g in groups], target, caps=[len(g) - 1 for g in groups])
-    held = [i for group, k in zip(groups, quotas) for i in group[:k]]
+        quotas = _largest_remainder(sizes, target, caps=[size - 1 for size in sizes])
+    held = [i for group, quota in zip(groups, quotas) for i in _first_units(group, quota)]
     held_set = set(held)
     return [i for i in range(len(labels)) if i not in held_set], sorted(held)
 
@@ -658,8 +691,10 @@ def _largest_remainder(sizes: Sequence[int], total: int, caps: Sequence[int] | N
 
 
 def split_off_validation(train: Split, fraction: float, seed: int, stratify: bool) -> tuple[Split, Split]:
-    """Seeded (stratified) hold-out of ``fraction`` of train; every class keeps at least one train row."""
-    kept, held = holdout_indices(train.labels, fraction, seed, stratify)
+    """Seeded (stratified) hold-out of ``fraction`` of train; every class keeps at least one train row, and
+    identical texts (pairs) stay on one side, so the scored split holds no text the student trained on."""
+    texts = zip(train.text_a, train.text_b) if train.text_b is not None else train.text_a
+    kept, held = holdout_indices(train.labels, fraction, seed, stratify, keys=list(texts))
     if not held:
         raise DataError(f"cannot split off a validation set: {len(train)} training rows x "
                         f"data.validation_fraction={fraction} gives no rows; give data.validation instead")

@@ -231,6 +231,20 @@ def test_split_off_is_deterministic_and_stratified(tmp_path):
     assert c.validation.text_a != a.validation.text_a
 
 
+def test_split_off_keeps_identical_texts_on_one_side(tmp_path):
+    # 40 texts, each twice or three times (the same label), one text under both labels, and one class whose
+    # only rows share their text with the other class
+    rows = [{"text": f"t {i}", "label": i % 2} for i in range(40) for _ in range(2 + i % 2)]
+    rows += [{"text": "both", "label": 0}, {"text": "both", "label": 1}, {"text": "rare", "label": 0},
+             {"text": "rare", "label": 2}]
+    data = load(write_jsonl(tmp_path / "t.jsonl", rows), validation_fraction=0.2)
+    assert not set(data.validation.text_a) & set(data.train.text_a)
+    assert len(data.train) + len(data.validation) == len(rows)
+    assert abs(len(data.validation) - 0.2 * len(rows)) <= 3                # whole texts, so about 20 %
+    assert set(data.train.labels) == {0, 1, 2}                             # no class loses its training rows
+    assert {"both", "rare"} <= set(data.train.text_a)                      # label-conflicting texts stay in train
+
+
 def test_subsample_is_seeded_and_reported(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", imbalanced_rows())
     v = write_jsonl(tmp_path / "v.jsonl", VAL)

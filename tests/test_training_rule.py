@@ -31,6 +31,14 @@ def test_dev_slice_is_seeded_stratified_and_capped():
     assert len(holdout_indices(labels, 0.2, "42:dev", True, max_rows=10)[1]) == 10
 
 
+def test_rows_with_distinct_keys_split_as_rows_alone():
+    """Keys only join rows: with every key distinct the hold-out is the row-by-row one (the dev slice's)."""
+    for labels, stratify, max_rows in (([0] * 90 + [1] * 10, True, None), ([c for c in range(100) for _ in range(4)],
+                                       True, None), ([i / 7 for i in range(60)], False, 5)):
+        assert holdout_indices(labels, 0.1, 42, stratify, max_rows) == \
+            holdout_indices(labels, 0.1, 42, stratify, max_rows, keys=[f"text {i}" for i in range(len(labels))])
+
+
 @pytest.mark.parametrize("classes, rows_each, max_rows, held", [
     (100, 4, None, 40),        # 0.4 a class rounds to 0 in every class: held out by largest remainder instead
     (1500, 30, 1000, 1000),    # 0.67 a class rounds to 1: 1,500 rows over the cap of 1,000
