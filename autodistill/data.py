@@ -627,10 +627,8 @@ def _unit_groups(labels: Sequence[Any], stratify: bool, keys: Sequence[Any] | No
     """The rows as units that are held out or kept whole (rows sharing a key, else each row alone), grouped
     by class when stratified. A unit whose rows disagree on the label is in no group: it is always kept, so
     that no class can lose its last training row to another class's hold-out."""
-    if keys is None:
-        return [[[i] for i in group] for group in _groups(labels, stratify)]
     rows_of: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
+    for i, key in enumerate(keys if keys is not None else range(len(labels))):
         rows_of.setdefault(key, []).append(i)
     units = list(rows_of.values())
     if not stratify:
