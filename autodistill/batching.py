@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from .config import DataConfig
-from .data import DataError, holdout_indices
+from .data import DataError, Split, holdout_indices, text_keys
 
 
 @dataclass
@@ -27,22 +27,18 @@ class EncodedSplit:
         return EncodedSplit([self.input_ids[i] for i in idx], types, self.labels[list(idx)])
 
 
-def dev_indices(train: EncodedSplit, data: DataConfig, task_type: str) -> tuple[list[int], list[int]]:
+def dev_indices(train: Split, data: DataConfig, task_type: str) -> tuple[list[int], list[int]]:
     """(fit rows, dev rows) of train: the dev slice that early stopping watches (seeded with
     data.split_seed, stratified for classification, data.dev_fraction of the rows up to
-    data.dev_max_examples). Teacher and student share it; neither trains on it."""
-    fit, dev = holdout_indices(train.labels.tolist(), data.dev_fraction, f"{data.split_seed}:dev",
-                               task_type == "classification", data.dev_max_examples)
+    data.dev_max_examples; under data.dev_split "text" rows with identical texts fall on one side, so the
+    dev score never counts a text the model trains on). Teacher and student share it; neither trains on it."""
+    keys = text_keys(train) if data.dev_split == "text" else None
+    fit, dev = holdout_indices(train.labels, data.dev_fraction, f"{data.split_seed}:dev",
+                               task_type == "classification", data.dev_max_examples, keys=keys)
     if not dev:
         raise DataError(f"{len(train)} training rows x data.dev_fraction={data.dev_fraction} leave no dev slice "
                         "for early stopping: raise data.dev_fraction or give more training rows")
     return fit, dev
-
-
-def split_dev(train: EncodedSplit, data: DataConfig, task_type: str) -> tuple[EncodedSplit, EncodedSplit]:
-    """(fit, dev) splits of train; see :func:`dev_indices`."""
-    fit, dev = dev_indices(train, data, task_type)
-    return train.take(fit), train.take(dev)
 
 
 def encode_texts(tokenizer, text_a: Sequence[str], text_b: Sequence[str] | None, labels,

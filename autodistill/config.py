@@ -58,6 +58,10 @@ class DataConfig(StrictModel):
         "split with split_seed, stratified, shared by teacher and student; the scored validation split "
         "is never used for it"))
     dev_max_examples: int = Field(1000, ge=1, description="most rows in the dev slice (bounds evaluation cost)")
+    dev_split: Literal["text", "row"] = Field("text", description=(
+        "how the dev slice is drawn: 'text' keeps rows with identical texts (pairs) on one side, so the dev "
+        "score never counts a text the model trains on; 'row' splits each row alone, as every config stored "
+        "before this setting existed ran (LEGACY_VALUES)"))
     max_length: int = Field(128, ge=8, le=4096)
     bad_rows: Literal["error", "drop"] = Field(
         "error", description="invalid rows stop loading, or are dropped and counted in the report")
@@ -415,6 +419,32 @@ def with_pipeline(base: PipelineConfig | Mapping[str, Any], pipeline: Mapping[st
     which replace ``base``'s whole (they are complete sections, not partial updates)."""
     data = base.to_dict() if isinstance(base, PipelineConfig) else dict(base)
     return parse_config({**data, **pipeline_only(pipeline)}, source="recommended pipeline")
+
+
+#: settings added after configs were first stored (run records, unseen-test plans and manifests), with the
+#: value every stored config without them ran at: reading a stored config fills them in, and a config's
+#: canonical hash leaves them out at that value, so the records made before keep their keys
+LEGACY_VALUES: dict[tuple[str, str], Any] = {("data", "dev_split"): "row"}
+
+
+def with_legacy_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config (or a partial one) as it ran: each setting of :data:`LEGACY_VALUES` it lacks is set
+    to its legacy value (only in sections it has)."""
+    out = copy.deepcopy(dict(config))
+    for (section, name), value in LEGACY_VALUES.items():
+        if isinstance(out.get(section), Mapping):
+            out[section] = {name: value, **out[section]}
+    return out
+
+
+def without_legacy_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (or a partial one) without the settings of :data:`LEGACY_VALUES` that are at their
+    legacy value: what hashes the same as a config stored before they existed."""
+    out = copy.deepcopy(dict(config))
+    for (section, name), value in LEGACY_VALUES.items():
+        if isinstance(out.get(section), Mapping) and name in out[section] and out[section][name] == value:
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 def unknown_config_path(path: str) -> str | None:

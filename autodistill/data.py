@@ -688,11 +688,15 @@ def _largest_remainder(sizes: Sequence[int], total: int, caps: Sequence[int] | N
     return quotas
 
 
+def text_keys(split: Split) -> list[Any]:
+    """Each row's text (its pair for sentence-pair data): rows with equal keys are one text."""
+    return list(zip(split.text_a, split.text_b) if split.text_b is not None else split.text_a)
+
+
 def split_off_validation(train: Split, fraction: float, seed: int, stratify: bool) -> tuple[Split, Split]:
     """Seeded (stratified) hold-out of ``fraction`` of train; every class keeps at least one train row, and
     identical texts (pairs) stay on one side, so the scored split holds no text the student trained on."""
-    texts = zip(train.text_a, train.text_b) if train.text_b is not None else train.text_a
-    kept, held = holdout_indices(train.labels, fraction, seed, stratify, keys=list(texts))
+    kept, held = holdout_indices(train.labels, fraction, seed, stratify, keys=text_keys(train))
     if not held:
         raise DataError(f"cannot split off a validation set: {len(train)} training rows x "
                         f"data.validation_fraction={fraction} gives no rows; give data.validation instead")

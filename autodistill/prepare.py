@@ -70,7 +70,7 @@ def prepare_task(cfg: PipelineConfig, *, given: "Given | None" = None, task: Tas
                            task.task_type)
     validation = encode_texts(tokenizer, task.validation.text_a, task.validation.text_b,
                               task.validation.labels, max_length, task.task_type)
-    fit_rows, dev_rows = dev_indices(encoded, cfg.data, task.task_type)
+    fit_rows, dev_rows = dev_indices(task.train, cfg.data, task.task_type)
     return PreparedTask(task, tokenizer, metric, device, max_length, encoded.take(fit_rows), encoded.take(dev_rows),
                         validation, fit_rows)
 

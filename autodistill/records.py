@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from filelock import FileLock
 
-from .config import PipelineConfig
+from .config import PipelineConfig, with_legacy_values, without_legacy_values
 
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
@@ -56,8 +56,10 @@ def config_hash(cfg: PipelineConfig | Mapping[str, Any]) -> str:
 
 
 def canonical_config_hash(config: PipelineConfig | Mapping[str, Any]) -> str:
-    """Hash of the resolved config without where the data lives (the fingerprint covers the content)."""
-    data = config.to_dict() if isinstance(config, PipelineConfig) else json.loads(json.dumps(config))
+    """Hash of the resolved config without where the data lives (the fingerprint covers the content) and
+    without settings at the value configs stored before them ran at (:data:`~autodistill.config.LEGACY_VALUES`)."""
+    data = without_legacy_values(config.to_dict() if isinstance(config, PipelineConfig)
+                                 else json.loads(json.dumps(config)))
     data.setdefault("data", {})
     data["data"] = {k: v for k, v in data["data"].items() if k not in ("train", "validation")}
     return config_hash(data)
@@ -194,7 +196,7 @@ class RunRecord:
 
     @property
     def pipeline_config(self) -> PipelineConfig:
-        return PipelineConfig.model_validate(dict(self.config))
+        return PipelineConfig.model_validate(with_legacy_values(self.config))
 
     @property
     def extra(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from autodistill.config import ConfigError, PipelineConfig
+from autodistill.config import ConfigError, PipelineConfig, with_legacy_values
 from autodistill.records import RecordStore
 from autodistill.search.export import PROGRESS_FILE
 from autodistill.search.space import SearchSpace, SpaceError
@@ -441,7 +441,8 @@ class SearchManager:
     def public_config(self, search: dict[str, Any], best: Path) -> PipelineConfig:
         """The best student's config as its owner may see it: the data named by dataset id and the model
         folders as the client names them, never by a server path."""
-        config = PipelineConfig.model_validate(yaml.safe_load((best / "config.yaml").read_text(encoding="utf-8")) or {})
+        stored = yaml.safe_load((best / "config.yaml").read_text(encoding="utf-8")) or {}
+        config = PipelineConfig.model_validate(with_legacy_values(stored))
         config.data.train, config.data.validation = f"dataset:{search['dataset_id']}", None
         return public_model_names(config, self.settings.backbone_roots)
 

@@ -144,3 +144,19 @@ def test_registering_an_undeclared_name_fails_and_unknown_names_are_listed():
         KD_SELECTIONS.register("bogus")
     with pytest.raises(UnknownComponent, match=r"known: \['entropy', 'least_confidence', 'margin', 'none', 'random'\]"):
         KD_SELECTIONS.get("bogus")
+
+
+def test_a_stored_config_without_a_later_setting_reads_and_hashes_as_it_ran():
+    """data.dev_split came after configs were stored: a stored config without it ran at "row" (LEGACY_VALUES),
+    reads so, and keeps its record key; the new default ("text") is another config."""
+    from autodistill.config import with_legacy_values
+    from autodistill.records import RunRecord, canonical_config_hash, record_key
+
+    stored = PipelineConfig().to_dict()
+    del stored["data"]["dev_split"]                                    # as every config was stored before
+    as_ran = PipelineConfig.model_validate({**stored, "data": {**stored["data"], "dev_split": "row"}})
+    assert PipelineConfig.model_validate(with_legacy_values(stored)) == as_ran
+    assert with_legacy_values({"optim": {}}) == {"optim": {}}          # partial configs: only sections they have
+    assert canonical_config_hash(stored) == canonical_config_hash(as_ran) != canonical_config_hash(PipelineConfig())
+    record = RunRecord.from_dict({"config": stored, "key": record_key("d", stored, 42)})
+    assert record.pipeline_config == as_ran and record.key == record_key("d", as_ran, 42)

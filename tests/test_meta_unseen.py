@@ -130,6 +130,23 @@ def test_the_pick_single_best_and_vanilla_kd_are_trained_paired_and_resumed(tmp_
     assert "more than one engine commit" in report and "alpha: " in report and "deadbee" in report
 
 
+def test_a_test_begun_before_a_setting_existed_goes_on_only_as_it_ran(tmp_path):
+    """A manifest's budget written before data.dev_split ran at "row" (LEGACY_VALUES): the default budget
+    now ("text") is another budget, refused; the budget as it ran goes on."""
+    from autodistill.config import PipelineConfig
+    from autodistill.meta.unseen import _manifest
+
+    stored = PipelineConfig().to_dict()
+    del stored["data"]["dev_split"]
+    wanted = {"model": {"fingerprint": "f"}, "decision": {"source": "portfolio", "fingerprint": "d"},
+              "seeds": [1, 2], "budget": stored, "max_train_examples": None}
+    _manifest(tmp_path, wanted, lambda: "mixup")
+    with pytest.raises(ValueError, match="another budget"):
+        _manifest(tmp_path, {**wanted, "budget": PipelineConfig().to_dict()}, lambda: "mixup")
+    as_ran = PipelineConfig.model_validate({**stored, "data": {**stored["data"], "dev_split": "row"}}).to_dict()
+    assert _manifest(tmp_path, {**wanted, "budget": as_ran}, lambda: "mixup")["single_best"] == "mixup"
+
+
 def test_the_manifest_is_written_once_refuses_another_plan_and_gains_a_missing_single_best(tmp_path):
     from autodistill.meta.unseen import MANIFEST, _manifest
 

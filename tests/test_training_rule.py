@@ -10,7 +10,7 @@ from autodistill.config import parse_config
 from autodistill.data import bundled_dataset_path, holdout_indices, load_task_data
 from autodistill.distill import export, format_report, run_distillation
 from autodistill.models import load_tokenizer
-from autodistill.batching import encode_texts, split_dev
+from autodistill.batching import dev_indices, encode_texts
 from autodistill.evaluation import evaluate, trivial_score
 
 
@@ -29,6 +29,25 @@ def test_dev_slice_is_seeded_stratified_and_capped():
     assert sum(labels[i] for i in held) == 2 and len(held) == 20          # 20 % of each class
     assert holdout_indices(labels, 0.2, "42:dev", True) == (kept, held)  # seeded
     assert len(holdout_indices(labels, 0.2, "42:dev", True, max_rows=10)[1]) == 10
+
+
+def test_the_dev_slice_keeps_identical_texts_on_one_side():
+    """By default (data.dev_split "text") every copy of a repeated text (pair) falls on one side of the dev
+    slice, so early stopping never scores a text the model trains on; "row", how configs stored before the
+    setting ran, splits each row alone."""
+    from autodistill.config import DataConfig
+    from autodistill.data import Split
+
+    labels = [i % 40 % 2 for i in range(200)]
+    single = Split([f"text {i % 40}" for i in range(200)], None, labels)          # 40 texts, 5 copies each
+    pairs = Split(["one question"] * 200, [f"answer {i % 40}" for i in range(200)], labels)
+    for train in (single, pairs):
+        keys = list(zip(train.text_a, train.text_b or train.text_a))
+        fit, dev = dev_indices(train, DataConfig(), "classification")
+        assert len(dev) == 20 and {keys[i] for i in fit}.isdisjoint({keys[i] for i in dev})
+    fit, dev = dev_indices(single, DataConfig(dev_split="row"), "classification")
+    assert (fit, dev) == holdout_indices(labels, 0.1, "42:dev", True, 1000)
+    assert not {single.text_a[i] for i in fit}.isdisjoint({single.text_a[i] for i in dev})   # what "text" prevents
 
 
 def test_rows_with_distinct_keys_split_as_rows_alone():
@@ -69,7 +88,7 @@ def test_teacher_and_student_stop_on_a_dev_plateau_and_keep_the_best(tiny_backbo
     # the restored student is the best one on dev, and its reported score is measured on validation
     tok = load_tokenizer(tiny_backbone)
     enc = lambda s: encode_texts(tok, s.text_a, s.text_b, s.labels, 32, task.task_type)  # noqa: E731
-    _, dev = split_dev(enc(task.train), cfg.data, task.task_type)
+    dev = enc(task.train).take(dev_indices(task.train, cfg.data, task.task_type)[1])
     # patience counted once the dev score beat a constant prediction's, which the record keeps
     assert m["dev_trivial_score"] == pytest.approx(trivial_score(dev, m["metric"], task.task_type))
     assert m["dev_start_score"] == m["dev_trivial_score"]                     # accuracy: no chance level above it
@@ -219,7 +238,8 @@ def _trainer(backbone, checkpoint=None, metric="accuracy"):
     task = load_task_data(data_cfg)
     tok = load_tokenizer(backbone)
     enc = encode_texts(tok, task.train.text_a, task.train.text_b, task.train.labels, 32, task.task_type)
-    train, dev = split_dev(enc, data_cfg, task.task_type)
+    fit_rows, dev_rows = dev_indices(task.train, data_cfg, task.task_type)
+    train, dev = enc.take(fit_rows), enc.take(dev_rows)
     set_seed(0)
     model = load_classifier(backbone, task.num_labels, task.task_type, task.label_names)
     args = TrainArgs(learning_rate=3e-3, epochs=6, batch_size=16, metric=metric, task_type=task.task_type,

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 from filelock import FileLock, Timeout
 
 from .. import ENGINE_VERSION
-from ..config import deep_merge
+from ..config import deep_merge, without_legacy_values
 from ..files import write_json_atomic
 from ..records import RecordStore, RunRecord
 from .features import META_FEATURES_VERSION, meta_features_for, resolve_backbone_model
@@ -128,7 +128,8 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
 
 
 def preset_hash(preset: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(preset, sort_keys=True).encode()).hexdigest()[:16]
+    """A preset's identity, the same as before settings at their legacy value were spelled out in it."""
+    return hashlib.sha256(json.dumps(without_legacy_values(preset), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def machine_info() -> dict[str, Any]:

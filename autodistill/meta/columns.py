@@ -43,7 +43,7 @@ EXCLUDED_FIELDS = frozenset({
     "data.validation_fraction", "data.split_seed", "data.max_file_mb", "data.bad_rows",
     "optim.eval_batch_size", "optim.seed", "optim.metric", "optim.teacher_outputs", "optim.device",
     # the training rule (config.TrainingRule): how long a run trains, the same for every run of a build
-    "data.dev_fraction", "data.dev_max_examples", "optim.early_stopping_patience",
+    "data.dev_fraction", "data.dev_max_examples", "data.dev_split", "optim.early_stopping_patience",
     "optim.early_stopping_min_delta", "optim.early_stopping_start", "optim.max_steps", "optim.max_steps_between_evals",
     # how the rows were capped, not how many: the rows trained on are the meta-features' (log_n_train, computed
     # on exactly those rows); a user's budget leaves the cap unset (None), which the model never saw in training

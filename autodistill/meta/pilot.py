@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..config import with_legacy_values
 from ..records import RunRecord
 from .evaluate import markdown_table
 from . import DATASETS_DIR
@@ -42,8 +43,8 @@ def dev_trivial_score(record: RunRecord, datasets_root: str | Path | None = None
     recorded = (record.metrics or {}).get("dev_trivial_score")
     if recorded is not None:
         return float(recorded)
-    data = {**record.config["data"], "train": str(Path(datasets_root or DATASETS_DIR) / record.group),
-            "validation": None}
+    data = {**with_legacy_values(record.config)["data"], "validation": None,
+            "train": str(Path(datasets_root or DATASETS_DIR) / record.group)}
     fingerprint, dev_size, score = _rebuilt_dev_trivial(json.dumps(data, sort_keys=True), record.metrics["metric"])
     if fingerprint != record.dataset_fingerprint or dev_size != record.metrics.get("dev_examples"):
         raise ValueError(f"{record.dataset_name}: the dataset under {datasets_root or DATASETS_DIR} is not the one "
@@ -64,10 +65,10 @@ def _rebuilt_dev_trivial(data_json: str, metric: str) -> tuple[str, int, float]:
 
     data = DataConfig.model_validate(json.loads(data_json))
     task = load_task_data(data)
+    _, dev = dev_indices(task.train, data, task.task_type)
     dtype = torch.float32 if task.task_type == "regression" else torch.long
-    train = EncodedSplit([[0]] * len(task.train.labels), None, torch.tensor(list(task.train.labels), dtype=dtype))
-    _, dev = dev_indices(train, data, task.task_type)
-    return task.fingerprint, len(dev), trivial_score(train.take(dev), metric, task.task_type)
+    dev_labels = EncodedSplit([[0]] * len(dev), None, torch.tensor([task.train.labels[i] for i in dev], dtype=dtype))
+    return task.fingerprint, len(dev), trivial_score(dev_labels, metric, task.task_type)
 
 
 def stopped_before_learning(record: RunRecord, datasets_root: str | Path | None = None) -> bool:

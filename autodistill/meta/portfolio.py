@@ -38,9 +38,10 @@ PORTFOLIO_VERSION = 4  # v4 (issue 18): aug_contextual_random_mixup_mi0.9 rename
 # One run ~ 1 minute on 2 CPU cores: a 2-layer student cut from the default MiniLM-L6 teacher trains
 # ~80 examples/s at length 64 (measured on this 2-core machine), so 1,000 rows x 2 epochs ~ 25 s of training, plus
 # teacher outputs (~10 s), evaluation and loading. The teacher (3 epochs on the same 1,000 rows) is
-# fine-tuned once per dataset and cached.
+# fine-tuned once per dataset and cached. The dev slice is split by row, as the v1 and v2 records ran
+# (data.dev_split came later; the product's default splits by text).
 META_PRESET: dict[str, Any] = {
-    "data": {"max_train_examples": 1000, "max_length": 64, "split_seed": 42},
+    "data": {"max_train_examples": 1000, "max_length": 64, "split_seed": 42, "dev_split": "row"},
     "teachers": [{"backbone": "default", "epochs": 3.0, "batch_size": 32, "learning_rate": 5e-5, "seed": 42}],
     "student": {"kind": "truncated", "num_layers": 2, "layer_selection": "uniform"},
     "optim": {"epochs": 2.0, "batch_size": 32, "learning_rate": 1e-4, "seed": 42, "evals_per_epoch": 1,

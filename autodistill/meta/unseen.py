@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import PipelineConfig, pipeline_only, with_pipeline
+from ..config import PipelineConfig, pipeline_only, with_legacy_values, with_pipeline
 from ..progress import EventLog
 from ..records import RecordStore
 from ..files import write_json_atomic
@@ -103,7 +103,7 @@ def _pipeline_id(config: PipelineConfig | Mapping[str, Any]) -> str:
 
 def _arm_config(plan: Mapping[str, Any], pipeline: Mapping[str, Any]) -> PipelineConfig:
     """An arm's run: its pipeline at the plan's budget."""
-    return with_pipeline(PipelineConfig.model_validate(plan["budget"]), pipeline)
+    return with_pipeline(PipelineConfig.model_validate(with_legacy_values(plan["budget"])), pipeline)
 
 
 def _seed_of(record) -> int:
@@ -159,8 +159,11 @@ def _decision(model_dir: Path) -> dict[str, Any] | None:
 
 
 def _comparable(key: str, value: Any) -> Any:
-    """What must agree between two invocations: the model and its decision by their content, not the folder."""
-    return (value or {}).get("fingerprint") if key in ("model", "decision") else value
+    """What must agree between two invocations: the model and its decision by their content, not the folder;
+    the budget as it ran."""
+    if key in ("model", "decision"):
+        return (value or {}).get("fingerprint")
+    return with_legacy_values(value) if key == "budget" and value is not None else value
 
 
 def _model_fingerprint(model_dir: Path) -> str:
