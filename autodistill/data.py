@@ -61,6 +61,7 @@ class LoadReport:
     blank_lines: dict[str, int] = field(default_factory=dict)   # skipped blank lines per split
     subsample: str | None = None                                # how train was subsampled, if it was
     final_rows: dict[str, int] = field(default_factory=dict)    # rows in the returned splits
+    validation_in_train: int = 0                                # validation rows whose text (pair) is a train row's
 
     def summary(self) -> str:
         parts = [f"Read {self._per_split(self.rows_read)} rows "
@@ -76,6 +77,10 @@ class LoadReport:
             parts.append(f"Train subsampled: {self.subsample}.")
         if self.final_rows:
             parts.append(f"Final: {self._per_split(self.final_rows)} rows.")
+        if self.validation_in_train:
+            parts.append(f"Warning: {self.validation_in_train} validation rows have a text (pair) that is also in "
+                         "train: the score on them measures texts the model trained on (the validation file is "
+                         "used as given).")
         return " ".join(parts)
 
     @staticmethod
@@ -758,6 +763,8 @@ def load_task_data(cfg: DataConfig) -> TaskData:
         if stratify and len(set(train.labels)) < 2:
             raise DataError(f"data.max_train_examples={cfg.max_train_examples} leaves fewer than 2 classes")
     report.final_rows = {"train": len(train), "validation": len(validation)}
+    trained = set(text_keys(train))
+    report.validation_in_train = sum(key in trained for key in text_keys(validation))
     return TaskData(train=train, validation=validation, task_type=scheme.task_type, label_names=scheme.names,
                     num_labels=1 if scheme.names is None else len(scheme.names), is_pair=len(text_cols) == 2,
                     fingerprint=fingerprint(train, validation, scheme.task_type, scheme.names), report=report)

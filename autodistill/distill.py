@@ -159,6 +159,7 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
         "task_type": task.task_type,
         "dataset_fingerprint": task.fingerprint,
         "train_examples": len(train), "dev_examples": len(dev), "validation_examples": len(validation),
+        "validation_in_train": task.report.validation_in_train,
         "teacher_score": teachers[0].score,
         "teacher_scores": [t.score for t in teachers],
         "teacher_from_cache": [t.from_cache for t in teachers],
@@ -241,4 +242,7 @@ def format_report(metrics: dict[str, Any]) -> str:
         lines.append(f"student curve {format_curve(m['history'])}  (step:dev score)")
     if "speedup" in m:
         lines.append(f"speed-up      {m['speedup']:.2f}x faster than the teacher per example")
+    if m.get("validation_in_train"):
+        lines.append(f"warning       {m['validation_in_train']} of the {m['validation_examples']} validation rows have a "
+                     "text that is also in train: their scores measure texts the models trained on")
     return "\n".join(lines)

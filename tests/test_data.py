@@ -245,6 +245,17 @@ def test_split_off_keeps_identical_texts_on_one_side(tmp_path):
     assert {"both", "rare"} <= set(data.train.text_a)                      # label-conflicting texts stay in train
 
 
+def test_a_validation_file_sharing_texts_with_train_is_used_as_given_and_reported(tmp_path):
+    val = VAL + [{"text": "good thing 3", "label": 1}, {"text": "bad thing 4", "label": 1}]
+    data = load(write_jsonl(tmp_path / "t.jsonl", TRAIN), write_jsonl(tmp_path / "v.jsonl", val))
+    assert len(data.validation) == 4 and data.report.validation_in_train == 2      # whatever the label
+    assert "2 validation rows have a text (pair) that is also in train" in data.report.summary()
+    split_off = load(write_jsonl(tmp_path / "t.jsonl", TRAIN + TRAIN[:4]))
+    assert split_off.report.validation_in_train == 0 and "Warning" not in split_off.report.summary()
+    assert load(write_jsonl(tmp_path / "t.jsonl", TRAIN), write_jsonl(tmp_path / "v.jsonl", VAL)
+                ).report.validation_in_train == 0
+
+
 def test_subsample_is_seeded_and_reported(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", imbalanced_rows())
     v = write_jsonl(tmp_path / "v.jsonl", VAL)

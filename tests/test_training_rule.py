@@ -102,6 +102,8 @@ def test_teacher_and_student_stop_on_a_dev_plateau_and_keep_the_best(tiny_backbo
     assert saved["steps"] == m["steps"] and saved["teacher_training"]["history"]
     report = format_report(m)
     assert "teacher curve" in report and "student curve" in report and "plateau" in report
+    assert m["validation_in_train"] == 0 and "warning" not in report        # the bundled CR shares no text
+    assert "warning       3 of the" in format_report({**m, "validation_in_train": 3})
 
 
 def test_step_cap_and_evaluations_every_n_steps(tiny_backbone):
