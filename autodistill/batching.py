@@ -36,8 +36,13 @@ def dev_indices(train: Split, data: DataConfig, task_type: str) -> tuple[list[in
     fit, dev = holdout_indices(train.labels, data.dev_fraction, f"{data.split_seed}:dev",
                                task_type == "classification", data.dev_max_examples, keys=keys)
     if not dev:
-        raise DataError(f"{len(train)} training rows x data.dev_fraction={data.dev_fraction} leave no dev slice "
-                        "for early stopping: raise data.dev_fraction or give more training rows")
+        hint = "raise data.dev_fraction or give more training rows"
+        if keys is not None:
+            hint = (f"{len(train) - len(set(keys))} of them repeat another row's text, and data.dev_split 'text' "
+                    f"holds out every copy of a text or none: {hint}, or set data.dev_split to 'row' (the dev score "
+                    "then counts texts the model trains on)")
+        raise DataError(f"{len(train)} training rows x data.dev_fraction={data.dev_fraction} leave no dev slice for "
+                        f"early stopping: {hint}")
     return fit, dev
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from autodistill.config import parse_config
-from autodistill.data import bundled_dataset_path, holdout_indices, load_task_data
+from autodistill.data import DataError, bundled_dataset_path, holdout_indices, load_task_data
 from autodistill.distill import export, format_report, run_distillation
 from autodistill.models import load_tokenizer
 from autodistill.batching import dev_indices, encode_texts
@@ -48,6 +48,9 @@ def test_the_dev_slice_keeps_identical_texts_on_one_side():
     fit, dev = dev_indices(single, DataConfig(dev_split="row"), "classification")
     assert (fit, dev) == holdout_indices(labels, 0.1, "42:dev", True, 1000)
     assert not {single.text_a[i] for i in fit}.isdisjoint({single.text_a[i] for i in dev})   # what "text" prevents
+    two_texts = Split(["a"] * 10 + ["b"] * 10, None, [0] * 10 + [1] * 10)
+    with pytest.raises(DataError, match="18 of them repeat another row's text.*data.dev_split to 'row'"):
+        dev_indices(two_texts, DataConfig(), "classification")
 
 
 def test_rows_with_distinct_keys_split_as_rows_alone():
