@@ -94,6 +94,31 @@ def test_features_deterministic_and_finite(tmp_path, tokenizer, shape):
     assert META_FEATURES_VERSION >= 1
 
 
+def test_a_label_sorted_file_over_the_character_budget_keeps_every_class(tmp_path, tokenizer, monkeypatch):
+    """A sample over MAX_SAMPLE_CHARS keeps a seeded shuffle's rows, not the file's leading ones: on a file
+    sorted by label with noise labels the TF-IDF landmark sees both classes (near chance), where the leading
+    rows (one class) made it 1.0. Within the budget the sample is as it was."""
+    from autodistill.data import Split
+    from autodistill.meta import features as F
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(300)]
+    rows = [{"text": " ".join(rng.choices(words, k=40)), "label": int(i >= 200)} for i in range(400)]   # sorted
+    folder = tmp_path / "sorted"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[::40]), encoding="utf-8")
+    task = load_task_data(DataConfig(train=str(folder / "train.jsonl"), validation=str(folder / "validation.jsonl")))
+    idx = list(range(len(task.train)))
+    assert F._within_budget(task.train, idx, 0, "landmark") == idx                     # within: unchanged
+    monkeypatch.setattr(F, "MAX_SAMPLE_CHARS", sum(len(r["text"]) for r in rows) // 2)
+    kept = F._within_budget(task.train, idx, 0, "landmark")
+    assert kept == sorted(kept) and 150 < len(kept) < 250
+    assert 0.35 < sum(task.train.labels[i] for i in kept) / len(kept) < 0.65          # both classes, in proportion
+    feats = compute_meta_features(task, tokenizer, backbone=None, seed=0)
+    assert feats["landmark_tfidf"] < 0.7                                                # noise labels: near chance
+
+
 def test_features_with_tiny_backbone_and_teacher(tmp_path, tokenizer, tiny_backbone):
     from autodistill.models import load_classifier
 

@@ -38,8 +38,12 @@ Bump :data:`META_FEATURES_VERSION` whenever a definition changes; stored feature
 | `has_teacher_confidence` | 1 when `teacher_confidence` was given |
 
 Every sample is bounded in characters, whatever the rows hold: each text is cut at `MAX_TEXT_CHARS`
-and a sample stops at `MAX_SAMPLE_CHARS` (4 M characters) in total, so one huge row costs no more than
-a few thousand characters of tokenizing (a 4.6 MB line once cost 1.2 GB and 14 s).
+and a sample over `MAX_SAMPLE_CHARS` (4 M characters) in total keeps the rows of a seeded shuffle of it
+that fit (in file order; never the leading rows, which in a file sorted by label are the first classes),
+so one huge row costs no more than a few thousand characters of tokenizing (a 4.6 MB line once cost
+1.2 GB and 14 s). No sample of the committed meta-datasets reaches the budget (checked on every dataset
+of meta_dataset/datasets and ../shared/datasets at every train size), so their features are those of
+the leading-rows rule, and META_FEATURES_VERSION stays 1.
 
 Landmarks degrade gracefully: folds = min(3, smallest class count) (at least 2, then plain k-fold);
 a training fold with a single class predicts that class; with fewer than 4 rows, or an empty TF-IDF
@@ -88,16 +92,27 @@ def _sample(n: int, k: int, seed: int, tag: str) -> list[int]:
     return sorted(random.Random(f"{seed}:{tag}").sample(range(n), k))
 
 
-def _within_budget(split, idx: list[int]) -> list[int]:
-    """The leading rows of ``idx`` whose (cut) texts fit in ``MAX_SAMPLE_CHARS`` (at least one row)."""
-    total = 0
-    for k, i in enumerate(idx):
-        total += min(len(split.text_a[i]), MAX_TEXT_CHARS)
-        if split.text_b is not None:
-            total += min(len(split.text_b[i]), MAX_TEXT_CHARS)
-        if total > MAX_SAMPLE_CHARS:
-            return idx[:max(1, k)]
-    return idx
+def _cut_chars(split, i: int) -> int:
+    return min(len(split.text_a[i]), MAX_TEXT_CHARS) + (min(len(split.text_b[i]), MAX_TEXT_CHARS)
+                                                       if split.text_b is not None else 0)
+
+
+def _within_budget(split, idx: list[int], seed: int, tag: str) -> list[int]:
+    """``idx`` when its (cut) texts fit in ``MAX_SAMPLE_CHARS``; else the rows of a seeded shuffle of it that
+    fit (at least one row), in ``idx``'s order: which rows stay never depends on where they are in the file,
+    so a file sorted by label keeps every class in proportion."""
+    if sum(_cut_chars(split, i) for i in idx) <= MAX_SAMPLE_CHARS:
+        return idx
+    order = list(idx)
+    random.Random(f"{seed}:{tag}:budget").shuffle(order)
+    kept, total = [], 0
+    for i in order:
+        total += _cut_chars(split, i)
+        if total > MAX_SAMPLE_CHARS and kept:
+            break
+        kept.append(i)
+    chosen = set(kept)
+    return [i for i in idx if i in chosen]
 
 
 def _texts(split, idx: Sequence[int]) -> tuple[list[str], list[str] | None]:
@@ -356,12 +371,12 @@ def compute_meta_features(task, tokenizer, backbone: Any = None, teacher_score: 
     feats.update(_label_stats(train.labels, regression, task.num_labels))
     chance = feats["majority_share"]
 
-    idx = _within_budget(train, _sample(len(train), max_rows, seed, "rows"))
+    idx = _within_budget(train, _sample(len(train), max_rows, seed, "rows"), seed, "rows")
     a, b = _texts(train, idx)
     feats.update(_token_stats(tokenizer, a, b))
     feats.update(_lexical_stats(tokenizer, a + (b or []), seed))
 
-    idx_l = _within_budget(train, _sample(len(train), landmark_rows, seed, "landmark"))
+    idx_l = _within_budget(train, _sample(len(train), landmark_rows, seed, "landmark"), seed, "landmark")
     la, lb = _texts(train, idx_l)
     score = _tfidf_landmark(la, lb, y_all[idx_l], regression, seed)
     feats["landmark_tfidf"] = chance if score is None else score
@@ -371,7 +386,7 @@ def compute_meta_features(task, tokenizer, backbone: Any = None, teacher_score: 
     backbone_feats = {"landmark_probe": None, "emb_pca_evr1": 0.0, "emb_pca_evr2": 0.0, "emb_pca_evr3": 0.0,
                       "emb_mean_cosine": 0.0}
     if model is not None and len(train):
-        idx_e = _within_budget(train, _sample(len(train), embed_rows, seed, "embed"))
+        idx_e = _within_budget(train, _sample(len(train), embed_rows, seed, "embed"), seed, "embed")
         ea, eb = _texts(train, idx_e)
         emb = embed(model, tokenizer, ea, eb, max_length=embed_max_length)
         backbone_feats = _embedding_features(emb, y_all[idx_e], regression, seed)
