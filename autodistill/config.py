@@ -255,6 +255,12 @@ class OptimConfig(TrainingRule):
     metric: METRICS.literal() = "auto"
     teacher_outputs: Literal["auto", "cached", "online"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    evaluate_per: Literal["epoch", "original_pass"] = Field("epoch", description=(
+        "what evals_per_epoch counts per: an epoch of the training pool, or a pass over the original rows. An "
+        "augmented pipeline's epoch is (1 + augmentation.copies) passes (repeated_aug: that many times the "
+        "steps), so per epoch its patience lasts that many times the steps of a plain pipeline's; per "
+        "original pass every pipeline is evaluated after the same number of steps. 'epoch' is how the "
+        "committed meta-dataset ran (a next build would use 'original_pass')"))
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = Field("auto", description=(
         "autocast for training: auto = bfloat16 on GPUs that have it (compute capability 8.0+), float16 with a "
         "gradient scaler on 7.x, full precision on CPU and older GPUs (see autodistill.resources.amp_dtype)"))
@@ -424,7 +430,7 @@ def with_pipeline(base: PipelineConfig | Mapping[str, Any], pipeline: Mapping[st
 #: settings added after configs were first stored (run records, unseen-test plans and manifests), with the
 #: value every stored config without them ran at: reading a stored config fills them in, and a config's
 #: canonical hash leaves them out at that value, so the records made before keep their keys
-LEGACY_VALUES: dict[tuple[str, str], Any] = {("data", "dev_split"): "row"}
+LEGACY_VALUES: dict[tuple[str, str], Any] = {("data", "dev_split"): "row", ("optim", "evaluate_per"): "epoch"}
 
 
 def with_legacy_values(config: Mapping[str, Any]) -> dict[str, Any]:

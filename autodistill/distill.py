@@ -147,7 +147,8 @@ def run_distillation(cfg: PipelineConfig, callbacks: Sequence[Callback] = (),
     args = TrainArgs.from_rule(o, learning_rate=o.learning_rate, epochs=o.epochs, batch_size=o.batch_size,
                                metric=metric, task_type=task.task_type, eval_batch_size=o.eval_batch_size,
                                warmup_ratio=o.warmup_ratio, weight_decay=o.weight_decay,
-                               max_grad_norm=o.max_grad_norm, seed=o.seed, mixed_precision=o.mixed_precision)
+                               max_grad_norm=o.max_grad_norm, seed=o.seed, mixed_precision=o.mixed_precision,
+                               evaluate_per=o.evaluate_per)
     if events:
         callbacks = [EventLogCallback("student", metric, events), *callbacks]
     result = Trainer(student, objective, dev, args, pad_id, device, callbacks, desc="student").train()

@@ -111,6 +111,9 @@ class KDObjective(StepObjective):
             return super().steps_per_epoch(batch_size)
         return math.ceil(self.pool.n_original / max(1, batch_size // repeats))
 
+    def steps_per_original_pass(self, batch_size: int) -> int:
+        return math.ceil(self.pool.n_original / batch_size)
+
     def stats(self) -> dict[str, Any]:
         return {"teacher_forward_examples": sum(t.forward_examples for t in self.teachers)}
 

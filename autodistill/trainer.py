@@ -54,6 +54,7 @@ class TrainArgs:
     early_stopping_min_delta: float = 0.0
     early_stopping_start: str = "above_trivial"     # config.TrainingRule's default
     max_steps: int | None = None
+    evaluate_per: str = "epoch"         # optim.evaluate_per: "epoch" or "original_pass"
     mixed_precision: str = "off"        # optim.mixed_precision (resolved per device by resources.amp_dtype)
 
     @classmethod
@@ -68,9 +69,15 @@ class TrainArgs:
         by_epochs = max(1, math.ceil(steps_per_epoch * self.epochs))
         return min(by_epochs, self.max_steps) if self.max_steps else by_epochs
 
-    def evals_in_epoch(self, steps_in_epoch: int) -> int:
+    def evals_in_epoch(self, steps_in_epoch: int, steps_per_original_pass: int | None = None) -> int:
+        """Evaluations in an epoch of ``steps_in_epoch`` steps: ``evals_per_epoch`` per epoch, or per pass over
+        the original rows (``steps_per_original_pass`` steps) under ``evaluate_per`` "original_pass"; at least
+        one every ``max_steps_between_evals`` steps."""
         by_steps = math.ceil(steps_in_epoch / self.max_steps_between_evals) if self.max_steps_between_evals else 1
-        return max(1, min(steps_in_epoch, max(self.evals_per_epoch, by_steps)))
+        per_epoch = self.evals_per_epoch
+        if self.evaluate_per == "original_pass" and steps_per_original_pass:
+            per_epoch = round(self.evals_per_epoch * steps_in_epoch / steps_per_original_pass)
+        return max(1, min(steps_in_epoch, max(per_epoch, by_steps)))
 
 
 class StepObjective:
@@ -95,6 +102,10 @@ class StepObjective:
     def steps_per_epoch(self, batch_size: int) -> int:
         """How many batches ``batches`` yields per epoch (sizes the schedule)."""
         return math.ceil(len(self.train_split()) / batch_size)
+
+    def steps_per_original_pass(self, batch_size: int) -> int:
+        """The steps of one pass over the original rows (an epoch, unless the objective adds rows)."""
+        return self.steps_per_epoch(batch_size)
 
     def before_step(self, model: nn.Module, batch: dict[str, torch.Tensor], state: TrainerState) -> None:
         """Hook for look-ahead meta updates (RW-KD) before the model's own step."""
@@ -234,7 +245,7 @@ class Trainer:
                 rng.setstate(resumed.epoch_rng)   # the epoch's batches, drawn again in the same order
             epoch_rng = rng.getstate()
             batches = self.objective.batches(args.batch_size, rng)
-            evals = args.evals_in_epoch(len(batches))
+            evals = args.evals_in_epoch(len(batches), self.objective.steps_per_original_pass(args.batch_size))
             eval_points = {round(len(batches) * (k + 1) / evals) - 1 for k in range(evals)}
             for b, indices in enumerate(batches):
                 if resuming_this_epoch and b < resumed.next_batch:

@@ -147,16 +147,18 @@ def test_registering_an_undeclared_name_fails_and_unknown_names_are_listed():
 
 
 def test_a_stored_config_without_a_later_setting_reads_and_hashes_as_it_ran():
-    """data.dev_split came after configs were stored: a stored config without it ran at "row" (LEGACY_VALUES),
-    reads so, and keeps its record key; the new default ("text") is another config."""
-    from autodistill.config import with_legacy_values
+    """data.dev_split and optim.evaluate_per came after configs were stored: a stored config without them ran
+    at "row" and "epoch" (LEGACY_VALUES), reads so, and keeps its record key; the new default dev split
+    ("text") is another config."""
+    from autodistill.config import LEGACY_VALUES, with_legacy_values
     from autodistill.records import RunRecord, canonical_config_hash, record_key
 
     stored = PipelineConfig().to_dict()
-    del stored["data"]["dev_split"]                                    # as every config was stored before
+    for section, name in LEGACY_VALUES:
+        del stored[section][name]                                      # as every config was stored before
     as_ran = PipelineConfig.model_validate({**stored, "data": {**stored["data"], "dev_split": "row"}})
     assert PipelineConfig.model_validate(with_legacy_values(stored)) == as_ran
-    assert with_legacy_values({"optim": {}}) == {"optim": {}}          # partial configs: only sections they have
+    assert with_legacy_values({"optim": {}}) == {"optim": {"evaluate_per": "epoch"}}   # only sections it has
     assert canonical_config_hash(stored) == canonical_config_hash(as_ran) != canonical_config_hash(PipelineConfig())
     record = RunRecord.from_dict({"config": stored, "key": record_key("d", stored, 42)})
     assert record.pipeline_config == as_ran and record.key == record_key("d", as_ran, 42)

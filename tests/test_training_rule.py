@@ -118,6 +118,25 @@ def test_step_cap_and_evaluations_every_n_steps(tiny_backbone):
     assert [r["step"] for r in m["history"]] == [3, 6, 7]
 
 
+def test_an_augmented_epoch_is_evaluated_per_pass_over_the_original_rows_when_asked(tiny_backbone):
+    """optim.evaluate_per "original_pass": an augmented epoch (1 copy: twice the rows) is evaluated twice, after about
+    as many steps as a plain pipeline's epoch, so patience lasts the same steps for both; "epoch", how the
+    committed meta-dataset ran, evaluates it once."""
+    from autodistill.trainer import TrainArgs
+
+    args = TrainArgs(learning_rate=1e-3, epochs=1, batch_size=32, metric="accuracy", task_type="classification",
+                     max_steps_between_evals=500)
+    assert args.evals_in_epoch(18, 9) == 1
+    per_pass = TrainArgs(**{**args.__dict__, "evaluate_per": "original_pass"})
+    assert per_pass.evals_in_epoch(18, 9) == 2 and per_pass.evals_in_epoch(9, 9) == 1
+    augmented = {"augmentation": {"copies": 1, "augmenters": [{"name": "random", "p": 0.1}]}}
+    for unit, steps in (("epoch", [17, 34]), ("original_pass", [8, 17, 25, 34])):
+        cfg = tiny_cfg(tiny_backbone, epochs=2, early_stopping_patience=None, evaluate_per=unit)
+        cfg = parse_config({**cfg.to_dict(), **augmented})
+        m = run_distillation(cfg).metrics     # 270 original rows: 9 steps a pass; 540 rows, 17 steps an epoch
+        assert [r["step"] for r in m["history"]] == steps
+
+
 def _stops_at(curve, **kw):
     """The evaluation (1-based) at which EarlyStoppingCallback stops on ``curve``, or None."""
     from autodistill.callbacks import EarlyStoppingCallback, TrainerControl, TrainerState

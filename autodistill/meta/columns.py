@@ -45,6 +45,7 @@ EXCLUDED_FIELDS = frozenset({
     # the training rule (config.TrainingRule): how long a run trains, the same for every run of a build
     "data.dev_fraction", "data.dev_max_examples", "data.dev_split", "optim.early_stopping_patience",
     "optim.early_stopping_min_delta", "optim.early_stopping_start", "optim.max_steps", "optim.max_steps_between_evals",
+    "optim.evaluate_per",
     # how the rows were capped, not how many: the rows trained on are the meta-features' (log_n_train, computed
     # on exactly those rows); a user's budget leaves the cap unset (None), which the model never saw in training
     "data.max_train_examples",
