@@ -308,7 +308,7 @@ def dataset_stats(task: TaskData) -> dict[str, Any]:
     return {"task_type": task.task_type, "num_labels": task.num_labels, "label_names": task.label_names,
             "is_pair": task.is_pair, "train_rows": len(task.train), "validation_rows": len(task.validation),
             "validation_source": report.validation_source, "rows_read": report.rows_read,
-            "dropped": report.dropped}
+            "dropped": report.dropped, "validation_in_train": report.validation_in_train}
 
 
 @functools.lru_cache(maxsize=4)

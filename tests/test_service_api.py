@@ -120,13 +120,14 @@ def test_upload_with_validation_file_and_columns(api, tmp_path):
     train.write_text("sentence,target\n" + "\n".join(f"item {i} is {'good' if i % 2 else 'bad'},{i % 2}"
                                                      for i in range(30)) + "\n", encoding="utf-8")
     val = tmp_path / "val.csv"
-    val.write_text("sentence,target\nnice,1\nawful,0\nfine,1\n", encoding="utf-8")
+    val.write_text("sentence,target\nnice,1\nawful,0\nfine,1\nitem 3 is good,1\n", encoding="utf-8")
     with open(train, "rb") as t, open(val, "rb") as v:
         r = api.post("/datasets", files={"file": ("train.csv", t), "validation_file": ("val.csv", v)},
                      data={"columns": json.dumps({"text_column": "sentence", "label_column": "target"})},
                      headers=api.keys["alice"])
     assert r.status_code == 201, r.text
-    assert r.json()["stats"]["validation_rows"] == 3 and r.json()["stats"]["validation_source"] == "file"
+    assert r.json()["stats"]["validation_rows"] == 4 and r.json()["stats"]["validation_source"] == "file"
+    assert r.json()["stats"]["validation_in_train"] == 1        # "item 3 is good" is a train row too: said
 
 
 def test_reference_by_path_under_the_allowed_root(api, tmp_path):
