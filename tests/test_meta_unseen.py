@@ -141,7 +141,7 @@ def test_a_test_begun_before_a_setting_existed_goes_on_only_as_it_ran(tmp_path):
     wanted = {"model": {"fingerprint": "f"}, "decision": {"source": "portfolio", "fingerprint": "d"},
               "seeds": [1, 2], "budget": stored, "max_train_examples": None}
     _manifest(tmp_path, wanted, lambda: "mixup")
-    with pytest.raises(ValueError, match="another budget"):
+    with pytest.raises(ValueError, match="another budget .*: data.dev_split 'row' there, 'text' here"):
         _manifest(tmp_path, {**wanted, "budget": PipelineConfig().to_dict()}, lambda: "mixup")
     as_ran = PipelineConfig.model_validate({**stored, "data": {**stored["data"], "dev_split": "row"}}).to_dict()
     assert _manifest(tmp_path, {**wanted, "budget": as_ran}, lambda: "mixup")["single_best"] == "mixup"

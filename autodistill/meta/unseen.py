@@ -121,7 +121,10 @@ def _manifest(out: Path, wanted: dict[str, Any], single_best: Callable[[], str])
         compared = ("model", "seeds", "budget", "max_train_examples") + (("decision",) if "decision" in have else ())
         differ = sorted(k for k in compared if _comparable(k, have.get(k)) != _comparable(k, wanted.get(k)))
         if differ:
-            raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}); use a new --out")
+            settings = _differing_settings(_comparable("budget", have.get("budget")) or {},
+                                           _comparable("budget", wanted.get("budget")) or {})
+            detail = f": {', '.join(f'{k} {a!r} there, {b!r} here' for k, a, b in settings)}" if settings else ""
+            raise ValueError(f"{out} was started with another {', '.join(differ)} ({path}{detail}); use a new --out")
         if "single_best" in have and "decision" in have:
             return have
         if "decision" not in have:
@@ -156,6 +159,18 @@ def _decision(model_dir: Path) -> dict[str, Any] | None:
     portfolio = [RENAMED_CANDIDATES.get(c, c) for c in stored.get("portfolio") or []]
     picks = {"source": stored.get("source"), "portfolio": portfolio}
     return {**picks, "fingerprint": hashlib.sha256(json.dumps(picks, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def _differing_settings(have: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[tuple]:
+    """(dotted setting, value in ``have``, value in ``wanted``) for each leaf where two configs differ."""
+    out = []
+    for key in sorted(set(have) | set(wanted)):
+        a, b = have.get(key), wanted.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differing_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def _comparable(key: str, value: Any) -> Any:
