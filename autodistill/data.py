@@ -78,14 +78,18 @@ class LoadReport:
         if self.final_rows:
             parts.append(f"Final: {self._per_split(self.final_rows)} rows.")
         if self.validation_in_train:
-            parts.append(f"Warning: {self.validation_in_train} validation rows have a text (pair) that is also in "
-                         "train: the score on them measures texts the model trained on (the validation file is "
-                         "used as given).")
+            parts.append(f"Warning: {overlap_warning(self.validation_in_train, self.final_rows['validation'])}.")
         return " ".join(parts)
 
     @staticmethod
     def _per_split(counts: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def overlap_warning(validation_in_train: int, validation_rows: int) -> str:
+    """What a user is told when validation rows share their text with train rows."""
+    return (f"{validation_in_train} of the {validation_rows} validation rows have a text (pair) that is also in "
+            "train: their scores measure texts the models trained on (a validation file is used as given)")
 
 
 @dataclass

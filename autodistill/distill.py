@@ -15,7 +15,7 @@ from .augmented_pool import PoolBuilder
 from .batching import EncodedSplit, encode_texts
 from .callbacks import Callback, EventLogCallback
 from .config import ConfigError, PipelineConfig, check_against_models, check_against_task, check_runnable
-from .data import TaskData
+from .data import TaskData, overlap_warning
 from .evaluation import cpu_latency_ms, evaluate
 from .losses import build_intermediate, build_representation
 from .metrics import majority_baseline
@@ -244,6 +244,5 @@ def format_report(metrics: dict[str, Any]) -> str:
     if "speedup" in m:
         lines.append(f"speed-up      {m['speedup']:.2f}x faster than the teacher per example")
     if m.get("validation_in_train"):
-        lines.append(f"warning       {m['validation_in_train']} of the {m['validation_examples']} validation rows have a "
-                     "text that is also in train: their scores measure texts the models trained on")
+        lines.append(f"warning       {overlap_warning(m['validation_in_train'], m['validation_examples'])}")
     return "\n".join(lines)

@@ -249,7 +249,7 @@ def test_a_validation_file_sharing_texts_with_train_is_used_as_given_and_reporte
     val = VAL + [{"text": "good thing 3", "label": 1}, {"text": "bad thing 4", "label": 1}]
     data = load(write_jsonl(tmp_path / "t.jsonl", TRAIN), write_jsonl(tmp_path / "v.jsonl", val))
     assert len(data.validation) == 4 and data.report.validation_in_train == 2      # whatever the label
-    assert "2 validation rows have a text (pair) that is also in train" in data.report.summary()
+    assert "Warning: 2 of the 4 validation rows have a text (pair) that is also in train" in data.report.summary()
     split_off = load(write_jsonl(tmp_path / "t.jsonl", TRAIN + TRAIN[:4]))
     assert split_off.report.validation_in_train == 0 and "Warning" not in split_off.report.summary()
     assert load(write_jsonl(tmp_path / "t.jsonl", TRAIN), write_jsonl(tmp_path / "v.jsonl", VAL)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from autodistill.config import PipelineConfig
-from autodistill.data import bundled_dataset_path
+from autodistill.data import bundled_dataset_path, load_task_data
 from autodistill.meta import META_DATASET_DIR
 from autodistill.progress import EventLog
 from autodistill.records import RecordStore, RunRecord, load_records
@@ -237,10 +237,21 @@ def test_a_trial_over_its_memory_limit_fails_saying_so(tiny_backbone, tmp_path):
     """memory_gb_per_trial is asked of Ray and enforced in the trial: below what a trial's process holds,
     every trial fails, and the search says which setting to change."""
     from autodistill.search.driver import SearchRequest, run_search
+    from autodistill.config import DataConfig
+
     log = io.StringIO()
     space = tiny_space(tiny_backbone, trials=2, max_failures=0, memory_gb_per_trial=0.05)
-    result = run_search(SearchRequest(CR, space, tmp_path / "out", trials=2), events=EventLog(stream=log))
+    # (and the driver warns of validation rows whose text is also trained on: two rows of the train sample here)
+    data = tmp_path / "cr_overlap"
+    data.mkdir()
+    (data / "train.jsonl").write_bytes((Path(CR) / "train.jsonl").read_bytes())
+    trained = load_task_data(DataConfig(train=str(data / "train.jsonl"), validation=str(Path(CR) / "validation.jsonl"),
+                                        **space["base"]["data"])).train
+    copies = "".join(json.dumps({"text": trained.text_a[i], "label": trained.labels[i]}) + "\n" for i in (0, 1))
+    (data / "validation.jsonl").write_text((Path(CR) / "validation.jsonl").read_text() + copies)
+    result = run_search(SearchRequest(str(data), space, tmp_path / "out", trials=2), events=EventLog(stream=log))
     said = log.getvalue()
+    assert "warning: 2 of the " in said and " validation rows have a text (pair) that is also in train" in said
     assert "each trial asks Ray for 1 cpu, 0.05 GiB of memory (its limit)" in said
     assert all(r["status"] == "error" for r in result.trials) and "every trial failed" in result.failure
     assert said.count("over memory_gb_per_trial=0.05 GiB: raise memory_gb_per_trial") == 2

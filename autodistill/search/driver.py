@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ..callbacks import EventLogCallback
 from ..config import DataConfig, PipelineConfig, deep_merge, with_pipeline
-from ..data import TaskData
+from ..data import TaskData, overlap_warning
 from ..files import write_json_atomic
 from ..metrics import resolve_metric
 from ..prepare import prepare
@@ -684,6 +684,9 @@ def run_search(request: SearchRequest, events: EventLog | None = None) -> Search
         teacher = dataclasses.replace(teacher, seconds=teacher.seconds + time.perf_counter() - t_features)
     events.emit("teacher", f"ready in {teacher.seconds:.0f} s{' (from the cache)' if teacher.from_cache else ''}: "
                            f"validation {fmt_score(teacher.score)}")
+    if teacher.task.report.validation_in_train:
+        events.emit("data", "warning: " + overlap_warning(teacher.task.report.validation_in_train,
+                                                          len(teacher.task.validation)))
     store = RecordStore(r.records_path or out)
     ctx = SearchContext(sp, store, teacher.task.fingerprint, meta, teacher.score, b.trials,
                         {"experiment": str(exp_path), "space": sp.name}, out / PROGRESS_FILE, events,
