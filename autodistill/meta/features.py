@@ -41,9 +41,9 @@ Every sample is bounded in characters, whatever the rows hold: each text is cut 
 and a sample over `MAX_SAMPLE_CHARS` (4 M characters) in total keeps the rows of a seeded shuffle of it
 that fit (in file order; never the leading rows, which in a file sorted by label are the first classes),
 so one huge row costs no more than a few thousand characters of tokenizing (a 4.6 MB line once cost
-1.2 GB and 14 s). No sample of the committed meta-datasets reaches the budget (checked on every dataset
-of meta_dataset/datasets and ../shared/datasets at every train size), so their features are those of
-the leading-rows rule, and META_FEATURES_VERSION stays 1.
+1.2 GB and 14 s). No sample of a committed meta-dataset or unseen-test dataset reaches the budget
+(checked at every train size on 2026-12-07), so their features are those of the leading-rows rule, and
+META_FEATURES_VERSION stays 1.
 
 Landmarks degrade gracefully: folds = min(3, smallest class count) (at least 2, then plain k-fold);
 a training fold with a single class predicts that class; with fewer than 4 rows, or an empty TF-IDF
